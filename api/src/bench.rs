@@ -1,0 +1,261 @@
+//! `hodei bench`: load generators that drive a real `hodei serve` over HTTP and report
+//! throughput and latency percentiles. By default the benchmark starts its own server as
+//! a child process against the configured database (use a scratch database: the jobs it
+//! submits stay there); `--url` and `--admin-key` aim it at a running system instead.
+
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::auth::generate_key;
+use crate::config::Config;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Job submission: single submits at a fixed rate, or batches as fast as they go.
+    Submit(SubmitArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SubmitMode {
+    Single,
+    Batch,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[arg(long, value_enum, default_value_t = SubmitMode::Single)]
+    mode: SubmitMode,
+    /// Single mode: requests per second, sent open-loop on a fixed schedule.
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Seconds measured, after the warm-up.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring starts.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Batch mode: concurrent clients, each sending one batch at a time.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Batch mode: jobs per batch (at most 1000).
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Use a running server instead of starting one.
+    #[arg(long, requires = "admin_key")]
+    url: Option<String>,
+    /// An admin key of the running server given with --url.
+    #[arg(long)]
+    admin_key: Option<String>,
+}
+
+pub async fn run(command: BenchCommand, config: &Config) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Submit(args) => submit(args, config).await,
+    }
+}
+
+/// A `hodei serve` child process, killed when dropped.
+struct ChildServer {
+    _child: tokio::process::Child,
+}
+
+async fn start_server(config: &Config) -> anyhow::Result<(ChildServer, String, String)> {
+    let database_url = config.require_database_url()?.expose().to_owned();
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let admin_key = generate_key()?.plaintext;
+    let child = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .env("HODEI_DATABASE_URL", database_url)
+        .env("HODEI_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HODEI_BOOTSTRAP_ADMIN_KEY", &admin_key)
+        .env("HODEI_LOG_LEVEL", "warn")
+        .env_remove("HODEI_CONFIG")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting hodei serve")?;
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if client.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the server did not become ready within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((ChildServer { _child: child }, url, admin_key))
+}
+
+async fn create_bench_tenant(client: &reqwest::Client, url: &str, admin_key: &str) -> anyhow::Result<String> {
+    let name = format!("bench-{}", uuid::Uuid::now_v7().simple());
+    let response =
+        client.post(format!("{url}/api/v1/tenants")).bearer_auth(admin_key).json(&json!({"name": name})).send().await?;
+    if !response.status().is_success() {
+        bail!("creating the bench tenant: {} {}", response.status(), response.text().await.unwrap_or_default());
+    }
+    let response = client.post(format!("{url}/api/v1/tenants/{name}/api-keys")).bearer_auth(admin_key).send().await?;
+    if !response.status().is_success() {
+        bail!("creating the bench key: {}", response.status());
+    }
+    let body: serde_json::Value = response.json().await?;
+    body["key"].as_str().map(str::to_owned).context("the key response has no key")
+}
+
+async fn submit(args: SubmitArgs, config: &Config) -> anyhow::Result<()> {
+    let (_server, url, admin_key) = match (&args.url, &args.admin_key) {
+        (Some(url), Some(key)) => (None, url.trim_end_matches('/').to_owned(), key.clone()),
+        _ => {
+            let (server, url, key) = start_server(config).await?;
+            (Some(server), url, key)
+        }
+    };
+    let client = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
+    let tenant_key = create_bench_tenant(&client, &url, &admin_key).await?;
+    let report = match args.mode {
+        SubmitMode::Single => single_open_loop(&client, &url, &tenant_key, &args).await?,
+        SubmitMode::Batch => batch_closed_loop(&client, &url, &tenant_key, &args).await?,
+    };
+    println!("{report}");
+    Ok(())
+}
+
+#[derive(Debug, Default)]
+struct Samples {
+    latencies: Vec<Duration>,
+    errors: usize,
+    jobs: usize,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
+}
+
+fn summarize(title: &str, mut samples: Samples, measured: Duration) -> String {
+    samples.latencies.sort();
+    let seconds = measured.as_secs_f64();
+    format!(
+        "{title}\n  requests ok {ok}, errors {errors}, in {seconds:.1} s: {rps:.0} requests/s, {jps:.0} jobs/s\n  \
+         latency ms: p50 {p50:.2}  p95 {p95:.2}  p99 {p99:.2}  max {max:.2}",
+        ok = samples.latencies.len(),
+        errors = samples.errors,
+        rps = samples.latencies.len() as f64 / seconds,
+        jps = samples.jobs as f64 / seconds,
+        p50 = percentile(&samples.latencies, 50.0),
+        p95 = percentile(&samples.latencies, 95.0),
+        p99 = percentile(&samples.latencies, 99.0),
+        max = percentile(&samples.latencies, 100.0),
+    )
+}
+
+/// Sends single submits on a fixed schedule, whatever the server's speed, and measures
+/// each from its scheduled send time (so a slow server cannot hide its queueing delay).
+async fn single_open_loop(client: &reqwest::Client, url: &str, key: &str, args: &SubmitArgs) -> anyhow::Result<String> {
+    anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
+    let samples = Arc::new(Mutex::new(Samples::default()));
+    let interval = Duration::from_secs_f64(1.0 / args.rate);
+    let warmup_requests = (args.warmup * args.rate) as usize;
+    let total = warmup_requests + (args.duration * args.rate) as usize;
+    let body = json!({"command": {"argv": ["true"]}});
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for index in 0..total {
+        let scheduled = start + interval.mul_f64(index as f64);
+        tokio::time::sleep_until(scheduled).await;
+        let (client, samples, body) = (client.clone(), samples.clone(), body.clone());
+        let endpoint = format!("{url}/api/v1/jobs");
+        let key = key.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let result = client.post(endpoint).bearer_auth(key).json(&body).send().await;
+            let elapsed = scheduled.elapsed();
+            if index < warmup_requests {
+                return;
+            }
+            let mut samples = samples.lock().await;
+            match result {
+                Ok(response) if response.status().as_u16() == 201 => {
+                    samples.latencies.push(elapsed);
+                    samples.jobs += 1;
+                }
+                _ => samples.errors += 1,
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let samples = std::mem::take(&mut *samples.lock().await);
+    let title = format!(
+        "single submit, open loop at {} requests/s for {} s (after {} s warm-up)",
+        args.rate, args.duration, args.warmup
+    );
+    Ok(summarize(&title, samples, Duration::from_secs_f64(args.duration)))
+}
+
+/// `concurrency` clients each send batches back to back.
+async fn batch_closed_loop(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    args: &SubmitArgs,
+) -> anyhow::Result<String> {
+    anyhow::ensure!((1..=1000).contains(&args.batch_size), "--batch-size must be 1-1000");
+    let jobs: Vec<_> = (0..args.batch_size).map(|_| json!({"command": {"argv": ["true"]}})).collect();
+    let body = Arc::new(serde_json::to_vec(&json!({ "jobs": jobs }))?);
+    let samples = Arc::new(Mutex::new(Samples::default()));
+    let started = Instant::now();
+    let measure_from = started + Duration::from_secs_f64(args.warmup);
+    let stop_at = measure_from + Duration::from_secs_f64(args.duration);
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (client, samples, body) = (client.clone(), samples.clone(), body.clone());
+        let endpoint = format!("{url}/api/v1/jobs/batch");
+        let key = key.to_owned();
+        let batch_size = args.batch_size;
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < stop_at {
+                let sent = Instant::now();
+                let result = client
+                    .post(&endpoint)
+                    .bearer_auth(&key)
+                    .header("content-type", "application/json")
+                    .body(body.as_ref().clone())
+                    .send()
+                    .await;
+                let ok = matches!(&result, Ok(response) if response.status().as_u16() == 201);
+                if sent < measure_from || Instant::now() > stop_at {
+                    continue;
+                }
+                let mut samples = samples.lock().await;
+                if ok {
+                    samples.latencies.push(sent.elapsed());
+                    samples.jobs += batch_size;
+                } else {
+                    samples.errors += 1;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let samples = std::mem::take(&mut *samples.lock().await);
+    let title = format!(
+        "batch submit, {} clients x {} jobs per batch for {} s (after {} s warm-up)",
+        args.concurrency, args.batch_size, args.duration, args.warmup
+    );
+    Ok(summarize(&title, samples, Duration::from_secs_f64(args.duration)))
+}

@@ -1,0 +1,195 @@
+//! The `hodei` command line: parses arguments, loads the configuration once, sets up
+//! logging, and dispatches to the library. Exit codes: 0 success, 1 failure while running,
+//! 2 invalid configuration or arguments.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::generate_key;
+use crate::config::{Config, LogFormat};
+use crate::{bench, db, dev, serve, store};
+
+#[derive(Debug, Parser)]
+#[command(name = "hodei", version, about = "Hodei: a job-scheduling control plane on PostgreSQL")]
+pub struct Cli {
+    /// Configuration file (YAML). HODEI_* environment variables override it.
+    #[arg(long, global = true, env = "HODEI_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the API (applies pending migrations first).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Start a complete local system: an embedded Postgres under ./.hodei/ unless a
+    /// database URL is configured, a dev tenant, and the API.
+    Dev,
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Configuration commands.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Administration straight against the database.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Load generators that measure a running system.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file (and the HODEI_* environment); exit 2 with the reason if invalid.
+    Check {
+        /// The file to check; defaults to --config / HODEI_CONFIG.
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create a tenant and print a new key for it.
+    CreateTenant {
+        name: String,
+        /// Fair-queuing weight (1-1000).
+        #[arg(long, default_value_t = 1)]
+        weight: i32,
+    },
+    /// Print a new API key for a tenant, or a new admin key.
+    CreateKey(CreateKeyArgs),
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct CreateKeyArgs {
+    /// The tenant the key acts for.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Create an admin key instead.
+    #[arg(long)]
+    admin: bool,
+}
+
+/// Entry point of the `hodei` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Config(ConfigCommand::Check { file }) = &cli.command {
+        return check_config(file.as_ref().or(cli.config.as_ref()));
+    }
+    let config = match Config::from_process_environment(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("hodei: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("hodei: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("hodei: {error:#}");
+            let is_config_error = error.downcast_ref::<crate::config::ConfigError>().is_some();
+            ExitCode::from(if is_config_error { 2 } else { 1 })
+        }
+    }
+}
+
+fn check_config(file: Option<&PathBuf>) -> ExitCode {
+    let environment = std::env::vars().filter(|(k, _)| k.starts_with("HODEI_")).collect();
+    match Config::load(file.map(PathBuf::as_path), &environment) {
+        Ok(_) => {
+            println!("configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("hodei: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second initialisation (in tests) is harmless and ignored.
+    let _ = match config.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => {
+            let shutdown = CancellationToken::new();
+            serve::cancel_on_signals(shutdown.clone());
+            serve::run(&config, shutdown).await
+        }
+        Command::Migrate => {
+            let url = config.require_database_url()?;
+            let pool = db::connect(url.expose(), 2).await?;
+            db::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Dev => dev::run(&config).await,
+        Command::Openapi => {
+            println!("{}", crate::http::openapi().to_pretty_json().context("rendering the OpenAPI document")?);
+            Ok(())
+        }
+        Command::Config(_) => unreachable!("handled before the runtime starts"),
+        Command::Admin(admin) => run_admin(admin, &config).await,
+        Command::Bench(bench_command) => bench::run(bench_command, &config).await,
+    }
+}
+
+async fn run_admin(command: AdminCommand, config: &Config) -> anyhow::Result<()> {
+    let url = config.require_database_url()?;
+    let pool = db::connect(url.expose(), 2).await?;
+    db::migrate(&pool).await?;
+    match command {
+        AdminCommand::CreateTenant { name, weight } => {
+            hodei_core::names::check_resource_name(&name)
+                .map_err(|message| anyhow::anyhow!("tenant name: {message}"))?;
+            anyhow::ensure!((1..=store::tenants::MAX_WEIGHT).contains(&weight), "weight: must be between 1 and 1000");
+            let mut transaction = pool.begin().await?;
+            let tenant = store::tenants::create(&mut *transaction, &name, weight)
+                .await
+                .with_context(|| format!("creating tenant {name:?} (does it exist already?)"))?;
+            let key = generate_key()?;
+            store::api_keys::insert_tenant_key(&mut *transaction, tenant.id, &key, "created by hodei admin").await?;
+            transaction.commit().await?;
+            println!("tenant: {}", tenant.name);
+            println!("api key: {}", key.plaintext);
+        }
+        AdminCommand::CreateKey(CreateKeyArgs { tenant: Some(name), .. }) => {
+            let tenant =
+                store::tenants::get(&pool, &name).await?.with_context(|| format!("no tenant named {name:?}"))?;
+            let key = generate_key()?;
+            store::api_keys::insert_tenant_key(&pool, tenant.id, &key, "created by hodei admin").await?;
+            println!("{}", key.plaintext);
+        }
+        AdminCommand::CreateKey(CreateKeyArgs { admin: true, .. }) => {
+            let key = generate_key()?;
+            store::api_keys::insert_admin_key(&pool, &key, "created by hodei admin").await?;
+            println!("{}", key.plaintext);
+        }
+        AdminCommand::CreateKey(_) => anyhow::bail!("pass --tenant NAME or --admin"),
+    }
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! The control plane's one typed configuration: read once from a YAML file (`--config` or
+//! `HODEI_CONFIG`), then overridden by `HODEI_*` environment variables, then validated
+//! with messages that name the bad field. Nothing else in the crate reads the environment
+//! for settings.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A value that must never appear in logs or debug output.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `postgres://…` URL of the database. Required by `serve` and `migrate`; `dev` starts
+    /// an embedded cluster when it is absent.
+    pub database_url: Option<Secret>,
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Connections in this process's pool.
+    pub database_max_connections: u32,
+    /// An exact string accepted as an admin key (at least 32 characters), for automation.
+    pub bootstrap_admin_key: Option<Secret>,
+    /// Tracing filter, e.g. `info` or `hodei_api=debug,info`.
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// Where `hodei dev` keeps its embedded Postgres cluster and profile.
+    pub dev_data_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_max_connections: 16,
+            bootstrap_admin_key: None,
+            log_level: "info".to_owned(),
+            log_format: LogFormat::Text,
+            dev_data_dir: PathBuf::from(".hodei"),
+        }
+    }
+}
+
+/// Each environment variable that overrides a field, and the field's name in the file.
+pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
+    ("HODEI_DATABASE_URL", "database_url"),
+    ("HODEI_LISTEN", "listen"),
+    ("HODEI_DATABASE_MAX_CONNECTIONS", "database_max_connections"),
+    ("HODEI_BOOTSTRAP_ADMIN_KEY", "bootstrap_admin_key"),
+    ("HODEI_LOG_LEVEL", "log_level"),
+    ("HODEI_LOG_FORMAT", "log_format"),
+    ("HODEI_DEV_DATA_DIR", "dev_data_dir"),
+];
+
+pub const MIN_BOOTSTRAP_ADMIN_KEY_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid YAML: {source}")]
+    Parse { path: PathBuf, source: serde_yaml::Error },
+    #[error("config file {path}: the top level must be a mapping of settings")]
+    NotAMapping { path: PathBuf },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the file (if any), applies the given environment, and validates.
+    pub fn load(file: Option<&Path>, environment: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        let mut document = match file {
+            Some(path) => read_document(path)?,
+            None => serde_yaml::Mapping::new(),
+        };
+        for (variable, field) in ENVIRONMENT_OVERRIDES {
+            if let Some(value) = environment.get(*variable) {
+                document.insert(serde_yaml::Value::from(*field), environment_value(field, value));
+            }
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(serde_yaml::Value::Mapping(document)).map_err(|error| {
+                let field = error.path().to_string();
+                let source = error.into_inner();
+                let message = if field == "." { source.to_string() } else { format!("{field}: {source}") };
+                ConfigError::Invalid(format!("{message} (file {}, or its HODEI_* variable)", describe(file)))
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads from the process's own environment: the file named by `file` or `HODEI_CONFIG`.
+    pub fn from_process_environment(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let environment: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("HODEI_")).collect();
+        let file = file.map(Path::to_path_buf).or_else(|| environment.get("HODEI_CONFIG").map(PathBuf::from));
+        Config::load(file.as_deref(), &environment)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if let Some(url) = &self.database_url {
+            let url = url.expose();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                problems.push("database_url: must start with postgres:// or postgresql://".to_owned());
+            }
+        }
+        if self.database_max_connections == 0 || self.database_max_connections > 1000 {
+            problems.push(format!(
+                "database_max_connections: must be between 1 and 1000, got {}",
+                self.database_max_connections
+            ));
+        }
+        if let Some(key) = &self.bootstrap_admin_key {
+            if key.expose().len() < MIN_BOOTSTRAP_ADMIN_KEY_LEN {
+                problems.push(format!(
+                    "bootstrap_admin_key: must be at least {MIN_BOOTSTRAP_ADMIN_KEY_LEN} characters, got {}",
+                    key.expose().len()
+                ));
+            }
+        }
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            problems.push(format!("log_level: {error}"));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems.join("; ")))
+        }
+    }
+
+    pub fn require_database_url(&self) -> Result<&Secret, ConfigError> {
+        self.database_url.as_ref().ok_or_else(|| {
+            ConfigError::Invalid("database_url: required (set it in the config file or HODEI_DATABASE_URL)".to_owned())
+        })
+    }
+}
+
+fn read_document(path: &Path) -> Result<serde_yaml::Mapping, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    if text.trim().is_empty() {
+        return Ok(serde_yaml::Mapping::new());
+    }
+    match serde_yaml::from_str::<serde_yaml::Value>(&text) {
+        Ok(serde_yaml::Value::Mapping(mapping)) => Ok(mapping),
+        Ok(serde_yaml::Value::Null) => Ok(serde_yaml::Mapping::new()),
+        Ok(_) => Err(ConfigError::NotAMapping { path: path.to_owned() }),
+        Err(source) => Err(ConfigError::Parse { path: path.to_owned(), source }),
+    }
+}
+
+/// Environment values are strings; numeric fields are parsed as YAML so `16` is a number.
+fn environment_value(field: &str, value: &str) -> serde_yaml::Value {
+    if field == "database_max_connections" {
+        if let Ok(number) = value.trim().parse::<u64>() {
+            return serde_yaml::Value::from(number);
+        }
+    }
+    serde_yaml::Value::from(value)
+}
+
+fn describe(file: Option<&Path>) -> String {
+    file.map(|p| p.display().to_string()).unwrap_or_else(|| "<none>".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn environment(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn write(contents: &str) -> tempfile_path::TempFile {
+        tempfile_path::TempFile::with_contents(contents)
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let file = write("listen: 127.0.0.1:9000\ndatabase_url: postgres://file/db\n");
+        let config = Config::load(Some(file.path()), &environment(&[("HODEI_DATABASE_URL", "postgres://env/db")]))
+            .expect("valid");
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.database_url.expect("set").expose(), "postgres://env/db");
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        let config = Config::load(None, &BTreeMap::new()).expect("valid");
+        assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert!(config.database_url.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_bad_field() {
+        let file = write("listen: nowhere\n");
+        let message = Config::load(Some(file.path()), &BTreeMap::new()).expect_err("invalid").to_string();
+        assert!(message.contains("listen"), "{message}");
+
+        let file = write("lisen: 127.0.0.1:1\n");
+        let message = Config::load(Some(file.path()), &BTreeMap::new()).expect_err("invalid").to_string();
+        assert!(message.contains("unknown field `lisen`"), "{message}");
+
+        let message = Config::load(None, &environment(&[("HODEI_BOOTSTRAP_ADMIN_KEY", "short")]))
+            .expect_err("invalid")
+            .to_string();
+        assert!(message.contains("bootstrap_admin_key: must be at least 32 characters, got 5"), "{message}");
+
+        let message = Config::load(None, &environment(&[("HODEI_DATABASE_MAX_CONNECTIONS", "0")]))
+            .expect_err("invalid")
+            .to_string();
+        assert!(message.contains("database_max_connections"), "{message}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let config =
+            Config::load(None, &environment(&[("HODEI_DATABASE_URL", "postgres://u:hunter2@h/db")])).expect("valid");
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    /// A file in the system temp directory, removed on drop.
+    mod tempfile_path {
+        use std::path::{Path, PathBuf};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        pub struct TempFile(PathBuf);
+
+        impl TempFile {
+            pub fn with_contents(contents: &str) -> Self {
+                static COUNTER: AtomicUsize = AtomicUsize::new(0);
+                let name =
+                    format!("hodei-config-{}-{}.yaml", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+                let path = std::env::temp_dir().join(name);
+                std::fs::write(&path, contents).expect("write temp file");
+                Self(path)
+            }
+
+            pub fn path(&self) -> &Path {
+                &self.0
+            }
+        }
+
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! `hodei dev`: a complete local system from one command. Uses the configured database,
+//! or creates (first run) and starts an embedded cluster under the dev data directory;
+//! applies migrations; makes sure a `dev` tenant exists with a key; serves the API; and on
+//! Ctrl-C stops everything it started.
+//!
+//! The keys are written to `<data dir>/profile.json` (mode 0600) so the next run, and
+//! command-line clients, can reuse them: the database keeps only their hashes.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sqlx::{Executor, PgPool};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{generate_key, hash_key};
+use crate::config::Config;
+use crate::embedded_postgres::{EmbeddedCluster, PostgresInstallation};
+use crate::{serve, store};
+
+pub const DEV_TENANT: &str = "dev";
+pub const PROFILE_FILE: &str = "profile.json";
+const DEV_DATABASE: &str = "hodei";
+
+/// What a local client needs to talk to the dev system.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Profile {
+    pub api_url: String,
+    pub tenant: String,
+    pub api_key: String,
+    pub admin_key: String,
+}
+
+pub async fn run(config: &Config) -> anyhow::Result<()> {
+    let data_dir = config.dev_data_dir.clone();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+
+    let (database_url, cluster) = match &config.database_url {
+        Some(url) => (url.expose().to_owned(), None),
+        None => {
+            let cluster = tokio::task::spawn_blocking({
+                let pg_dir = data_dir.join("postgres");
+                move || -> anyhow::Result<(EmbeddedCluster, bool)> {
+                    let cluster = EmbeddedCluster::open_or_init(PostgresInstallation::discover()?, &pg_dir)?;
+                    let started = cluster.start()?;
+                    Ok((cluster, started))
+                }
+            })
+            .await??;
+            let (cluster, started) = cluster;
+            tracing::info!(port = cluster.port(), data_dir = %cluster.data_dir().display(), started, "embedded Postgres ready");
+            create_database_if_missing(&cluster.url("postgres"), DEV_DATABASE).await?;
+            (cluster.url(DEV_DATABASE), Some(cluster))
+        }
+    };
+
+    let result = serve_dev(config, &database_url, &data_dir).await;
+
+    if let Some(cluster) = cluster {
+        tracing::info!("stopping embedded Postgres");
+        tokio::task::spawn_blocking(move || cluster.stop()).await??;
+    }
+    result
+}
+
+async fn serve_dev(config: &Config, database_url: &str, data_dir: &Path) -> anyhow::Result<()> {
+    let pool = serve::prepare_database(config, database_url).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the listen address {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let api_url = format!("http://{address}");
+    let profile = ensure_profile(&pool, data_dir, &api_url).await?;
+    print_banner(&profile, &data_dir.join(PROFILE_FILE));
+
+    let shutdown = CancellationToken::new();
+    serve::cancel_on_signals(shutdown.clone());
+    serve::serve_http(pool.clone(), listener, shutdown).await?;
+    pool.close().await;
+    Ok(())
+}
+
+async fn create_database_if_missing(server_url: &str, database: &str) -> anyhow::Result<()> {
+    let pool = crate::db::connect(server_url, 1).await?;
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+        .bind(database)
+        .fetch_one(&pool)
+        .await?;
+    if !exists {
+        pool.execute(format!("create database {database}").as_str()).await?;
+    }
+    pool.close().await;
+    Ok(())
+}
+
+/// Reuses the keys in the profile while they still work; otherwise issues new ones.
+async fn ensure_profile(pool: &PgPool, data_dir: &Path, api_url: &str) -> anyhow::Result<Profile> {
+    let path = data_dir.join(PROFILE_FILE);
+    let previous: Option<Profile> =
+        std::fs::read_to_string(&path).ok().and_then(|text| serde_json::from_str(&text).ok());
+
+    let tenant = match store::tenants::get(pool, DEV_TENANT).await? {
+        Some(tenant) => tenant,
+        None => store::tenants::create(pool, DEV_TENANT, 1).await?,
+    };
+    let still_valid = |key: &str| {
+        let hash = hash_key(key);
+        async move { store::api_keys::resolve(pool, &hash).await }
+    };
+
+    let api_key = match &previous {
+        Some(profile) if still_valid(&profile.api_key).await?.is_some() => profile.api_key.clone(),
+        _ => {
+            let key = generate_key()?;
+            store::api_keys::insert_tenant_key(pool, tenant.id, &key, "hodei dev").await?;
+            key.plaintext
+        }
+    };
+    let admin_key = match &previous {
+        Some(profile) if still_valid(&profile.admin_key).await?.is_some() => profile.admin_key.clone(),
+        _ => {
+            let key = generate_key()?;
+            store::api_keys::insert_admin_key(pool, &key, "hodei dev").await?;
+            key.plaintext
+        }
+    };
+    let profile = Profile { api_url: api_url.to_owned(), tenant: DEV_TENANT.to_owned(), api_key, admin_key };
+    std::fs::write(&path, serde_json::to_vec_pretty(&profile)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(profile)
+}
+
+fn print_banner(profile: &Profile, profile_path: &Path) {
+    let url = &profile.api_url;
+    println!(
+        "\nHodei is running.\n\
+         \n  API        {url}/api/v1\
+         \n  Docs       {url}/docs\
+         \n  OpenAPI    {url}/api/v1/openapi.json\
+         \n  Tenant     {tenant}\
+         \n  API key    {key}\
+         \n  Admin key  {admin}\
+         \n  Profile    {profile_path}\
+         \n\nSubmit a job:\n  curl -s -X POST {url}/api/v1/jobs -H 'Authorization: Bearer {key}' \\\n    \
+         -H 'Content-Type: application/json' -d '{{\"command\": {{\"argv\": [\"echo\", \"hello\"]}}}}'\n\
+         \nPress Ctrl-C to stop.\n",
+        tenant = profile.tenant,
+        key = profile.api_key,
+        admin = profile.admin_key,
+        profile_path = profile_path.display(),
+    );
+}

@@ -1,0 +1,232 @@
+//! The one HTTP error type. Renders RFC 9457 `application/problem+json` with a stable,
+//! machine-readable `code`. Client errors carry a message safe to show; internal errors
+//! become an opaque 500 that names the request's trace id and are logged once, here.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hodei_core::{FieldError, ValidationErrors};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::http::request_context;
+
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem kind: `urn:hodei:problem:<code>`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable machine-readable code, e.g. `validation_failed`, `not_found`, `queue_full`.
+    pub code: String,
+    /// The request id, also sent as the `x-request-id` header and written in the logs.
+    pub trace_id: String,
+    /// For `validation_failed`: every invalid field.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+/// An error returned by a handler.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    errors: Vec<FieldError>,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+    internal: Option<anyhow::Error>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self { status, code, detail: detail.into(), errors: Vec::new(), headers: Vec::new(), internal: None }
+    }
+
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+            .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, detail)
+    }
+
+    pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+    }
+
+    pub fn validation(errors: ValidationErrors) -> Self {
+        let mut error = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", errors.to_string());
+        error.errors = errors.errors().to_vec();
+        error
+    }
+
+    pub fn internal(error: impl Into<anyhow::Error>) -> Self {
+        let mut api_error = Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal server error");
+        api_error.internal = Some(error.into());
+        api_error
+    }
+
+    pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
+impl From<ValidationErrors> for ApiError {
+    fn from(errors: ValidationErrors) -> Self {
+        Self::validation(errors)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        // Named constraints are part of the schema's contract and map to client errors;
+        // anything else is ours to fix.
+        if let Some(db_error) = error.as_database_error() {
+            match db_error.constraint() {
+                Some("jobs_queue_fkey") => {
+                    return Self::unprocessable("unknown_queue", "the job names a queue that does not exist")
+                }
+                Some("tenants_name_key") => {
+                    return Self::conflict("tenant_exists", "a tenant with this name already exists")
+                }
+                _ => {}
+            }
+        }
+        Self::internal(error)
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(error: anyhow::Error) -> Self {
+        Self::internal(error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let trace_id = request_context::current_request_id();
+        let detail = match &self.internal {
+            Some(error) => {
+                tracing::error!(trace_id = %trace_id, error = format!("{error:#}"), "internal error");
+                format!("internal server error; quote trace id {trace_id} when reporting it")
+            }
+            None => self.detail,
+        };
+        let problem = Problem {
+            problem_type: format!("urn:hodei:problem:{}", self.code),
+            title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: self.status.as_u16(),
+            detail,
+            code: self.code.to_owned(),
+            trace_id,
+            errors: self.errors,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (self.status, body).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+        for (name, value) in self.headers {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+}
+
+/// `axum::Json` whose rejections (malformed JSON, unknown fields, wrong types, missing
+/// content type, oversized body) are problem documents.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(Json(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let status = rejection.status();
+    let code = match &rejection {
+        JsonRejection::JsonDataError(_) => "invalid_body",
+        JsonRejection::JsonSyntaxError(_) => "malformed_json",
+        JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
+        _ if status == StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        _ => "invalid_body",
+    };
+    let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "the request body is larger than this endpoint accepts".to_owned()
+    } else {
+        rejection.body_text()
+    };
+    ApiError::new(status, code, detail)
+}
+
+/// `axum::extract::Query` whose rejections are problem documents.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Query(value)),
+            Err(rejection) => Err(query_rejection(rejection)),
+        }
+    }
+}
+
+fn query_rejection(rejection: QueryRejection) -> ApiError {
+    ApiError::bad_request("invalid_query", rejection.body_text())
+}
+
+/// Fallback for unknown paths.
+pub async fn route_not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+/// Fallback for a known path with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that method")
+}

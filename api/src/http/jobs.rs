@@ -1,0 +1,294 @@
+//! `/api/v1/jobs`: submit (one or a batch), get, list and cancel jobs. A tenant key sees
+//! only its own tenant's jobs: any other job is "not found", never "forbidden".
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use hodei_core::names::check_resource_name;
+use hodei_core::{JobSpec, JobState, ValidJob, ValidationErrors};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::error::{ApiError, Json, Problem, Query};
+use crate::http::AppState;
+use crate::store::jobs::{self, CancelResult, Idempotency, Job, JobFilter, SubmitOutcome, Submitter};
+
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+pub const MAX_BATCH_JOBS: usize = 1000;
+pub const DEFAULT_PAGE_SIZE: i64 = 50;
+pub const MAX_PAGE_SIZE: i64 = 500;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(submit_job, list_jobs)).routes(routes!(get_job)).routes(routes!(cancel_job))
+}
+
+/// The batch route, kept apart because it accepts a larger body.
+pub fn batch_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(submit_batch))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSubmit {
+    /// 1 to 1000 jobs, all accepted or none.
+    #[schema(min_items = 1, max_items = 1000)]
+    pub jobs: Vec<JobSpec>,
+}
+
+/// The ids of a batch's jobs, in the order they were submitted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchSubmitted {
+    pub ids: Vec<Uuid>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListJobsQuery {
+    /// Only jobs in this state.
+    pub state: Option<String>,
+    /// Only jobs in this queue.
+    pub queue: Option<String>,
+    /// Only jobs created at or after this time (RFC 3339).
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only jobs created before this time (RFC 3339).
+    pub created_before: Option<DateTime<Utc>>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size, 1–500 (default 50).
+    pub limit: Option<i64>,
+}
+
+/// A page of jobs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn idempotency_from(
+    headers: &HeaderMap,
+    body_digest: impl FnOnce() -> Vec<u8>,
+) -> Result<Option<Idempotency>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else {
+        return Ok(None);
+    };
+    let key = value.to_str().ok().filter(|key| !key.is_empty() && key.len() <= 255).ok_or_else(|| {
+        ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1-255 visible ASCII characters")
+    })?;
+    Ok(Some(Idempotency { key: key.to_owned(), fingerprint: body_digest() }))
+}
+
+fn digest<T: Serialize>(value: &T) -> Vec<u8> {
+    Sha256::digest(serde_json::to_vec(value).unwrap_or_default()).to_vec()
+}
+
+fn submitted_response<T: Serialize>(replayed: bool, body: T) -> Response {
+    if replayed {
+        let mut response = (StatusCode::OK, axum::Json(body)).into_response();
+        response.headers_mut().insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+        response
+    } else {
+        (StatusCode::CREATED, axum::Json(body)).into_response()
+    }
+}
+
+fn key_reused() -> ApiError {
+    ApiError::unprocessable(
+        "idempotency_key_reused",
+        "this Idempotency-Key was already used for a different request; use a new key",
+    )
+}
+
+fn unknown_queues(queues: Vec<String>) -> ApiError {
+    ApiError::unprocessable("unknown_queue", format!("no queue named {}", queues.join(", ")))
+}
+
+/// Submit a job. It is acknowledged only once it is committed.
+#[utoipa::path(
+    post, path = "/jobs", tag = "jobs", request_body = JobSpec, security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retrying with the same key returns the original job instead of a new one")),
+    responses(
+        (status = 201, description = "queued", body = Job),
+        (status = 200, description = "replay of an earlier submission with the same Idempotency-Key", body = Job),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")
+    )
+)]
+async fn submit_job(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    Json(spec): Json<JobSpec>,
+) -> Result<Response, ApiError> {
+    let (tenant_id, tenant_name) = principal.require_tenant()?;
+    let job = spec.validate(Utc::now())?;
+    let idempotency = idempotency_from(&headers, || digest(&spec))?;
+    let mut connection = state.db.acquire().await?;
+    let submitter = Submitter { tenant_id, tenant_name };
+    match jobs::submit_one(&mut connection, submitter, &job, idempotency.as_ref()).await? {
+        SubmitOutcome::Created(job) => Ok(submitted_response(false, job)),
+        SubmitOutcome::Replayed(job) => Ok(submitted_response(true, job)),
+        SubmitOutcome::KeyReused => Err(key_reused()),
+        SubmitOutcome::UnknownQueues(queues) => Err(unknown_queues(queues)),
+    }
+}
+
+/// Submit up to 1000 jobs in one transaction: all are queued, or none.
+#[utoipa::path(
+    post, path = "/jobs/batch", tag = "jobs", request_body = BatchSubmit, security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retrying with the same key returns the original ids")),
+    responses(
+        (status = 201, description = "queued", body = BatchSubmitted),
+        (status = 200, description = "replay of an earlier batch with the same Idempotency-Key", body = BatchSubmitted),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")
+    )
+)]
+async fn submit_batch(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    Json(batch): Json<BatchSubmit>,
+) -> Result<Response, ApiError> {
+    let (tenant_id, tenant_name) = principal.require_tenant()?;
+    if batch.jobs.is_empty() || batch.jobs.len() > MAX_BATCH_JOBS {
+        return Err(ValidationErrors::single(
+            "jobs",
+            format!("must hold between 1 and {MAX_BATCH_JOBS} jobs, got {}", batch.jobs.len()),
+        )
+        .into());
+    }
+    let now = Utc::now();
+    let mut errors = ValidationErrors::new();
+    let mut valid: Vec<ValidJob> = Vec::with_capacity(batch.jobs.len());
+    for (index, spec) in batch.jobs.iter().enumerate() {
+        match spec.validate(now) {
+            Ok(job) => valid.push(job),
+            Err(job_errors) => errors.merge_prefixed(&format!("jobs[{index}]."), job_errors),
+        }
+    }
+    errors.into_result(())?;
+    let idempotency = idempotency_from(&headers, || digest(&batch))?;
+    let mut connection = state.db.acquire().await?;
+    let submitter = Submitter { tenant_id, tenant_name };
+    match jobs::submit_batch(&mut connection, submitter, &valid, idempotency.as_ref()).await? {
+        SubmitOutcome::Created(ids) => Ok(submitted_response(false, BatchSubmitted { ids })),
+        SubmitOutcome::Replayed(ids) => Ok(submitted_response(true, BatchSubmitted { ids })),
+        SubmitOutcome::KeyReused => Err(key_reused()),
+        SubmitOutcome::UnknownQueues(queues) => Err(unknown_queues(queues)),
+    }
+}
+
+fn parse_job_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| job_not_found(id))
+}
+
+fn job_not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("no job with id {id:?}"))
+}
+
+/// Get a job.
+#[utoipa::path(
+    get, path = "/jobs/{id}", tag = "jobs", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses((status = 200, body = Job), (status = 404, body = Problem, content_type = "application/problem+json"))
+)]
+async fn get_job(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Job>, ApiError> {
+    let job_id = parse_job_id(&id)?;
+    jobs::get(&state.db, principal.tenant_scope(), job_id).await?.map(axum::Json).ok_or_else(|| job_not_found(&id))
+}
+
+/// List jobs, newest first, with filters and cursor pagination.
+#[utoipa::path(
+    get, path = "/jobs", tag = "jobs", security(("bearer" = [])), params(ListJobsQuery),
+    responses((status = 200, body = JobList), (status = 400, body = Problem, content_type = "application/problem+json"))
+)]
+async fn list_jobs(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<ListJobsQuery>,
+) -> Result<axum::Json<JobList>, ApiError> {
+    let state_filter = match &query.state {
+        None => None,
+        Some(text) => Some(JobState::parse(text).ok_or_else(|| {
+            let known: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::bad_request(
+                "invalid_query",
+                format!("state: unknown state {text:?}; expected one of {}", known.join(", ")),
+            )
+        })?),
+    };
+    if let Some(queue) = &query.queue {
+        check_resource_name(queue)
+            .map_err(|message| ApiError::bad_request("invalid_query", format!("queue: {message}")))?;
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
+    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit: must be between 1 and {MAX_PAGE_SIZE}, got {limit}"),
+        ));
+    }
+    let before_id =
+        match &query.cursor {
+            None => None,
+            Some(cursor) => Some(Uuid::parse_str(cursor).map_err(|_| {
+                ApiError::bad_request("invalid_query", "cursor: not a cursor returned by this endpoint")
+            })?),
+        };
+    let filter = JobFilter {
+        tenant_scope: principal.tenant_scope(),
+        state: state_filter,
+        queue: query.queue,
+        created_after: query.created_after,
+        created_before: query.created_before,
+        before_id,
+        limit,
+    };
+    let (jobs, has_more) = jobs::list(&state.db, &filter).await?;
+    let next_cursor = if has_more { jobs.last().map(|job| job.id.to_string()) } else { None };
+    Ok(axum::Json(JobList { jobs, next_cursor }))
+}
+
+/// Cancel a job. A queued job leaves its queue at once (state `cancelled`); for a job on a
+/// worker the request is recorded (`cancel_requested_at`) and delivered to the worker.
+#[utoipa::path(
+    post, path = "/jobs/{id}/cancel", tag = "jobs", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "cancelled, or cancellation requested", body = Job),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "the job already finished", body = Problem, content_type = "application/problem+json")
+    )
+)]
+async fn cancel_job(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Job>, ApiError> {
+    let job_id = parse_job_id(&id)?;
+    let mut connection = state.db.acquire().await?;
+    match jobs::cancel(&mut connection, principal.tenant_scope(), job_id).await? {
+        CancelResult::Done(job) => Ok(axum::Json(job)),
+        CancelResult::NotFound => Err(job_not_found(&id)),
+        CancelResult::AlreadyFinished(job) => Err(ApiError::conflict(
+            "job_finished",
+            format!("job {id} already finished in state {}; there is nothing to cancel", job.state),
+        )),
+    }
+}

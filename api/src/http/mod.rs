@@ -1,0 +1,104 @@
+//! The HTTP API. Each submodule owns its routes, request and response types and
+//! handlers; they are merged here, in one place, together with the OpenAPI document that
+//! utoipa derives from them. Handlers do no SQL of their own: they call `store`.
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use sqlx::PgPool;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::error::{self, Problem};
+
+pub mod events;
+pub mod health;
+pub mod jobs;
+pub mod request_context;
+pub mod tenants;
+
+/// Largest request body accepted by default (one job, one tenant, ...).
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// Largest request body for a batch submission.
+pub const BATCH_BODY_LIMIT: usize = 16 * 1024 * 1024;
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+
+/// What every handler shares. Holds no state of its own: all of it is in Postgres.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub db: PgPool,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Hodei",
+        description = "Job-scheduling control plane: durable fair queues in Postgres, worker pools, cost accounting.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(Problem)),
+    tags(
+        (name = "jobs", description = "Submit, inspect, list and cancel jobs"),
+        (name = "events", description = "The job event stream"),
+        (name = "tenants", description = "Tenants and their API keys (admin)"),
+        (name = "health", description = "Liveness and readiness")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("hodei_...").build()),
+        );
+    }
+}
+
+fn routes() -> OpenApiRouter<AppState> {
+    let api = OpenApiRouter::new()
+        .merge(tenants::router())
+        .merge(jobs::router())
+        .merge(events::router())
+        .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
+        // Inner limits win over outer ones, so the batch route keeps its larger limit.
+        .merge(jobs::batch_router().layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)));
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(health::router()).nest("/api/v1", api)
+}
+
+/// The OpenAPI document, exactly as served and as committed under `openapi/`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().split_for_parts().1
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let (router, openapi) = routes().split_for_parts();
+    router
+        .merge(SwaggerUi::new("/docs").url(OPENAPI_PATH, openapi))
+        .fallback(error::route_not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn(request_context::middleware))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    /// `openapi/openapi.json` is the committed contract; regenerate it with `just openapi`
+    /// (`hodei openapi > openapi/openapi.json`) when the API changes on purpose.
+    #[test]
+    fn committed_openapi_document_matches_the_code() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../openapi/openapi.json");
+        let committed = std::fs::read_to_string(&path).expect("openapi/openapi.json is committed");
+        let generated = super::openapi().to_pretty_json().expect("renders");
+        assert!(
+            committed.trim_end() == generated.trim_end(),
+            "openapi/openapi.json differs from the code's document: run `just openapi` and review the diff"
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! The Hodei control plane as a library: configuration, storage, the HTTP API and the
+//! commands of the `hodei` binary. `main.rs` only parses arguments and calls `cli::run`;
+//! tests drive the same functions.
+
+pub mod auth;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod dev;
+pub mod embedded_postgres;
+pub mod error;
+pub mod http;
+pub mod serve;
+pub mod store;
+pub mod testing;
+
+pub use http::{app, AppState};

@@ -1,0 +1,8 @@
+//! Storage: one module per table, each owning its SQL. Functions take an executor
+//! (`impl PgExecutor` or `&mut PgConnection`) so callers compose transactions. Nothing
+//! here knows about HTTP.
+
+pub mod api_keys;
+pub mod events;
+pub mod jobs;
+pub mod tenants;

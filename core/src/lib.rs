@@ -1,0 +1,12 @@
+//! The pure domain of Hodei: value types, validation rules and scheduling policies.
+//!
+//! Everything here is plain data and plain functions. This crate must never do IO: no
+//! database, no network, no clock, no randomness. Callers pass `now` (and any random
+//! input) as arguments, so every decision can be reproduced exactly in a test.
+
+pub mod job;
+pub mod names;
+pub mod validation;
+
+pub use job::{CommandSpec, JobSpec, JobState, ResourceRequest, ValidJob};
+pub use validation::{FieldError, ValidationErrors};

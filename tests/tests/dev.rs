@@ -1,0 +1,86 @@
+//! `hodei dev`, the first quick-start command: with no database configured it creates an
+//! embedded Postgres cluster, serves the API with a dev tenant, stops cleanly on Ctrl-C,
+//! and reuses the cluster and keys on the next run.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use hodei_e2e::{binary, free_port, Client};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+struct DevRun {
+    child: tokio::process::Child,
+    url: String,
+}
+
+async fn start_dev(data_dir: &Path) -> DevRun {
+    let port = free_port();
+    let child = tokio::process::Command::new(binary("hodei"))
+        .arg("dev")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HODEI_DEV_DATA_DIR", data_dir)
+        .env("HODEI_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start hodei dev");
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if client.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status().is_success())
+            && data_dir.join("profile.json").is_file()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "hodei dev did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    DevRun { child, url }
+}
+
+async fn interrupt_and_wait(run: &mut DevRun) -> std::process::ExitStatus {
+    let pid = run.child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill").args(["-INT", &pid]).status().expect("kill");
+    assert!(status.success());
+    tokio::time::timeout(Duration::from_secs(60), run.child.wait()).await.expect("exits in time").expect("status")
+}
+
+fn profile(data_dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(data_dir.join("profile.json")).expect("profile")).expect("json")
+}
+
+#[tokio::test]
+async fn dev_starts_a_complete_local_system_and_stops_cleanly() {
+    let data_dir = std::env::temp_dir().join(format!("hodei-dev-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+
+    let mut first = start_dev(&data_dir).await;
+    let first_profile = profile(&data_dir);
+    assert_eq!(first_profile["tenant"], "dev");
+    assert_eq!(first_profile["api_url"], first.url.as_str());
+    let dev = Client::new(&first.url, first_profile["api_key"].as_str());
+    let job = dev.submit(&["echo", "hello"]).await;
+    assert_eq!(job["tenant"], "dev");
+    let admin = Client::new(&first.url, first_profile["admin_key"].as_str());
+    assert_eq!(admin.get("/api/v1/tenants").await.status, StatusCode::OK);
+
+    let status = interrupt_and_wait(&mut first).await;
+    assert!(status.success(), "{status:?}");
+    assert!(!data_dir.join("postgres/postmaster.pid").exists(), "the embedded Postgres was stopped");
+
+    // The next run reuses the cluster, its data and the same keys.
+    let mut second = start_dev(&data_dir).await;
+    let second_profile = profile(&data_dir);
+    assert_eq!(second_profile["api_key"], first_profile["api_key"]);
+    let dev = Client::new(&second.url, second_profile["api_key"].as_str());
+    let fetched = dev.get(&format!("/api/v1/jobs/{}", job["id"].as_str().expect("id"))).await;
+    assert_eq!(fetched.status, StatusCode::OK, "jobs survive a restart: {fetched:?}");
+    assert!(interrupt_and_wait(&mut second).await.success());
+
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
