@@ -112,14 +112,8 @@ impl From<sqlx::Error> for ApiError {
         // Named constraints are part of the schema's contract and map to client errors;
         // anything else is ours to fix.
         if let Some(db_error) = error.as_database_error() {
-            match db_error.constraint() {
-                Some("jobs_queue_fkey") => {
-                    return Self::unprocessable("unknown_queue", "the job names a queue that does not exist")
-                }
-                Some("tenants_name_key") => {
-                    return Self::conflict("tenant_exists", "a tenant with this name already exists")
-                }
-                _ => {}
+            if db_error.constraint() == Some("tenants_name_key") {
+                return Self::conflict("tenant_exists", "a tenant with this name already exists");
             }
         }
         Self::internal(error)

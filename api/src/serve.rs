@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{hash_key, visible_prefix};
 use crate::config::Config;
-use crate::http::{app, AppState};
+use crate::http::{app, default_policies, AppState};
 use crate::{db, store};
 
 /// Connects, applies migrations (safe when replicas start together), and installs the
@@ -28,7 +28,7 @@ pub async fn prepare_database(config: &Config, database_url: &str) -> anyhow::Re
 pub async fn serve_http(pool: PgPool, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let address = listener.local_addr().context("reading the listen address")?;
     tracing::info!(%address, "listening on http://{address}");
-    axum::serve(listener, app(AppState { db: pool }))
+    axum::serve(listener, app(AppState::new(pool, default_policies())))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .context("serving HTTP")

@@ -38,6 +38,8 @@ pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
+    /// Waiting for a time: its not-before time, or the backoff before a retry.
+    Scheduled,
     /// Waiting in its queue for a worker.
     Queued,
     /// Given to a worker that has not yet reported the start.
@@ -53,7 +55,8 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 6] = [
+    pub const ALL: [JobState; 7] = [
+        JobState::Scheduled,
         JobState::Queued,
         JobState::Assigned,
         JobState::Running,
@@ -64,6 +67,7 @@ impl JobState {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            JobState::Scheduled => "scheduled",
             JobState::Queued => "queued",
             JobState::Assigned => "assigned",
             JobState::Running => "running",
@@ -84,7 +88,7 @@ impl JobState {
     /// What a cancel request does to a job in this state.
     pub fn on_cancel(self) -> CancelOutcome {
         match self {
-            JobState::Queued => CancelOutcome::CancelledNow,
+            JobState::Scheduled | JobState::Queued => CancelOutcome::CancelledNow,
             JobState::Assigned | JobState::Running => CancelOutcome::HandedToWorker,
             JobState::Cancelled => CancelOutcome::AlreadyCancelled,
             JobState::Succeeded | JobState::DeadLettered => CancelOutcome::NotCancellable,
@@ -101,7 +105,7 @@ impl std::fmt::Display for JobState {
 /// The effect of cancelling a job, decided from its state alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelOutcome {
-    /// Still queued: it leaves the queue at once and becomes `cancelled`.
+    /// Still waiting (queued or scheduled): it leaves its queue at once and becomes `cancelled`.
     CancelledNow,
     /// On a worker: the request is recorded and delivered through the worker protocol.
     HandedToWorker,

@@ -4,8 +4,13 @@
 //! database, no network, no clock, no randomness. Callers pass `now` (and any random
 //! input) as arguments, so every decision can be reproduced exactly in a test.
 
+pub mod backoff;
+pub mod dispatch;
+pub mod fairness;
 pub mod job;
 pub mod names;
+pub mod ordering;
+pub mod queue;
 pub mod validation;
 
 pub use job::{CommandSpec, JobSpec, JobState, ResourceRequest, ValidJob};

@@ -17,7 +17,8 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::error::{ApiError, Json, Problem, Query};
 use crate::http::AppState;
-use crate::store::jobs::{self, CancelResult, Idempotency, Job, JobFilter, SubmitOutcome, Submitter};
+use crate::store::enqueue::{self, SubmitOutcome};
+use crate::store::jobs::{self, CancelResult, Idempotency, Job, JobFilter, Submitter};
 
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -112,6 +113,34 @@ fn unknown_queues(queues: Vec<String>) -> ApiError {
     ApiError::unprocessable("unknown_queue", format!("no queue named {}", queues.join(", ")))
 }
 
+fn queue_full(queue: &str, retry_after_seconds: i64) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "queue_full",
+        format!("queue {queue:?} is full; retry after {retry_after_seconds} s"),
+    )
+    .with_header(axum::http::header::RETRY_AFTER, HeaderValue::from(retry_after_seconds))
+}
+
+/// Turns a submission's outcome into a response; `one` picks the single-job body.
+fn submission_response(outcome: SubmitOutcome, one: bool) -> Result<Response, ApiError> {
+    let respond = |replayed: bool, ids: Vec<Uuid>, jobs: Vec<Job>| {
+        if one {
+            let job = jobs.into_iter().next().ok_or_else(|| ApiError::internal(anyhow::anyhow!("no job returned")))?;
+            Ok(submitted_response(replayed, job))
+        } else {
+            Ok(submitted_response(replayed, BatchSubmitted { ids }))
+        }
+    };
+    match outcome {
+        SubmitOutcome::Created { ids, jobs } => respond(false, ids, jobs),
+        SubmitOutcome::Replayed { ids, jobs } => respond(true, ids, jobs),
+        SubmitOutcome::KeyReused => Err(key_reused()),
+        SubmitOutcome::UnknownQueues(queues) => Err(unknown_queues(queues)),
+        SubmitOutcome::Rejected { queue, retry_after_seconds } => Err(queue_full(&queue, retry_after_seconds)),
+    }
+}
+
 /// Submit a job. It is acknowledged only once it is committed.
 #[utoipa::path(
     post, path = "/jobs", tag = "jobs", request_body = JobSpec, security(("bearer" = [])),
@@ -122,7 +151,8 @@ fn unknown_queues(queues: Vec<String>) -> ApiError {
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json")
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "the queue is full (see Retry-After)", body = Problem, content_type = "application/problem+json")
     )
 )]
 async fn submit_job(
@@ -136,12 +166,9 @@ async fn submit_job(
     let idempotency = idempotency_from(&headers, || digest(&spec))?;
     let mut connection = state.db.acquire().await?;
     let submitter = Submitter { tenant_id, tenant_name };
-    match jobs::submit_one(&mut connection, submitter, &job, idempotency.as_ref()).await? {
-        SubmitOutcome::Created(job) => Ok(submitted_response(false, job)),
-        SubmitOutcome::Replayed(job) => Ok(submitted_response(true, job)),
-        SubmitOutcome::KeyReused => Err(key_reused()),
-        SubmitOutcome::UnknownQueues(queues) => Err(unknown_queues(queues)),
-    }
+    let outcome =
+        enqueue::submit(&mut connection, &state.policies, submitter, &[job], idempotency.as_ref(), true).await?;
+    submission_response(outcome, true)
 }
 
 /// Submit up to 1000 jobs in one transaction: all are queued, or none.
@@ -152,7 +179,8 @@ async fn submit_job(
         (status = 201, description = "queued", body = BatchSubmitted),
         (status = 200, description = "replay of an earlier batch with the same Idempotency-Key", body = BatchSubmitted),
         (status = 413, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json")
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "a queue is full (see Retry-After)", body = Problem, content_type = "application/problem+json")
     )
 )]
 async fn submit_batch(
@@ -182,12 +210,9 @@ async fn submit_batch(
     let idempotency = idempotency_from(&headers, || digest(&batch))?;
     let mut connection = state.db.acquire().await?;
     let submitter = Submitter { tenant_id, tenant_name };
-    match jobs::submit_batch(&mut connection, submitter, &valid, idempotency.as_ref()).await? {
-        SubmitOutcome::Created(ids) => Ok(submitted_response(false, BatchSubmitted { ids })),
-        SubmitOutcome::Replayed(ids) => Ok(submitted_response(true, BatchSubmitted { ids })),
-        SubmitOutcome::KeyReused => Err(key_reused()),
-        SubmitOutcome::UnknownQueues(queues) => Err(unknown_queues(queues)),
-    }
+    let outcome =
+        enqueue::submit(&mut connection, &state.policies, submitter, &valid, idempotency.as_ref(), false).await?;
+    submission_response(outcome, false)
 }
 
 fn parse_job_id(id: &str) -> Result<Uuid, ApiError> {

@@ -2,8 +2,11 @@
 //! handlers; they are merged here, in one place, together with the OpenAPI document that
 //! utoipa derives from them. Handlers do no SQL of their own: they call `store`.
 
+use std::sync::Arc;
+
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
+use hodei_core::ordering::{PolicyRegistry, ShortestEstimatedFirst};
 use sqlx::PgPool;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -28,6 +31,21 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub db: PgPool,
+    /// The ordering policies this process knows (built-ins plus registered plugins).
+    pub policies: Arc<PolicyRegistry>,
+}
+
+impl AppState {
+    pub fn new(db: PgPool, policies: PolicyRegistry) -> Self {
+        Self { db, policies: Arc::new(policies) }
+    }
+}
+
+/// The policies `hodei serve` registers at start-up: the built-ins and the shipped plugin.
+pub fn default_policies() -> PolicyRegistry {
+    let mut registry = PolicyRegistry::with_builtins();
+    registry.register(Arc::new(ShortestEstimatedFirst));
+    registry
 }
 
 #[derive(OpenApi)]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use hodei_core::job::CancelOutcome;
-use hodei_core::{JobState, ValidJob};
+use hodei_core::JobState;
 use serde::Serialize;
 use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgExecutor};
@@ -55,12 +55,13 @@ pub struct JobResources {
 }
 
 /// Columns of a job row, as `JobRow` reads them. `tenant` must be supplied by the query.
-const JOB_COLUMNS: &str = "j.id, j.queue, j.state, j.priority, j.argv, j.env, j.working_dir, j.timeout_seconds,
+pub(crate) const JOB_COLUMNS: &str =
+    "j.id, j.queue, j.state, j.priority, j.argv, j.env, j.working_dir, j.timeout_seconds,
     j.cpu_millis, j.memory_mib, j.labels, j.max_attempts, j.attempt, j.deadline, j.not_before, j.metadata,
     j.cancel_requested_at, j.created_at, j.updated_at, j.finished_at, j.idempotency_fingerprint";
 
 #[derive(Debug, FromRow)]
-struct JobRow {
+pub(crate) struct JobRow {
     id: Uuid,
     tenant: String,
     queue: String,
@@ -86,7 +87,15 @@ struct JobRow {
 }
 
 impl JobRow {
-    fn into_job(self) -> sqlx::Result<Job> {
+    pub(crate) fn id(&self) -> Uuid {
+        self.id
+    }
+
+    pub(crate) fn fingerprint(&self) -> Option<&[u8]> {
+        self.idempotency_fingerprint.as_deref()
+    }
+
+    pub(crate) fn into_job(self) -> sqlx::Result<Job> {
         let state = JobState::parse(&self.state)
             .ok_or_else(|| sqlx::Error::Decode(format!("unknown job state {:?}", self.state).into()))?;
         Ok(Job {
@@ -122,18 +131,6 @@ pub struct Idempotency {
     pub fingerprint: Vec<u8>,
 }
 
-/// What a submission did.
-#[derive(Debug)]
-pub enum SubmitOutcome<T> {
-    Created(T),
-    /// The idempotency key was seen before with the same request: the original result.
-    Replayed(T),
-    /// The idempotency key was seen before with a different request. Nothing was written.
-    KeyReused,
-    /// A job names a queue that does not exist. Nothing was written.
-    UnknownQueues(Vec<String>),
-}
-
 /// The tenant a submission belongs to.
 #[derive(Debug, Clone, Copy)]
 pub struct Submitter<'a> {
@@ -141,179 +138,8 @@ pub struct Submitter<'a> {
     pub tenant_name: &'a str,
 }
 
-/// Inserts one job and its `job.submitted` event in a single statement.
-pub async fn submit_one(
-    db: &mut PgConnection,
-    submitter: Submitter<'_>,
-    job: &ValidJob,
-    idempotency: Option<&Idempotency>,
-) -> sqlx::Result<SubmitOutcome<Job>> {
-    let inserted: Option<JobRow> = sqlx::query_as(&format!(
-        "with j as (
-            insert into jobs (id, tenant_id, queue, state, priority, argv, env, working_dir, timeout_seconds,
-                cpu_millis, memory_mib, labels, max_attempts, deadline, not_before, metadata,
-                idempotency_key, idempotency_fingerprint)
-            values ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-            on conflict on constraint jobs_idempotency_key do nothing
-            returning *
-         ), submitted as (
-            {SUBMITTED_EVENT_INSERT}
-         )
-         select {JOB_COLUMNS}, $18::text as tenant from j"
-    ))
-    .bind(Uuid::now_v7())
-    .bind(submitter.tenant_id)
-    .bind(&job.queue)
-    .bind(job.priority)
-    .bind(Json(&job.argv))
-    .bind(Json(&job.env))
-    .bind(&job.working_dir)
-    .bind(job.timeout_seconds)
-    .bind(job.cpu_millis)
-    .bind(job.memory_mib)
-    .bind(Json(&job.labels))
-    .bind(job.max_attempts)
-    .bind(job.deadline)
-    .bind(job.not_before)
-    .bind(&job.metadata)
-    .bind(idempotency.map(|i| &i.key))
-    .bind(idempotency.map(|i| &i.fingerprint))
-    .bind(submitter.tenant_name)
-    .fetch_optional(&mut *db)
-    .await
-    .or_else(|error| unknown_queue_as_none(error, &mut None))?;
-
-    if let Some(row) = inserted {
-        return Ok(SubmitOutcome::Created(row.into_job()?));
-    }
-    let Some(idempotency) = idempotency else {
-        // Without a key the insert cannot conflict, so only a missing queue gets here.
-        return Ok(SubmitOutcome::UnknownQueues(missing_queues(&mut *db, std::slice::from_ref(&job.queue)).await?));
-    };
-    if !missing_queues(&mut *db, std::slice::from_ref(&job.queue)).await?.is_empty() {
-        return Ok(SubmitOutcome::UnknownQueues(vec![job.queue.clone()]));
-    }
-    let existing = find_by_idempotency_keys(&mut *db, submitter, std::slice::from_ref(&idempotency.key)).await?;
-    match existing.into_iter().next() {
-        Some(row) if row.idempotency_fingerprint.as_deref() == Some(idempotency.fingerprint.as_slice()) => {
-            Ok(SubmitOutcome::Replayed(row.into_job()?))
-        }
-        _ => Ok(SubmitOutcome::KeyReused),
-    }
-}
-
-/// The CTE that appends a `job.submitted` event for every row of `j`.
-const SUBMITTED_EVENT_INSERT: &str = "insert into job_events (tenant_id, job_id, kind, state, data)
-    select tenant_id, id, 'job.submitted', 'queued', jsonb_build_object('queue', queue, 'priority', priority)
-    from j order by id";
-
-/// Inserts a batch atomically: every job or none, and returns their ids in input order.
-/// With an idempotency key, job `i` gets the key `<key>#<i>`, so a retried batch returns
-/// the same ids.
-pub async fn submit_batch(
-    db: &mut PgConnection,
-    submitter: Submitter<'_>,
-    jobs: &[ValidJob],
-    idempotency: Option<&Idempotency>,
-) -> sqlx::Result<SubmitOutcome<Vec<Uuid>>> {
-    let mut ids: Vec<Uuid> = (0..jobs.len()).map(|_| Uuid::now_v7()).collect();
-    ids.sort();
-    let keys: Vec<Option<String>> =
-        (0..jobs.len()).map(|index| idempotency.map(|i| format!("{}#{index}", i.key))).collect();
-    let mut transaction = sqlx::Connection::begin(&mut *db).await?;
-    let mut unknown_queue = None;
-    let inserted: Vec<Uuid> = sqlx::query_scalar(&format!(
-        "with input as (
-            select * from unnest($1::uuid[], $2::text[], $3::int2[], $4::jsonb[], $5::jsonb[], $6::text[],
-                $7::int4[], $8::int4[], $9::int4[], $10::jsonb[], $11::int4[], $12::timestamptz[],
-                $13::timestamptz[], $14::jsonb[], $15::text[])
-            as i(id, queue, priority, argv, env, working_dir, timeout_seconds, cpu_millis, memory_mib, labels,
-                 max_attempts, deadline, not_before, metadata, idempotency_key)
-         ), j as (
-            insert into jobs (id, tenant_id, queue, state, priority, argv, env, working_dir, timeout_seconds,
-                cpu_millis, memory_mib, labels, max_attempts, deadline, not_before, metadata,
-                idempotency_key, idempotency_fingerprint)
-            select id, $16, queue, 'queued', priority, argv, env, working_dir, timeout_seconds, cpu_millis,
-                memory_mib, labels, max_attempts, deadline, not_before, metadata, idempotency_key, $17
-            from input order by id
-            on conflict on constraint jobs_idempotency_key do nothing
-            returning *
-         ), submitted as (
-            {SUBMITTED_EVENT_INSERT}
-         )
-         select id from j"
-    ))
-    .bind(&ids)
-    .bind(jobs.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| Json(&j.argv)).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| Json(&j.env)).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.working_dir.as_deref()).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.timeout_seconds).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.cpu_millis).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.memory_mib).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| Json(&j.labels)).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.deadline).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.not_before).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| &j.metadata).collect::<Vec<_>>())
-    .bind(&keys)
-    .bind(submitter.tenant_id)
-    .bind(idempotency.map(|i| &i.fingerprint))
-    .fetch_all(&mut *transaction)
-    .await
-    .or_else(|error| unknown_queue_as_none::<()>(error, &mut unknown_queue).map(|()| Vec::new()))?;
-
-    if unknown_queue.is_some() {
-        transaction.rollback().await?;
-        let queues: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
-        return Ok(SubmitOutcome::UnknownQueues(missing_queues(&mut *db, &queues).await?));
-    }
-    if inserted.len() == jobs.len() {
-        transaction.commit().await?;
-        // `ids` is sorted, as is generation order, so it is also the input order.
-        return Ok(SubmitOutcome::Created(ids));
-    }
-    // Some keys existed: roll back whatever was inserted, then decide between a replay of
-    // the same batch and a key reused for something else.
-    transaction.rollback().await?;
-    let Some(idempotency) = idempotency else {
-        return Err(sqlx::Error::Protocol("batch insert returned fewer rows than it was given".into()));
-    };
-    let keys: Vec<String> = keys.into_iter().flatten().collect();
-    let existing = find_by_idempotency_keys(&mut *db, submitter, &keys).await?;
-    let same_request = existing.len() == jobs.len()
-        && existing
-            .iter()
-            .all(|row| row.idempotency_fingerprint.as_deref() == Some(idempotency.fingerprint.as_slice()));
-    if !same_request {
-        return Ok(SubmitOutcome::KeyReused);
-    }
-    Ok(SubmitOutcome::Replayed(existing.iter().map(|row| row.id).collect()))
-}
-
-/// Turns a foreign-key violation on `jobs.queue` into "no rows", noting that it happened.
-fn unknown_queue_as_none<T: Default>(error: sqlx::Error, flag: &mut Option<()>) -> sqlx::Result<T> {
-    match error.as_database_error().and_then(|e| e.constraint()) {
-        Some("jobs_queue_fkey") => {
-            *flag = Some(());
-            Ok(T::default())
-        }
-        _ => Err(error),
-    }
-}
-
-async fn missing_queues(db: impl PgExecutor<'_>, queues: &[String]) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar(
-        "select distinct q from unnest($1::text[]) as q where not exists (select 1 from queues where name = q) order by q",
-    )
-    .bind(queues)
-    .fetch_all(db)
-    .await
-}
-
 /// Rows holding `keys`, in the order of `keys`.
-async fn find_by_idempotency_keys(
+pub(crate) async fn find_by_idempotency_keys(
     db: impl PgExecutor<'_>,
     submitter: Submitter<'_>,
     keys: &[String],
@@ -412,6 +238,9 @@ pub async fn cancel(db: &mut PgConnection, tenant_scope: Option<Uuid>, id: Uuid)
         CancelOutcome::HandedToWorker => Some(("job.cancel_requested", state.as_str())),
         CancelOutcome::AlreadyCancelled | CancelOutcome::NotCancellable => None,
     };
+    if change.is_some_and(|(kind, _)| kind == "job.cancelled") {
+        remove_from_queue(&mut transaction, id).await?;
+    }
     if let Some((kind, new_state)) = change {
         let (tenant_id, attempt): (Uuid, i32) = sqlx::query_as(
             "update jobs set state = $2,
@@ -437,12 +266,27 @@ pub async fn cancel(db: &mut PgConnection, tenant_scope: Option<Uuid>, id: Uuid)
     })
 }
 
+/// Takes a waiting job out of its ready or scheduled queue, recording a cancellation while
+/// queued in the queue's activity.
+async fn remove_from_queue(db: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "with ready as (delete from ready_jobs where job_id = $1 returning queue, tenant_id),
+              scheduled as (delete from scheduled_jobs where job_id = $1 returning queue)
+         insert into queue_activity (queue, tenant_id, kind, job_id)
+         select queue, tenant_id, 'cancelled_queued', $1 from ready",
+    )
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::tenants;
     use crate::testing::TestDatabase;
-    use hodei_core::JobSpec;
+    use hodei_core::{JobSpec, ValidJob};
 
     fn valid_job() -> ValidJob {
         let spec: JobSpec = serde_json::from_value(serde_json::json!({"command": {"argv": ["true"]}})).expect("spec");
@@ -450,8 +294,10 @@ mod tests {
     }
 
     async fn submitted(db: &mut PgConnection, submitter: Submitter<'_>) -> Job {
-        match submit_one(db, submitter, &valid_job(), None).await.expect("submit") {
-            SubmitOutcome::Created(job) => job,
+        let registry = crate::http::default_policies();
+        match crate::store::enqueue::submit(db, &registry, submitter, &[valid_job()], None, true).await.expect("submit")
+        {
+            crate::store::enqueue::SubmitOutcome::Created { mut jobs, .. } => jobs.remove(0),
             other => panic!("not created: {other:?}"),
         }
     }

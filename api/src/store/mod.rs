@@ -3,6 +3,9 @@
 //! here knows about HTTP.
 
 pub mod api_keys;
+pub mod dispatch;
+pub mod enqueue;
 pub mod events;
 pub mod jobs;
+pub mod queues;
 pub mod tenants;

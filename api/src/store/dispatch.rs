@@ -1,0 +1,461 @@
+//! Taking jobs out of their queues and back in: the batched claim, finishing an attempt
+//! (success, retry with backoff, dead letter), promoting scheduled jobs when their time
+//! comes, and redriving dead letters. Every state change appends its event in the same
+//! statement or transaction, and every change of an attempt is fenced by the attempt
+//! number, so a late result from an old attempt can never overwrite a newer one.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use hodei_core::backoff::{decide_failure, FailureDecision};
+use hodei_core::ordering::PolicyRegistry;
+use serde::Serialize;
+use sqlx::types::Json;
+use sqlx::{Acquire, FromRow, PgConnection, PgExecutor};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::store::enqueue::{QueueState, RankableJob, Ranker};
+use crate::store::queues::{self, Queue};
+
+/// What a claimer can run: jobs needing more, or labels it lacks, are left in the queue.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CapacityFilter {
+    pub max_cpu_millis: Option<i32>,
+    pub max_memory_mib: Option<i32>,
+    /// The claimer's labels; a job's required labels must all be among them.
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// A job taken from its queue for one attempt.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize, ToSchema)]
+pub struct ClaimedJob {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub queue: String,
+    /// The attempt number this claim started: the fencing token for its result.
+    pub attempt: i32,
+    pub priority: i16,
+    /// How long the job waited in its queue, in milliseconds.
+    pub wait_ms: i64,
+    pub sla_breached: bool,
+}
+
+/// Rows the claim takes, for an ordinary queue: the head of the index, skipping rows
+/// other claimers hold.
+const PICK_IN_RANK_ORDER: &str = "picked as (
+        select job_id from ready_jobs
+        where queue = $1 and ($2::int4 is null or cpu_millis <= $2) and ($3::int4 is null or memory_mib <= $3)
+          and ($4::jsonb is null or labels <@ $4)
+        order by rank, seq limit $5
+        for update skip locked
+    )";
+
+/// Rows the claim takes, for a `fair` queue. The `limit` lowest tags are slots: they say
+/// how many jobs each tenant gets in this batch. Each tenant then receives its own
+/// highest-priority jobs for its slots, and any slot row left behind inherits the tag of
+/// the job that took its place, so a tenant's remaining tags are exactly the ones it has
+/// not yet used: priorities reorder work within a tenant, never the shares between tenants.
+const PICK_FAIR: &str = "slots as (
+        select job_id, tenant_id, rank from ready_jobs
+        where queue = $1 and ($2::int4 is null or cpu_millis <= $2) and ($3::int4 is null or memory_mib <= $3)
+          and ($4::jsonb is null or labels <@ $4)
+        order by rank, seq limit $5
+        for update skip locked
+    ), per_tenant as (
+        select tenant_id, count(*) as slots from slots group by tenant_id
+    ), best as (
+        select b.job_id, b.tenant_id, b.rank from per_tenant p cross join lateral (
+            select r.job_id, r.tenant_id, r.rank from ready_jobs r
+            where r.queue = $1 and r.fair and r.tenant_id = p.tenant_id
+              and ($2::int4 is null or r.cpu_millis <= $2) and ($3::int4 is null or r.memory_mib <= $3)
+              and ($4::jsonb is null or r.labels <@ $4)
+            order by r.priority desc, r.seq limit p.slots
+            for update skip locked
+        ) b
+    ), freed as (
+        select s.job_id, s.tenant_id, row_number() over (partition by s.tenant_id order by s.rank, s.job_id) as n
+        from slots s where not exists (select 1 from best b where b.job_id = s.job_id)
+    ), taken as (
+        select b.tenant_id, b.rank, row_number() over (partition by b.tenant_id order by b.rank, b.job_id) as n
+        from best b where not exists (select 1 from slots s where s.job_id = b.job_id)
+    ), retag as (
+        update ready_jobs r set rank = t.rank
+        from freed f join taken t on t.tenant_id = f.tenant_id and t.n = f.n
+        where r.job_id = f.job_id
+    ), picked as (
+        select job_id from best
+    )";
+
+/// Takes up to `limit` jobs from `queue` in its policy's order and marks them assigned,
+/// starting a new attempt. One statement: safe with any number of concurrent claimers.
+pub async fn claim(
+    db: impl PgExecutor<'_>,
+    registry: &PolicyRegistry,
+    queue: &Queue,
+    limit: i64,
+    filter: &CapacityFilter,
+) -> sqlx::Result<Vec<ClaimedJob>> {
+    let fair = registry.get(&queue.settings.policy).is_some_and(|policy| policy.orders_within_tenant_by_priority());
+    let pick = if fair { PICK_FAIR } else { PICK_IN_RANK_ORDER };
+    sqlx::query_as(&format!(
+        "with {pick}, removed as (
+            delete from ready_jobs r using picked p where r.job_id = p.job_id
+            returning r.job_id, r.enqueued_at, (r.deadline is not null and r.deadline < now() and $7) as expired
+         ), assigned as (
+            update jobs j set state = 'assigned', attempt = j.attempt + 1, assigned_at = now(), updated_at = now(),
+                wait_ms = (extract(epoch from now() - r.enqueued_at) * 1000)::bigint,
+                sla_breached = j.sla_breached
+                    or ($6::int4 is not null and now() - r.enqueued_at > make_interval(secs => $6))
+            from removed r where j.id = r.job_id and not r.expired
+            returning j.id, j.tenant_id, j.queue, j.attempt, j.priority, j.wait_ms, j.sla_breached
+         ), expired as (
+            update jobs j set state = 'dead_lettered', dead_letter_reason = 'deadline_expired',
+                last_error = 'the deadline passed while the job was queued', finished_at = now(), updated_at = now()
+            from removed r where j.id = r.job_id and r.expired
+            returning j.id, j.tenant_id, j.queue, j.attempt
+         ), events as (
+            insert into job_events (tenant_id, job_id, kind, state, attempt, data)
+            select tenant_id, id, 'job.assigned', 'assigned', attempt, jsonb_build_object('wait_ms', wait_ms)
+            from assigned
+            union all
+            select tenant_id, id, 'job.dead_lettered', 'dead_lettered', attempt, '{{\"reason\": \"deadline_expired\"}}'
+            from expired
+         ), activity as (
+            insert into queue_activity (queue, tenant_id, kind, job_id, reason)
+            select queue, tenant_id, 'deadline_expired', id, 'deadline passed while queued' from expired
+         )
+         select id, tenant_id, queue, attempt, priority, wait_ms, sla_breached from assigned"
+    ))
+    .bind(&queue.settings.name)
+    .bind(filter.max_cpu_millis)
+    .bind(filter.max_memory_mib)
+    .bind(filter.labels.as_ref().map(Json))
+    .bind(limit)
+    .bind(queue.settings.sla_max_wait_seconds.map(|s| s as i32))
+    .bind(queue.settings.expired_deadline == hodei_core::queue::ExpiredDeadline::DeadLetter)
+    .fetch_all(db)
+    .await
+}
+
+/// Marks claimed attempts succeeded. Attempts that are no longer current are skipped;
+/// returns the ids that were finished.
+pub async fn complete(db: impl PgExecutor<'_>, attempts: &[(Uuid, i32)]) -> sqlx::Result<Vec<Uuid>> {
+    let ids: Vec<Uuid> = attempts.iter().map(|(id, _)| *id).collect();
+    let numbers: Vec<i32> = attempts.iter().map(|(_, attempt)| *attempt).collect();
+    sqlx::query_scalar(
+        "with done as (
+            update jobs j set state = 'succeeded', finished_at = now(), updated_at = now()
+            from unnest($1::uuid[], $2::int4[]) as c(id, attempt)
+            where j.id = c.id and j.attempt = c.attempt and j.state in ('assigned', 'running')
+            returning j.id, j.tenant_id, j.attempt
+         ), events as (
+            insert into job_events (tenant_id, job_id, kind, state, attempt)
+            select tenant_id, id, 'job.succeeded', 'succeeded', attempt from done order by id
+         )
+         select id from done",
+    )
+    .bind(&ids)
+    .bind(&numbers)
+    .fetch_all(db)
+    .await
+}
+
+/// A failed attempt.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub job_id: Uuid,
+    pub attempt: i32,
+    pub error: String,
+    /// False for failures that a retry cannot fix.
+    pub retryable: bool,
+}
+
+/// What became of a failed attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FailureResult {
+    /// The attempt is not the job's current one (or the job already finished): ignored.
+    Stale,
+    RetryScheduled {
+        run_at: DateTime<Utc>,
+    },
+    DeadLettered {
+        reason: &'static str,
+    },
+}
+
+/// Records a failed attempt: schedules a retry with backoff, or dead-letters the job.
+/// `random` in `[0, 1)` drives the backoff's jitter.
+pub async fn fail(db: &mut PgConnection, failure: &Failure, random: f64) -> sqlx::Result<FailureResult> {
+    let mut transaction = db.begin().await?;
+    let current: Option<(String, i32, Uuid)> = sqlx::query_as(
+        "select queue, max_attempts, tenant_id from jobs
+         where id = $1 and attempt = $2 and state in ('assigned', 'running') for update",
+    )
+    .bind(failure.job_id)
+    .bind(failure.attempt)
+    .fetch_optional(&mut *transaction)
+    .await?;
+    let Some((queue_name, max_attempts, tenant_id)) = current else {
+        return Ok(FailureResult::Stale);
+    };
+    let backoff = queues::get(&mut *transaction, &queue_name).await?.map(|q| q.backoff()).unwrap_or_default();
+    let decision = decide_failure(&backoff, failure.attempt, max_attempts, failure.retryable, random);
+    let result = match decision {
+        FailureDecision::RetryAfter(seconds) => {
+            let run_at = Utc::now() + chrono::Duration::microseconds((seconds * 1e6) as i64);
+            sqlx::query(
+                "with job as (
+                    update jobs set state = 'scheduled', run_at = $2, last_error = $3, updated_at = now()
+                    where id = $1 returning id, tenant_id, attempt, queue
+                 ), scheduled as (
+                    insert into scheduled_jobs (job_id, queue, run_at) select id, queue, $2 from job
+                 )
+                 insert into job_events (tenant_id, job_id, kind, state, attempt, data)
+                 select tenant_id, id, 'job.retry_scheduled', 'scheduled', attempt,
+                     jsonb_build_object('run_at', $2, 'error', $3) from job",
+            )
+            .bind(failure.job_id)
+            .bind(run_at)
+            .bind(&failure.error)
+            .execute(&mut *transaction)
+            .await?;
+            FailureResult::RetryScheduled { run_at }
+        }
+        FailureDecision::DeadLetter(reason) => {
+            dead_letter(&mut transaction, failure.job_id, tenant_id, failure.attempt, reason.as_str(), &failure.error)
+                .await?;
+            FailureResult::DeadLettered { reason: reason.as_str() }
+        }
+    };
+    transaction.commit().await?;
+    Ok(result)
+}
+
+async fn dead_letter(
+    db: &mut PgConnection,
+    job_id: Uuid,
+    tenant_id: Uuid,
+    attempt: i32,
+    reason: &str,
+    error: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "with job as (
+            update jobs set state = 'dead_lettered', dead_letter_reason = $2, last_error = $3,
+                finished_at = now(), updated_at = now()
+            where id = $1 returning id
+         )
+         insert into job_events (tenant_id, job_id, kind, state, attempt, data)
+         select $4, id, 'job.dead_lettered', 'dead_lettered', $5, jsonb_build_object('reason', $2, 'error', $3)
+         from job",
+    )
+    .bind(job_id)
+    .bind(reason)
+    .bind(error)
+    .bind(tenant_id)
+    .bind(attempt)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A job on its way back into a ready queue.
+#[derive(Debug, FromRow)]
+struct Requeue {
+    id: Uuid,
+    tenant_id: Uuid,
+    queue: String,
+    priority: i16,
+    cpu_millis: i32,
+    memory_mib: i32,
+    labels: serde_json::Value,
+    deadline: Option<DateTime<Utc>>,
+    timeout_seconds: i32,
+    metadata: serde_json::Value,
+}
+
+const REQUEUE_COLUMNS: &str = "j.id, j.tenant_id, j.queue, j.priority, j.cpu_millis, j.memory_mib, j.labels,
+    j.deadline, j.timeout_seconds, j.metadata";
+
+/// Ranks `jobs` against their queues as they are now and inserts their ready rows, marking
+/// them queued with an event of `kind`. Jobs whose queue no longer exists are
+/// dead-lettered instead. Returns how many were queued.
+async fn requeue(
+    db: &mut PgConnection,
+    registry: &PolicyRegistry,
+    jobs: Vec<Requeue>,
+    kind: &str,
+) -> sqlx::Result<usize> {
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let pairs: Vec<(String, Uuid)> = jobs.iter().map(|j| (j.queue.clone(), j.tenant_id)).collect();
+    let states = queue_states_for_pairs(&mut *db, &pairs).await?;
+    let now = Utc::now();
+    let mut ranker = Ranker::new(registry);
+    let mut ready = Vec::new();
+    for job in jobs {
+        let Some(state) = states.get(&(job.queue.clone(), job.tenant_id)) else {
+            dead_letter(db, job.id, job.tenant_id, 0, "queue_deleted", "its queue no longer exists").await?;
+            continue;
+        };
+        let rankable = RankableJob {
+            tenant_id: job.tenant_id,
+            priority: job.priority,
+            deadline: job.deadline,
+            timeout_seconds: job.timeout_seconds,
+            metadata: &job.metadata,
+        };
+        let (rank, fair) =
+            ranker.rank(state, rankable, now).unwrap_or((crate::store::enqueue::unix_seconds(now), false));
+        ready.push((job, rank, fair));
+    }
+    let count = ready.len();
+    sqlx::query(
+        "with input as (
+            select * from unnest($1::uuid[], $2::text[], $3::uuid[], $4::int2[], $5::float8[], $6::bool[],
+                $7::int4[], $8::int4[], $9::jsonb[], $10::timestamptz[])
+            as i(id, queue, tenant_id, priority, rank, fair, cpu_millis, memory_mib, labels, deadline)
+         ), ready as (
+            insert into ready_jobs (job_id, queue, tenant_id, priority, rank, fair, cpu_millis, memory_mib, labels,
+                deadline)
+            select id, queue, tenant_id, priority, rank, fair, cpu_millis, memory_mib, labels, deadline
+            from input order by rank
+         ), unscheduled as (
+            delete from scheduled_jobs s using input i where s.job_id = i.id
+         ), job as (
+            update jobs j set state = 'queued', queued_at = now(), run_at = null, updated_at = now()
+            from input i where j.id = i.id
+            returning j.id, j.tenant_id, j.attempt, j.queue
+         )
+         insert into job_events (tenant_id, job_id, kind, state, attempt, data)
+         select tenant_id, id, $11, 'queued', attempt, jsonb_build_object('queue', queue) from job order by id",
+    )
+    .bind(ready.iter().map(|(j, _, _)| j.id).collect::<Vec<_>>())
+    .bind(ready.iter().map(|(j, _, _)| j.queue.as_str()).collect::<Vec<_>>())
+    .bind(ready.iter().map(|(j, _, _)| j.tenant_id).collect::<Vec<_>>())
+    .bind(ready.iter().map(|(j, _, _)| j.priority).collect::<Vec<_>>())
+    .bind(ready.iter().map(|(_, rank, _)| *rank).collect::<Vec<_>>())
+    .bind(ready.iter().map(|(_, _, fair)| *fair).collect::<Vec<_>>())
+    .bind(ready.iter().map(|(j, _, _)| j.cpu_millis).collect::<Vec<_>>())
+    .bind(ready.iter().map(|(j, _, _)| j.memory_mib).collect::<Vec<_>>())
+    .bind(ready.iter().map(|(j, _, _)| &j.labels).collect::<Vec<_>>())
+    .bind(ready.iter().map(|(j, _, _)| j.deadline).collect::<Vec<_>>())
+    .bind(kind)
+    .execute(&mut *db)
+    .await?;
+    Ok(count)
+}
+
+#[derive(Debug, FromRow)]
+struct PairStateRow {
+    #[sqlx(flatten)]
+    queue: queues::QueueRow,
+    tenant_id: Uuid,
+    virtual_time: Option<f64>,
+    tenant_last_tag: Option<f64>,
+    tenant_weight: Option<i32>,
+}
+
+/// Queue settings and fair-queuing state for each (queue, tenant) pair.
+async fn queue_states_for_pairs(
+    db: impl PgExecutor<'_>,
+    pairs: &[(String, Uuid)],
+) -> sqlx::Result<HashMap<(String, Uuid), QueueState>> {
+    let mut unique: Vec<(String, Uuid)> = pairs.to_vec();
+    unique.sort();
+    unique.dedup();
+    let rows: Vec<PairStateRow> = sqlx::query_as(&format!(
+        "select {}, p.tenant_id,
+            (select r.rank from ready_jobs r where r.queue = q.name order by r.rank, r.seq limit 1) as virtual_time,
+            (select max(r.rank) from ready_jobs r where r.queue = q.name and r.fair and r.tenant_id = p.tenant_id)
+                as tenant_last_tag,
+            (select t.weight from tenants t where t.id = p.tenant_id) as tenant_weight
+         from unnest($1::text[], $2::uuid[]) as p(queue, tenant_id) join queues q on q.name = p.queue",
+        queues::QUEUE_COLUMNS
+    ))
+    .bind(unique.iter().map(|(q, _)| q.as_str()).collect::<Vec<_>>())
+    .bind(unique.iter().map(|(_, t)| *t).collect::<Vec<_>>())
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let queue = row.queue.into_queue()?;
+            Ok((
+                (queue.settings.name.clone(), row.tenant_id),
+                QueueState {
+                    queue,
+                    virtual_time: row.virtual_time.unwrap_or(0.0),
+                    tenant_last_tag: row.tenant_last_tag,
+                    tenant_weight: f64::from(row.tenant_weight.unwrap_or(1)),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Moves scheduled jobs whose time has come into their ready queues, up to `limit` at a
+/// time. Any number of replicas may run this at once: rows are taken with `skip locked`.
+pub async fn promote_due(db: &mut PgConnection, registry: &PolicyRegistry, limit: i64) -> sqlx::Result<usize> {
+    let mut transaction = db.begin().await?;
+    let due: Vec<Requeue> = sqlx::query_as(&format!(
+        "select {REQUEUE_COLUMNS} from scheduled_jobs s join jobs j on j.id = s.job_id
+         where s.run_at <= now() order by s.run_at limit $1 for update of s skip locked"
+    ))
+    .bind(limit)
+    .fetch_all(&mut *transaction)
+    .await?;
+    let promoted = requeue(&mut transaction, registry, due, "job.queued").await?;
+    transaction.commit().await?;
+    Ok(promoted)
+}
+
+/// Which dead letters to redrive.
+#[derive(Debug, Clone, Default)]
+pub struct RedriveFilter {
+    pub tenant_scope: Option<Uuid>,
+    pub job_id: Option<Uuid>,
+    pub queue: Option<String>,
+    pub reason: Option<String>,
+    pub limit: i64,
+}
+
+/// Puts dead-lettered jobs back in their queues with a fresh set of attempts.
+pub async fn redrive(
+    db: &mut PgConnection,
+    registry: &PolicyRegistry,
+    filter: &RedriveFilter,
+) -> sqlx::Result<Vec<Uuid>> {
+    let mut transaction = db.begin().await?;
+    let jobs: Vec<Requeue> = sqlx::query_as(&format!(
+        "select {REQUEUE_COLUMNS} from jobs j
+         where j.state = 'dead_lettered'
+           and ($1::uuid is null or j.tenant_id = $1) and ($2::uuid is null or j.id = $2)
+           and ($3::text is null or j.queue = $3) and ($4::text is null or j.dead_letter_reason = $4)
+         order by j.id limit $5 for update skip locked"
+    ))
+    .bind(filter.tenant_scope)
+    .bind(filter.job_id)
+    .bind(&filter.queue)
+    .bind(&filter.reason)
+    .bind(filter.limit)
+    .fetch_all(&mut *transaction)
+    .await?;
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+    sqlx::query(
+        "update jobs set attempt = 0, dead_letter_reason = null, finished_at = null, cancel_requested_at = null
+         where id = any($1)",
+    )
+    .bind(&ids)
+    .execute(&mut *transaction)
+    .await?;
+    requeue(&mut transaction, registry, jobs, "job.redriven").await?;
+    let redriven: Vec<Uuid> =
+        sqlx::query_scalar("select id from jobs where id = any($1) and state = 'queued' order by id")
+            .bind(&ids)
+            .fetch_all(&mut *transaction)
+            .await?;
+    transaction.commit().await?;
+    Ok(redriven)
+}

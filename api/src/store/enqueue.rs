@@ -1,0 +1,532 @@
+//! Admission and enqueue: everything between "a client submitted jobs" and "they wait in
+//! their queue". Decides each job's final queue (overflow), its state (`queued`, or
+//! `scheduled` until its not-before time), and its rank under the queue's policy; then
+//! writes the job rows, their ready or scheduled rows, their events and the admission
+//! record in one statement. Queues with a size limit are admitted under a per-queue
+//! advisory lock, so their limit holds exactly even with many replicas.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use hodei_core::ordering::{FairContext, PolicyRegistry, RankInput};
+use hodei_core::queue::OverflowPolicy;
+use hodei_core::ValidJob;
+use sqlx::types::Json;
+use sqlx::{Acquire, FromRow, PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::store::jobs::{Idempotency, Job, JobRow, Submitter, JOB_COLUMNS};
+use crate::store::queues::{Queue, QueueRow, QUEUE_COLUMNS};
+
+/// How many redirects a submission may follow before it is rejected.
+pub const MAX_REDIRECTS: usize = 4;
+/// `Retry-After` for a submission rejected by a full queue.
+pub const FULL_QUEUE_RETRY_AFTER_SECONDS: i64 = 5;
+
+/// What a submission did.
+#[derive(Debug)]
+pub enum SubmitOutcome {
+    /// Every job was written. `jobs` holds the full records only when they were asked for.
+    Created { ids: Vec<Uuid>, jobs: Vec<Job> },
+    /// The idempotency key was seen before with the same request: the original ids.
+    Replayed { ids: Vec<Uuid>, jobs: Vec<Job> },
+    /// The idempotency key was seen before with a different request. Nothing was written.
+    KeyReused,
+    /// A job names a queue that does not exist. Nothing was written.
+    UnknownQueues(Vec<String>),
+    /// A full queue refused the submission (recorded as `rejected`). No job was written.
+    Rejected { queue: String, retry_after_seconds: i64 },
+}
+
+/// A queue's settings plus the weighted-fair-queuing state for one tenant.
+#[derive(Debug, Clone)]
+pub struct QueueState {
+    pub queue: Queue,
+    pub virtual_time: f64,
+    pub tenant_last_tag: Option<f64>,
+    pub tenant_weight: f64,
+}
+
+#[derive(Debug, FromRow)]
+struct QueueStateRow {
+    #[sqlx(flatten)]
+    queue: QueueRow,
+    virtual_time: Option<f64>,
+    tenant_last_tag: Option<f64>,
+    tenant_weight: Option<i32>,
+}
+
+/// Settings and fair-queuing state of `queues` as seen by `tenant_id`.
+pub async fn queue_states(
+    db: impl PgExecutor<'_>,
+    queues: &[String],
+    tenant_id: Uuid,
+) -> sqlx::Result<HashMap<String, QueueState>> {
+    let rows: Vec<QueueStateRow> = sqlx::query_as(&format!(
+        "select {QUEUE_COLUMNS},
+            (select r.rank from ready_jobs r where r.queue = q.name order by r.rank, r.seq limit 1) as virtual_time,
+            (select max(r.rank) from ready_jobs r where r.queue = q.name and r.fair and r.tenant_id = $2)
+                as tenant_last_tag,
+            (select t.weight from tenants t where t.id = $2) as tenant_weight
+         from queues q where q.name = any($1)"
+    ))
+    .bind(queues)
+    .bind(tenant_id)
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let queue = row.queue.into_queue()?;
+            Ok((
+                queue.settings.name.clone(),
+                QueueState {
+                    queue,
+                    virtual_time: row.virtual_time.unwrap_or(0.0),
+                    tenant_last_tag: row.tenant_last_tag,
+                    tenant_weight: f64::from(row.tenant_weight.unwrap_or(1)),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Computes ranks for jobs entering queues now. `positions` counts each (queue, tenant)'s
+/// jobs within the call so fair tags advance per job.
+#[derive(Debug)]
+pub struct Ranker<'a> {
+    registry: &'a PolicyRegistry,
+    positions: HashMap<(String, Uuid), u32>,
+}
+
+/// What ranking needs to know about one job.
+#[derive(Debug, Clone, Copy)]
+pub struct RankableJob<'a> {
+    pub tenant_id: Uuid,
+    pub priority: i16,
+    pub deadline: Option<DateTime<Utc>>,
+    pub timeout_seconds: i32,
+    pub metadata: &'a serde_json::Value,
+}
+
+impl<'a> Ranker<'a> {
+    pub fn new(registry: &'a PolicyRegistry) -> Self {
+        Self { registry, positions: HashMap::new() }
+    }
+
+    /// The job's rank and whether its queue is fair, or `None` for an unknown policy.
+    pub fn rank(&mut self, state: &QueueState, job: RankableJob<'_>, now: DateTime<Utc>) -> Option<(f64, bool)> {
+        let settings = &state.queue.settings;
+        let policy = self.registry.get(&settings.policy)?;
+        let fair = if policy.needs_fair_context() {
+            let position = self.positions.entry((settings.name.clone(), job.tenant_id)).or_insert(0);
+            *position += 1;
+            Some(FairContext {
+                virtual_time: state.virtual_time,
+                tenant_last_tag: state.tenant_last_tag,
+                weight: state.tenant_weight,
+                position: *position,
+            })
+        } else {
+            None
+        };
+        let input = RankInput {
+            priority: job.priority,
+            enqueued_at: unix_seconds(now),
+            deadline: job.deadline.map(unix_seconds),
+            estimated_seconds: job.metadata.get("estimated_seconds").and_then(serde_json::Value::as_f64),
+            timeout_seconds: job.timeout_seconds,
+            fair,
+        };
+        Some((policy.rank(&input, settings), policy.orders_within_tenant_by_priority()))
+    }
+}
+
+pub fn unix_seconds(time: DateTime<Utc>) -> f64 {
+    time.timestamp_micros() as f64 / 1_000_000.0
+}
+
+#[derive(Debug, FromRow)]
+struct InsertedRow {
+    #[sqlx(flatten)]
+    job: JobRow,
+    /// How many jobs the statement inserted.
+    inserted: i64,
+}
+
+/// One job's admission: where it goes and in which state.
+#[derive(Debug, Clone)]
+struct Placement {
+    queue: String,
+    submitted_queue: Option<String>,
+    scheduled: bool,
+    rank: f64,
+    fair: bool,
+}
+
+/// Admits and writes `jobs` for `submitter`: all of them, or none.
+pub async fn submit(
+    db: &mut PgConnection,
+    registry: &PolicyRegistry,
+    submitter: Submitter<'_>,
+    jobs: &[ValidJob],
+    idempotency: Option<&Idempotency>,
+    return_jobs: bool,
+) -> sqlx::Result<SubmitOutcome> {
+    let now = Utc::now();
+    let mut names: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
+    names.sort();
+    names.dedup();
+    let mut states = queue_states(&mut *db, &names, submitter.tenant_id).await?;
+    let missing: Vec<String> = names.iter().filter(|n| !states.contains_key(*n)).cloned().collect();
+    if !missing.is_empty() {
+        return Ok(SubmitOutcome::UnknownQueues(missing));
+    }
+
+    let bounded = names.iter().any(|name| states[name].queue.settings.max_size.is_some());
+    if !bounded {
+        let placements = place_without_limits(registry, &states, submitter.tenant_id, jobs, now);
+        return insert_or_replay(db, submitter, jobs, &placements, idempotency, return_jobs).await;
+    }
+
+    // A size-limited queue is involved: admit under its lock, in one transaction.
+    let mut transaction = db.begin().await?;
+    let mut queue_of: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
+    let mut submitted_queue: Vec<Option<String>> = vec![None; jobs.len()];
+    let mut evictions: Vec<(String, i64)> = Vec::new();
+    for _ in 0..=MAX_REDIRECTS {
+        let mut demand: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (index, queue) in queue_of.iter().enumerate() {
+            demand.entry(queue.clone()).or_default().push(index);
+        }
+        let mut redirected_any = false;
+        for (queue, indices) in &demand {
+            let settings = states[queue].queue.settings.clone();
+            let Some(max_size) = settings.max_size else { continue };
+            lock_queue(&mut *transaction, queue).await?;
+            let size = queue_size(&mut transaction, queue, max_size).await?;
+            let already_evicting: i64 = evictions.iter().filter(|(q, _)| q == queue).map(|(_, n)| n).sum();
+            let free = (max_size - size + already_evicting).max(0) as usize;
+            if indices.len() <= free {
+                continue;
+            }
+            let excess = &indices[free..];
+            match settings.overflow {
+                OverflowPolicy::Reject => {
+                    drop(transaction);
+                    return reject(db, submitter, queue, excess.len()).await;
+                }
+                OverflowPolicy::EvictLowest => evictions.push((queue.clone(), excess.len() as i64)),
+                OverflowPolicy::Redirect => {
+                    let target = settings.overflow_queue.clone().unwrap_or_default();
+                    if !states.contains_key(&target) {
+                        let loaded =
+                            queue_states(&mut *transaction, std::slice::from_ref(&target), submitter.tenant_id).await?;
+                        if loaded.is_empty() {
+                            drop(transaction);
+                            return reject(db, submitter, queue, excess.len()).await;
+                        }
+                        states.extend(loaded);
+                    }
+                    for index in excess {
+                        submitted_queue[*index].get_or_insert_with(|| queue_of[*index].clone());
+                        queue_of[*index] = target.clone();
+                    }
+                    redirected_any = true;
+                }
+            }
+        }
+        if !redirected_any {
+            let placements = place_in(registry, &states, submitter.tenant_id, jobs, &queue_of, &submitted_queue, now);
+            for (queue, count) in &evictions {
+                let evicted = evict_lowest(&mut transaction, queue, *count).await?;
+                if evicted < *count {
+                    drop(transaction);
+                    return reject(db, submitter, queue, (*count - evicted) as usize).await;
+                }
+            }
+            let outcome =
+                insert_or_replay(&mut transaction, submitter, jobs, &placements, idempotency, return_jobs).await?;
+            if matches!(outcome, SubmitOutcome::Created { .. }) {
+                transaction.commit().await?;
+            }
+            return Ok(outcome);
+        }
+    }
+    drop(transaction);
+    let first = jobs.first().map(|j| j.queue.clone()).unwrap_or_default();
+    reject(db, submitter, &first, jobs.len()).await
+}
+
+fn place_without_limits(
+    registry: &PolicyRegistry,
+    states: &HashMap<String, QueueState>,
+    tenant_id: Uuid,
+    jobs: &[ValidJob],
+    now: DateTime<Utc>,
+) -> Vec<Placement> {
+    let queues: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
+    place_in(registry, states, tenant_id, jobs, &queues, &vec![None; jobs.len()], now)
+}
+
+fn place_in(
+    registry: &PolicyRegistry,
+    states: &HashMap<String, QueueState>,
+    tenant_id: Uuid,
+    jobs: &[ValidJob],
+    queues: &[String],
+    submitted_queues: &[Option<String>],
+    now: DateTime<Utc>,
+) -> Vec<Placement> {
+    let mut ranker = Ranker::new(registry);
+    jobs.iter()
+        .zip(queues.iter().zip(submitted_queues))
+        .map(|(job, (queue, submitted_queue))| {
+            let scheduled = job.not_before.is_some_and(|at| at > now);
+            let rankable = RankableJob {
+                tenant_id,
+                priority: job.priority,
+                deadline: job.deadline,
+                timeout_seconds: job.timeout_seconds,
+                metadata: &job.metadata,
+            };
+            // A scheduled job is ranked when it becomes ready, against the queue as it is then.
+            let (rank, fair) = if scheduled {
+                (0.0, false)
+            } else {
+                // Unknown policies cannot be stored (queue settings are validated), so the
+                // fallback only guards against a process started without a plugin.
+                ranker.rank(&states[queue], rankable, now).unwrap_or((unix_seconds(now), false))
+            };
+            Placement { queue: queue.clone(), submitted_queue: submitted_queue.clone(), scheduled, rank, fair }
+        })
+        .collect()
+}
+
+async fn lock_queue(db: impl PgExecutor<'_>, queue: &str) -> sqlx::Result<()> {
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended('hodei.queue:' || $1, 0))")
+        .bind(queue)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Jobs waiting in `queue` (ready or scheduled), counted up to `cap`.
+async fn queue_size(db: &mut PgConnection, queue: &str, cap: i64) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "select (select count(*) from (select 1 from ready_jobs where queue = $1 limit $2) r)
+              + (select count(*) from (select 1 from scheduled_jobs where queue = $1 limit $2) s)",
+    )
+    .bind(queue)
+    .bind(cap)
+    .fetch_one(db)
+    .await
+}
+
+/// Dead-letters up to `count` of the lowest-priority ready jobs (newest first among
+/// equals) with reason `evicted`; returns how many it moved.
+async fn evict_lowest(db: &mut PgConnection, queue: &str, count: i64) -> sqlx::Result<i64> {
+    let evicted: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "with victims as (
+            select job_id from ready_jobs where queue = $1
+            order by priority, seq desc limit $2 for update skip locked
+         ), removed as (
+            delete from ready_jobs r using victims v where r.job_id = v.job_id returning r.job_id
+         ), moved as (
+            update jobs j set state = 'dead_lettered', dead_letter_reason = 'evicted',
+                last_error = 'evicted from a full queue', finished_at = now(), updated_at = now()
+            from removed where j.id = removed.job_id
+            returning j.id, j.tenant_id, j.attempt
+         ), events as (
+            insert into job_events (tenant_id, job_id, kind, state, attempt, data)
+            select tenant_id, id, 'job.dead_lettered', 'dead_lettered', attempt, '{\"reason\": \"evicted\"}'
+            from moved order by id
+         ), activity as (
+            insert into queue_activity (queue, tenant_id, kind, job_id, reason)
+            select $1, tenant_id, 'evicted', id, 'queue full' from moved
+         )
+         select id, tenant_id from moved",
+    )
+    .bind(queue)
+    .bind(count)
+    .fetch_all(db)
+    .await?;
+    Ok(evicted.len() as i64)
+}
+
+/// Records a rejection (outside any transaction, so it survives) and reports it.
+async fn reject(
+    db: &mut PgConnection,
+    submitter: Submitter<'_>,
+    queue: &str,
+    jobs: usize,
+) -> sqlx::Result<SubmitOutcome> {
+    sqlx::query(
+        "insert into queue_activity (queue, tenant_id, kind, jobs, retry_after_seconds, reason)
+         values ($1, $2, 'rejected', $3, $4, 'queue full')",
+    )
+    .bind(queue)
+    .bind(submitter.tenant_id)
+    .bind(jobs as i32)
+    .bind(FULL_QUEUE_RETRY_AFTER_SECONDS as i32)
+    .execute(db)
+    .await?;
+    Ok(SubmitOutcome::Rejected { queue: queue.to_owned(), retry_after_seconds: FULL_QUEUE_RETRY_AFTER_SECONDS })
+}
+
+/// Writes the jobs (all or none), or finds the earlier submission with the same key.
+async fn insert_or_replay(
+    db: &mut PgConnection,
+    submitter: Submitter<'_>,
+    jobs: &[ValidJob],
+    placements: &[Placement],
+    idempotency: Option<&Idempotency>,
+    return_jobs: bool,
+) -> sqlx::Result<SubmitOutcome> {
+    let mut ids: Vec<Uuid> = (0..jobs.len()).map(|_| Uuid::now_v7()).collect();
+    ids.sort();
+    let keys: Vec<Option<String>> = match idempotency {
+        None => vec![None; jobs.len()],
+        Some(i) if jobs.len() == 1 => vec![Some(i.key.clone())],
+        Some(i) => (0..jobs.len()).map(|index| Some(format!("{}#{index}", i.key))).collect(),
+    };
+    let batch = InsertBatch {
+        submitter,
+        jobs,
+        placements,
+        ids: &ids,
+        keys: &keys,
+        fingerprint: idempotency.map(|i| i.fingerprint.as_slice()),
+        return_jobs,
+    };
+    // A batch whose keys partly exist must be undone whole: give it a transaction (a
+    // savepoint when the caller already has one). Without keys the one statement is atomic.
+    let rows = if idempotency.is_some() && jobs.len() > 1 {
+        let mut transaction = db.begin().await?;
+        let rows = insert_jobs(&mut transaction, &batch).await?;
+        if rows.first().map_or(0, |row| row.inserted) as usize == jobs.len() {
+            transaction.commit().await?;
+        }
+        rows
+    } else {
+        insert_jobs(&mut *db, &batch).await?
+    };
+
+    let inserted = rows.first().map_or(0, |row| row.inserted) as usize;
+    if inserted == jobs.len() {
+        let jobs = if return_jobs {
+            rows.into_iter().map(|row| row.job.into_job()).collect::<sqlx::Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
+        return Ok(SubmitOutcome::Created { ids, jobs });
+    }
+    let Some(idempotency) = idempotency else {
+        return Err(sqlx::Error::Protocol("insert wrote fewer jobs than it was given".into()));
+    };
+    if inserted > 0 {
+        return Ok(SubmitOutcome::KeyReused);
+    }
+    let keys: Vec<String> = keys.into_iter().flatten().collect();
+    let existing = crate::store::jobs::find_by_idempotency_keys(&mut *db, submitter, &keys).await?;
+    let same_request = existing.len() == jobs.len()
+        && existing.iter().all(|row| row.fingerprint() == Some(idempotency.fingerprint.as_slice()));
+    if !same_request {
+        return Ok(SubmitOutcome::KeyReused);
+    }
+    let ids = existing.iter().map(|row| row.id()).collect();
+    let jobs = if return_jobs {
+        existing.into_iter().map(JobRow::into_job).collect::<sqlx::Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
+    Ok(SubmitOutcome::Replayed { ids, jobs })
+}
+
+/// One insert statement's input.
+#[derive(Debug)]
+struct InsertBatch<'a> {
+    submitter: Submitter<'a>,
+    jobs: &'a [ValidJob],
+    placements: &'a [Placement],
+    ids: &'a [Uuid],
+    keys: &'a [Option<String>],
+    fingerprint: Option<&'a [u8]>,
+    return_jobs: bool,
+}
+
+/// Writes the jobs, their ready or scheduled rows, events and admission record in one
+/// statement. Jobs whose idempotency key exists are skipped; every returned row carries
+/// how many were inserted.
+async fn insert_jobs(db: &mut PgConnection, batch: &InsertBatch<'_>) -> sqlx::Result<Vec<InsertedRow>> {
+    let (jobs, placements, submitter) = (batch.jobs, batch.placements, batch.submitter);
+    sqlx::query_as(&format!(
+        "with input as (
+            select * from unnest($1::uuid[], $2::text[], $3::int2[], $4::jsonb[], $5::jsonb[], $6::text[],
+                $7::int4[], $8::int4[], $9::int4[], $10::jsonb[], $11::int4[], $12::timestamptz[],
+                $13::timestamptz[], $14::jsonb[], $15::text[], $16::float8[], $17::bool[], $18::bool[], $19::text[])
+            as i(id, queue, priority, argv, env, working_dir, timeout_seconds, cpu_millis, memory_mib, labels,
+                 max_attempts, deadline, not_before, metadata, idempotency_key, rank, fair, scheduled,
+                 submitted_queue)
+         ), j as (
+            insert into jobs (id, tenant_id, queue, state, priority, argv, env, working_dir, timeout_seconds,
+                cpu_millis, memory_mib, labels, max_attempts, deadline, not_before, metadata,
+                idempotency_key, idempotency_fingerprint, queued_at, run_at, submitted_queue)
+            select id, $20, queue, case when scheduled then 'scheduled' else 'queued' end, priority, argv, env,
+                working_dir, timeout_seconds, cpu_millis, memory_mib, labels, max_attempts, deadline, not_before,
+                metadata, idempotency_key, $21, case when scheduled then null else now() end,
+                case when scheduled then not_before end, submitted_queue
+            from input order by id
+            on conflict on constraint jobs_idempotency_key do nothing
+            returning *
+         ), ready as (
+            insert into ready_jobs (job_id, queue, tenant_id, priority, rank, fair, cpu_millis, memory_mib, labels,
+                deadline)
+            select j.id, j.queue, j.tenant_id, j.priority, i.rank, i.fair, j.cpu_millis, j.memory_mib, j.labels,
+                j.deadline
+            from j join input i on i.id = j.id where j.state = 'queued' order by j.id
+         ), scheduled as (
+            insert into scheduled_jobs (job_id, queue, run_at)
+            select id, queue, run_at from j where state = 'scheduled'
+         ), events as (
+            insert into job_events (tenant_id, job_id, kind, state, data)
+            select tenant_id, id, 'job.submitted', state,
+                jsonb_build_object('queue', queue, 'priority', priority)
+                || case when submitted_queue is null then '{{}}'::jsonb
+                        else jsonb_build_object('redirected_from', submitted_queue) end
+            from j order by id
+         ), activity as (
+            insert into queue_activity (queue, tenant_id, kind, jobs, target_queue)
+            select coalesce(submitted_queue, queue), $20,
+                case when submitted_queue is null then 'accepted' else 'redirected' end, count(*),
+                case when submitted_queue is null then null else queue end
+            from j group by 1, 3, 5
+         )
+         select {JOB_COLUMNS}, $22::text as tenant, (select count(*) from j) as inserted
+         from j where $23 or j.id = (select id from j order by id limit 1) order by j.id"
+    ))
+    .bind(batch.ids)
+    .bind(placements.iter().map(|p| p.queue.as_str()).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| Json(&j.argv)).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| Json(&j.env)).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.working_dir.as_deref()).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.timeout_seconds).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.cpu_millis).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.memory_mib).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| Json(&j.labels)).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.deadline).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.not_before).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| &j.metadata).collect::<Vec<_>>())
+    .bind(batch.keys)
+    .bind(placements.iter().map(|p| p.rank).collect::<Vec<_>>())
+    .bind(placements.iter().map(|p| p.fair).collect::<Vec<_>>())
+    .bind(placements.iter().map(|p| p.scheduled).collect::<Vec<_>>())
+    .bind(placements.iter().map(|p| p.submitted_queue.as_deref()).collect::<Vec<_>>())
+    .bind(submitter.tenant_id)
+    .bind(batch.fingerprint)
+    .bind(submitter.tenant_name)
+    .bind(batch.return_jobs)
+    .fetch_all(db)
+    .await
+}
