@@ -101,11 +101,11 @@ create index queue_activity_queue_at_idx on queue_activity (queue, at);
 -- later deleted, so history does not pin queues forever.
 alter table jobs drop constraint jobs_queue_fkey;
 
--- Wake dispatchers when jobs become ready: one notification per statement, and Postgres
--- folds identical notifications of one transaction into one.
+-- Wake dispatchers when jobs become ready: one notification per statement, with the
+-- transaction id as payload, so Postgres folds a transaction's notifications into one.
 create function hodei_notify_ready() returns trigger language plpgsql as $$
 begin
-    perform pg_notify('hodei_ready', '');
+    perform pg_notify('hodei_ready', txid_current()::text);
     return null;
 end
 $$;

@@ -11,6 +11,7 @@ pub mod dev;
 pub mod embedded_postgres;
 pub mod error;
 pub mod http;
+pub mod loops;
 pub mod serve;
 pub mod store;
 pub mod testing;

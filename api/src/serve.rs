@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{hash_key, visible_prefix};
 use crate::config::Config;
 use crate::http::{app, default_policies, AppState};
+use crate::loops::Promoter;
 use crate::{db, store};
 
 /// Connects, applies migrations (safe when replicas start together), and installs the
@@ -23,15 +24,20 @@ pub async fn prepare_database(config: &Config, database_url: &str) -> anyhow::Re
     Ok(pool)
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled, then drains in-flight
-/// requests.
+/// Serves the API on `listener`, and runs the background loops, until `shutdown` is
+/// cancelled; then drains in-flight requests.
 pub async fn serve_http(pool: PgPool, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let address = listener.local_addr().context("reading the listen address")?;
+    let state = AppState::new(pool.clone(), default_policies());
+    let promoter = tokio::spawn(Promoter::new(pool, state.policies.clone()).run(shutdown.clone()));
     tracing::info!(%address, "listening on http://{address}");
-    axum::serve(listener, app(AppState::new(pool, default_policies())))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+    let served = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await
-        .context("serving HTTP")
+        .context("serving HTTP");
+    shutdown.cancel();
+    let _ = promoter.await;
+    served
 }
 
 /// `hodei serve`.

@@ -66,6 +66,10 @@ async fn dev_starts_a_complete_local_system_and_stops_cleanly() {
     let dev = Client::new(&first.url, first_profile["api_key"].as_str());
     let job = dev.submit(&["echo", "hello"]).await;
     assert_eq!(job["tenant"], "dev");
+    let delayed = dev
+        .post("/api/v1/jobs", serde_json::json!({"command": {"argv": ["true"]}, "not_before": "2999-01-01T00:00:00Z"}))
+        .await;
+    assert_eq!(delayed.body["state"], "scheduled");
     let admin = Client::new(&first.url, first_profile["admin_key"].as_str());
     assert_eq!(admin.get("/api/v1/tenants").await.status, StatusCode::OK);
 
@@ -80,6 +84,10 @@ async fn dev_starts_a_complete_local_system_and_stops_cleanly() {
     let dev = Client::new(&second.url, second_profile["api_key"].as_str());
     let fetched = dev.get(&format!("/api/v1/jobs/{}", job["id"].as_str().expect("id"))).await;
     assert_eq!(fetched.status, StatusCode::OK, "jobs survive a restart: {fetched:?}");
+    assert_eq!(fetched.body["state"], "queued");
+    // The queue itself survived both restarts (of the API and of Postgres).
+    let status = dev.get("/api/v1/queues/default/status").await;
+    assert_eq!((status.body["length"].as_i64(), status.body["scheduled"].as_i64()), (Some(1), Some(1)), "{status:?}");
     assert!(interrupt_and_wait(&mut second).await.success());
 
     let _ = std::fs::remove_dir_all(&data_dir);

@@ -215,11 +215,29 @@ async fn submit_batch(
     submission_response(outcome, false)
 }
 
-fn parse_job_id(id: &str) -> Result<Uuid, ApiError> {
+/// Checks a page's cursor and size: `(jobs older than this id, page size)`.
+pub(crate) fn page(cursor: Option<&str>, limit: Option<i64>) -> Result<(Option<Uuid>, i64), ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE);
+    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit: must be between 1 and {MAX_PAGE_SIZE}, got {limit}"),
+        ));
+    }
+    let before_id = cursor
+        .map(|cursor| {
+            Uuid::parse_str(cursor)
+                .map_err(|_| ApiError::bad_request("invalid_query", "cursor: not a cursor returned by this endpoint"))
+        })
+        .transpose()?;
+    Ok((before_id, limit))
+}
+
+pub(crate) fn parse_job_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| job_not_found(id))
 }
 
-fn job_not_found(id: &str) -> ApiError {
+pub(crate) fn job_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("no job with id {id:?}"))
 }
 
@@ -282,6 +300,7 @@ async fn list_jobs(
         queue: query.queue,
         created_after: query.created_after,
         created_before: query.created_before,
+        dead_letter_reason: None,
         before_id,
         limit,
     };

@@ -15,9 +15,12 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::{self, Problem};
 
+pub mod dead_letters;
 pub mod events;
 pub mod health;
 pub mod jobs;
+pub mod metrics;
+pub mod queues;
 pub mod request_context;
 pub mod tenants;
 
@@ -60,6 +63,8 @@ pub fn default_policies() -> PolicyRegistry {
     tags(
         (name = "jobs", description = "Submit, inspect, list and cancel jobs"),
         (name = "events", description = "The job event stream"),
+        (name = "queues", description = "Queues, their settings and status"),
+        (name = "dead-letters", description = "Jobs that gave up: inspect and redrive"),
         (name = "tenants", description = "Tenants and their API keys (admin)"),
         (name = "health", description = "Liveness and readiness")
     )
@@ -83,10 +88,12 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(tenants::router())
         .merge(jobs::router())
         .merge(events::router())
+        .merge(queues::router())
+        .merge(dead_letters::router())
         .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
         // Inner limits win over outer ones, so the batch route keeps its larger limit.
         .merge(jobs::batch_router().layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)));
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(health::router()).nest("/api/v1", api)
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(health::router()).merge(metrics::router()).nest("/api/v1", api)
 }
 
 /// The OpenAPI document, exactly as served and as committed under `openapi/`.

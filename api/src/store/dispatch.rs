@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use hodei_core::backoff::{decide_failure, FailureDecision};
+use hodei_core::dispatch::{plan_dispatch, QueueHead};
 use hodei_core::ordering::PolicyRegistry;
 use serde::Serialize;
 use sqlx::types::Json;
@@ -97,8 +98,23 @@ pub async fn claim(
     filter: &CapacityFilter,
 ) -> sqlx::Result<Vec<ClaimedJob>> {
     let fair = registry.get(&queue.settings.policy).is_some_and(|policy| policy.orders_within_tenant_by_priority());
+    sqlx::query_as(&claim_sql(fair))
+        .bind(&queue.settings.name)
+        .bind(filter.max_cpu_millis)
+        .bind(filter.max_memory_mib)
+        .bind(filter.labels.as_ref().map(Json))
+        .bind(limit)
+        .bind(queue.settings.sla_max_wait_seconds.map(|s| s as i32))
+        .bind(queue.settings.expired_deadline == hodei_core::queue::ExpiredDeadline::DeadLetter)
+        .fetch_all(db)
+        .await
+}
+
+/// The claim statement. Parameters: `$1` queue, `$2` max CPU, `$3` max memory, `$4` the
+/// claimer's labels, `$5` limit, `$6` SLA seconds, `$7` dead-letter expired deadlines.
+pub fn claim_sql(fair: bool) -> String {
     let pick = if fair { PICK_FAIR } else { PICK_IN_RANK_ORDER };
-    sqlx::query_as(&format!(
+    format!(
         "with {pick}, removed as (
             delete from ready_jobs r using picked p where r.job_id = p.job_id
             returning r.job_id, r.enqueued_at, (r.deadline is not null and r.deadline < now() and $7) as expired
@@ -126,16 +142,7 @@ pub async fn claim(
             select queue, tenant_id, 'deadline_expired', id, 'deadline passed while queued' from expired
          )
          select id, tenant_id, queue, attempt, priority, wait_ms, sla_breached from assigned"
-    ))
-    .bind(&queue.settings.name)
-    .bind(filter.max_cpu_millis)
-    .bind(filter.max_memory_mib)
-    .bind(filter.labels.as_ref().map(Json))
-    .bind(limit)
-    .bind(queue.settings.sla_max_wait_seconds.map(|s| s as i32))
-    .bind(queue.settings.expired_deadline == hodei_core::queue::ExpiredDeadline::DeadLetter)
-    .fetch_all(db)
-    .await
+    )
 }
 
 /// Marks claimed attempts succeeded. Attempts that are no longer current are skipped;
@@ -458,4 +465,50 @@ pub async fn redrive(
             .await?;
     transaction.commit().await?;
     Ok(redriven)
+}
+
+/// Takes up to `batch` jobs across all queues: tiers in order, with the anti-starvation
+/// rule of `hodei_core::dispatch`. `now` is Unix seconds.
+pub async fn claim_across_queues(
+    db: &mut PgConnection,
+    registry: &PolicyRegistry,
+    batch: i64,
+    filter: &CapacityFilter,
+    now: f64,
+) -> sqlx::Result<Vec<ClaimedJob>> {
+    let heads: Vec<(String, i16, i32, DateTime<Utc>)> = sqlx::query_as(
+        "select q.name, q.tier, q.starvation_after_seconds, h.oldest
+         from queues q cross join lateral (
+             select r.enqueued_at as oldest from ready_jobs r where r.queue = q.name order by r.enqueued_at limit 1
+         ) h",
+    )
+    .fetch_all(&mut *db)
+    .await?;
+    let heads: Vec<QueueHead> = heads
+        .into_iter()
+        .map(|(queue, tier, starvation_after, oldest)| QueueHead {
+            queue,
+            tier,
+            oldest_enqueued_at: crate::store::enqueue::unix_seconds(oldest),
+            starvation_after_seconds: starvation_after.into(),
+        })
+        .collect();
+    let steps = plan_dispatch(&heads, now, batch.max(0) as usize);
+    let mut settings: HashMap<String, Queue> = HashMap::new();
+    let mut claimed = Vec::new();
+    for step in steps {
+        let remaining = batch - claimed.len() as i64;
+        if remaining <= 0 {
+            break;
+        }
+        if !settings.contains_key(&step.queue) {
+            if let Some(queue) = queues::get(&mut *db, &step.queue).await? {
+                settings.insert(step.queue.clone(), queue);
+            }
+        }
+        let Some(queue) = settings.get(&step.queue) else { continue };
+        let take = remaining.min(step.max_jobs as i64);
+        claimed.extend(claim(&mut *db, registry, queue, take, filter).await?);
+    }
+    Ok(claimed)
 }

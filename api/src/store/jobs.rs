@@ -34,6 +34,21 @@ pub struct Job {
     pub metadata: serde_json::Value,
     /// When a cancel was requested for a job already on a worker.
     pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// When the job last entered its ready queue, and when it last left it.
+    pub queued_at: Option<DateTime<Utc>>,
+    pub assigned_at: Option<DateTime<Utc>>,
+    /// Milliseconds the last dispatch waited in the queue.
+    pub wait_ms: Option<i64>,
+    /// Whether any dispatch of this job waited longer than its queue's SLA.
+    pub sla_breached: bool,
+    /// For a scheduled job: when it becomes ready.
+    pub run_at: Option<DateTime<Utc>>,
+    /// Why the job is in the dead-letter queue: `attempts_exhausted`, `fatal_error`,
+    /// `evicted`, `deadline_expired`, `queue_deleted`.
+    pub dead_letter_reason: Option<String>,
+    pub last_error: Option<String>,
+    /// The queue the job was submitted to, when an overflow redirect moved it.
+    pub submitted_queue: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -58,7 +73,8 @@ pub struct JobResources {
 pub(crate) const JOB_COLUMNS: &str =
     "j.id, j.queue, j.state, j.priority, j.argv, j.env, j.working_dir, j.timeout_seconds,
     j.cpu_millis, j.memory_mib, j.labels, j.max_attempts, j.attempt, j.deadline, j.not_before, j.metadata,
-    j.cancel_requested_at, j.created_at, j.updated_at, j.finished_at, j.idempotency_fingerprint";
+    j.cancel_requested_at, j.created_at, j.updated_at, j.finished_at, j.idempotency_fingerprint, j.queued_at,
+    j.assigned_at, j.wait_ms, j.sla_breached, j.run_at, j.dead_letter_reason, j.last_error, j.submitted_queue";
 
 #[derive(Debug, FromRow)]
 pub(crate) struct JobRow {
@@ -84,6 +100,14 @@ pub(crate) struct JobRow {
     updated_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
     idempotency_fingerprint: Option<Vec<u8>>,
+    queued_at: Option<DateTime<Utc>>,
+    assigned_at: Option<DateTime<Utc>>,
+    wait_ms: Option<i64>,
+    sla_breached: bool,
+    run_at: Option<DateTime<Utc>>,
+    dead_letter_reason: Option<String>,
+    last_error: Option<String>,
+    submitted_queue: Option<String>,
 }
 
 impl JobRow {
@@ -117,6 +141,14 @@ impl JobRow {
             not_before: self.not_before,
             metadata: self.metadata,
             cancel_requested_at: self.cancel_requested_at,
+            queued_at: self.queued_at,
+            assigned_at: self.assigned_at,
+            wait_ms: self.wait_ms,
+            sla_breached: self.sla_breached,
+            run_at: self.run_at,
+            dead_letter_reason: self.dead_letter_reason,
+            last_error: self.last_error,
+            submitted_queue: self.submitted_queue,
             created_at: self.created_at,
             updated_at: self.updated_at,
             finished_at: self.finished_at,
@@ -178,6 +210,8 @@ pub struct JobFilter {
     pub queue: Option<String>,
     pub created_after: Option<DateTime<Utc>>,
     pub created_before: Option<DateTime<Utc>>,
+    /// Only dead letters with this reason.
+    pub dead_letter_reason: Option<String>,
     /// Only jobs older than this id (the cursor of the previous page).
     pub before_id: Option<Uuid>,
     pub limit: i64,
@@ -193,6 +227,7 @@ pub async fn list(db: impl PgExecutor<'_>, filter: &JobFilter) -> sqlx::Result<(
            and ($4::timestamptz is null or j.created_at >= $4)
            and ($5::timestamptz is null or j.created_at < $5)
            and ($6::uuid is null or j.id < $6)
+           and ($8::text is null or j.dead_letter_reason = $8)
          order by j.id desc
          limit $7"
     ))
@@ -203,6 +238,7 @@ pub async fn list(db: impl PgExecutor<'_>, filter: &JobFilter) -> sqlx::Result<(
     .bind(filter.created_before)
     .bind(filter.before_id)
     .bind(filter.limit + 1)
+    .bind(&filter.dead_letter_reason)
     .fetch_all(db)
     .await?;
     let has_more = rows.len() as i64 > filter.limit;

@@ -7,5 +7,6 @@ pub mod dispatch;
 pub mod enqueue;
 pub mod events;
 pub mod jobs;
+pub mod queue_status;
 pub mod queues;
 pub mod tenants;

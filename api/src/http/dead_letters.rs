@@ -1,0 +1,149 @@
+//! `/api/v1/dead-letters`: jobs that gave up (attempts exhausted, fatal error, evicted,
+//! deadline expired), for inspection and redrive. Tenant-scoped like every job read.
+
+use axum::extract::{Path, State};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::error::{ApiError, Json, Problem, Query};
+use crate::http::jobs::{job_not_found, page, parse_job_id, JobList};
+use crate::http::AppState;
+use crate::store::dispatch::{self, RedriveFilter};
+use crate::store::jobs::{self, Job, JobFilter};
+use hodei_core::JobState;
+
+pub const MAX_REDRIVE: i64 = 1000;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_dead_letters))
+        .routes(routes!(get_dead_letter))
+        .routes(routes!(redrive_one))
+        .routes(routes!(redrive_many))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeadLetterQuery {
+    pub queue: Option<String>,
+    /// `attempts_exhausted`, `fatal_error`, `evicted`, `deadline_expired`, `queue_deleted`.
+    pub reason: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveRequest {
+    pub queue: Option<String>,
+    pub reason: Option<String>,
+    /// At most this many (default and maximum 1000), oldest first.
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Redriven {
+    /// The jobs put back in their queues.
+    pub ids: Vec<Uuid>,
+}
+
+async fn find(state: &AppState, principal: &Principal, id: &str) -> Result<Job, ApiError> {
+    let job_id = parse_job_id(id)?;
+    jobs::get(&state.db, principal.tenant_scope(), job_id)
+        .await?
+        .filter(|job| job.state == JobState::DeadLettered)
+        .ok_or_else(|| ApiError::not_found(format!("no dead-lettered job with id {id:?}")))
+}
+
+/// List dead-lettered jobs, newest first.
+#[utoipa::path(
+    get, path = "/dead-letters", tag = "dead-letters", security(("bearer" = [])), params(DeadLetterQuery),
+    responses((status = 200, body = JobList), (status = 400, body = Problem, content_type = "application/problem+json"))
+)]
+async fn list_dead_letters(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<DeadLetterQuery>,
+) -> Result<axum::Json<JobList>, ApiError> {
+    let (before_id, limit) = page(query.cursor.as_deref(), query.limit)?;
+    let filter = JobFilter {
+        tenant_scope: principal.tenant_scope(),
+        state: Some(JobState::DeadLettered),
+        queue: query.queue,
+        dead_letter_reason: query.reason,
+        before_id,
+        limit,
+        ..JobFilter::default()
+    };
+    let (jobs, has_more) = jobs::list(&state.db, &filter).await?;
+    let next_cursor = if has_more { jobs.last().map(|job| job.id.to_string()) } else { None };
+    Ok(axum::Json(JobList { jobs, next_cursor }))
+}
+
+/// Inspect one dead-lettered job (its reason and last error are on the job).
+#[utoipa::path(
+    get, path = "/dead-letters/{id}", tag = "dead-letters", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses((status = 200, body = Job), (status = 404, body = Problem, content_type = "application/problem+json"))
+)]
+async fn get_dead_letter(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Job>, ApiError> {
+    Ok(axum::Json(find(&state, &principal, &id).await?))
+}
+
+/// Put one dead-lettered job back in its queue with a fresh set of attempts.
+#[utoipa::path(
+    post, path = "/dead-letters/{id}/redrive", tag = "dead-letters", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses((status = 200, description = "queued again", body = Job), (status = 404, body = Problem, content_type = "application/problem+json"))
+)]
+async fn redrive_one(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Job>, ApiError> {
+    let job = find(&state, &principal, &id).await?;
+    let mut connection = state.db.acquire().await?;
+    let filter =
+        RedriveFilter { tenant_scope: principal.tenant_scope(), job_id: Some(job.id), limit: 1, ..Default::default() };
+    dispatch::redrive(&mut connection, &state.policies, &filter).await?;
+    jobs::get(&mut *connection, principal.tenant_scope(), job.id)
+        .await?
+        .map(axum::Json)
+        .ok_or_else(|| job_not_found(&id))
+}
+
+/// Put a filtered set of dead-lettered jobs back in their queues.
+#[utoipa::path(
+    post, path = "/dead-letters/redrive", tag = "dead-letters", request_body = RedriveRequest, security(("bearer" = [])),
+    responses((status = 200, body = Redriven), (status = 422, body = Problem, content_type = "application/problem+json"))
+)]
+async fn redrive_many(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(request): Json<RedriveRequest>,
+) -> Result<axum::Json<Redriven>, ApiError> {
+    let limit = request.limit.unwrap_or(MAX_REDRIVE);
+    if !(1..=MAX_REDRIVE).contains(&limit) {
+        return Err(
+            hodei_core::ValidationErrors::single("limit", format!("must be between 1 and {MAX_REDRIVE}")).into()
+        );
+    }
+    let filter = RedriveFilter {
+        tenant_scope: principal.tenant_scope(),
+        job_id: None,
+        queue: request.queue,
+        reason: request.reason,
+        limit,
+    };
+    let mut connection = state.db.acquire().await?;
+    Ok(axum::Json(Redriven { ids: dispatch::redrive(&mut connection, &state.policies, &filter).await? }))
+}

@@ -1,0 +1,285 @@
+//! `/api/v1/queues`: queues and their settings (changes need an admin key), and queue
+//! status (any key; a tenant sees only its own backlog in it).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use hodei_core::queue::{
+    ExpiredDeadline, OverflowPolicy, QueueSettings, DEFAULT_AGING_SECONDS, DEFAULT_STARVATION_AFTER_SECONDS,
+};
+use hodei_core::validation::check_range;
+use hodei_core::ValidationErrors;
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::Principal;
+use crate::error::{ApiError, Json, Problem, Query};
+use crate::http::AppState;
+use crate::store::queue_status::{self, QueueStatus};
+use crate::store::queues::{self, DeleteOutcome, Queue, RetrySettings};
+
+pub const DEFAULT_STATUS_WINDOW_SECONDS: i64 = 900;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_queue, list_queues))
+        .routes(routes!(get_queue, update_queue, delete_queue))
+        .routes(routes!(queue_status))
+}
+
+/// Reads a field that may be absent (keep), `null` (clear) or a value (set).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// Queue settings in a request. On create, absent fields take their defaults; on update,
+/// absent fields keep their value and `null` clears an optional one.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueChanges {
+    /// `fifo`, `priority`, `fair`, `edf`, or a registered custom policy such as `sjf`.
+    pub policy: Option<String>,
+    /// Serving order between queues: lower first (`high` 0, `default` 1, `low` 2).
+    #[schema(minimum = 0, maximum = 100)]
+    pub tier: Option<i16>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 1)]
+    pub max_size: Option<Option<i64>>,
+    pub overflow: Option<OverflowPolicy>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub overflow_queue: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 1)]
+    pub sla_max_wait_seconds: Option<Option<i64>>,
+    #[schema(minimum = 1)]
+    pub aging_seconds: Option<i64>,
+    #[schema(minimum = 1)]
+    pub starvation_after_seconds: Option<i64>,
+    pub expired_deadline: Option<ExpiredDeadline>,
+    pub retry_base_seconds: Option<f64>,
+    pub retry_max_seconds: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateQueue {
+    pub name: String,
+    #[serde(flatten)]
+    pub settings: QueueChanges,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueList {
+    pub queues: Vec<Queue>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StatusQuery {
+    /// The window for rates and wait percentiles, in seconds (default 900, at most 7 days).
+    pub window_seconds: Option<i64>,
+}
+
+impl QueueChanges {
+    fn apply(self, mut settings: QueueSettings, mut retry: RetrySettings) -> (QueueSettings, RetrySettings) {
+        if let Some(policy) = self.policy {
+            settings.policy = policy;
+        }
+        if let Some(tier) = self.tier {
+            settings.tier = tier;
+        }
+        if let Some(max_size) = self.max_size {
+            settings.max_size = max_size;
+        }
+        if let Some(overflow) = self.overflow {
+            settings.overflow = overflow;
+        }
+        if let Some(overflow_queue) = self.overflow_queue {
+            settings.overflow_queue = overflow_queue;
+        }
+        if let Some(sla) = self.sla_max_wait_seconds {
+            settings.sla_max_wait_seconds = sla;
+        }
+        if let Some(aging) = self.aging_seconds {
+            settings.aging_seconds = aging;
+        }
+        if let Some(starvation) = self.starvation_after_seconds {
+            settings.starvation_after_seconds = starvation;
+        }
+        if let Some(expired) = self.expired_deadline {
+            settings.expired_deadline = expired;
+        }
+        if let Some(base) = self.retry_base_seconds {
+            retry.retry_base_seconds = base;
+        }
+        if let Some(max) = self.retry_max_seconds {
+            retry.retry_max_seconds = max;
+        }
+        (settings, retry)
+    }
+}
+
+fn validate(state: &AppState, settings: &QueueSettings, retry: RetrySettings) -> Result<(), ApiError> {
+    let mut errors = match settings.validate(|name| state.policies.contains(name)) {
+        Ok(()) => ValidationErrors::new(),
+        Err(errors) => errors,
+    };
+    if !(retry.retry_base_seconds > 0.0 && retry.retry_base_seconds <= 86_400.0) {
+        errors.add("retry_base_seconds", "must be above 0 and at most 86400");
+    }
+    if !(retry.retry_max_seconds >= retry.retry_base_seconds && retry.retry_max_seconds <= 7.0 * 86_400.0) {
+        errors.add("retry_max_seconds", "must be at least retry_base_seconds and at most 604800");
+    }
+    check_range(&mut errors, "tier", settings.tier.into(), 0, 100);
+    errors.into_result(()).map_err(ApiError::from)
+}
+
+async fn save(state: &AppState, settings: &QueueSettings, retry: RetrySettings) -> Result<Queue, ApiError> {
+    match queues::upsert(&state.db, settings, retry).await {
+        Ok(queue) => Ok(queue),
+        Err(error) if error.as_database_error().and_then(|e| e.constraint()) == Some("queues_overflow_queue_fkey") => {
+            Err(ValidationErrors::single("overflow_queue", "no queue with this name").into())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn find(state: &AppState, name: &str) -> Result<Queue, ApiError> {
+    queues::get(&state.db, name).await?.ok_or_else(|| ApiError::not_found(format!("no queue named {name:?}")))
+}
+
+/// Create a queue.
+#[utoipa::path(
+    post, path = "/queues", tag = "queues", request_body = CreateQueue, security(("bearer" = [])),
+    responses(
+        (status = 201, body = Queue),
+        (status = 409, description = "exists", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")
+    )
+)]
+async fn create_queue(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(request): Json<CreateQueue>,
+) -> Result<(StatusCode, axum::Json<Queue>), ApiError> {
+    principal.require_admin()?;
+    if queues::get(&state.db, &request.name).await?.is_some() {
+        return Err(ApiError::conflict("queue_exists", format!("a queue named {:?} already exists", request.name)));
+    }
+    let defaults = QueueSettings {
+        aging_seconds: DEFAULT_AGING_SECONDS,
+        starvation_after_seconds: DEFAULT_STARVATION_AFTER_SECONDS,
+        ..QueueSettings::with_policy(&request.name, "priority")
+    };
+    let default_retry = RetrySettings { retry_base_seconds: 2.0, retry_max_seconds: 600.0 };
+    let (settings, retry) = request.settings.apply(defaults, default_retry);
+    validate(&state, &settings, retry)?;
+    Ok((StatusCode::CREATED, axum::Json(save(&state, &settings, retry).await?)))
+}
+
+/// List queues in serving order.
+#[utoipa::path(get, path = "/queues", tag = "queues", security(("bearer" = [])), responses((status = 200, body = QueueList)))]
+async fn list_queues(State(state): State<AppState>, _principal: Principal) -> Result<axum::Json<QueueList>, ApiError> {
+    Ok(axum::Json(QueueList { queues: queues::list(&state.db).await? }))
+}
+
+/// Get a queue.
+#[utoipa::path(
+    get, path = "/queues/{name}", tag = "queues", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Queue name")),
+    responses((status = 200, body = Queue), (status = 404, body = Problem, content_type = "application/problem+json"))
+)]
+async fn get_queue(
+    State(state): State<AppState>,
+    _principal: Principal,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Queue>, ApiError> {
+    Ok(axum::Json(find(&state, &name).await?))
+}
+
+/// Change a queue's settings. Jobs already queued keep their place; new ones are ordered
+/// by the new settings.
+#[utoipa::path(
+    patch, path = "/queues/{name}", tag = "queues", request_body = QueueChanges, security(("bearer" = [])),
+    params(("name" = String, Path, description = "Queue name")),
+    responses(
+        (status = 200, body = Queue),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")
+    )
+)]
+async fn update_queue(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+    Json(changes): Json<QueueChanges>,
+) -> Result<axum::Json<Queue>, ApiError> {
+    principal.require_admin()?;
+    let current = find(&state, &name).await?;
+    let retry =
+        RetrySettings { retry_base_seconds: current.retry_base_seconds, retry_max_seconds: current.retry_max_seconds };
+    let (settings, retry) = changes.apply(current.settings, retry);
+    validate(&state, &settings, retry)?;
+    Ok(axum::Json(save(&state, &settings, retry).await?))
+}
+
+/// Delete a queue. Refused for built-in queues, for queues with waiting jobs, and for a
+/// queue that another queue redirects to.
+#[utoipa::path(
+    delete, path = "/queues/{name}", tag = "queues", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Queue name")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json")
+    )
+)]
+async fn delete_queue(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    principal.require_admin()?;
+    let mut transaction = state.db.begin().await?;
+    let outcome = queues::delete(&mut transaction, &name).await?;
+    if outcome == DeleteOutcome::Deleted {
+        transaction.commit().await?;
+    }
+    match outcome {
+        DeleteOutcome::Deleted => Ok(StatusCode::NO_CONTENT),
+        DeleteOutcome::NotFound => Err(ApiError::not_found(format!("no queue named {name:?}"))),
+        DeleteOutcome::Builtin => Err(ApiError::conflict("queue_builtin", format!("{name:?} is built in"))),
+        DeleteOutcome::NotEmpty => {
+            Err(ApiError::conflict("queue_not_empty", format!("queue {name:?} still has waiting jobs")))
+        }
+        DeleteOutcome::RedirectTarget => Err(ApiError::conflict(
+            "queue_is_redirect_target",
+            format!("another queue redirects its overflow to {name:?}"),
+        )),
+    }
+}
+
+/// A queue's length, waits, SLA breaches, overflow and abandonment rates, and backlog per
+/// tenant (a tenant key sees only its own line).
+#[utoipa::path(
+    get, path = "/queues/{name}/status", tag = "queues", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Queue name"), StatusQuery),
+    responses((status = 200, body = QueueStatus), (status = 404, body = Problem, content_type = "application/problem+json"))
+)]
+async fn queue_status(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+    Query(query): Query<StatusQuery>,
+) -> Result<axum::Json<QueueStatus>, ApiError> {
+    let window = query.window_seconds.unwrap_or(DEFAULT_STATUS_WINDOW_SECONDS);
+    if !(1..=7 * 86_400).contains(&window) {
+        return Err(ApiError::bad_request("invalid_query", format!("window_seconds: must be 1-604800, got {window}")));
+    }
+    let queue = find(&state, &name).await?;
+    let mut connection = state.db.acquire().await?;
+    Ok(axum::Json(queue_status::status(&mut connection, &queue, window, principal.tenant_scope()).await?))
+}

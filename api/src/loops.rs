@@ -1,0 +1,115 @@
+//! Background loops every replica runs. Each exposes `tick` so tests can step it, and a
+//! runner that repeats it until shut down. Loops keep no state between ticks: everything
+//! they decide from is in Postgres, so any number of replicas can run them at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hodei_core::ordering::PolicyRegistry;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::dispatch;
+
+/// The channel a statement-level trigger on `ready_jobs` notifies (once per transaction).
+pub const READY_CHANNEL: &str = "hodei_ready";
+
+/// Moves scheduled jobs (not-before times, retry backoff) into their queues when due.
+#[derive(Debug, Clone)]
+pub struct Promoter {
+    pub db: PgPool,
+    pub policies: Arc<PolicyRegistry>,
+    /// Jobs moved per transaction.
+    pub batch: i64,
+    /// Longest sleep between ticks when nothing is due sooner.
+    pub max_idle: Duration,
+}
+
+impl Promoter {
+    pub fn new(db: PgPool, policies: Arc<PolicyRegistry>) -> Self {
+        Self { db, policies, batch: 500, max_idle: Duration::from_secs(1) }
+    }
+
+    /// Promotes what is due now; returns how many jobs it moved.
+    pub async fn tick(&self) -> anyhow::Result<usize> {
+        let mut connection = self.db.acquire().await?;
+        Ok(dispatch::promote_due(&mut connection, &self.policies, self.batch).await?)
+    }
+
+    /// How long until the next scheduled job is due (capped at `max_idle`).
+    async fn idle_time(&self) -> anyhow::Result<Duration> {
+        let seconds: Option<f64> =
+            sqlx::query_scalar("select extract(epoch from min(run_at) - now())::float8 from scheduled_jobs")
+                .fetch_one(&self.db)
+                .await?;
+        let wait = seconds.map_or(self.max_idle, |s| Duration::from_secs_f64(s.max(0.0)));
+        Ok(wait.min(self.max_idle))
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let wait = match self.tick().await {
+                Ok(moved) if moved as i64 >= self.batch => Duration::ZERO,
+                Ok(_) => self.idle_time().await.unwrap_or(self.max_idle),
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "promoting scheduled jobs failed; retrying");
+                    self.max_idle
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+/// Wakes dispatchers when jobs become ready, through LISTEN/NOTIFY. Listeners must still
+/// poll as a fallback: a notification can be missed while the connection is re-established.
+#[derive(Debug, Clone, Default)]
+pub struct ReadyWakeup {
+    notify: Arc<Notify>,
+}
+
+impl ReadyWakeup {
+    /// Listens on `READY_CHANNEL` until `shutdown`, reconnecting after errors.
+    pub fn spawn(db: PgPool, shutdown: CancellationToken) -> Self {
+        let wakeup = Self::default();
+        let notify = wakeup.notify.clone();
+        tokio::spawn(async move {
+            while !shutdown.is_cancelled() {
+                if let Err(error) = listen(&db, &notify, &shutdown).await {
+                    tracing::warn!(%error, "listening for ready jobs failed; reconnecting");
+                    // Wake everyone: something may have been missed.
+                    notify.notify_waiters();
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        });
+        wakeup
+    }
+
+    /// Waits until jobs become ready, or `fallback` passes.
+    pub async fn wait(&self, fallback: Duration) {
+        let _ = tokio::time::timeout(fallback, self.notify.notified()).await;
+    }
+}
+
+async fn listen(db: &PgPool, notify: &Notify, shutdown: &CancellationToken) -> sqlx::Result<()> {
+    let mut listener = PgListener::connect_with(db).await?;
+    listener.listen(READY_CHANNEL).await?;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            message = listener.recv() => {
+                message?;
+                notify.notify_waiters();
+            }
+        }
+    }
+}
