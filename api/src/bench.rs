@@ -20,6 +20,9 @@ use crate::config::Config;
 pub enum BenchCommand {
     /// Job submission: single submits at a fixed rate, or batches as fast as they go.
     Submit(SubmitArgs),
+    /// The queue engine in-process (no HTTP): enqueue, claim+complete, dispatch at depth.
+    /// Use a scratch database: it adds queues and millions of jobs.
+    Engine(crate::bench_engine::EngineArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -58,6 +61,7 @@ pub struct SubmitArgs {
 pub async fn run(command: BenchCommand, config: &Config) -> anyhow::Result<()> {
     match command {
         BenchCommand::Submit(args) => submit(args, config).await,
+        BenchCommand::Engine(args) => crate::bench_engine::run(args, config).await,
     }
 }
 
@@ -136,7 +140,7 @@ struct Samples {
     jobs: usize,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
