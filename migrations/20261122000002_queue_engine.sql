@@ -38,7 +38,6 @@ alter table jobs
     add column last_error text,
     -- Set when an overflow redirect moved the job: the queue it was submitted to.
     add column submitted_queue text;
-create index jobs_queue_assigned_at_idx on jobs (queue, assigned_at) where assigned_at is not null;
 
 -- Jobs waiting for a time (not-before, retry backoff). Small; read by run_at.
 create table scheduled_jobs (
@@ -79,8 +78,9 @@ create index ready_jobs_fair_tag_idx on ready_jobs (queue, tenant_id, rank) wher
 create index ready_jobs_fair_priority_idx on ready_jobs (queue, tenant_id, priority desc, seq) where fair;
 
 -- What happened at each queue's door and inside it: admissions (accepted, rejected,
--- deferred, redirected, evicted), cancellations while queued, expiries. Queue status and
--- its rates are aggregates over a recent window of this table.
+-- deferred, redirected, evicted), dispatches (one row per claim, with its waits),
+-- cancellations while queued, expiries. Queue status and its rates are aggregates over a
+-- recent window of this table.
 create table queue_activity (
     id              bigint      generated always as identity primary key,
     at              timestamptz not null default now(),
@@ -88,8 +88,12 @@ create table queue_activity (
     tenant_id       uuid        references tenants (id) on delete cascade,
     kind            text        not null
         constraint queue_activity_kind check (kind in
-            ('accepted', 'rejected', 'deferred', 'redirected', 'evicted', 'cancelled_queued', 'deadline_expired')),
+            ('accepted', 'rejected', 'deferred', 'redirected', 'evicted', 'cancelled_queued', 'deadline_expired',
+             'dispatched')),
     jobs            integer     not null default 1,
+    -- For `dispatched`: each job's wait in milliseconds, and how many exceeded the SLA.
+    waits_ms        bigint[],
+    sla_breaches    integer     not null default 0,
     target_queue    text,
     job_id          uuid,
     retry_after_seconds integer,

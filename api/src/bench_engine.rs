@@ -47,6 +47,7 @@ struct Bench {
     registry: Arc<hodei_core::ordering::PolicyRegistry>,
     tenant_id: Uuid,
     tenant_name: String,
+    settings: enqueue::QueueSettingsCache,
     args: EngineArgs,
 }
 
@@ -83,7 +84,8 @@ impl Bench {
 
     async fn submit(&self, jobs: &[ValidJob]) -> anyhow::Result<()> {
         let mut connection = self.pool.acquire().await?;
-        match enqueue::submit(&mut connection, &self.registry, self.submitter(), jobs, None, false).await? {
+        let context = enqueue::SubmitContext { registry: &self.registry, settings: &self.settings };
+        match enqueue::submit(&mut connection, context, self.submitter(), jobs, None, false).await? {
             enqueue::SubmitOutcome::Created { .. } => Ok(()),
             other => anyhow::bail!("submission refused: {other:?}"),
         }
@@ -167,8 +169,14 @@ pub async fn run(args: EngineArgs, config: &Config) -> anyhow::Result<()> {
     db::migrate(&pool).await?;
     let tenant_name = format!("bench-{}", Uuid::now_v7().simple());
     let tenant = store::tenants::create(&pool, &tenant_name, 1).await.context("creating the bench tenant")?;
-    let bench =
-        Arc::new(Bench { pool, registry: Arc::new(default_policies()), tenant_id: tenant.id, tenant_name, args });
+    let bench = Arc::new(Bench {
+        pool,
+        registry: Arc::new(default_policies()),
+        tenant_id: tenant.id,
+        tenant_name,
+        settings: enqueue::QueueSettingsCache::new(enqueue::QUEUE_SETTINGS_TTL),
+        args,
+    });
     let suffix = &bench.tenant_name[6..14];
     let mut report = Report;
 

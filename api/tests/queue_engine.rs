@@ -68,7 +68,9 @@ impl Engine {
     async fn submit(&self, tenant: Tenant<'_>, specs: Vec<Value>) -> SubmitOutcome {
         let jobs: Vec<ValidJob> = specs.into_iter().map(job).collect();
         let mut connection = self.pool.acquire().await.expect("connection");
-        enqueue::submit(&mut connection, &self.registry, tenant.submitter(), &jobs, None, false).await.expect("submit")
+        let settings = enqueue::QueueSettingsCache::disabled();
+        let context = enqueue::SubmitContext { registry: &self.registry, settings: &settings };
+        enqueue::submit(&mut connection, context, tenant.submitter(), &jobs, None, false).await.expect("submit")
     }
 
     async fn submit_ids(&self, tenant: Tenant<'_>, specs: Vec<Value>) -> Vec<Uuid> {

@@ -241,6 +241,39 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Priority with aging: a job is never overtaken by a later job of equal or lower
+        /// priority, and a job queued more than (their priority − its priority) × aging
+        /// earlier than a higher-priority job still goes first — the aging bound.
+        #[test]
+        fn priority_aging_bound(
+            a_priority in 1i16..=10, b_priority in 1i16..=10, a_at in 0.0f64..1e6, gap in 0.0f64..1e5, aging in 1i64..1000
+        ) {
+            let queue = QueueSettings { aging_seconds: aging, ..QueueSettings::with_policy("q", "priority") };
+            let (a, b) = (job(a_priority, a_at), job(b_priority, a_at + gap));
+            let (rank_a, rank_b) = (Priority.rank(&a, &queue), Priority.rank(&b, &queue));
+            if b_priority <= a_priority {
+                proptest::prop_assert!(rank_a <= rank_b);
+            }
+            let bound = f64::from(b_priority - a_priority) * aging as f64;
+            if gap > bound {
+                proptest::prop_assert!(rank_a < rank_b);
+            }
+        }
+
+        /// EDF: an earlier deadline always goes first, whatever the queueing times.
+        #[test]
+        fn edf_orders_by_deadline(d1 in 0.0f64..1e9, d2 in 0.0f64..1e9, t1 in 0.0f64..1e9, t2 in 0.0f64..1e9) {
+            let queue = QueueSettings::with_policy("q", "edf");
+            let a = RankInput { deadline: Some(d1), ..job(5, t1) };
+            let b = RankInput { deadline: Some(d2), ..job(5, t2) };
+            proptest::prop_assert_eq!(
+                EarliestDeadlineFirst.rank(&a, &queue) < EarliestDeadlineFirst.rank(&b, &queue),
+                d1 < d2
+            );
+        }
+    }
+
     #[test]
     fn registry_knows_builtins_and_registered_plugins() {
         let mut registry = PolicyRegistry::with_builtins();

@@ -167,7 +167,7 @@ async fn submit_job(
     let mut connection = state.db.acquire().await?;
     let submitter = Submitter { tenant_id, tenant_name };
     let outcome =
-        enqueue::submit(&mut connection, &state.policies, submitter, &[job], idempotency.as_ref(), true).await?;
+        enqueue::submit(&mut connection, state.submit_context(), submitter, &[job], idempotency.as_ref(), true).await?;
     submission_response(outcome, true)
 }
 
@@ -211,7 +211,8 @@ async fn submit_batch(
     let mut connection = state.db.acquire().await?;
     let submitter = Submitter { tenant_id, tenant_name };
     let outcome =
-        enqueue::submit(&mut connection, &state.policies, submitter, &valid, idempotency.as_ref(), false).await?;
+        enqueue::submit(&mut connection, state.submit_context(), submitter, &valid, idempotency.as_ref(), false)
+            .await?;
     submission_response(outcome, false)
 }
 

@@ -14,6 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::{self, Problem};
+use crate::store::enqueue::{QueueSettingsCache, SubmitContext, QUEUE_SETTINGS_TTL};
 
 pub mod dead_letters;
 pub mod events;
@@ -36,11 +37,17 @@ pub struct AppState {
     pub db: PgPool,
     /// The ordering policies this process knows (built-ins plus registered plugins).
     pub policies: Arc<PolicyRegistry>,
+    /// Queue settings read in the last second (see `QueueSettingsCache`).
+    pub queue_settings: Arc<QueueSettingsCache>,
 }
 
 impl AppState {
     pub fn new(db: PgPool, policies: PolicyRegistry) -> Self {
-        Self { db, policies: Arc::new(policies) }
+        Self { db, policies: Arc::new(policies), queue_settings: Arc::new(QueueSettingsCache::new(QUEUE_SETTINGS_TTL)) }
+    }
+
+    pub fn submit_context(&self) -> SubmitContext<'_> {
+        SubmitContext { registry: &self.policies, settings: &self.queue_settings }
     }
 }
 

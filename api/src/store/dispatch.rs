@@ -140,6 +140,11 @@ pub fn claim_sql(fair: bool) -> String {
          ), activity as (
             insert into queue_activity (queue, tenant_id, kind, job_id, reason)
             select queue, tenant_id, 'deadline_expired', id, 'deadline passed while queued' from expired
+         ), dispatched as (
+            insert into queue_activity (queue, kind, jobs, waits_ms, sla_breaches)
+            select $1, 'dispatched', count(*), array_agg(wait_ms),
+                count(*) filter (where $6::int4 is not null and wait_ms > $6::int8 * 1000)
+            from assigned having count(*) > 0
          )
          select id, tenant_id, queue, attempt, priority, wait_ms, sla_breached from assigned"
     )

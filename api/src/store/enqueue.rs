@@ -6,6 +6,8 @@
 //! advisory lock, so their limit holds exactly even with many replicas.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use hodei_core::ordering::{FairContext, PolicyRegistry, RankInput};
@@ -163,20 +165,93 @@ struct Placement {
     fair: bool,
 }
 
+/// Queue settings this process read recently. Reading them for every submission costs a
+/// round trip, and they change rarely: an entry lives for `ttl`, so a settings change
+/// reaches every replica within it. Only settings are kept, never anything about the
+/// jobs in a queue: queues whose policy needs fair-queuing state always read it fresh.
+#[derive(Debug)]
+pub struct QueueSettingsCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<String, (Instant, Queue)>>,
+}
+
+/// How long `hodei serve` keeps queue settings.
+pub const QUEUE_SETTINGS_TTL: Duration = Duration::from_secs(1);
+
+impl QueueSettingsCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self { ttl, entries: Mutex::new(HashMap::new()) }
+    }
+
+    /// A cache that keeps nothing: every submission reads the settings.
+    pub fn disabled() -> Self {
+        Self::new(Duration::ZERO)
+    }
+
+    fn get(&self, name: &str) -> Option<Queue> {
+        let entries = self.entries.lock().ok()?;
+        entries.get(name).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, queue)| queue.clone())
+    }
+
+    fn put(&self, queue: &Queue) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.insert(queue.settings.name.clone(), (Instant::now(), queue.clone()));
+        }
+    }
+}
+
+/// What a submission needs from the process besides the database.
+#[derive(Debug, Clone, Copy)]
+pub struct SubmitContext<'a> {
+    pub registry: &'a PolicyRegistry,
+    pub settings: &'a QueueSettingsCache,
+}
+
+/// Settings and fair-queuing state for `names`: cached settings where they suffice, one
+/// query for the rest.
+async fn states_for(
+    db: &mut PgConnection,
+    context: SubmitContext<'_>,
+    names: &[String],
+    tenant_id: Uuid,
+) -> sqlx::Result<HashMap<String, QueueState>> {
+    let mut states = HashMap::new();
+    let mut to_read = Vec::new();
+    for name in names {
+        match context.settings.get(name) {
+            Some(queue) if context.registry.get(&queue.settings.policy).is_some_and(|p| !p.needs_fair_context()) => {
+                let state = QueueState { queue, virtual_time: 0.0, tenant_last_tag: None, tenant_weight: 1.0 };
+                states.insert(name.clone(), state);
+            }
+            _ => to_read.push(name.clone()),
+        }
+    }
+    if !to_read.is_empty() {
+        let read = queue_states(&mut *db, &to_read, tenant_id).await?;
+        read.values().for_each(|state| context.settings.put(&state.queue));
+        states.extend(read);
+    }
+    Ok(states)
+}
+
 /// Admits and writes `jobs` for `submitter`: all of them, or none.
 pub async fn submit(
     db: &mut PgConnection,
-    registry: &PolicyRegistry,
+    context: SubmitContext<'_>,
     submitter: Submitter<'_>,
     jobs: &[ValidJob],
     idempotency: Option<&Idempotency>,
     return_jobs: bool,
 ) -> sqlx::Result<SubmitOutcome> {
+    let registry = context.registry;
     let now = Utc::now();
     let mut names: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
     names.sort();
     names.dedup();
-    let mut states = queue_states(&mut *db, &names, submitter.tenant_id).await?;
+    let mut states = states_for(&mut *db, context, &names, submitter.tenant_id).await?;
     let missing: Vec<String> = names.iter().filter(|n| !states.contains_key(*n)).cloned().collect();
     if !missing.is_empty() {
         return Ok(SubmitOutcome::UnknownQueues(missing));
@@ -529,4 +604,37 @@ async fn insert_jobs(db: &mut PgConnection, batch: &InsertBatch<'_>) -> sqlx::Re
     .bind(batch.return_jobs)
     .fetch_all(db)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(name: &str) -> Queue {
+        Queue {
+            settings: hodei_core::queue::QueueSettings::with_policy(name, "fifo"),
+            retry_base_seconds: 2.0,
+            retry_max_seconds: 600.0,
+            builtin: false,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn settings_are_kept_for_their_ttl_only() {
+        let cache = QueueSettingsCache::new(Duration::from_secs(3600));
+        cache.put(&queue("q"));
+        assert_eq!(cache.get("q").map(|q| q.settings.name), Some("q".to_owned()));
+        assert!(cache.get("other").is_none());
+
+        let disabled = QueueSettingsCache::disabled();
+        disabled.put(&queue("q"));
+        assert!(disabled.get("q").is_none());
+
+        let expiring = QueueSettingsCache::new(Duration::from_nanos(1));
+        expiring.put(&queue("q"));
+        std::thread::sleep(Duration::from_millis(1));
+        assert!(expiring.get("q").is_none());
+    }
 }

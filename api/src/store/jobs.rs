@@ -331,8 +331,9 @@ mod tests {
 
     async fn submitted(db: &mut PgConnection, submitter: Submitter<'_>) -> Job {
         let registry = crate::http::default_policies();
-        match crate::store::enqueue::submit(db, &registry, submitter, &[valid_job()], None, true).await.expect("submit")
-        {
+        let settings = crate::store::enqueue::QueueSettingsCache::disabled();
+        let context = crate::store::enqueue::SubmitContext { registry: &registry, settings: &settings };
+        match crate::store::enqueue::submit(db, context, submitter, &[valid_job()], None, true).await.expect("submit") {
             crate::store::enqueue::SubmitOutcome::Created { mut jobs, .. } => jobs.remove(0),
             other => panic!("not created: {other:?}"),
         }

@@ -1,7 +1,7 @@
 //! Queue status: how long a queue is, how long its jobs wait, how often it breaches its
 //! SLA, overflows or is abandoned, and whose work is in it. Computed on demand from the
-//! ready queue, the jobs' recorded waits and the queue's activity log, over a recent
-//! window. Read-only.
+//! ready queue and the queue's activity log (admissions, and one row per dispatch with its
+//! waits), over a recent window. Read-only.
 
 use serde::Serialize;
 use sqlx::PgConnection;
@@ -80,12 +80,14 @@ pub async fn status(
     let (scheduled,): (i64,) =
         sqlx::query_as("select count(*) from scheduled_jobs where queue = $1").bind(name).fetch_one(&mut *db).await?;
     let (dispatched, p50, p95, p99, breaches): (i64, Option<f64>, Option<f64>, Option<f64>, i64) = sqlx::query_as(
-        "select count(*),
-                percentile_cont(0.5) within group (order by wait_ms),
-                percentile_cont(0.95) within group (order by wait_ms),
-                percentile_cont(0.99) within group (order by wait_ms),
-                count(*) filter (where sla_breached)
-         from jobs where queue = $1 and assigned_at > now() - make_interval(secs => $2)",
+        "select count(w.wait_ms),
+                percentile_cont(0.5) within group (order by w.wait_ms),
+                percentile_cont(0.95) within group (order by w.wait_ms),
+                percentile_cont(0.99) within group (order by w.wait_ms),
+                (select coalesce(sum(sla_breaches), 0)::int8 from queue_activity
+                 where queue = $1 and kind = 'dispatched' and at > now() - make_interval(secs => $2))
+         from queue_activity a cross join lateral unnest(a.waits_ms) as w(wait_ms)
+         where a.queue = $1 and a.kind = 'dispatched' and a.at > now() - make_interval(secs => $2)",
     )
     .bind(name)
     .bind(window_seconds as f64)
