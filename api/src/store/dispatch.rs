@@ -16,7 +16,7 @@ use sqlx::{Acquire, FromRow, PgConnection, PgExecutor};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::store::enqueue::{QueueState, RankableJob, Ranker};
+use crate::store::enqueue::{RankableJob, Ranker};
 use crate::store::queues::{self, Queue};
 
 /// What a claimer can run: jobs needing more, or labels it lacks, are left in the queue.
@@ -303,7 +303,7 @@ async fn requeue(
         return Ok(0);
     }
     let pairs: Vec<(String, Uuid)> = jobs.iter().map(|j| (j.queue.clone(), j.tenant_id)).collect();
-    let states = queue_states_for_pairs(&mut *db, &pairs).await?;
+    let states = crate::store::enqueue::queue_states_for_pairs(&mut *db, &pairs).await?;
     let now = Utc::now();
     let mut ranker = Ranker::new(registry);
     let mut ready = Vec::new();
@@ -358,53 +358,6 @@ async fn requeue(
     .execute(&mut *db)
     .await?;
     Ok(count)
-}
-
-#[derive(Debug, FromRow)]
-struct PairStateRow {
-    #[sqlx(flatten)]
-    queue: queues::QueueRow,
-    tenant_id: Uuid,
-    virtual_time: Option<f64>,
-    tenant_last_tag: Option<f64>,
-    tenant_weight: Option<i32>,
-}
-
-/// Queue settings and fair-queuing state for each (queue, tenant) pair.
-async fn queue_states_for_pairs(
-    db: impl PgExecutor<'_>,
-    pairs: &[(String, Uuid)],
-) -> sqlx::Result<HashMap<(String, Uuid), QueueState>> {
-    let mut unique: Vec<(String, Uuid)> = pairs.to_vec();
-    unique.sort();
-    unique.dedup();
-    let rows: Vec<PairStateRow> = sqlx::query_as(&format!(
-        "select {}, p.tenant_id,
-            (select r.rank from ready_jobs r where r.queue = q.name order by r.rank, r.seq limit 1) as virtual_time,
-            (select max(r.rank) from ready_jobs r where r.queue = q.name and r.fair and r.tenant_id = p.tenant_id)
-                as tenant_last_tag,
-            (select t.weight from tenants t where t.id = p.tenant_id) as tenant_weight
-         from unnest($1::text[], $2::uuid[]) as p(queue, tenant_id) join queues q on q.name = p.queue",
-        queues::QUEUE_COLUMNS
-    ))
-    .bind(unique.iter().map(|(q, _)| q.as_str()).collect::<Vec<_>>())
-    .bind(unique.iter().map(|(_, t)| *t).collect::<Vec<_>>())
-    .fetch_all(db)
-    .await?;
-    rows.into_iter()
-        .map(|row| {
-            let queue = row.queue.into_queue()?;
-            Ok((
-                (queue.settings.name.clone(), row.tenant_id),
-                QueueState {
-                    queue,
-                    virtual_time: row.virtual_time.unwrap_or(0.0),
-                    tenant_last_tag: row.tenant_last_tag,
-                    tenant_weight: f64::from(row.tenant_weight.unwrap_or(1)),
-                },
-            ))
-        })
-        .collect()
 }
 
 /// Moves scheduled jobs whose time has come into their ready queues, up to `limit` at a

@@ -49,38 +49,53 @@ pub struct QueueState {
     pub tenant_weight: f64,
 }
 
-#[derive(Debug, FromRow)]
-struct QueueStateRow {
-    #[sqlx(flatten)]
-    queue: QueueRow,
-    virtual_time: Option<f64>,
-    tenant_last_tag: Option<f64>,
-    tenant_weight: Option<i32>,
-}
-
 /// Settings and fair-queuing state of `queues` as seen by `tenant_id`.
 pub async fn queue_states(
     db: impl PgExecutor<'_>,
     queues: &[String],
     tenant_id: Uuid,
 ) -> sqlx::Result<HashMap<String, QueueState>> {
-    let rows: Vec<QueueStateRow> = sqlx::query_as(&format!(
-        "select {QUEUE_COLUMNS},
+    let pairs: Vec<(String, Uuid)> = queues.iter().map(|queue| (queue.clone(), tenant_id)).collect();
+    let states = queue_states_for_pairs(db, &pairs).await?;
+    Ok(states.into_iter().map(|((queue, _), state)| (queue, state)).collect())
+}
+
+#[derive(Debug, FromRow)]
+struct PairStateRow {
+    #[sqlx(flatten)]
+    queue: QueueRow,
+    tenant_id: Uuid,
+    virtual_time: Option<f64>,
+    tenant_last_tag: Option<f64>,
+    tenant_weight: Option<i32>,
+}
+
+/// Queue settings and fair-queuing state for each (queue, tenant) pair; pairs whose queue
+/// does not exist are absent.
+pub(crate) async fn queue_states_for_pairs(
+    db: impl PgExecutor<'_>,
+    pairs: &[(String, Uuid)],
+) -> sqlx::Result<HashMap<(String, Uuid), QueueState>> {
+    let mut unique: Vec<(String, Uuid)> = pairs.to_vec();
+    unique.sort();
+    unique.dedup();
+    let rows: Vec<PairStateRow> = sqlx::query_as(&format!(
+        "select {QUEUE_COLUMNS}, p.tenant_id,
             (select r.rank from ready_jobs r where r.queue = q.name order by r.rank, r.seq limit 1) as virtual_time,
-            (select max(r.rank) from ready_jobs r where r.queue = q.name and r.fair and r.tenant_id = $2)
+            (select max(r.rank) from ready_jobs r where r.queue = q.name and r.fair and r.tenant_id = p.tenant_id)
                 as tenant_last_tag,
-            (select t.weight from tenants t where t.id = $2) as tenant_weight
-         from queues q where q.name = any($1)"
+            (select t.weight from tenants t where t.id = p.tenant_id) as tenant_weight
+         from unnest($1::text[], $2::uuid[]) as p(queue, tenant_id) join queues q on q.name = p.queue"
     ))
-    .bind(queues)
-    .bind(tenant_id)
+    .bind(unique.iter().map(|(q, _)| q.as_str()).collect::<Vec<_>>())
+    .bind(unique.iter().map(|(_, t)| *t).collect::<Vec<_>>())
     .fetch_all(db)
     .await?;
     rows.into_iter()
         .map(|row| {
             let queue = row.queue.into_queue()?;
             Ok((
-                queue.settings.name.clone(),
+                (queue.settings.name.clone(), row.tenant_id),
                 QueueState {
                     queue,
                     virtual_time: row.virtual_time.unwrap_or(0.0),
