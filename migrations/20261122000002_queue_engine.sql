@@ -37,7 +37,10 @@ alter table jobs
     add column dead_letter_reason text,
     add column last_error text,
     -- Set when an overflow redirect moved the job: the queue it was submitted to.
-    add column submitted_queue text;
+    add column submitted_queue text,
+    -- Attempts before this value belong to earlier lives of the job (before a redrive):
+    -- `attempt` only ever grows, so it stays a fencing token across redrives.
+    add column attempt_base integer not null default 0;
 
 -- Jobs waiting for a time (not-before, retry backoff). Small; read by run_at.
 create table scheduled_jobs (

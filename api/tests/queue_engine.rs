@@ -486,8 +486,20 @@ async fn failures_retry_with_backoff_then_dead_letter_and_redrive() {
         RedriveFilter { tenant_scope: Some(acme.id), queue: Some("flaky".into()), limit: 10, ..Default::default() };
     assert_eq!(dispatch::redrive(&mut connection, &engine.registry, &filter).await.expect("redrive"), [id]);
     let third = engine.claim("flaky", 1).await;
-    assert_eq!((third[0].id, third[0].attempt), (id, 1), "a redriven job starts its attempts afresh");
-    assert_eq!(dispatch::complete(&engine.pool, &[(id, 1)]).await.expect("complete"), [id]);
+    // A fresh set of attempts, but the attempt number keeps growing: it is the fencing token.
+    assert_eq!((third[0].id, third[0].attempt), (id, 3));
+    assert!(dispatch::complete(&engine.pool, &[(id, 1)]).await.expect("complete").is_empty());
+    let retry_after_redrive = Failure { job_id: id, attempt: 3, error: "flaky again".into(), retryable: true };
+    let outcome = dispatch::fail(&mut connection, &retry_after_redrive, 0.5).await.expect("fail");
+    assert!(matches!(outcome, FailureResult::RetryScheduled { .. }), "the redrive granted new attempts: {outcome:?}");
+    sqlx::query("update scheduled_jobs set run_at = now() - interval '1 second'")
+        .execute(&engine.pool)
+        .await
+        .expect("due");
+    promoter.tick().await.expect("promote");
+    let fourth = engine.claim("flaky", 1).await;
+    assert_eq!(fourth[0].attempt, 4);
+    assert_eq!(dispatch::complete(&engine.pool, &[(id, 4)]).await.expect("complete"), [id]);
     assert_eq!(engine.state(id).await, JobState::Succeeded);
     let kinds: Vec<String> = sqlx::query_scalar("select kind from job_events where job_id = $1 order by id")
         .bind(id)
@@ -504,6 +516,9 @@ async fn failures_retry_with_backoff_then_dead_letter_and_redrive() {
             "job.assigned",
             "job.dead_lettered",
             "job.redriven",
+            "job.assigned",
+            "job.retry_scheduled",
+            "job.queued",
             "job.assigned",
             "job.succeeded"
         ]
@@ -562,4 +577,70 @@ async fn ready_notifications_are_one_per_transaction() {
         .to_owned();
     assert_ne!(first, second, "the batch of 100 notified once, then the single job once");
     assert!(listener.next_buffered().is_none(), "no further notifications");
+}
+
+#[tokio::test]
+async fn a_cancelled_running_job_is_not_retried() {
+    let engine = engine().await;
+    let acme = engine.tenant("acme", 1).await;
+    let id = engine.submit_ids(acme, vec![json!({"max_attempts": 5})]).await[0];
+    let claimed = engine.claim("default", 1).await;
+    let mut connection = engine.pool.acquire().await.expect("connection");
+    let requested = jobs::cancel(&mut connection, Some(acme.id), id).await.expect("cancel");
+    assert!(
+        matches!(requested, CancelResult::Done(ref job) if job.state == JobState::Assigned && job.cancel_requested_at.is_some())
+    );
+    // The worker stops the process and reports the failure that the stop caused.
+    let failure = Failure { job_id: id, attempt: claimed[0].attempt, error: "terminated".into(), retryable: true };
+    assert_eq!(dispatch::fail(&mut connection, &failure, 0.5).await.expect("fail"), FailureResult::Cancelled);
+    assert_eq!(engine.state(id).await, JobState::Cancelled);
+    assert_eq!(engine.scalar("select count(*) from scheduled_jobs").await, 0);
+}
+
+#[tokio::test]
+async fn a_retry_into_a_deleted_queue_is_dead_lettered_once() {
+    let engine = engine().await;
+    let acme = engine.tenant("acme", 1).await;
+    engine.queue("short-lived", "fifo", |_| {}).await;
+    let id = engine.submit_ids(acme, vec![json!({"queue": "short-lived"})]).await[0];
+    let claimed = engine.claim("short-lived", 1).await;
+    let mut connection = engine.pool.acquire().await.expect("connection");
+    let mut transaction = engine.pool.begin().await.expect("begin");
+    assert_eq!(queues::delete(&mut transaction, "short-lived").await.expect("delete"), queues::DeleteOutcome::Deleted);
+    transaction.commit().await.expect("commit");
+
+    let failure = Failure { job_id: id, attempt: claimed[0].attempt, error: "exit 1".into(), retryable: true };
+    assert!(matches!(
+        dispatch::fail(&mut connection, &failure, 0.5).await.expect("fail"),
+        FailureResult::RetryScheduled { .. }
+    ));
+    sqlx::query("update scheduled_jobs set run_at = now() - interval '1 second'")
+        .execute(&engine.pool)
+        .await
+        .expect("due");
+    let promoter = hodei_api::loops::Promoter::new(engine.pool.clone(), std::sync::Arc::new(engine.registry.clone()));
+    promoter.tick().await.expect("promote");
+    let job = jobs::get(&engine.pool, None, id).await.expect("get").expect("job");
+    assert_eq!((job.state, job.dead_letter_reason.as_deref()), (JobState::DeadLettered, Some("queue_deleted")));
+    assert_eq!(engine.scalar("select count(*) from scheduled_jobs").await, 0, "nothing left to promote again");
+    promoter.tick().await.expect("promote");
+    assert_eq!(
+        engine
+            .scalar(&format!("select count(*) from job_events where job_id = '{id}' and kind = 'job.dead_lettered'"))
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn jobs_queued_before_a_queue_became_fair_are_still_dispatched() {
+    let engine = engine().await;
+    let acme = engine.tenant("acme", 1).await;
+    engine.queue("switching", "fifo", |_| {}).await;
+    let before = engine.submit_ids(acme, (0..3).map(|_| json!({"queue": "switching"})).collect()).await;
+    engine.queue("switching", "fair", |_| {}).await;
+    let after = engine.submit_ids(acme, vec![json!({"queue": "switching"})]).await;
+    let claimed: HashSet<Uuid> = ids(&engine.claim("switching", 10).await).into_iter().collect();
+    let expected: HashSet<Uuid> = before.into_iter().chain(after).collect();
+    assert_eq!(claimed, expected);
 }

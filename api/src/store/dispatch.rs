@@ -57,14 +57,16 @@ const PICK_IN_RANK_ORDER: &str = "picked as (
 /// highest-priority jobs for its slots, and any slot row left behind inherits the tag of
 /// the job that took its place, so a tenant's remaining tags are exactly the ones it has
 /// not yet used: priorities reorder work within a tenant, never the shares between tenants.
+/// Rows queued before the queue's policy became `fair` have no tag and are dispatched as
+/// the slots they occupy.
 const PICK_FAIR: &str = "slots as (
-        select job_id, tenant_id, rank from ready_jobs
+        select job_id, tenant_id, rank, fair from ready_jobs
         where queue = $1 and ($2::int4 is null or cpu_millis <= $2) and ($3::int4 is null or memory_mib <= $3)
           and ($4::jsonb is null or labels <@ $4)
         order by rank, seq limit $5
         for update skip locked
     ), per_tenant as (
-        select tenant_id, count(*) as slots from slots group by tenant_id
+        select tenant_id, count(*) as slots from slots where fair group by tenant_id
     ), best as (
         select b.job_id, b.tenant_id, b.rank from per_tenant p cross join lateral (
             select r.job_id, r.tenant_id, r.rank from ready_jobs r
@@ -76,7 +78,7 @@ const PICK_FAIR: &str = "slots as (
         ) b
     ), freed as (
         select s.job_id, s.tenant_id, row_number() over (partition by s.tenant_id order by s.rank, s.job_id) as n
-        from slots s where not exists (select 1 from best b where b.job_id = s.job_id)
+        from slots s where s.fair and not exists (select 1 from best b where b.job_id = s.job_id)
     ), taken as (
         select b.tenant_id, b.rank, row_number() over (partition by b.tenant_id order by b.rank, b.job_id) as n
         from best b where not exists (select 1 from slots s where s.job_id = b.job_id)
@@ -85,7 +87,8 @@ const PICK_FAIR: &str = "slots as (
         from freed f join taken t on t.tenant_id = f.tenant_id and t.n = f.n
         where r.job_id = f.job_id
     ), picked as (
-        select job_id from best
+        -- Rows queued before the queue became fair carry no tag: they go as they are.
+        select job_id from best union all select job_id from slots where not fair
     )";
 
 /// Takes up to `limit` jobs from `queue` in its policy's order and marks them assigned,
@@ -194,25 +197,45 @@ pub enum FailureResult {
     DeadLettered {
         reason: &'static str,
     },
+    /// A cancel had been requested: the job is now `cancelled`, not retried.
+    Cancelled,
 }
 
 /// Records a failed attempt: schedules a retry with backoff, or dead-letters the job.
 /// `random` in `[0, 1)` drives the backoff's jitter.
 pub async fn fail(db: &mut PgConnection, failure: &Failure, random: f64) -> sqlx::Result<FailureResult> {
     let mut transaction = db.begin().await?;
-    let current: Option<(String, i32, Uuid)> = sqlx::query_as(
-        "select queue, max_attempts, tenant_id from jobs
+    let current: Option<(String, i32, i32, Uuid, bool)> = sqlx::query_as(
+        "select queue, max_attempts, attempt_base, tenant_id, cancel_requested_at is not null from jobs
          where id = $1 and attempt = $2 and state in ('assigned', 'running') for update",
     )
     .bind(failure.job_id)
     .bind(failure.attempt)
     .fetch_optional(&mut *transaction)
     .await?;
-    let Some((queue_name, max_attempts, tenant_id)) = current else {
+    let Some((queue_name, max_attempts, attempt_base, tenant_id, cancel_requested)) = current else {
         return Ok(FailureResult::Stale);
     };
+    if cancel_requested {
+        // The failure is the cancellation taking effect: never retry a cancelled job.
+        sqlx::query(
+            "with job as (
+                update jobs set state = 'cancelled', last_error = $2, finished_at = now(), updated_at = now()
+                where id = $1 returning id, tenant_id, attempt
+             )
+             insert into job_events (tenant_id, job_id, kind, state, attempt)
+             select tenant_id, id, 'job.cancelled', 'cancelled', attempt from job",
+        )
+        .bind(failure.job_id)
+        .bind(&failure.error)
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        return Ok(FailureResult::Cancelled);
+    }
     let backoff = queues::get(&mut *transaction, &queue_name).await?.map(|q| q.backoff()).unwrap_or_default();
-    let decision = decide_failure(&backoff, failure.attempt, max_attempts, failure.retryable, random);
+    let attempts_in_this_life = failure.attempt - attempt_base;
+    let decision = decide_failure(&backoff, attempts_in_this_life, max_attempts, failure.retryable, random);
     let result = match decision {
         FailureDecision::RetryAfter(seconds) => {
             let run_at = Utc::now() + chrono::Duration::microseconds((seconds * 1e6) as i64);
@@ -309,6 +332,7 @@ async fn requeue(
     let mut ready = Vec::new();
     for job in jobs {
         let Some(state) = states.get(&(job.queue.clone(), job.tenant_id)) else {
+            sqlx::query("delete from scheduled_jobs where job_id = $1").bind(job.id).execute(&mut *db).await?;
             dead_letter(db, job.id, job.tenant_id, 0, "queue_deleted", "its queue no longer exists").await?;
             continue;
         };
@@ -386,7 +410,9 @@ pub struct RedriveFilter {
     pub limit: i64,
 }
 
-/// Puts dead-lettered jobs back in their queues with a fresh set of attempts.
+/// Puts dead-lettered jobs back in their queues with a fresh set of attempts. The attempt
+/// counter keeps growing (it is the fencing token); `attempt_base` marks where the new
+/// set starts.
 pub async fn redrive(
     db: &mut PgConnection,
     registry: &PolicyRegistry,
@@ -409,7 +435,8 @@ pub async fn redrive(
     .await?;
     let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
     sqlx::query(
-        "update jobs set attempt = 0, dead_letter_reason = null, finished_at = null, cancel_requested_at = null
+        "update jobs set attempt_base = attempt, dead_letter_reason = null, finished_at = null,
+             cancel_requested_at = null
          where id = any($1)",
     )
     .bind(&ids)

@@ -3,7 +3,10 @@
 //! `scheduled` until its not-before time), and its rank under the queue's policy; then
 //! writes the job rows, their ready or scheduled rows, their events and the admission
 //! record in one statement. Queues with a size limit are admitted under a per-queue
-//! advisory lock, so their limit holds exactly even with many replicas.
+//! advisory lock, so concurrent submissions from any number of replicas cannot overrun
+//! it (a newly set limit applies within the settings cache's TTL; retries, promotions and
+//! redrives re-enter a queue without the size check). Fair queues extend a tenant's tags
+//! under a per-(queue, tenant) lock, so parallel submissions cannot share tags.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -272,14 +275,53 @@ pub async fn submit(
         return Ok(SubmitOutcome::UnknownQueues(missing));
     }
 
+    let needs_fair =
+        |state: &QueueState| registry.get(&state.queue.settings.policy).is_some_and(|p| p.needs_fair_context());
     let bounded = names.iter().any(|name| states[name].queue.settings.max_size.is_some());
-    if !bounded {
+    let fair = names.iter().any(|name| needs_fair(&states[name]));
+    if !bounded && !fair {
         let placements = place_without_limits(registry, &states, submitter.tenant_id, jobs, now);
         return insert_or_replay(db, submitter, jobs, &placements, idempotency, return_jobs).await;
     }
 
-    // A size-limited queue is involved: admit under its lock, in one transaction.
+    // A size-limited or fair queue is involved: admit in one transaction, holding
+    // transaction-scoped advisory locks taken in one sorted pass (so two submissions can
+    // never wait on each other in opposite orders) on every bounded queue the jobs may
+    // reach through redirects, and on each fair (queue, tenant) whose tags they extend.
     let mut transaction = db.begin().await?;
+    let involved = redirect_closure(&mut transaction, &mut states, &names, submitter.tenant_id).await?;
+    let mut locks: Vec<String> = Vec::new();
+    for name in &involved {
+        let state = &states[name];
+        if state.queue.settings.max_size.is_some() {
+            locks.push(format!("hodei.queue:{name}"));
+        }
+        if needs_fair(state) {
+            locks.push(format!("hodei.fair:{name}:{}", submitter.tenant_id));
+        }
+    }
+    locks.sort();
+    locks.dedup();
+    for lock in &locks {
+        sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(lock)
+            .execute(&mut *transaction)
+            .await?;
+    }
+    // Tags must extend what is queued now, under the lock, not what was read before it.
+    let fair_queues: Vec<String> = involved.iter().filter(|n| needs_fair(&states[*n])).cloned().collect();
+    if !fair_queues.is_empty() {
+        states.extend(queue_states(&mut *transaction, &fair_queues, submitter.tenant_id).await?);
+    }
+    // A retry of an earlier submission gets its jobs back even if the queue filled since.
+    if let Some(idempotency) = idempotency {
+        if idempotency_keys_exist(&mut transaction, submitter, idempotency, jobs.len()).await? {
+            let placements = place_without_limits(registry, &states, submitter.tenant_id, jobs, now);
+            return insert_or_replay(&mut transaction, submitter, jobs, &placements, Some(idempotency), return_jobs)
+                .await;
+        }
+    }
+
     let mut queue_of: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
     let mut submitted_queue: Vec<Option<String>> = vec![None; jobs.len()];
     let mut evictions: Vec<(String, i64)> = Vec::new();
@@ -292,7 +334,6 @@ pub async fn submit(
         for (queue, indices) in &demand {
             let settings = states[queue].queue.settings.clone();
             let Some(max_size) = settings.max_size else { continue };
-            lock_queue(&mut *transaction, queue).await?;
             let size = queue_size(&mut transaction, queue, max_size).await?;
             let already_evicting: i64 = evictions.iter().filter(|(q, _)| q == queue).map(|(_, n)| n).sum();
             let free = (max_size - size + already_evicting).max(0) as usize;
@@ -300,28 +341,19 @@ pub async fn submit(
                 continue;
             }
             let excess = &indices[free..];
-            match settings.overflow {
-                OverflowPolicy::Reject => {
-                    drop(transaction);
-                    return reject(db, submitter, queue, excess.len()).await;
-                }
-                OverflowPolicy::EvictLowest => evictions.push((queue.clone(), excess.len() as i64)),
-                OverflowPolicy::Redirect => {
-                    let target = settings.overflow_queue.clone().unwrap_or_default();
-                    if !states.contains_key(&target) {
-                        let loaded =
-                            queue_states(&mut *transaction, std::slice::from_ref(&target), submitter.tenant_id).await?;
-                        if loaded.is_empty() {
-                            drop(transaction);
-                            return reject(db, submitter, queue, excess.len()).await;
-                        }
-                        states.extend(loaded);
-                    }
+            match (settings.overflow, settings.overflow_queue.as_ref().filter(|t| states.contains_key(*t))) {
+                (OverflowPolicy::EvictLowest, _) => evictions.push((queue.clone(), excess.len() as i64)),
+                (OverflowPolicy::Redirect, Some(target)) => {
                     for index in excess {
                         submitted_queue[*index].get_or_insert_with(|| queue_of[*index].clone());
                         queue_of[*index] = target.clone();
                     }
                     redirected_any = true;
+                }
+                // Reject, or a redirect whose target no longer exists.
+                _ => {
+                    drop(transaction);
+                    return reject(db, submitter, queue, excess.len()).await;
                 }
             }
         }
@@ -345,6 +377,74 @@ pub async fn submit(
     drop(transaction);
     let first = jobs.first().map(|j| j.queue.clone()).unwrap_or_default();
     reject(db, submitter, &first, jobs.len()).await
+}
+
+/// `names` plus every queue reachable from them through overflow redirects (at most
+/// `MAX_REDIRECTS` hops), loading the settings of any not yet in `states`.
+async fn redirect_closure(
+    db: &mut PgConnection,
+    states: &mut HashMap<String, QueueState>,
+    names: &[String],
+    tenant_id: Uuid,
+) -> sqlx::Result<Vec<String>> {
+    let mut involved: Vec<String> = names.to_vec();
+    let mut frontier: Vec<String> = names.to_vec();
+    for _ in 0..MAX_REDIRECTS {
+        let targets: Vec<String> = frontier
+            .iter()
+            .filter_map(|name| states.get(name))
+            .filter(|state| state.queue.settings.overflow == OverflowPolicy::Redirect)
+            .filter_map(|state| state.queue.settings.overflow_queue.clone())
+            .filter(|target| !involved.contains(target))
+            .collect();
+        if targets.is_empty() {
+            break;
+        }
+        let unknown: Vec<String> = targets.iter().filter(|t| !states.contains_key(*t)).cloned().collect();
+        if !unknown.is_empty() {
+            states.extend(queue_states(&mut *db, &unknown, tenant_id).await?);
+        }
+        involved.extend(targets.iter().cloned());
+        frontier = targets;
+    }
+    involved.sort();
+    involved.dedup();
+    Ok(involved)
+}
+
+/// Whether any of the keys a submission of `count` jobs would use is taken already.
+async fn idempotency_keys_exist(
+    db: &mut PgConnection,
+    submitter: Submitter<'_>,
+    idempotency: &Idempotency,
+    count: usize,
+) -> sqlx::Result<bool> {
+    let keys = idempotency_keys(Some(idempotency), count);
+    sqlx::query_scalar("select exists (select 1 from jobs where tenant_id = $1 and idempotency_key = any($2))")
+        .bind(submitter.tenant_id)
+        .bind(keys.into_iter().flatten().collect::<Vec<String>>())
+        .fetch_one(db)
+        .await
+}
+
+/// The idempotency key of each job: the client's key for a single job, `<key>#<i>` for
+/// job `i` of a batch.
+fn idempotency_keys(idempotency: Option<&Idempotency>, count: usize) -> Vec<Option<String>> {
+    match idempotency {
+        None => vec![None; count],
+        Some(i) if count == 1 => vec![Some(i.key.clone())],
+        Some(i) => (0..count).map(|index| Some(format!("{}#{index}", i.key))).collect(),
+    }
+}
+
+/// The names among `queues` that no queue has.
+async fn missing_queues(db: impl PgExecutor<'_>, queues: &[String]) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "select distinct q from unnest($1::text[]) as q where not exists (select 1 from queues where name = q) order by q",
+    )
+    .bind(queues)
+    .fetch_all(db)
+    .await
 }
 
 fn place_without_limits(
@@ -390,14 +490,6 @@ fn place_in(
             Placement { queue: queue.clone(), submitted_queue: submitted_queue.clone(), scheduled, rank, fair }
         })
         .collect()
-}
-
-async fn lock_queue(db: impl PgExecutor<'_>, queue: &str) -> sqlx::Result<()> {
-    sqlx::query("select pg_advisory_xact_lock(hashtextextended('hodei.queue:' || $1, 0))")
-        .bind(queue)
-        .execute(db)
-        .await?;
-    Ok(())
 }
 
 /// Jobs waiting in `queue` (ready or scheduled), counted up to `cap`.
@@ -474,11 +566,7 @@ async fn insert_or_replay(
 ) -> sqlx::Result<SubmitOutcome> {
     let mut ids: Vec<Uuid> = (0..jobs.len()).map(|_| Uuid::now_v7()).collect();
     ids.sort();
-    let keys: Vec<Option<String>> = match idempotency {
-        None => vec![None; jobs.len()],
-        Some(i) if jobs.len() == 1 => vec![Some(i.key.clone())],
-        Some(i) => (0..jobs.len()).map(|index| Some(format!("{}#{index}", i.key))).collect(),
-    };
+    let keys = idempotency_keys(idempotency, jobs.len());
     let batch = InsertBatch {
         submitter,
         jobs,
@@ -509,6 +597,14 @@ async fn insert_or_replay(
             Vec::new()
         };
         return Ok(SubmitOutcome::Created { ids, jobs });
+    }
+    if inserted == 0 {
+        // A queue deleted since its settings were read: the statement writes nothing then.
+        let queues: Vec<String> = placements.iter().map(|p| p.queue.clone()).collect();
+        let missing = missing_queues(&mut *db, &queues).await?;
+        if !missing.is_empty() {
+            return Ok(SubmitOutcome::UnknownQueues(missing));
+        }
     }
     let Some(idempotency) = idempotency else {
         return Err(sqlx::Error::Protocol("insert wrote fewer jobs than it was given".into()));
@@ -565,7 +661,10 @@ async fn insert_jobs(db: &mut PgConnection, batch: &InsertBatch<'_>) -> sqlx::Re
                 working_dir, timeout_seconds, cpu_millis, memory_mib, labels, max_attempts, deadline, not_before,
                 metadata, idempotency_key, $21, case when scheduled then null else now() end,
                 case when scheduled then not_before end, submitted_queue
-            from input order by id
+            from input
+            -- Nothing at all if a queue was deleted since its settings were read.
+            where not exists (select 1 from input i where not exists (select 1 from queues q where q.name = i.queue))
+            order by id
             on conflict on constraint jobs_idempotency_key do nothing
             returning *
          ), ready as (

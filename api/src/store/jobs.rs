@@ -256,9 +256,27 @@ pub enum CancelResult {
     AlreadyFinished(Job),
 }
 
-/// Cancels a queued job at once; records the request for a job on a worker.
+/// Cancels a waiting (queued or scheduled) job at once; records the request for a job on
+/// a worker.
 pub async fn cancel(db: &mut PgConnection, tenant_scope: Option<Uuid>, id: Uuid) -> sqlx::Result<CancelResult> {
     let mut transaction = sqlx::Connection::begin(&mut *db).await?;
+    // Take the job out of its waiting queue before locking the job row: the order the claim
+    // and the promoter use (queue row, then job row), so cancel can never deadlock with
+    // them. If a claimer holds the row, this waits for it and then finds the row gone.
+    let left_ready: Option<(String, Uuid)> = sqlx::query_as(
+        "with ready as (
+            delete from ready_jobs where job_id = $1 and ($2::uuid is null or tenant_id = $2)
+            returning queue, tenant_id
+         ), scheduled as (
+            delete from scheduled_jobs s using jobs j
+            where s.job_id = $1 and j.id = s.job_id and ($2::uuid is null or j.tenant_id = $2)
+         )
+         select queue, tenant_id from ready",
+    )
+    .bind(id)
+    .bind(tenant_scope)
+    .fetch_optional(&mut *transaction)
+    .await?;
     let locked: Option<(String,)> =
         sqlx::query_as("select state from jobs where id = $1 and ($2::uuid is null or tenant_id = $2) for update")
             .bind(id)
@@ -274,8 +292,15 @@ pub async fn cancel(db: &mut PgConnection, tenant_scope: Option<Uuid>, id: Uuid)
         CancelOutcome::HandedToWorker => Some(("job.cancel_requested", state.as_str())),
         CancelOutcome::AlreadyCancelled | CancelOutcome::NotCancellable => None,
     };
-    if change.is_some_and(|(kind, _)| kind == "job.cancelled") {
-        remove_from_queue(&mut transaction, id).await?;
+    if let Some((queue, tenant_id)) = &left_ready {
+        sqlx::query(
+            "insert into queue_activity (queue, tenant_id, kind, job_id) values ($1, $2, 'cancelled_queued', $3)",
+        )
+        .bind(queue)
+        .bind(tenant_id)
+        .bind(id)
+        .execute(&mut *transaction)
+        .await?;
     }
     if let Some((kind, new_state)) = change {
         let (tenant_id, attempt): (Uuid, i32) = sqlx::query_as(
@@ -300,21 +325,6 @@ pub async fn cancel(db: &mut PgConnection, tenant_scope: Option<Uuid>, id: Uuid)
         CancelOutcome::NotCancellable => CancelResult::AlreadyFinished(job),
         _ => CancelResult::Done(job),
     })
-}
-
-/// Takes a waiting job out of its ready or scheduled queue, recording a cancellation while
-/// queued in the queue's activity.
-async fn remove_from_queue(db: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
-    sqlx::query(
-        "with ready as (delete from ready_jobs where job_id = $1 returning queue, tenant_id),
-              scheduled as (delete from scheduled_jobs where job_id = $1 returning queue)
-         insert into queue_activity (queue, tenant_id, kind, job_id)
-         select queue, tenant_id, 'cancelled_queued', $1 from ready",
-    )
-    .bind(id)
-    .execute(db)
-    .await?;
-    Ok(())
 }
 
 #[cfg(test)]
