@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, Json, Problem, Query};
-use crate::http::jobs::{job_not_found, page, parse_job_id, JobList};
+use crate::http::jobs::{job_not_found, list_page, page, parse_job_id, JobList};
 use crate::http::AppState;
 use crate::store::dispatch::{self, RedriveFilter};
 use crate::store::jobs::{self, Job, JobFilter};
@@ -80,9 +80,7 @@ async fn list_dead_letters(
         limit,
         ..JobFilter::default()
     };
-    let (jobs, has_more) = jobs::list(&state.db, &filter).await?;
-    let next_cursor = if has_more { jobs.last().map(|job| job.id.to_string()) } else { None };
-    Ok(axum::Json(JobList { jobs, next_cursor }))
+    Ok(axum::Json(list_page(&state, &filter).await?))
 }
 
 /// Inspect one dead-lettered job (its reason and last error are on the job).

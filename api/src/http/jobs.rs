@@ -305,9 +305,14 @@ async fn list_jobs(
         before_id,
         limit,
     };
-    let (jobs, has_more) = jobs::list(&state.db, &filter).await?;
+    Ok(axum::Json(list_page(&state, &filter).await?))
+}
+
+/// One page of jobs matching `filter`, with the cursor of the next page.
+pub(crate) async fn list_page(state: &AppState, filter: &JobFilter) -> Result<JobList, ApiError> {
+    let (jobs, has_more) = jobs::list(&state.db, filter).await?;
     let next_cursor = if has_more { jobs.last().map(|job| job.id.to_string()) } else { None };
-    Ok(axum::Json(JobList { jobs, next_cursor }))
+    Ok(JobList { jobs, next_cursor })
 }
 
 /// Cancel a job. A queued job leaves its queue at once (state `cancelled`); for a job on a
