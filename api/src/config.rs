@@ -54,6 +54,11 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Where `hodei dev` keeps its embedded Postgres cluster and profile.
     pub dev_data_dir: PathBuf,
+    /// The token worker agents present to register (at least 32 characters). Without it,
+    /// registration is closed.
+    pub worker_registration_token: Option<Secret>,
+    /// How often workers are told to heartbeat, in seconds.
+    pub worker_heartbeat_seconds: u32,
 }
 
 impl Default for Config {
@@ -66,6 +71,8 @@ impl Default for Config {
             log_level: "info".to_owned(),
             log_format: LogFormat::Text,
             dev_data_dir: PathBuf::from(".hodei"),
+            worker_registration_token: None,
+            worker_heartbeat_seconds: 5,
         }
     }
 }
@@ -79,6 +86,8 @@ pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
     ("HODEI_LOG_LEVEL", "log_level"),
     ("HODEI_LOG_FORMAT", "log_format"),
     ("HODEI_DEV_DATA_DIR", "dev_data_dir"),
+    ("HODEI_WORKER_REGISTRATION_TOKEN", "worker_registration_token"),
+    ("HODEI_WORKER_HEARTBEAT_SECONDS", "worker_heartbeat_seconds"),
 ];
 
 pub const MIN_BOOTSTRAP_ADMIN_KEY_LEN: usize = 32;
@@ -147,6 +156,20 @@ impl Config {
                 ));
             }
         }
+        if let Some(token) = &self.worker_registration_token {
+            if token.expose().len() < MIN_BOOTSTRAP_ADMIN_KEY_LEN {
+                problems.push(format!(
+                    "worker_registration_token: must be at least {MIN_BOOTSTRAP_ADMIN_KEY_LEN} characters, got {}",
+                    token.expose().len()
+                ));
+            }
+        }
+        if !(1..=3600).contains(&self.worker_heartbeat_seconds) {
+            problems.push(format!(
+                "worker_heartbeat_seconds: must be between 1 and 3600, got {}",
+                self.worker_heartbeat_seconds
+            ));
+        }
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             problems.push(format!("log_level: {error}"));
         }
@@ -179,7 +202,7 @@ fn read_document(path: &Path) -> Result<serde_yaml::Mapping, ConfigError> {
 
 /// Environment values are strings; numeric fields are parsed as YAML so `16` is a number.
 fn environment_value(field: &str, value: &str) -> serde_yaml::Value {
-    if field == "database_max_connections" {
+    if field == "database_max_connections" || field == "worker_heartbeat_seconds" {
         if let Ok(number) = value.trim().parse::<u64>() {
             return serde_yaml::Value::from(number);
         }

@@ -77,7 +77,7 @@ async fn serve_dev(config: &Config, database_url: &str, data_dir: &Path) -> anyh
 
     let shutdown = CancellationToken::new();
     serve::cancel_on_signals(shutdown.clone());
-    serve::serve_http(pool.clone(), listener, shutdown).await?;
+    serve::serve_http(config, pool.clone(), listener, shutdown).await?;
     pool.close().await;
     Ok(())
 }

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{hash_key, visible_prefix};
 use crate::config::Config;
+use crate::http::workers::WorkerSettings;
 use crate::http::{app, default_policies, AppState};
 use crate::loops::Promoter;
 use crate::{db, store};
@@ -26,9 +27,18 @@ pub async fn prepare_database(config: &Config, database_url: &str) -> anyhow::Re
 
 /// Serves the API on `listener`, and runs the background loops, until `shutdown` is
 /// cancelled; then drains in-flight requests.
-pub async fn serve_http(pool: PgPool, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve_http(
+    config: &Config,
+    pool: PgPool,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let address = listener.local_addr().context("reading the listen address")?;
-    let state = AppState::new(pool.clone(), default_policies());
+    let workers = WorkerSettings::new(
+        config.worker_registration_token.as_ref().map(|token| token.expose()),
+        config.worker_heartbeat_seconds,
+    );
+    let state = AppState::new(pool.clone(), default_policies()).with_workers(workers);
     let promoter = tokio::spawn(Promoter::new(pool, state.policies.clone()).run(shutdown.clone()));
     tracing::info!(%address, "listening on http://{address}");
     let served = axum::serve(listener, app(state))
@@ -47,7 +57,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the listen address {}", config.listen))?;
-    serve_http(pool.clone(), listener, shutdown).await?;
+    serve_http(config, pool.clone(), listener, shutdown).await?;
     pool.close().await;
     Ok(())
 }

@@ -28,6 +28,7 @@ pub fn free_port() -> u16 {
 }
 
 pub const ADMIN_KEY: &str = "e2e-admin-key-0123456789abcdefghijklmnop";
+pub const WORKER_REGISTRATION_TOKEN: &str = "e2e-worker-registration-0123456789abcdef";
 
 /// A running `hodei serve` process; killed when dropped.
 #[derive(Debug)]
@@ -57,6 +58,8 @@ impl Server {
             .env("HODEI_DATABASE_URL", database_url)
             .env("HODEI_LISTEN", format!("127.0.0.1:{port}"))
             .env("HODEI_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
+            .env("HODEI_WORKER_REGISTRATION_TOKEN", WORKER_REGISTRATION_TOKEN)
+            .env("HODEI_WORKER_HEARTBEAT_SECONDS", "1")
             .env("HODEI_DATABASE_MAX_CONNECTIONS", "8")
             .env("HODEI_LOG_LEVEL", "info")
             .stdout(Stdio::null())

@@ -1,14 +1,18 @@
-//! `hodei-worker`: the agent that runs jobs on a worker machine. It talks to the Hodei API
-//! over HTTP only and must never hold database credentials.
+//! `hodei-worker`: the agent that runs on a worker machine. It talks to the Hodei API over
+//! HTTP only and never holds database credentials.
 //!
-//! This is the skeleton of the runtime: it knows where its API is and can check that the
-//! API is reachable. Registration, heartbeats, long-poll assignment and execution build on
-//! it.
+//! `run` registers with the registration token (receiving a worker id and a worker-scoped
+//! token), heartbeats at the interval the API asks for, and on SIGTERM or Ctrl-C
+//! deregisters and exits 0. If the API is unreachable it keeps retrying with backoff.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use serde_json::json;
 
 #[derive(Debug, Parser)]
 #[command(name = "hodei-worker", version, about = "Hodei worker agent")]
@@ -24,6 +28,41 @@ struct Cli {
 enum Command {
     /// Check that the API is reachable and ready; exit 0 if so, 1 if not.
     Check,
+    /// Register, heartbeat, and deregister on SIGTERM.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The pool's registration token.
+    #[arg(long, env = "HODEI_WORKER_REGISTRATION_TOKEN", hide_env_values = true)]
+    registration_token: String,
+    /// This worker's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value = "default")]
+    pool: String,
+    /// CPU in millicores (default: detected).
+    #[arg(long)]
+    cpu_millis: Option<i64>,
+    /// Memory in MiB (default: detected).
+    #[arg(long)]
+    memory_mib: Option<i64>,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 1)]
+    slots: i64,
+    /// A label, `key=value`; repeat for more.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// The cloud instance id, if any.
+    #[arg(long)]
+    instance_id: Option<String>,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected key=value, got {text:?}"))
 }
 
 fn main() -> ExitCode {
@@ -40,31 +79,153 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
+    let result = match cli.command {
         Command::Check => runtime.block_on(check(&api_url)),
+        Command::Run(args) => runtime.block_on(run(&api_url, args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("hodei-worker: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-async fn check(api_url: &str) -> ExitCode {
-    let client = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
-        Ok(client) => client,
-        Err(error) => {
-            eprintln!("hodei-worker: {error}");
-            return ExitCode::FAILURE;
+fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?)
+}
+
+async fn check(api_url: &str) -> anyhow::Result<()> {
+    let response = client()?
+        .get(format!("{api_url}/readyz"))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the API at {api_url}"))?;
+    if !response.status().is_success() {
+        bail!("API at {api_url} is not ready: HTTP {}", response.status());
+    }
+    println!("API at {api_url} is ready");
+    Ok(())
+}
+
+/// CPU millicores and memory MiB of this machine.
+fn detect_resources() -> (i64, i64) {
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1);
+    let memory_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|number| number.parse::<i64>().ok())
+        })
+        .unwrap_or(1024 * 1024);
+    (cpus * 1000, memory_kib / 1024)
+}
+
+#[derive(Debug, Deserialize)]
+struct Registered {
+    worker_id: String,
+    token: String,
+    heartbeat_seconds: u64,
+}
+
+async fn run(api_url: &str, args: RunArgs) -> anyhow::Result<()> {
+    let client = client()?;
+    let (detected_cpu, detected_memory) = detect_resources();
+    let name = args.name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "worker".into())
+    });
+    let labels: BTreeMap<String, String> = args.labels.iter().cloned().collect();
+    let body = json!({
+        "name": name,
+        "pool": args.pool,
+        "cpu_millis": args.cpu_millis.unwrap_or(detected_cpu),
+        "memory_mib": args.memory_mib.unwrap_or(detected_memory),
+        "slots": args.slots,
+        "labels": labels,
+        "instance_id": args.instance_id,
+    });
+
+    let mut stop = Box::pin(shutdown_signal());
+    // Register, retrying with backoff while the API is unreachable.
+    let mut delay = Duration::from_millis(200);
+    let registered: Registered = loop {
+        let attempt = client
+            .post(format!("{api_url}/api/v1/workers/register"))
+            .bearer_auth(&args.registration_token)
+            .json(&body)
+            .send()
+            .await;
+        match attempt {
+            Ok(response) if response.status().is_success() => break response.json().await?,
+            Ok(response) if response.status().is_client_error() => {
+                bail!("registration refused: HTTP {}: {}", response.status(), response.text().await.unwrap_or_default())
+            }
+            Ok(response) => eprintln!("hodei-worker: registration failed: HTTP {}; retrying", response.status()),
+            Err(error) => eprintln!("hodei-worker: cannot reach the API ({error}); retrying"),
+        }
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    };
+    println!("registered as worker {}", registered.worker_id);
+
+    let mut interval = Duration::from_secs(registered.heartbeat_seconds.max(1));
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let beat = client
+            .post(format!("{api_url}/api/v1/workers/{}/heartbeat", registered.worker_id))
+            .bearer_auth(&registered.token)
+            .json(&json!({"state": "idle"}))
+            .send()
+            .await;
+        match beat {
+            Ok(response) if response.status().is_success() => {
+                if let Ok(reply) = response.json::<serde_json::Value>().await {
+                    if let Some(seconds) = reply["heartbeat_seconds"].as_u64() {
+                        interval = Duration::from_secs(seconds.max(1));
+                    }
+                }
+            }
+            Ok(response) if response.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                bail!("the API no longer knows this worker (HTTP 401)")
+            }
+            Ok(response) => eprintln!("hodei-worker: heartbeat failed: HTTP {}", response.status()),
+            Err(error) => eprintln!("hodei-worker: heartbeat failed: {error}"),
+        }
+    }
+
+    client
+        .post(format!("{api_url}/api/v1/workers/{}/deregister", registered.worker_id))
+        .bearer_auth(&registered.token)
+        .send()
+        .await
+        .context("deregistering")?
+        .error_for_status()
+        .context("deregistering")?;
+    println!("deregistered");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
         }
     };
-    match client.get(format!("{api_url}/readyz")).send().await {
-        Ok(response) if response.status().is_success() => {
-            println!("API at {api_url} is ready");
-            ExitCode::SUCCESS
-        }
-        Ok(response) => {
-            eprintln!("hodei-worker: API at {api_url} is not ready: HTTP {}", response.status());
-            ExitCode::FAILURE
-        }
-        Err(error) => {
-            eprintln!("hodei-worker: cannot reach the API at {api_url}: {error}");
-            ExitCode::FAILURE
-        }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
     }
 }

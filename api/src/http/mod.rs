@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod queues;
 pub mod request_context;
 pub mod tenants;
+pub mod workers;
 
 /// Largest request body accepted by default (one job, one tenant, ...).
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
@@ -39,11 +40,23 @@ pub struct AppState {
     pub policies: Arc<PolicyRegistry>,
     /// Queue settings read in the last second (see `QueueSettingsCache`).
     pub queue_settings: Arc<QueueSettingsCache>,
+    /// Worker protocol settings (registration token, heartbeat interval).
+    pub workers: workers::WorkerSettings,
 }
 
 impl AppState {
     pub fn new(db: PgPool, policies: PolicyRegistry) -> Self {
-        Self { db, policies: Arc::new(policies), queue_settings: Arc::new(QueueSettingsCache::new(QUEUE_SETTINGS_TTL)) }
+        Self {
+            db,
+            policies: Arc::new(policies),
+            queue_settings: Arc::new(QueueSettingsCache::new(QUEUE_SETTINGS_TTL)),
+            workers: workers::WorkerSettings::default(),
+        }
+    }
+
+    pub fn with_workers(mut self, settings: workers::WorkerSettings) -> Self {
+        self.workers = settings;
+        self
     }
 
     pub fn submit_context(&self) -> SubmitContext<'_> {
@@ -73,6 +86,7 @@ pub fn default_policies() -> PolicyRegistry {
         (name = "queues", description = "Queues, their settings and status"),
         (name = "dead-letters", description = "Jobs that gave up: inspect and redrive"),
         (name = "tenants", description = "Tenants and their API keys (admin)"),
+        (name = "workers", description = "The worker protocol and the worker registry"),
         (name = "health", description = "Liveness and readiness")
     )
 )]
@@ -97,6 +111,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(events::router())
         .merge(queues::router())
         .merge(dead_letters::router())
+        .merge(workers::router())
         .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
         // Inner limits win over outer ones, so the batch route keeps its larger limit.
         .merge(jobs::batch_router().layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)));

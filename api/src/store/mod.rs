@@ -10,3 +10,4 @@ pub mod jobs;
 pub mod queue_status;
 pub mod queues;
 pub mod tenants;
+pub mod workers;

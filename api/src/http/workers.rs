@@ -1,0 +1,283 @@
+//! `/api/v1/workers`: the worker protocol (register, heartbeat, deregister) and the worker
+//! registry (admin). Agents register with the registration token and then use the
+//! worker-scoped token they receive; neither token is an API key, and an API key is not a
+//! worker token.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use hodei_core::names::check_resource_name;
+use hodei_core::validation::check_range;
+use hodei_core::ValidationErrors;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::auth::{hash_key, Principal};
+use crate::error::{ApiError, Json, Problem, Query};
+use crate::http::AppState;
+use crate::store::workers::{self, NewWorker, Worker, WorkerState};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register_worker))
+        .routes(routes!(list_workers))
+        .routes(routes!(get_worker))
+        .routes(routes!(heartbeat))
+        .routes(routes!(deregister))
+}
+
+/// What the control plane tells workers about the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerSettings {
+    /// SHA-256 of the registration token; registration is closed without one.
+    pub registration_token_hash: Option<[u8; 32]>,
+    pub heartbeat_seconds: u32,
+}
+
+impl WorkerSettings {
+    pub fn new(registration_token: Option<&str>, heartbeat_seconds: u32) -> Self {
+        let registration_token_hash = registration_token.map(|token| {
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&hash_key(token));
+            hash
+        });
+        Self { registration_token_hash, heartbeat_seconds }
+    }
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self { registration_token_hash: None, heartbeat_seconds: 5 }
+    }
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token> header"))
+}
+
+/// The worker behind a request's worker token.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerIdentity(pub Uuid);
+
+impl FromRequestParts<AppState> for WorkerIdentity {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        workers::resolve_token(&state.db, &hash_key(token))
+            .await?
+            .map(WorkerIdentity)
+            .ok_or_else(|| ApiError::unauthorized("unknown worker token, or the worker has deregistered"))
+    }
+}
+
+impl WorkerIdentity {
+    /// The path names this worker (a token acts for its own worker only).
+    fn check(self, path_id: &str) -> Result<Uuid, ApiError> {
+        match Uuid::parse_str(path_id) {
+            Ok(id) if id == self.0 => Ok(id),
+            _ => Err(ApiError::not_found(format!("no worker {path_id:?} for this token"))),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterWorker {
+    pub name: String,
+    /// The pool the worker belongs to (default `default`).
+    pub pool: Option<String>,
+    #[schema(minimum = 1)]
+    pub cpu_millis: i64,
+    #[schema(minimum = 1)]
+    pub memory_mib: i64,
+    /// Jobs it runs at once (default 1).
+    #[schema(minimum = 1, maximum = 1024)]
+    pub slots: Option<i64>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The cloud instance it runs on, if any.
+    pub instance_id: Option<String>,
+}
+
+/// A registered worker's credentials: `token` is shown once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Registered {
+    pub worker_id: Uuid,
+    pub token: String,
+    pub heartbeat_seconds: u32,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// `idle`, `busy` or `draining`.
+    pub state: WorkerState,
+}
+
+/// What the control plane asks of the worker.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HeartbeatReply {
+    pub heartbeat_seconds: u32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkerList {
+    pub workers: Vec<Worker>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WorkerQuery {
+    pub pool: Option<String>,
+    /// Include workers that have left (default false).
+    pub include_gone: Option<bool>,
+}
+
+/// Register a worker agent. Authenticated with the registration token.
+#[utoipa::path(
+    post, path = "/workers/register", tag = "workers", request_body = RegisterWorker, security(("bearer" = [])),
+    responses(
+        (status = 201, body = Registered),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")
+    )
+)]
+async fn register_worker(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Json(request): Json<RegisterWorker>,
+) -> Result<(StatusCode, axum::Json<Registered>), ApiError> {
+    let presented = headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(|token| hash_key(token.trim()));
+    match (state.workers.registration_token_hash, presented) {
+        (None, _) => {
+            return Err(ApiError::forbidden("worker registration is closed: no registration token is configured"))
+        }
+        (Some(expected), Some(presented)) if presented.as_slice() == expected.as_slice() => {}
+        _ => return Err(ApiError::unauthorized("a valid worker registration token is required")),
+    }
+    let mut errors = ValidationErrors::new();
+    if request.name.is_empty() || request.name.len() > 200 {
+        errors.add("name", "must be 1-200 characters");
+    }
+    let pool = request.pool.clone().unwrap_or_else(|| "default".to_owned());
+    if let Err(message) = check_resource_name(&pool) {
+        errors.add("pool", message);
+    }
+    check_range(&mut errors, "cpu_millis", request.cpu_millis, 1, hodei_core::job::MAX_CPU_MILLIS);
+    check_range(&mut errors, "memory_mib", request.memory_mib, 1, hodei_core::job::MAX_MEMORY_MIB);
+    let slots = request.slots.unwrap_or(1);
+    check_range(&mut errors, "slots", slots, 1, 1024);
+    errors.into_result(())?;
+
+    let key = crate::auth::generate_key()?;
+    let token = format!("hodeiw_{}", key.plaintext.trim_start_matches(crate::auth::KEY_PREFIX));
+    let worker = workers::register(
+        &state.db,
+        &NewWorker {
+            name: &request.name,
+            pool: &pool,
+            cpu_millis: request.cpu_millis as i32,
+            memory_mib: request.memory_mib as i32,
+            slots: slots as i32,
+            labels: &request.labels,
+            instance_id: request.instance_id.as_deref(),
+            token_hash: &hash_key(&token),
+        },
+    )
+    .await?;
+    tracing::info!(worker = %worker.id, name = %worker.name, pool = %worker.pool, "worker registered");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(Registered { worker_id: worker.id, token, heartbeat_seconds: state.workers.heartbeat_seconds }),
+    ))
+}
+
+/// A worker's heartbeat. Authenticated with the worker's token.
+#[utoipa::path(
+    post, path = "/workers/{id}/heartbeat", tag = "workers", request_body = Heartbeat, security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Worker id")),
+    responses((status = 200, body = HeartbeatReply), (status = 401, body = Problem, content_type = "application/problem+json"))
+)]
+async fn heartbeat(
+    State(state): State<AppState>,
+    identity: WorkerIdentity,
+    Path(id): Path<String>,
+    Json(request): Json<Heartbeat>,
+) -> Result<axum::Json<HeartbeatReply>, ApiError> {
+    let id = identity.check(&id)?;
+    if !matches!(request.state, WorkerState::Idle | WorkerState::Busy | WorkerState::Draining) {
+        return Err(ValidationErrors::single("state", "must be idle, busy or draining").into());
+    }
+    if !workers::heartbeat(&state.db, id, request.state).await? {
+        return Err(ApiError::unauthorized("the worker has deregistered"));
+    }
+    Ok(axum::Json(HeartbeatReply { heartbeat_seconds: state.workers.heartbeat_seconds }))
+}
+
+/// A worker leaves (after draining). Its token stops working.
+#[utoipa::path(
+    post, path = "/workers/{id}/deregister", tag = "workers", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Worker id")),
+    responses((status = 204, description = "gone"), (status = 401, body = Problem, content_type = "application/problem+json"))
+)]
+async fn deregister(
+    State(state): State<AppState>,
+    identity: WorkerIdentity,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = identity.check(&id)?;
+    workers::deregister(&state.db, id).await?;
+    tracing::info!(worker = %id, "worker deregistered");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// List workers (admin).
+#[utoipa::path(
+    get, path = "/workers", tag = "workers", security(("bearer" = [])), params(WorkerQuery),
+    responses((status = 200, body = WorkerList), (status = 403, body = Problem, content_type = "application/problem+json"))
+)]
+async fn list_workers(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<WorkerQuery>,
+) -> Result<axum::Json<WorkerList>, ApiError> {
+    principal.require_admin()?;
+    let workers = workers::list(&state.db, query.pool.as_deref(), query.include_gone.unwrap_or(false)).await?;
+    Ok(axum::Json(WorkerList { workers }))
+}
+
+/// Get a worker (admin).
+#[utoipa::path(
+    get, path = "/workers/{id}", tag = "workers", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Worker id")),
+    responses((status = 200, body = Worker), (status = 404, body = Problem, content_type = "application/problem+json"))
+)]
+async fn get_worker(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Worker>, ApiError> {
+    principal.require_admin()?;
+    let not_found = || ApiError::not_found(format!("no worker {id:?}"));
+    let worker_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    workers::get(&state.db, worker_id).await?.map(axum::Json).ok_or_else(not_found)
+}

@@ -1,0 +1,204 @@
+//! The `workers` table: registered worker agents, their capacity, and their liveness.
+//! A heartbeat is one narrow `update` that touches no indexed column, so it stays cheap
+//! with thousands of workers.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
+use sqlx::{FromRow, PgExecutor};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    Registering,
+    Idle,
+    Busy,
+    Draining,
+    Unhealthy,
+    Gone,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Registering => "registering",
+            WorkerState::Idle => "idle",
+            WorkerState::Busy => "busy",
+            WorkerState::Draining => "draining",
+            WorkerState::Unhealthy => "unhealthy",
+            WorkerState::Gone => "gone",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            WorkerState::Registering,
+            WorkerState::Idle,
+            WorkerState::Busy,
+            WorkerState::Draining,
+            WorkerState::Unhealthy,
+            WorkerState::Gone,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == text)
+    }
+}
+
+/// A worker as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Worker {
+    pub id: Uuid,
+    pub name: String,
+    pub pool: String,
+    pub state: WorkerState,
+    pub cpu_millis: i32,
+    pub memory_mib: i32,
+    pub slots: i32,
+    pub labels: BTreeMap<String, String>,
+    pub instance_id: Option<String>,
+    pub used_cpu_millis: i32,
+    pub used_memory_mib: i32,
+    pub used_slots: i32,
+    /// Jobs run so far (reuse).
+    pub jobs_run: i64,
+    pub registered_at: DateTime<Utc>,
+    pub last_heartbeat_at: DateTime<Utc>,
+    pub gone_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, FromRow)]
+struct WorkerRow {
+    id: Uuid,
+    name: String,
+    pool: String,
+    state: String,
+    cpu_millis: i32,
+    memory_mib: i32,
+    slots: i32,
+    labels: Json<BTreeMap<String, String>>,
+    instance_id: Option<String>,
+    used_cpu_millis: i32,
+    used_memory_mib: i32,
+    used_slots: i32,
+    jobs_run: i64,
+    registered_at: DateTime<Utc>,
+    last_heartbeat_at: DateTime<Utc>,
+    gone_at: Option<DateTime<Utc>>,
+}
+
+const WORKER_COLUMNS: &str = "id, name, pool, state, cpu_millis, memory_mib, slots, labels, instance_id,
+    used_cpu_millis, used_memory_mib, used_slots, jobs_run, registered_at, last_heartbeat_at, gone_at";
+
+impl WorkerRow {
+    fn into_worker(self) -> sqlx::Result<Worker> {
+        let state = WorkerState::parse(&self.state)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown worker state {:?}", self.state).into()))?;
+        Ok(Worker {
+            id: self.id,
+            name: self.name,
+            pool: self.pool,
+            state,
+            cpu_millis: self.cpu_millis,
+            memory_mib: self.memory_mib,
+            slots: self.slots,
+            labels: self.labels.0,
+            instance_id: self.instance_id,
+            used_cpu_millis: self.used_cpu_millis,
+            used_memory_mib: self.used_memory_mib,
+            used_slots: self.used_slots,
+            jobs_run: self.jobs_run,
+            registered_at: self.registered_at,
+            last_heartbeat_at: self.last_heartbeat_at,
+            gone_at: self.gone_at,
+        })
+    }
+}
+
+/// What a registering worker says about itself.
+#[derive(Debug, Clone)]
+pub struct NewWorker<'a> {
+    pub name: &'a str,
+    pub pool: &'a str,
+    pub cpu_millis: i32,
+    pub memory_mib: i32,
+    pub slots: i32,
+    pub labels: &'a BTreeMap<String, String>,
+    pub instance_id: Option<&'a str>,
+    pub token_hash: &'a [u8],
+}
+
+pub async fn register(db: impl PgExecutor<'_>, worker: &NewWorker<'_>) -> sqlx::Result<Worker> {
+    let row: WorkerRow = sqlx::query_as(&format!(
+        "insert into workers (id, name, pool, state, cpu_millis, memory_mib, slots, labels, instance_id, token_hash)
+         values ($1, $2, $3, 'idle', $4, $5, $6, $7, $8, $9)
+         returning {WORKER_COLUMNS}"
+    ))
+    .bind(Uuid::now_v7())
+    .bind(worker.name)
+    .bind(worker.pool)
+    .bind(worker.cpu_millis)
+    .bind(worker.memory_mib)
+    .bind(worker.slots)
+    .bind(Json(worker.labels))
+    .bind(worker.instance_id)
+    .bind(worker.token_hash)
+    .fetch_one(db)
+    .await?;
+    row.into_worker()
+}
+
+/// The live worker a token belongs to.
+pub async fn resolve_token(db: impl PgExecutor<'_>, token_hash: &[u8]) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar("select id from workers where token_hash = $1 and gone_at is null")
+        .bind(token_hash)
+        .fetch_optional(db)
+        .await
+}
+
+/// Records a heartbeat: the worker is alive and in `state` (idle, busy or draining).
+/// Returns false when the worker is gone.
+pub async fn heartbeat(db: impl PgExecutor<'_>, id: Uuid, state: WorkerState) -> sqlx::Result<bool> {
+    let result =
+        sqlx::query("update workers set last_heartbeat_at = now(), state = $2 where id = $1 and gone_at is null")
+            .bind(id)
+            .bind(state.as_str())
+            .execute(db)
+            .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Marks a worker gone; its token stops working.
+pub async fn deregister(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<bool> {
+    let result = sqlx::query("update workers set state = 'gone', gone_at = now() where id = $1 and gone_at is null")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Worker>> {
+    let row: Option<WorkerRow> = sqlx::query_as(&format!("select {WORKER_COLUMNS} from workers where id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    row.map(WorkerRow::into_worker).transpose()
+}
+
+/// Workers, newest first; `include_gone` adds those that left.
+pub async fn list(db: impl PgExecutor<'_>, pool: Option<&str>, include_gone: bool) -> sqlx::Result<Vec<Worker>> {
+    let rows: Vec<WorkerRow> = sqlx::query_as(&format!(
+        "select {WORKER_COLUMNS} from workers
+         where ($1::text is null or pool = $1) and ($2 or gone_at is null)
+         order by id desc"
+    ))
+    .bind(pool)
+    .bind(include_gone)
+    .fetch_all(db)
+    .await?;
+    rows.into_iter().map(WorkerRow::into_worker).collect()
+}

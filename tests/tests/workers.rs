@@ -1,0 +1,110 @@
+//! The worker agent against the real API: it registers, heartbeats, shows up in the
+//! registry, and deregisters on SIGTERM. Worker tokens and API keys do not mix.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use hodei_e2e::{binary, start_system, Client, WORKER_REGISTRATION_TOKEN};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+async fn wait_for<F: FnMut(&Value) -> bool>(admin: &Client, path: &str, mut done: F) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = admin.get(path).await;
+        if reply.status == StatusCode::OK && done(&reply.body) {
+            return reply.body;
+        }
+        assert!(Instant::now() < deadline, "condition never held at {path}: {reply:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_worker_registers_heartbeats_and_leaves_on_sigterm() {
+    let system = start_system().await;
+    let admin = system.server.admin();
+    let mut worker = tokio::process::Command::new(binary("hodei-worker"))
+        .args(["--api-url", &system.server.url, "run", "--name", "w1", "--cpu-millis", "2000"])
+        .args(["--memory-mib", "4096", "--slots", "3", "--label", "gpu=none", "--label", "zone=a"])
+        .env("HODEI_WORKER_REGISTRATION_TOKEN", WORKER_REGISTRATION_TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start hodei-worker");
+
+    let listed =
+        wait_for(&admin, "/api/v1/workers", |body| body["workers"].as_array().is_some_and(|w| w.len() == 1)).await;
+    let registered = &listed["workers"][0];
+    assert_eq!((registered["name"].as_str(), registered["state"].as_str()), (Some("w1"), Some("idle")));
+    assert_eq!((registered["cpu_millis"].as_i64(), registered["memory_mib"].as_i64()), (Some(2000), Some(4096)));
+    assert_eq!(registered["slots"], 3);
+    assert_eq!(registered["labels"], json!({"gpu": "none", "zone": "a"}));
+    let id = registered["id"].as_str().expect("id").to_owned();
+    let first_beat = registered["last_heartbeat_at"].as_str().expect("time").to_owned();
+
+    // Heartbeats arrive (every second here).
+    wait_for(&admin, &format!("/api/v1/workers/{id}"), |body| body["last_heartbeat_at"].as_str() != Some(&first_beat))
+        .await;
+
+    let pid = worker.id().expect("running").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let status = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await.expect("exits").expect("status");
+    assert!(status.success(), "{status:?}");
+    let gone = admin.get(&format!("/api/v1/workers/{id}")).await;
+    assert_eq!(gone.body["state"], "gone");
+    assert!(gone.body["gone_at"].is_string());
+    assert_eq!(admin.get("/api/v1/workers").await.body["workers"], json!([]));
+    let history = admin.get("/api/v1/workers?include_gone=true").await;
+    assert_eq!(history.body["workers"].as_array().expect("workers").len(), 1);
+}
+
+#[tokio::test]
+async fn worker_credentials_are_checked() {
+    let system = start_system().await;
+    let server = &system.server;
+    let body = json!({"name": "w", "cpu_millis": 1000, "memory_mib": 512});
+
+    let wrong = Client::new(&server.url, Some("not-the-registration-token-0123456789"));
+    wrong.post("/api/v1/workers/register", body.clone()).await.assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
+    let registration = Client::new(&server.url, Some(WORKER_REGISTRATION_TOKEN));
+    let bad =
+        registration.post("/api/v1/workers/register", json!({"name": "w", "cpu_millis": 0, "memory_mib": 512})).await;
+    bad.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    let registered = registration.post("/api/v1/workers/register", body.clone()).await;
+    assert_eq!(registered.status, StatusCode::CREATED, "{registered:?}");
+    let (id, token) =
+        (registered.body["worker_id"].as_str().expect("id"), registered.body["token"].as_str().expect("token"));
+
+    // A worker token is not an API key, and an API key is not a worker token.
+    let as_worker = Client::new(&server.url, Some(token));
+    as_worker.get("/api/v1/jobs").await.assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
+    let tenant = server.tenant("acme").await;
+    tenant
+        .post(&format!("/api/v1/workers/{id}/heartbeat"), json!({"state": "idle"}))
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
+    // A token acts for its own worker only.
+    let other = registration.post("/api/v1/workers/register", body).await;
+    let other_id = other.body["worker_id"].as_str().expect("id");
+    as_worker
+        .post(&format!("/api/v1/workers/{other_id}/heartbeat"), json!({"state": "idle"}))
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(
+        as_worker.post(&format!("/api/v1/workers/{id}/heartbeat"), json!({"state": "busy"})).await.status,
+        StatusCode::OK
+    );
+    tenant.get("/api/v1/workers").await.assert_problem(StatusCode::FORBIDDEN, "forbidden");
+
+    // After deregistering, the token is dead.
+    assert_eq!(
+        as_worker.post(&format!("/api/v1/workers/{id}/deregister"), json!({})).await.status,
+        StatusCode::NO_CONTENT
+    );
+    as_worker
+        .post(&format!("/api/v1/workers/{id}/heartbeat"), json!({"state": "idle"}))
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
+}
