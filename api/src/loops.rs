@@ -66,22 +66,26 @@ impl Promoter {
     }
 }
 
-/// Wakes dispatchers when jobs become ready, through LISTEN/NOTIFY. Listeners must still
-/// poll as a fallback: a notification can be missed while the connection is re-established.
+/// The channel the scheduling cycle notifies (payload: the worker id) after assigning.
+pub const ASSIGNED_CHANNEL: &str = "hodei_assigned";
+
+/// Wakes waiters when a Postgres channel is notified (LISTEN/NOTIFY): the scheduler when
+/// jobs become ready or capacity frees, long polls when work is assigned. Waiters must
+/// still poll as a fallback: a notification can be missed while reconnecting.
 #[derive(Debug, Clone, Default)]
-pub struct ReadyWakeup {
+pub struct Wakeup {
     notify: Arc<Notify>,
 }
 
-impl ReadyWakeup {
-    /// Listens on `READY_CHANNEL` until `shutdown`, reconnecting after errors.
-    pub fn spawn(db: PgPool, shutdown: CancellationToken) -> Self {
+impl Wakeup {
+    /// Listens on `channel` until `shutdown`, reconnecting after errors.
+    pub fn spawn(db: PgPool, channel: &'static str, shutdown: CancellationToken) -> Self {
         let wakeup = Self::default();
         let notify = wakeup.notify.clone();
         tokio::spawn(async move {
             while !shutdown.is_cancelled() {
-                if let Err(error) = listen(&db, &notify, &shutdown).await {
-                    tracing::warn!(%error, "listening for ready jobs failed; reconnecting");
+                if let Err(error) = listen(&db, channel, &notify, &shutdown).await {
+                    tracing::warn!(%error, channel, "listening for notifications failed; reconnecting");
                     // Wake everyone: something may have been missed.
                     notify.notify_waiters();
                     tokio::select! {
@@ -94,21 +98,67 @@ impl ReadyWakeup {
         wakeup
     }
 
-    /// Waits until jobs become ready, or `fallback` passes.
+    /// Waits for a notification, or until `fallback` passes.
     pub async fn wait(&self, fallback: Duration) {
         let _ = tokio::time::timeout(fallback, self.notify.notified()).await;
     }
 }
 
-async fn listen(db: &PgPool, notify: &Notify, shutdown: &CancellationToken) -> sqlx::Result<()> {
+async fn listen(db: &PgPool, channel: &str, notify: &Notify, shutdown: &CancellationToken) -> sqlx::Result<()> {
     let mut listener = PgListener::connect_with(db).await?;
-    listener.listen(READY_CHANNEL).await?;
+    listener.listen(channel).await?;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             message = listener.recv() => {
                 message?;
                 notify.notify_waiters();
+            }
+        }
+    }
+}
+
+/// The scheduling cycle, run by every replica: assigns ready jobs to free workers.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    pub db: PgPool,
+    pub strategy: hodei_core::placement::Strategy,
+    pub limits: crate::store::assignment::CycleLimits,
+    /// Cycle at least this often when nothing wakes it.
+    pub fallback: Duration,
+}
+
+impl Scheduler {
+    pub fn new(db: PgPool) -> Self {
+        Self {
+            db,
+            strategy: hodei_core::placement::Strategy::BestFit,
+            limits: crate::store::assignment::CycleLimits::default(),
+            fallback: Duration::from_millis(500),
+        }
+    }
+
+    /// One cycle; returns how many jobs it assigned.
+    pub async fn tick(&self) -> anyhow::Result<usize> {
+        let mut connection = self.db.acquire().await?;
+        Ok(crate::store::assignment::run_cycle(&mut connection, self.strategy, self.limits).await?)
+    }
+
+    pub async fn run(self, ready: Wakeup, shutdown: CancellationToken) {
+        loop {
+            let busy = match self.tick().await {
+                Ok(assigned) => assigned > 0,
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "scheduling cycle failed; retrying");
+                    false
+                }
+            };
+            if busy {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ready.wait(self.fallback) => {}
             }
         }
     }

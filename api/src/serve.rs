@@ -9,7 +9,7 @@ use crate::auth::{hash_key, visible_prefix};
 use crate::config::Config;
 use crate::http::workers::WorkerSettings;
 use crate::http::{app, default_policies, AppState};
-use crate::loops::Promoter;
+use crate::loops::{Promoter, Scheduler, Wakeup, ASSIGNED_CHANNEL, READY_CHANNEL};
 use crate::{db, store};
 
 /// Connects, applies migrations (safe when replicas start together), and installs the
@@ -38,15 +38,18 @@ pub async fn serve_http(
         config.worker_registration_token.as_ref().map(|token| token.expose()),
         config.worker_heartbeat_seconds,
     );
-    let state = AppState::new(pool.clone(), default_policies()).with_workers(workers);
-    let promoter = tokio::spawn(Promoter::new(pool, state.policies.clone()).run(shutdown.clone()));
+    let assigned = Wakeup::spawn(pool.clone(), ASSIGNED_CHANNEL, shutdown.clone());
+    let ready = Wakeup::spawn(pool.clone(), READY_CHANNEL, shutdown.clone());
+    let state = AppState::new(pool.clone(), default_policies()).with_workers(workers, assigned);
+    let promoter = tokio::spawn(Promoter::new(pool.clone(), state.policies.clone()).run(shutdown.clone()));
+    let scheduler = tokio::spawn(Scheduler::new(pool).run(ready, shutdown.clone()));
     tracing::info!(%address, "listening on http://{address}");
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await
         .context("serving HTTP");
     shutdown.cancel();
-    let _ = promoter.await;
+    let _ = tokio::join!(promoter, scheduler);
     served
 }
 

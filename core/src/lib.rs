@@ -10,6 +10,7 @@ pub mod fairness;
 pub mod job;
 pub mod names;
 pub mod ordering;
+pub mod placement;
 pub mod queue;
 pub mod validation;
 

@@ -2,11 +2,15 @@
 //! HTTP only and never holds database credentials.
 //!
 //! `run` registers with the registration token (receiving a worker id and a worker-scoped
-//! token), heartbeats at the interval the API asks for, and on SIGTERM or Ctrl-C
-//! deregisters and exits 0. If the API is unreachable it keeps retrying with backoff.
+//! token), heartbeats at the interval the API asks for, waits for assignments by long
+//! poll, runs each job's argv as a child process (with its env, working directory and
+//! timeout) and reports its start and result. On SIGTERM or Ctrl-C it stops taking work,
+//! lets running jobs finish, deregisters and exits 0. If the API is unreachable it keeps
+//! retrying with backoff; a result the API refuses as stale (409) is dropped.
 
 use std::collections::BTreeMap;
-use std::process::ExitCode;
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -173,20 +177,121 @@ async fn run(api_url: &str, args: RunArgs) -> anyhow::Result<()> {
         delay = (delay * 2).min(Duration::from_secs(10));
     };
     println!("registered as worker {}", registered.worker_id);
+    let worker = Arc::new(WorkerSession {
+        client: client.clone(),
+        api_url: api_url.to_owned(),
+        id: registered.worker_id.clone(),
+        token: registered.token.clone(),
+    });
 
-    let mut interval = Duration::from_secs(registered.heartbeat_seconds.max(1));
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let heartbeats = tokio::spawn(heartbeat_loop(worker.clone(), registered.heartbeat_seconds, stopping.clone()));
+    let mut running = tokio::task::JoinSet::new();
     loop {
+        let poll = worker.poll();
         tokio::select! {
             _ = &mut stop => break,
-            _ = tokio::time::sleep(interval) => {}
+            assignments = poll => match assignments {
+                Ok(assignments) => {
+                    for assignment in assignments {
+                        running.spawn(run_assignment(worker.clone(), assignment));
+                    }
+                }
+                Err(error) => {
+                    eprintln!("hodei-worker: polling for work failed: {error:#}");
+                    tokio::select! {
+                        _ = &mut stop => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            },
         }
-        let beat = client
-            .post(format!("{api_url}/api/v1/workers/{}/heartbeat", registered.worker_id))
-            .bearer_auth(&registered.token)
-            .json(&json!({"state": "idle"}))
+        while running.try_join_next().is_some() {}
+    }
+    // Draining: take no more work, let running jobs finish and report.
+    stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    while running.join_next().await.is_some() {}
+    heartbeats.abort();
+    worker
+        .post("deregister", &json!({}))
+        .await
+        .context("deregistering")?
+        .error_for_status()
+        .context("deregistering")?;
+    println!("deregistered");
+    Ok(())
+}
+
+/// A registered worker's connection to the API.
+#[derive(Debug)]
+struct WorkerSession {
+    client: reqwest::Client,
+    api_url: String,
+    id: String,
+    token: String,
+}
+
+impl WorkerSession {
+    async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Result<reqwest::Response> {
+        self.client
+            .post(format!("{}/api/v1/workers/{}/{path}", self.api_url, self.id))
+            .bearer_auth(&self.token)
+            .json(body)
             .send()
-            .await;
-        match beat {
+            .await
+    }
+
+    async fn poll(&self) -> anyhow::Result<Vec<Assignment>> {
+        let response = self
+            .client
+            .get(format!("{}/api/v1/workers/{}/assignments?wait_seconds=20", self.api_url, self.id))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await?
+            .error_for_status()?;
+        #[derive(Deserialize)]
+        struct Assignments {
+            assignments: Vec<Assignment>,
+        }
+        Ok(response.json::<Assignments>().await?.assignments)
+    }
+
+    /// Sends a report until the API takes it or refuses it as stale.
+    async fn report(&self, path: &str, body: serde_json::Value) {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.post(path, &body).await {
+                Ok(response) if response.status().is_success() => return,
+                Ok(response) if response.status() == reqwest::StatusCode::CONFLICT => {
+                    eprintln!("hodei-worker: the API refused {path} as stale; dropping it");
+                    return;
+                }
+                Ok(response) => eprintln!("hodei-worker: {path} failed: HTTP {}; retrying", response.status()),
+                Err(error) => eprintln!("hodei-worker: {path} failed: {error}; retrying"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Assignment {
+    job_id: String,
+    attempt: i32,
+    argv: Vec<String>,
+    env: BTreeMap<String, String>,
+    working_dir: Option<String>,
+    timeout_seconds: u64,
+}
+
+async fn heartbeat_loop(worker: Arc<WorkerSession>, seconds: u64, stopping: Arc<std::sync::atomic::AtomicBool>) {
+    let mut interval = Duration::from_secs(seconds.max(1));
+    loop {
+        tokio::time::sleep(interval).await;
+        let state = if stopping.load(std::sync::atomic::Ordering::Relaxed) { "draining" } else { "idle" };
+        match worker.post("heartbeat", &json!({ "state": state })).await {
             Ok(response) if response.status().is_success() => {
                 if let Ok(reply) = response.json::<serde_json::Value>().await {
                     if let Some(seconds) = reply["heartbeat_seconds"].as_u64() {
@@ -194,24 +299,46 @@ async fn run(api_url: &str, args: RunArgs) -> anyhow::Result<()> {
                     }
                 }
             }
-            Ok(response) if response.status() == reqwest::StatusCode::UNAUTHORIZED => {
-                bail!("the API no longer knows this worker (HTTP 401)")
-            }
             Ok(response) => eprintln!("hodei-worker: heartbeat failed: HTTP {}", response.status()),
             Err(error) => eprintln!("hodei-worker: heartbeat failed: {error}"),
         }
     }
+}
 
-    client
-        .post(format!("{api_url}/api/v1/workers/{}/deregister", registered.worker_id))
-        .bearer_auth(&registered.token)
-        .send()
-        .await
-        .context("deregistering")?
-        .error_for_status()
-        .context("deregistering")?;
-    println!("deregistered");
-    Ok(())
+/// Runs one attempt and reports it.
+async fn run_assignment(worker: Arc<WorkerSession>, assignment: Assignment) {
+    let path = |what: &str| format!("jobs/{}/{what}", assignment.job_id);
+    let Some((program, args)) = assignment.argv.split_first() else {
+        let report = json!({"attempt": assignment.attempt, "error": "empty argv"});
+        worker.report(&path("finish"), report).await;
+        return;
+    };
+    let mut command = tokio::process::Command::new(program);
+    command.args(args).envs(&assignment.env).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    command.process_group(0).kill_on_drop(true);
+    if let Some(dir) = &assignment.working_dir {
+        command.current_dir(dir);
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            let report =
+                json!({"attempt": assignment.attempt, "error": format!("could not start {program:?}: {error}")});
+            worker.report(&path("finish"), report).await;
+            return;
+        }
+    };
+    worker.report(&path("start"), json!({"attempt": assignment.attempt})).await;
+    let limit = Duration::from_secs(assignment.timeout_seconds.max(1));
+    let report = match tokio::time::timeout(limit, child.wait()).await {
+        Ok(Ok(status)) => json!({"attempt": assignment.attempt, "exit_code": status.code()}),
+        Ok(Err(error)) => json!({"attempt": assignment.attempt, "error": format!("waiting for the process: {error}")}),
+        Err(_) => {
+            let _ = child.kill().await;
+            json!({"attempt": assignment.attempt, "error": format!("timed out after {} s", limit.as_secs())})
+        }
+    };
+    worker.report(&path("finish"), report).await;
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -14,6 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::{self, Problem};
+use crate::loops::Wakeup;
 use crate::store::enqueue::{QueueSettingsCache, SubmitContext, QUEUE_SETTINGS_TTL};
 
 pub mod dead_letters;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub queue_settings: Arc<QueueSettingsCache>,
     /// Worker protocol settings (registration token, heartbeat interval).
     pub workers: workers::WorkerSettings,
+    /// Wakes workers' long polls when work is assigned.
+    pub assigned: Wakeup,
 }
 
 impl AppState {
@@ -51,11 +54,13 @@ impl AppState {
             policies: Arc::new(policies),
             queue_settings: Arc::new(QueueSettingsCache::new(QUEUE_SETTINGS_TTL)),
             workers: workers::WorkerSettings::default(),
+            assigned: Wakeup::default(),
         }
     }
 
-    pub fn with_workers(mut self, settings: workers::WorkerSettings) -> Self {
+    pub fn with_workers(mut self, settings: workers::WorkerSettings, assigned: Wakeup) -> Self {
         self.workers = settings;
+        self.assigned = assigned;
         self
     }
 

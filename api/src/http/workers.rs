@@ -21,6 +21,8 @@ use uuid::Uuid;
 use crate::auth::{hash_key, Principal};
 use crate::error::{ApiError, Json, Problem, Query};
 use crate::http::AppState;
+use crate::store::assignment::{self, Assignment, AttemptResult, Recorded};
+use crate::store::dispatch::FailureResult;
 use crate::store::workers::{self, NewWorker, Worker, WorkerState};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -30,6 +32,136 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_worker))
         .routes(routes!(heartbeat))
         .routes(routes!(deregister))
+        .routes(routes!(poll_assignments))
+        .routes(routes!(start_job))
+        .routes(routes!(finish_job))
+}
+
+/// Longest a long poll may wait.
+pub const MAX_POLL_SECONDS: u64 = 60;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PollQuery {
+    /// Wait up to this many seconds for work (default 20, at most 60).
+    pub wait_seconds: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Assignments {
+    pub assignments: Vec<Assignment>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartReport {
+    pub attempt: i32,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FinishReport {
+    pub attempt: i32,
+    /// The process's exit code; absent when it did not exit on its own (killed, failed to start).
+    pub exit_code: Option<i32>,
+    /// What went wrong, if anything (a timeout, a failure to start).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FinishReply {
+    /// `succeeded`, `retry_scheduled`, `dead_lettered` or `cancelled`.
+    pub outcome: String,
+}
+
+fn parse_job(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::not_found(format!("no job {id:?}")))
+}
+
+fn stale_attempt() -> ApiError {
+    ApiError::conflict("stale_attempt", "this attempt is no longer the job's current one on this worker")
+}
+
+/// Wait for work: returns the worker's new assignments at once when there are any, else
+/// as soon as some are made (or when the wait ends, with none).
+#[utoipa::path(
+    get, path = "/workers/{id}/assignments", tag = "workers", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Worker id"), PollQuery),
+    responses((status = 200, body = Assignments), (status = 401, body = Problem, content_type = "application/problem+json"))
+)]
+async fn poll_assignments(
+    State(state): State<AppState>,
+    identity: WorkerIdentity,
+    Path(id): Path<String>,
+    Query(query): Query<PollQuery>,
+) -> Result<axum::Json<Assignments>, ApiError> {
+    let id = identity.check(&id)?;
+    let wait = std::time::Duration::from_secs(query.wait_seconds.unwrap_or(20).min(MAX_POLL_SECONDS));
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let mut connection = state.db.acquire().await?;
+        let assignments = assignment::take_assignments(&mut connection, id).await?;
+        drop(connection);
+        let now = tokio::time::Instant::now();
+        if !assignments.is_empty() || now >= deadline {
+            return Ok(axum::Json(Assignments { assignments }));
+        }
+        // Woken by the scheduler's notification; the timeout is the polling fallback.
+        state.assigned.wait((deadline - now).min(std::time::Duration::from_secs(1))).await;
+    }
+}
+
+/// The worker started an assigned attempt.
+#[utoipa::path(
+    post, path = "/workers/{id}/jobs/{job_id}/start", tag = "workers", request_body = StartReport, security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Worker id"), ("job_id" = Uuid, Path, description = "Job id")),
+    responses((status = 204, description = "recorded"), (status = 409, description = "stale attempt", body = Problem, content_type = "application/problem+json"))
+)]
+async fn start_job(
+    State(state): State<AppState>,
+    identity: WorkerIdentity,
+    Path((id, job_id)): Path<(String, String)>,
+    Json(report): Json<StartReport>,
+) -> Result<StatusCode, ApiError> {
+    let id = identity.check(&id)?;
+    let job_id = parse_job(&job_id)?;
+    let mut connection = state.db.acquire().await?;
+    if assignment::start(&mut connection, id, job_id, report.attempt).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(stale_attempt())
+    }
+}
+
+/// The attempt ended. A result for an attempt that is no longer current is refused (409).
+#[utoipa::path(
+    post, path = "/workers/{id}/jobs/{job_id}/finish", tag = "workers", request_body = FinishReport, security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Worker id"), ("job_id" = Uuid, Path, description = "Job id")),
+    responses((status = 200, body = FinishReply), (status = 409, description = "stale attempt", body = Problem, content_type = "application/problem+json"))
+)]
+async fn finish_job(
+    State(state): State<AppState>,
+    identity: WorkerIdentity,
+    Path((id, job_id)): Path<(String, String)>,
+    Json(report): Json<FinishReport>,
+) -> Result<axum::Json<FinishReply>, ApiError> {
+    let id = identity.check(&id)?;
+    let job_id = parse_job(&job_id)?;
+    let result = AttemptResult { job_id, attempt: report.attempt, exit_code: report.exit_code, error: report.error };
+    let mut random = [0u8; 8];
+    getrandom::getrandom(&mut random).map_err(|e| ApiError::internal(anyhow::anyhow!("no randomness: {e}")))?;
+    let random = (u64::from_le_bytes(random) >> 11) as f64 / (1u64 << 53) as f64;
+    let mut connection = state.db.acquire().await?;
+    let outcome = match assignment::finish(&mut connection, id, &result, random).await? {
+        Recorded::Stale => return Err(stale_attempt()),
+        Recorded::Succeeded => "succeeded",
+        Recorded::Failed(FailureResult::RetryScheduled { .. }) => "retry_scheduled",
+        Recorded::Failed(FailureResult::DeadLettered { .. }) => "dead_lettered",
+        Recorded::Failed(FailureResult::Cancelled) => "cancelled",
+        Recorded::Failed(FailureResult::Stale) => return Err(stale_attempt()),
+    };
+    Ok(axum::Json(FinishReply { outcome: outcome.to_owned() }))
 }
 
 /// What the control plane tells workers about the protocol.

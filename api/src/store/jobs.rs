@@ -49,6 +49,11 @@ pub struct Job {
     pub last_error: Option<String>,
     /// The queue the job was submitted to, when an overflow redirect moved it.
     pub submitted_queue: Option<String>,
+    /// The worker holding the current (or last) attempt.
+    pub worker_id: Option<Uuid>,
+    pub started_at: Option<DateTime<Utc>>,
+    /// The last attempt's exit code.
+    pub exit_code: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -74,7 +79,8 @@ pub(crate) const JOB_COLUMNS: &str =
     "j.id, j.queue, j.state, j.priority, j.argv, j.env, j.working_dir, j.timeout_seconds,
     j.cpu_millis, j.memory_mib, j.labels, j.max_attempts, j.attempt, j.deadline, j.not_before, j.metadata,
     j.cancel_requested_at, j.created_at, j.updated_at, j.finished_at, j.idempotency_fingerprint, j.queued_at,
-    j.assigned_at, j.wait_ms, j.sla_breached, j.run_at, j.dead_letter_reason, j.last_error, j.submitted_queue";
+    j.assigned_at, j.wait_ms, j.sla_breached, j.run_at, j.dead_letter_reason, j.last_error, j.submitted_queue,
+    j.worker_id, j.started_at, j.exit_code";
 
 #[derive(Debug, FromRow)]
 pub(crate) struct JobRow {
@@ -108,6 +114,9 @@ pub(crate) struct JobRow {
     dead_letter_reason: Option<String>,
     last_error: Option<String>,
     submitted_queue: Option<String>,
+    worker_id: Option<Uuid>,
+    started_at: Option<DateTime<Utc>>,
+    exit_code: Option<i32>,
 }
 
 impl JobRow {
@@ -149,6 +158,9 @@ impl JobRow {
             dead_letter_reason: self.dead_letter_reason,
             last_error: self.last_error,
             submitted_queue: self.submitted_queue,
+            worker_id: self.worker_id,
+            started_at: self.started_at,
+            exit_code: self.exit_code,
             created_at: self.created_at,
             updated_at: self.updated_at,
             finished_at: self.finished_at,

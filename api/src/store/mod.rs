@@ -3,6 +3,7 @@
 //! here knows about HTTP.
 
 pub mod api_keys;
+pub mod assignment;
 pub mod dispatch;
 pub mod enqueue;
 pub mod events;

@@ -1,0 +1,309 @@
+//! The scheduling cycle and the worker side of a job: lock a batch of free worker capacity
+//! and a batch of candidate jobs (both `skip locked`, so replicas share the work), place
+//! them with the pure `hodei_core::placement`, and write every assignment in one short
+//! transaction. Then deliver assignments to workers, and record starts and results,
+//! fenced by the attempt number and the worker that holds it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hodei_core::dispatch::{plan_dispatch, QueueHead};
+use hodei_core::placement::{place, Demand, FreeWorker, PoolKind, Strategy, TotalCapacity};
+use serde::Serialize;
+use sqlx::types::Json;
+use sqlx::{Acquire, FromRow, PgConnection};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::store::dispatch::{self, Failure, FailureResult};
+use crate::store::enqueue::unix_seconds;
+
+/// How much one cycle takes on.
+#[derive(Debug, Clone, Copy)]
+pub struct CycleLimits {
+    pub workers: i64,
+    pub jobs: i64,
+    /// How long an assignment holds without a heartbeat from its worker.
+    pub lease: Duration,
+}
+
+impl Default for CycleLimits {
+    fn default() -> Self {
+        Self { workers: 200, jobs: 500, lease: Duration::from_secs(30) }
+    }
+}
+
+#[derive(Debug, FromRow)]
+struct FreeRow {
+    id: Uuid,
+    free_cpu: i32,
+    free_memory: i32,
+    free_slots: i32,
+    labels: Json<BTreeMap<String, String>>,
+    cpu_millis: i32,
+    memory_mib: i32,
+}
+
+#[derive(Debug, FromRow)]
+struct CandidateRow {
+    job_id: Uuid,
+    cpu_millis: i32,
+    memory_mib: i32,
+    labels: Json<BTreeMap<String, String>>,
+}
+
+/// One scheduling cycle; returns how many jobs it assigned.
+pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleLimits) -> sqlx::Result<usize> {
+    let mut transaction = db.begin().await?;
+    let free: Vec<FreeRow> = sqlx::query_as(
+        "select id, cpu_millis - used_cpu_millis as free_cpu, memory_mib - used_memory_mib as free_memory,
+                slots - used_slots as free_slots, labels, cpu_millis, memory_mib
+         from workers
+         where gone_at is null and state in ('idle', 'busy') and used_slots < slots
+         order by id limit $1 for update skip locked",
+    )
+    .bind(limits.workers)
+    .fetch_all(&mut *transaction)
+    .await?;
+    if free.is_empty() {
+        return Ok(0);
+    }
+
+    // Candidates in dispatch order: tiers, anti-starvation, each queue's policy order.
+    let heads: Vec<(String, i16, i32, DateTime<Utc>)> = sqlx::query_as(
+        "select q.name, q.tier, q.starvation_after_seconds, h.oldest
+         from queues q cross join lateral (
+             select r.enqueued_at as oldest from ready_jobs r where r.queue = q.name order by r.enqueued_at limit 1
+         ) h",
+    )
+    .fetch_all(&mut *transaction)
+    .await?;
+    let heads: Vec<QueueHead> = heads
+        .into_iter()
+        .map(|(queue, tier, starvation, oldest)| QueueHead {
+            queue,
+            tier,
+            oldest_enqueued_at: unix_seconds(oldest),
+            starvation_after_seconds: starvation.into(),
+        })
+        .collect();
+    let mut candidates: Vec<CandidateRow> = Vec::new();
+    for step in plan_dispatch(&heads, unix_seconds(Utc::now()), limits.jobs as usize) {
+        let room = limits.jobs - candidates.len() as i64;
+        if room <= 0 {
+            break;
+        }
+        let rows: Vec<CandidateRow> = sqlx::query_as(
+            "select job_id, cpu_millis, memory_mib, labels from ready_jobs
+             where queue = $1 order by rank, seq limit $2 for update skip locked",
+        )
+        .bind(&step.queue)
+        .bind(room.min(step.max_jobs as i64))
+        .fetch_all(&mut *transaction)
+        .await?;
+        // A queue listed twice (starving, then in tier order) must not repeat a job.
+        for row in rows {
+            if !candidates.iter().any(|c| c.job_id == row.job_id) {
+                candidates.push(row);
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return Ok(0);
+    }
+
+    let workers: Vec<(FreeWorker<Uuid>, TotalCapacity)> = free
+        .iter()
+        .map(|w| {
+            (
+                FreeWorker {
+                    id: w.id,
+                    kind: PoolKind::Static,
+                    free_cpu_millis: w.free_cpu.into(),
+                    free_memory_mib: w.free_memory.into(),
+                    free_slots: w.free_slots.into(),
+                    labels: w.labels.0.clone(),
+                },
+                TotalCapacity { cpu_millis: w.cpu_millis.into(), memory_mib: w.memory_mib.into() },
+            )
+        })
+        .collect();
+    let demands: Vec<Demand<Uuid>> = candidates
+        .iter()
+        .map(|c| Demand {
+            id: c.job_id,
+            cpu_millis: c.cpu_millis.into(),
+            memory_mib: c.memory_mib.into(),
+            labels: c.labels.0.clone(),
+        })
+        .collect();
+    let placement = place(strategy, &demands, &workers);
+    if placement.assigned.is_empty() {
+        return Ok(0);
+    }
+    let job_ids: Vec<Uuid> = placement.assigned.iter().map(|(job, _)| *job).collect();
+    let worker_ids: Vec<Uuid> = placement.assigned.iter().map(|(_, worker)| *worker).collect();
+    let assigned = job_ids.len();
+    sqlx::query(
+        "with pairs as (
+            select * from unnest($1::uuid[], $2::uuid[]) as p(job_id, worker_id)
+         ), removed as (
+            delete from ready_jobs r using pairs p where r.job_id = p.job_id
+            returning r.job_id, r.enqueued_at, r.cpu_millis, r.memory_mib, r.queue
+         ), assigned as (
+            update jobs j set state = 'assigned', attempt = j.attempt + 1, assigned_at = now(), updated_at = now(),
+                worker_id = p.worker_id, lease_expires_at = now() + make_interval(secs => $3),
+                wait_ms = (extract(epoch from now() - r.enqueued_at) * 1000)::bigint
+            from removed r join pairs p on p.job_id = r.job_id
+            where j.id = r.job_id
+            returning j.id, j.tenant_id, j.attempt, j.worker_id, j.wait_ms, j.queue, r.cpu_millis, r.memory_mib
+         ), held as (
+            insert into worker_jobs (job_id, worker_id, attempt, cpu_millis, memory_mib)
+            select id, worker_id, attempt, cpu_millis, memory_mib from assigned
+         ), used as (
+            update workers w set used_cpu_millis = w.used_cpu_millis + u.cpu, used_memory_mib = w.used_memory_mib + u.memory,
+                used_slots = w.used_slots + u.jobs, state = 'busy'
+            from (select worker_id, sum(cpu_millis)::int4 as cpu, sum(memory_mib)::int4 as memory, count(*)::int4 as jobs
+                  from assigned group by worker_id) u
+            where w.id = u.worker_id
+         ), dispatched as (
+            insert into queue_activity (queue, kind, jobs, waits_ms)
+            select queue, 'dispatched', count(*), array_agg(wait_ms) from assigned group by queue
+         ), notified as (
+            select pg_notify('hodei_assigned', worker_id::text) from (select distinct worker_id from assigned) w
+         )
+         insert into job_events (tenant_id, job_id, kind, state, attempt, data)
+         select tenant_id, id, 'job.assigned', 'assigned', attempt,
+             jsonb_build_object('worker_id', worker_id, 'wait_ms', wait_ms)
+         from assigned cross join (select count(*) from notified) n order by id",
+    )
+    .bind(&job_ids)
+    .bind(&worker_ids)
+    .bind(limits.lease.as_secs_f64())
+    .execute(&mut *transaction)
+    .await?;
+    transaction.commit().await?;
+    Ok(assigned)
+}
+
+/// What a worker needs to run one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, FromRow, ToSchema)]
+pub struct Assignment {
+    pub job_id: Uuid,
+    /// Report the start and the result with this attempt number.
+    pub attempt: i32,
+    #[schema(value_type = Vec<String>)]
+    pub argv: Json<Vec<String>>,
+    #[schema(value_type = Object)]
+    pub env: Json<HashMap<String, String>>,
+    pub working_dir: Option<String>,
+    pub timeout_seconds: i32,
+}
+
+/// Assignments the worker has not yet received, marked received.
+pub async fn take_assignments(db: &mut PgConnection, worker_id: Uuid) -> sqlx::Result<Vec<Assignment>> {
+    sqlx::query_as(
+        "with delivered as (
+            update worker_jobs set delivered = true where worker_id = $1 and not delivered returning job_id, attempt
+         )
+         select j.id as job_id, d.attempt, j.argv, j.env, j.working_dir, j.timeout_seconds
+         from delivered d join jobs j on j.id = d.job_id order by j.id",
+    )
+    .bind(worker_id)
+    .fetch_all(db)
+    .await
+}
+
+/// The worker started the attempt. False when the attempt is not this worker's current one.
+pub async fn start(db: &mut PgConnection, worker_id: Uuid, job_id: Uuid, attempt: i32) -> sqlx::Result<bool> {
+    let started: Option<Uuid> = sqlx::query_scalar(
+        "with job as (
+            update jobs set state = 'running', started_at = now(), updated_at = now()
+            where id = $1 and attempt = $3 and worker_id = $2 and state = 'assigned'
+            returning id, tenant_id, attempt
+         ), event as (
+            insert into job_events (tenant_id, job_id, kind, state, attempt, data)
+            select tenant_id, id, 'job.started', 'running', attempt, jsonb_build_object('worker_id', $2::uuid) from job
+         )
+         select id from job",
+    )
+    .bind(job_id)
+    .bind(worker_id)
+    .bind(attempt)
+    .fetch_optional(db)
+    .await?;
+    Ok(started.is_some())
+}
+
+/// How an attempt ended on its worker.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub job_id: Uuid,
+    pub attempt: i32,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// What recording a result did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded {
+    Succeeded,
+    Failed(FailureResult),
+    /// Not this worker's current attempt: refused, nothing changed.
+    Stale,
+}
+
+/// Records an attempt's result and gives its capacity back to the worker.
+pub async fn finish(
+    db: &mut PgConnection,
+    worker_id: Uuid,
+    result: &AttemptResult,
+    random: f64,
+) -> sqlx::Result<Recorded> {
+    let mut transaction = db.begin().await?;
+    // The worker's hold on the job is the fence: a result only counts from the holder.
+    let held: Option<(i32, i32)> = sqlx::query_as(
+        "delete from worker_jobs where job_id = $1 and worker_id = $2 and attempt = $3
+         returning cpu_millis, memory_mib",
+    )
+    .bind(result.job_id)
+    .bind(worker_id)
+    .bind(result.attempt)
+    .fetch_optional(&mut *transaction)
+    .await?;
+    let Some((cpu, memory)) = held else {
+        return Ok(Recorded::Stale);
+    };
+    sqlx::query(
+        "update workers set used_cpu_millis = used_cpu_millis - $2, used_memory_mib = used_memory_mib - $3,
+             used_slots = used_slots - 1, jobs_run = jobs_run + 1,
+             state = case when used_slots - 1 = 0 and state = 'busy' then 'idle' else state end
+         where id = $1",
+    )
+    .bind(worker_id)
+    .bind(cpu)
+    .bind(memory)
+    .execute(&mut *transaction)
+    .await?;
+    sqlx::query("update jobs set exit_code = $2, lease_expires_at = null where id = $1")
+        .bind(result.job_id)
+        .bind(result.exit_code)
+        .execute(&mut *transaction)
+        .await?;
+    let recorded = if result.exit_code == Some(0) && result.error.is_none() {
+        dispatch::complete(&mut *transaction, &[(result.job_id, result.attempt)]).await?;
+        Recorded::Succeeded
+    } else {
+        let error = result.error.clone().unwrap_or_else(|| match result.exit_code {
+            Some(code) => format!("exited with code {code}"),
+            None => "ended without an exit code".to_owned(),
+        });
+        let failure = Failure { job_id: result.job_id, attempt: result.attempt, error, retryable: true };
+        Recorded::Failed(dispatch::fail(&mut transaction, &failure, random).await?)
+    };
+    // Capacity came free: wake the scheduler.
+    sqlx::query("select pg_notify('hodei_ready', 'capacity')").execute(&mut *transaction).await?;
+    transaction.commit().await?;
+    Ok(recorded)
+}

@@ -1,0 +1,233 @@
+//! Placement: which free worker takes which job. Pure: the scheduling cycle locks a batch
+//! of free capacity and a batch of candidate jobs, asks this module, and writes the answer.
+//!
+//! Jobs are placed in the order given (their queue order). For each, the workers that can
+//! run it (enough free CPU, memory and a slot, and every required label with its value)
+//! are considered; static pools before dynamic ones; among those the strategy picks:
+//! `best_fit` the smallest adequate worker (least CPU then memory left over), `first_fit`
+//! the first in the given order, `worst_fit` the one with the most room left (spreading).
+//! A job that fits nowhere is reported with the reason and does not block later jobs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    #[default]
+    BestFit,
+    FirstFit,
+    WorstFit,
+}
+
+/// Static pools' workers are used before dynamic pools' workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PoolKind {
+    Static,
+    Dynamic,
+}
+
+/// A worker's free capacity at the start of the cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FreeWorker<W> {
+    pub id: W,
+    pub kind: PoolKind,
+    pub free_cpu_millis: i64,
+    pub free_memory_mib: i64,
+    pub free_slots: i64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What a job needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Demand<J> {
+    pub id: J,
+    pub cpu_millis: i64,
+    pub memory_mib: i64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Why a job was not placed, from the most to the least fundamental.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unplaced {
+    /// No worker has a label the job requires (with its value).
+    NoWorkerWithLabels(Vec<String>),
+    /// No worker is big enough, even when idle.
+    TooLarge,
+    /// Workers could run it, but none has room right now.
+    NoFreeCapacity,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement<J, W> {
+    pub assigned: Vec<(J, W)>,
+    pub unplaced: Vec<(J, Unplaced)>,
+}
+
+/// The capacity a worker has when idle, to tell "too large" from "busy".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TotalCapacity {
+    pub cpu_millis: i64,
+    pub memory_mib: i64,
+}
+
+fn has_labels(worker: &BTreeMap<String, String>, required: &BTreeMap<String, String>) -> bool {
+    required.iter().all(|(key, value)| worker.get(key) == Some(value))
+}
+
+/// Places `jobs` on `workers` (with each worker's total capacity, for reasons).
+pub fn place<J: Clone, W: Clone>(
+    strategy: Strategy,
+    jobs: &[Demand<J>],
+    workers: &[(FreeWorker<W>, TotalCapacity)],
+) -> Placement<J, W> {
+    let mut free: Vec<FreeWorker<W>> = workers.iter().map(|(w, _)| w.clone()).collect();
+    let mut placement = Placement { assigned: Vec::new(), unplaced: Vec::new() };
+    for job in jobs {
+        let candidates = free.iter().enumerate().filter(|(_, w)| {
+            w.free_slots > 0
+                && w.free_cpu_millis >= job.cpu_millis
+                && w.free_memory_mib >= job.memory_mib
+                && has_labels(&w.labels, &job.labels)
+        });
+        let leftover = |w: &FreeWorker<W>| (w.free_cpu_millis - job.cpu_millis, w.free_memory_mib - job.memory_mib);
+        let chosen = match strategy {
+            Strategy::FirstFit => candidates.min_by_key(|(i, w)| (w.kind, *i)),
+            Strategy::BestFit => candidates.min_by_key(|(i, w)| (w.kind, leftover(w), *i)),
+            Strategy::WorstFit => candidates.min_by_key(|(i, w)| (w.kind, std::cmp::Reverse(leftover(w)), *i)),
+        }
+        .map(|(index, _)| index);
+        match chosen {
+            Some(index) => {
+                let worker = &mut free[index];
+                worker.free_cpu_millis -= job.cpu_millis;
+                worker.free_memory_mib -= job.memory_mib;
+                worker.free_slots -= 1;
+                placement.assigned.push((job.id.clone(), worker.id.clone()));
+            }
+            None => {
+                let labelled: Vec<&(FreeWorker<W>, TotalCapacity)> =
+                    workers.iter().filter(|(w, _)| has_labels(&w.labels, &job.labels)).collect();
+                let reason = if labelled.is_empty() && !job.labels.is_empty() {
+                    Unplaced::NoWorkerWithLabels(job.labels.iter().map(|(k, v)| format!("{k}={v}")).collect())
+                } else if !labelled
+                    .iter()
+                    .any(|(_, total)| total.cpu_millis >= job.cpu_millis && total.memory_mib >= job.memory_mib)
+                {
+                    Unplaced::TooLarge
+                } else {
+                    Unplaced::NoFreeCapacity
+                };
+                placement.unplaced.push((job.id.clone(), reason));
+            }
+        }
+    }
+    placement
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::{prop_assert, prop_assert_eq, prop_oneof, proptest, Just};
+
+    fn worker(id: &str, kind: PoolKind, cpu: i64, memory: i64) -> (FreeWorker<String>, TotalCapacity) {
+        (
+            FreeWorker {
+                id: id.into(),
+                kind,
+                free_cpu_millis: cpu,
+                free_memory_mib: memory,
+                free_slots: 4,
+                labels: BTreeMap::new(),
+            },
+            TotalCapacity { cpu_millis: cpu, memory_mib: memory },
+        )
+    }
+
+    fn job(id: &str, cpu: i64, memory: i64) -> Demand<String> {
+        Demand { id: id.into(), cpu_millis: cpu, memory_mib: memory, labels: BTreeMap::new() }
+    }
+
+    fn workers_124() -> Vec<(FreeWorker<String>, TotalCapacity)> {
+        vec![
+            worker("four", PoolKind::Static, 4000, 8192),
+            worker("one", PoolKind::Static, 1000, 2048),
+            worker("two", PoolKind::Static, 2000, 4096),
+        ]
+    }
+
+    #[test]
+    fn best_fit_takes_the_smallest_adequate_worker() {
+        let placed = place(Strategy::BestFit, &[job("j", 1000, 512)], &workers_124());
+        assert_eq!(placed.assigned, [("j".to_owned(), "one".to_owned())]);
+    }
+
+    #[test]
+    fn first_and_worst_fit() {
+        let first = place(Strategy::FirstFit, &[job("j", 1000, 512)], &workers_124());
+        assert_eq!(first.assigned[0].1, "four");
+        let worst = place(Strategy::WorstFit, &[job("j", 1000, 512)], &workers_124());
+        assert_eq!(worst.assigned[0].1, "four");
+        let worst_small = place(Strategy::WorstFit, &[job("a", 1000, 512), job("b", 1000, 512)], &workers_124());
+        assert_eq!(worst_small.assigned[1].1, "four", "four still has the most room after one job");
+    }
+
+    #[test]
+    fn static_pools_before_dynamic() {
+        let workers = vec![
+            worker("dynamic-small", PoolKind::Dynamic, 1000, 1024),
+            worker("static-big", PoolKind::Static, 8000, 16384),
+        ];
+        let placed = place(Strategy::BestFit, &[job("j", 1000, 512)], &workers);
+        assert_eq!(placed.assigned[0].1, "static-big");
+    }
+
+    #[test]
+    fn a_job_that_fits_nowhere_waits_with_a_reason_and_blocks_nothing() {
+        let mut gpu_job = job("gpu", 1000, 512);
+        gpu_job.labels.insert("gpu".into(), "a100".into());
+        let jobs = [job("huge", 64000, 512), gpu_job, job("small", 500, 256)];
+        let placed = place(Strategy::BestFit, &jobs, &workers_124());
+        assert_eq!(placed.assigned, [("small".to_owned(), "one".to_owned())]);
+        assert_eq!(placed.unplaced[0], ("huge".to_owned(), Unplaced::TooLarge));
+        assert_eq!(placed.unplaced[1], ("gpu".to_owned(), Unplaced::NoWorkerWithLabels(vec!["gpu=a100".into()])));
+    }
+
+    #[test]
+    fn busy_workers_are_reported_as_no_free_capacity() {
+        let mut busy = worker("busy", PoolKind::Static, 1000, 1024);
+        busy.0.free_slots = 0;
+        let placed = place(Strategy::BestFit, &[job("j", 500, 256)], &[busy]);
+        assert_eq!(placed.unplaced, [("j".to_owned(), Unplaced::NoFreeCapacity)]);
+    }
+
+    proptest! {
+        /// No worker is ever given more than it has free.
+        #[test]
+        fn never_overcommits(
+            jobs in proptest::collection::vec((1i64..4000, 1i64..8192), 0..40),
+            capacities in proptest::collection::vec((1i64..8000, 1i64..16384, 1i64..4), 1..6),
+            strategy in prop_oneof![Just(Strategy::BestFit), Just(Strategy::FirstFit), Just(Strategy::WorstFit)],
+        ) {
+            let demands: Vec<Demand<usize>> = jobs.iter().enumerate()
+                .map(|(i, (cpu, mem))| Demand { id: i, cpu_millis: *cpu, memory_mib: *mem, labels: BTreeMap::new() })
+                .collect();
+            let workers: Vec<(FreeWorker<usize>, TotalCapacity)> = capacities.iter().enumerate()
+                .map(|(i, (cpu, mem, slots))| (
+                    FreeWorker { id: i, kind: PoolKind::Static, free_cpu_millis: *cpu, free_memory_mib: *mem, free_slots: *slots, labels: BTreeMap::new() },
+                    TotalCapacity { cpu_millis: *cpu, memory_mib: *mem },
+                ))
+                .collect();
+            let placed = place(strategy, &demands, &workers);
+            prop_assert_eq!(placed.assigned.len() + placed.unplaced.len(), demands.len());
+            for (index, (cpu, mem, slots)) in capacities.iter().enumerate() {
+                let mine: Vec<usize> = placed.assigned.iter().filter(|(_, w)| *w == index).map(|(j, _)| *j).collect();
+                prop_assert!(mine.len() as i64 <= *slots);
+                prop_assert!(mine.iter().map(|j| demands[*j].cpu_millis).sum::<i64>() <= *cpu);
+                prop_assert!(mine.iter().map(|j| demands[*j].memory_mib).sum::<i64>() <= *mem);
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+-- Assignment of jobs to workers: which worker holds the current attempt, until when its
+-- lease runs, and how the attempt ended.
+alter table jobs
+    add column worker_id uuid,
+    add column lease_expires_at timestamptz,
+    add column started_at timestamptz,
+    add column exit_code integer;
+
+-- A worker's assigned and running jobs, for its long poll and its heartbeat.
+create table worker_jobs (
+    job_id      uuid        primary key references jobs (id) on delete cascade,
+    worker_id   uuid        not null references workers (id),
+    attempt     integer     not null,
+    cpu_millis  integer     not null,
+    memory_mib  integer     not null,
+    -- Set once the worker has received the assignment from its poll.
+    delivered   boolean     not null default false
+);
+create index worker_jobs_worker_idx on worker_jobs (worker_id);

@@ -1,0 +1,108 @@
+//! Jobs run end to end: `hodei serve` assigns them to real `hodei-worker` processes, which
+//! run real commands and report; results, exit codes and events are right, and placement
+//! is best fit.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use hodei_e2e::{binary, start_system, Client, System, WORKER_REGISTRATION_TOKEN};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn start_worker(system: &System, name: &str, cpu_millis: u32) -> tokio::process::Child {
+    tokio::process::Command::new(binary("hodei-worker"))
+        .args(["--api-url", &system.server.url, "run", "--name", name, "--cpu-millis", &cpu_millis.to_string()])
+        .args(["--memory-mib", "4096", "--slots", "2"])
+        .env("HODEI_WORKER_REGISTRATION_TOKEN", WORKER_REGISTRATION_TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start hodei-worker")
+}
+
+async fn wait_for_state(client: &Client, id: &str, states: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = client.get(&format!("/api/v1/jobs/{id}")).await;
+        assert_eq!(job.status, StatusCode::OK, "{job:?}");
+        if states.iter().any(|s| job.body["state"] == *s) {
+            return job.body;
+        }
+        assert!(Instant::now() < deadline, "job {id} never reached {states:?}: {:?}", job.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn submit(client: &Client, spec: Value) -> String {
+    let reply = client.post("/api/v1/jobs", spec).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+    reply.body["id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test]
+async fn jobs_run_on_real_workers_with_best_fit_placement() {
+    let system = start_system().await;
+    let admin = system.server.admin();
+    let acme = system.server.tenant("acme").await;
+    let _small = start_worker(&system, "small", 1000);
+    let _large = start_worker(&system, "large", 4000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let workers = loop {
+        let listed = admin.get("/api/v1/workers").await;
+        if listed.body["workers"].as_array().is_some_and(|w| w.len() == 2) {
+            break listed.body["workers"].as_array().expect("workers").clone();
+        }
+        assert!(Instant::now() < deadline, "workers did not register: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let id_of = |name: &str| workers.iter().find(|w| w["name"] == name).map(|w| w["id"].clone()).expect("worker");
+
+    // A job that fits nowhere waits, and does not block the jobs behind it.
+    let too_big = submit(&acme, json!({"command": {"argv": ["true"]}, "resources": {"cpu_millis": 64000}})).await;
+    let echo =
+        submit(&acme, json!({"command": {"argv": ["sh", "-c", "exit 0"]}, "resources": {"cpu_millis": 1000}})).await;
+    let done = wait_for_state(&acme, &echo, &["succeeded"]).await;
+    assert_eq!(done["exit_code"], 0);
+    assert_eq!(done["worker_id"], id_of("small"), "best fit: the smallest adequate worker");
+    let big = submit(&acme, json!({"command": {"argv": ["true"]}, "resources": {"cpu_millis": 3000}})).await;
+    assert_eq!(wait_for_state(&acme, &big, &["succeeded"]).await["worker_id"], id_of("large"));
+
+    let failing = submit(&acme, json!({"command": {"argv": ["sh", "-c", "exit 3"]}, "max_attempts": 1})).await;
+    let failed = wait_for_state(&acme, &failing, &["dead_lettered"]).await;
+    assert_eq!(
+        (failed["exit_code"].as_i64(), failed["dead_letter_reason"].as_str()),
+        (Some(3), Some("attempts_exhausted"))
+    );
+
+    let slow =
+        submit(&acme, json!({"command": {"argv": ["sleep", "30"], "timeout_seconds": 1}, "max_attempts": 1})).await;
+    let timed_out = wait_for_state(&acme, &slow, &["dead_lettered"]).await;
+    assert!(timed_out["last_error"].as_str().is_some_and(|e| e.contains("timed out")), "{timed_out}");
+
+    let missing = submit(&acme, json!({"command": {"argv": ["/no/such/program"]}, "max_attempts": 1})).await;
+    let not_started = wait_for_state(&acme, &missing, &["dead_lettered"]).await;
+    assert!(not_started["last_error"].as_str().is_some_and(|e| e.contains("could not start")), "{not_started}");
+
+    assert_eq!(acme.get(&format!("/api/v1/jobs/{too_big}")).await.body["state"], "queued");
+
+    // Events are published once older transactions finish: wait for all four.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let kinds = loop {
+        let events = acme.get(&format!("/api/v1/events?job_id={echo}")).await;
+        let kinds: Vec<String> = events.body["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+            .collect();
+        if kinds.len() >= 4 || Instant::now() > deadline {
+            break kinds;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(kinds, ["job.submitted", "job.assigned", "job.started", "job.succeeded"]);
+    let small = admin.get(&format!("/api/v1/workers/{}", id_of("small").as_str().expect("id"))).await;
+    assert!(small.body["jobs_run"].as_i64().is_some_and(|n| n >= 1), "{small:?}");
+    assert_eq!(small.body["used_slots"], 0);
+}
