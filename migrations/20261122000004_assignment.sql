@@ -1,8 +1,7 @@
--- Assignment of jobs to workers: which worker holds the current attempt, until when its
--- lease runs, and how the attempt ended.
+-- Assignment of jobs to workers: which worker holds the current attempt, and how the
+-- attempt ended.
 alter table jobs
     add column worker_id uuid,
-    add column lease_expires_at timestamptz,
     add column started_at timestamptz,
     add column exit_code integer;
 
@@ -14,6 +13,10 @@ create table worker_jobs (
     cpu_millis  integer     not null,
     memory_mib  integer     not null,
     -- Set once the worker has received the assignment from its poll.
-    delivered   boolean     not null default false
+    delivered   boolean     not null default false,
+    -- The worker's heartbeats extend this; past it, the attempt is given up and the job
+    -- requeued (fenced by the attempt number).
+    lease_expires_at timestamptz not null
 );
 create index worker_jobs_worker_idx on worker_jobs (worker_id);
+create index worker_jobs_lease_idx on worker_jobs (lease_expires_at);

@@ -59,6 +59,9 @@ pub struct Config {
     pub worker_registration_token: Option<Secret>,
     /// How often workers are told to heartbeat, in seconds.
     pub worker_heartbeat_seconds: u32,
+    /// How long an assignment holds without a heartbeat before the job is requeued, and a
+    /// silent worker is marked gone, in seconds.
+    pub worker_lease_seconds: u32,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             dev_data_dir: PathBuf::from(".hodei"),
             worker_registration_token: None,
             worker_heartbeat_seconds: 5,
+            worker_lease_seconds: 30,
         }
     }
 }
@@ -88,6 +92,7 @@ pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
     ("HODEI_DEV_DATA_DIR", "dev_data_dir"),
     ("HODEI_WORKER_REGISTRATION_TOKEN", "worker_registration_token"),
     ("HODEI_WORKER_HEARTBEAT_SECONDS", "worker_heartbeat_seconds"),
+    ("HODEI_WORKER_LEASE_SECONDS", "worker_lease_seconds"),
 ];
 
 pub const MIN_BOOTSTRAP_ADMIN_KEY_LEN: usize = 32;
@@ -170,6 +175,12 @@ impl Config {
                 self.worker_heartbeat_seconds
             ));
         }
+        if self.worker_lease_seconds <= self.worker_heartbeat_seconds || self.worker_lease_seconds > 3600 {
+            problems.push(format!(
+                "worker_lease_seconds: must be above worker_heartbeat_seconds ({}) and at most 3600, got {}",
+                self.worker_heartbeat_seconds, self.worker_lease_seconds
+            ));
+        }
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             problems.push(format!("log_level: {error}"));
         }
@@ -202,7 +213,7 @@ fn read_document(path: &Path) -> Result<serde_yaml::Mapping, ConfigError> {
 
 /// Environment values are strings; numeric fields are parsed as YAML so `16` is a number.
 fn environment_value(field: &str, value: &str) -> serde_yaml::Value {
-    if field == "database_max_connections" || field == "worker_heartbeat_seconds" {
+    if matches!(field, "database_max_connections" | "worker_heartbeat_seconds" | "worker_lease_seconds") {
         if let Ok(number) = value.trim().parse::<u64>() {
             return serde_yaml::Value::from(number);
         }

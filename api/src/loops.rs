@@ -163,3 +163,37 @@ impl Scheduler {
         }
     }
 }
+
+/// Gives up attempts whose worker stopped heartbeating (their lease expired) and marks
+/// silent workers gone. Runs in every replica; rows are taken with `skip locked`.
+#[derive(Debug, Clone)]
+pub struct LeaseReaper {
+    pub db: PgPool,
+    pub lease: Duration,
+    pub interval: Duration,
+}
+
+impl LeaseReaper {
+    pub fn new(db: PgPool, lease: Duration) -> Self {
+        Self { db, lease, interval: Duration::from_secs(1) }
+    }
+
+    /// One pass; returns how many attempts it gave up.
+    pub async fn tick(&self) -> anyhow::Result<usize> {
+        let mut connection = self.db.acquire().await?;
+        let random = dispatch::random_fraction()?;
+        Ok(crate::store::assignment::expire_leases(&mut connection, self.lease, random).await?)
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            if let Err(error) = self.tick().await {
+                tracing::warn!(error = format!("{error:#}"), "expiring leases failed; retrying");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+        }
+    }
+}

@@ -9,7 +9,7 @@ use crate::auth::{hash_key, visible_prefix};
 use crate::config::Config;
 use crate::http::workers::WorkerSettings;
 use crate::http::{app, default_policies, AppState};
-use crate::loops::{Promoter, Scheduler, Wakeup, ASSIGNED_CHANNEL, READY_CHANNEL};
+use crate::loops::{LeaseReaper, Promoter, Scheduler, Wakeup, ASSIGNED_CHANNEL, READY_CHANNEL};
 use crate::{db, store};
 
 /// Connects, applies migrations (safe when replicas start together), and installs the
@@ -37,19 +37,23 @@ pub async fn serve_http(
     let workers = WorkerSettings::new(
         config.worker_registration_token.as_ref().map(|token| token.expose()),
         config.worker_heartbeat_seconds,
+        config.worker_lease_seconds,
     );
     let assigned = Wakeup::spawn(pool.clone(), ASSIGNED_CHANNEL, shutdown.clone());
     let ready = Wakeup::spawn(pool.clone(), READY_CHANNEL, shutdown.clone());
     let state = AppState::new(pool.clone(), default_policies()).with_workers(workers, assigned);
     let promoter = tokio::spawn(Promoter::new(pool.clone(), state.policies.clone()).run(shutdown.clone()));
-    let scheduler = tokio::spawn(Scheduler::new(pool).run(ready, shutdown.clone()));
+    let mut scheduler = Scheduler::new(pool.clone());
+    scheduler.limits.lease = workers.lease();
+    let scheduler = tokio::spawn(scheduler.run(ready, shutdown.clone()));
+    let reaper = tokio::spawn(LeaseReaper::new(pool, workers.lease()).run(shutdown.clone()));
     tracing::info!(%address, "listening on http://{address}");
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await
         .context("serving HTTP");
     shutdown.cancel();
-    let _ = tokio::join!(promoter, scheduler);
+    let _ = tokio::join!(promoter, scheduler, reaper);
     served
 }
 

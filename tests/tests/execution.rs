@@ -106,3 +106,55 @@ async fn jobs_run_on_real_workers_with_best_fit_placement() {
     assert!(small.body["jobs_run"].as_i64().is_some_and(|n| n >= 1), "{small:?}");
     assert_eq!(small.body["used_slots"], 0);
 }
+
+async fn registered_worker_id(admin: &Client, name: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = admin.get("/api/v1/workers").await;
+        if let Some(worker) = listed.body["workers"].as_array().and_then(|w| w.iter().find(|w| w["name"] == name)) {
+            return worker["id"].as_str().expect("id").to_owned();
+        }
+        assert!(Instant::now() < deadline, "worker {name} did not register");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn cancelling_a_running_job_stops_it_on_its_worker() {
+    let system = start_system().await;
+    let acme = system.server.tenant("acme").await;
+    let _worker = start_worker(&system, "w", 2000);
+    let id = submit(&acme, json!({"command": {"argv": ["sleep", "60"]}, "max_attempts": 3})).await;
+    wait_for_state(&acme, &id, &["running"]).await;
+    let requested = acme.post(&format!("/api/v1/jobs/{id}/cancel"), json!({})).await;
+    assert_eq!(
+        (requested.body["state"].as_str(), requested.body["cancel_requested_at"].is_string()),
+        (Some("running"), true)
+    );
+    let cancelled = wait_for_state(&acme, &id, &["cancelled", "succeeded", "dead_lettered", "queued"]).await;
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    assert_eq!(cancelled["attempt"], 1, "not retried");
+}
+
+#[tokio::test]
+async fn a_job_on_a_killed_worker_is_requeued_and_completes_elsewhere() {
+    let system = start_system().await;
+    let admin = system.server.admin();
+    let acme = system.server.tenant("acme").await;
+    let mut doomed = start_worker(&system, "doomed", 2000);
+    let doomed_id = registered_worker_id(&admin, "doomed").await;
+    let id = submit(&acme, json!({"command": {"argv": ["sleep", "2"]}})).await;
+    let running = wait_for_state(&acme, &id, &["running"]).await;
+    assert_eq!(running["worker_id"], doomed_id.as_str());
+
+    doomed.start_kill().expect("SIGKILL");
+    doomed.wait().await.expect("reaped");
+    let _survivor = start_worker(&system, "survivor", 2000);
+    let survivor_id = registered_worker_id(&admin, "survivor").await;
+
+    // The lease (4 s here) expires; the job is requeued and runs on the survivor.
+    let done = wait_for_state(&acme, &id, &["succeeded"]).await;
+    assert_eq!((done["worker_id"].as_str(), done["attempt"].as_i64()), (Some(survivor_id.as_str()), Some(2)));
+    let gone = admin.get(&format!("/api/v1/workers/{doomed_id}")).await;
+    assert_eq!(gone.body["state"], "gone", "{gone:?}");
+}

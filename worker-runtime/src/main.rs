@@ -182,6 +182,7 @@ async fn run(api_url: &str, args: RunArgs) -> anyhow::Result<()> {
         api_url: api_url.to_owned(),
         id: registered.worker_id.clone(),
         token: registered.token.clone(),
+        cancels: std::sync::Mutex::new(BTreeMap::new()),
     });
 
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -229,6 +230,8 @@ struct WorkerSession {
     api_url: String,
     id: String,
     token: String,
+    /// Running jobs, by id: notified to stop them when the API says they were cancelled.
+    cancels: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Notify>>>,
 }
 
 impl WorkerSession {
@@ -297,6 +300,11 @@ async fn heartbeat_loop(worker: Arc<WorkerSession>, seconds: u64, stopping: Arc<
                     if let Some(seconds) = reply["heartbeat_seconds"].as_u64() {
                         interval = Duration::from_secs(seconds.max(1));
                     }
+                    for job in reply["cancel"].as_array().into_iter().flatten().filter_map(|j| j.as_str()) {
+                        if let Some(cancel) = worker.cancels.lock().ok().and_then(|c| c.get(job).cloned()) {
+                            cancel.notify_one();
+                        }
+                    }
                 }
             }
             Ok(response) => eprintln!("hodei-worker: heartbeat failed: HTTP {}", response.status()),
@@ -328,16 +336,29 @@ async fn run_assignment(worker: Arc<WorkerSession>, assignment: Assignment) {
             return;
         }
     };
+    let cancel = Arc::new(tokio::sync::Notify::new());
+    if let Ok(mut cancels) = worker.cancels.lock() {
+        cancels.insert(assignment.job_id.clone(), cancel.clone());
+    }
     worker.report(&path("start"), json!({"attempt": assignment.attempt})).await;
     let limit = Duration::from_secs(assignment.timeout_seconds.max(1));
-    let report = match tokio::time::timeout(limit, child.wait()).await {
-        Ok(Ok(status)) => json!({"attempt": assignment.attempt, "exit_code": status.code()}),
-        Ok(Err(error)) => json!({"attempt": assignment.attempt, "error": format!("waiting for the process: {error}")}),
-        Err(_) => {
+    let report = tokio::select! {
+        waited = tokio::time::timeout(limit, child.wait()) => match waited {
+            Ok(Ok(status)) => json!({"attempt": assignment.attempt, "exit_code": status.code()}),
+            Ok(Err(error)) => json!({"attempt": assignment.attempt, "error": format!("waiting for the process: {error}")}),
+            Err(_) => {
+                let _ = child.kill().await;
+                json!({"attempt": assignment.attempt, "error": format!("timed out after {} s", limit.as_secs())})
+            }
+        },
+        _ = cancel.notified() => {
             let _ = child.kill().await;
-            json!({"attempt": assignment.attempt, "error": format!("timed out after {} s", limit.as_secs())})
+            json!({"attempt": assignment.attempt, "error": "cancelled"})
         }
     };
+    if let Ok(mut cancels) = worker.cancels.lock() {
+        cancels.remove(&assignment.job_id);
+    }
     worker.report(&path("finish"), report).await;
 }
 

@@ -149,9 +149,7 @@ async fn finish_job(
     let id = identity.check(&id)?;
     let job_id = parse_job(&job_id)?;
     let result = AttemptResult { job_id, attempt: report.attempt, exit_code: report.exit_code, error: report.error };
-    let mut random = [0u8; 8];
-    getrandom::getrandom(&mut random).map_err(|e| ApiError::internal(anyhow::anyhow!("no randomness: {e}")))?;
-    let random = (u64::from_le_bytes(random) >> 11) as f64 / (1u64 << 53) as f64;
+    let random = crate::store::dispatch::random_fraction()?;
     let mut connection = state.db.acquire().await?;
     let outcome = match assignment::finish(&mut connection, id, &result, random).await? {
         Recorded::Stale => return Err(stale_attempt()),
@@ -170,22 +168,27 @@ pub struct WorkerSettings {
     /// SHA-256 of the registration token; registration is closed without one.
     pub registration_token_hash: Option<[u8; 32]>,
     pub heartbeat_seconds: u32,
+    pub lease_seconds: u32,
 }
 
 impl WorkerSettings {
-    pub fn new(registration_token: Option<&str>, heartbeat_seconds: u32) -> Self {
+    pub fn new(registration_token: Option<&str>, heartbeat_seconds: u32, lease_seconds: u32) -> Self {
         let registration_token_hash = registration_token.map(|token| {
             let mut hash = [0u8; 32];
             hash.copy_from_slice(&hash_key(token));
             hash
         });
-        Self { registration_token_hash, heartbeat_seconds }
+        Self { registration_token_hash, heartbeat_seconds, lease_seconds }
+    }
+
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lease_seconds.into())
     }
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        Self { registration_token_hash: None, heartbeat_seconds: 5 }
+        Self { registration_token_hash: None, heartbeat_seconds: 5, lease_seconds: 30 }
     }
 }
 
@@ -264,6 +267,8 @@ pub struct Heartbeat {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HeartbeatReply {
     pub heartbeat_seconds: u32,
+    /// Jobs on this worker whose cancellation was requested: stop them and report.
+    pub cancel: Vec<Uuid>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -359,10 +364,11 @@ async fn heartbeat(
     if !matches!(request.state, WorkerState::Idle | WorkerState::Busy | WorkerState::Draining) {
         return Err(ValidationErrors::single("state", "must be idle, busy or draining").into());
     }
-    if !workers::heartbeat(&state.db, id, request.state).await? {
+    let mut connection = state.db.acquire().await?;
+    let Some(cancel) = assignment::heartbeat(&mut connection, id, request.state, state.workers.lease()).await? else {
         return Err(ApiError::unauthorized("the worker has deregistered"));
-    }
-    Ok(axum::Json(HeartbeatReply { heartbeat_seconds: state.workers.heartbeat_seconds }))
+    };
+    Ok(axum::Json(HeartbeatReply { heartbeat_seconds: state.workers.heartbeat_seconds, cancel }))
 }
 
 /// A worker leaves (after draining). Its token stops working.

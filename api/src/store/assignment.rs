@@ -153,14 +153,14 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
             returning r.job_id, r.enqueued_at, r.cpu_millis, r.memory_mib, r.queue
          ), assigned as (
             update jobs j set state = 'assigned', attempt = j.attempt + 1, assigned_at = now(), updated_at = now(),
-                worker_id = p.worker_id, lease_expires_at = now() + make_interval(secs => $3),
+                worker_id = p.worker_id,
                 wait_ms = (extract(epoch from now() - r.enqueued_at) * 1000)::bigint
             from removed r join pairs p on p.job_id = r.job_id
             where j.id = r.job_id
             returning j.id, j.tenant_id, j.attempt, j.worker_id, j.wait_ms, j.queue, r.cpu_millis, r.memory_mib
          ), held as (
-            insert into worker_jobs (job_id, worker_id, attempt, cpu_millis, memory_mib)
-            select id, worker_id, attempt, cpu_millis, memory_mib from assigned
+            insert into worker_jobs (job_id, worker_id, attempt, cpu_millis, memory_mib, lease_expires_at)
+            select id, worker_id, attempt, cpu_millis, memory_mib, now() + make_interval(secs => $3) from assigned
          ), used as (
             update workers w set used_cpu_millis = w.used_cpu_millis + u.cpu, used_memory_mib = w.used_memory_mib + u.memory,
                 used_slots = w.used_slots + u.jobs, state = 'busy'
@@ -275,18 +275,8 @@ pub async fn finish(
     let Some((cpu, memory)) = held else {
         return Ok(Recorded::Stale);
     };
-    sqlx::query(
-        "update workers set used_cpu_millis = used_cpu_millis - $2, used_memory_mib = used_memory_mib - $3,
-             used_slots = used_slots - 1, jobs_run = jobs_run + 1,
-             state = case when used_slots - 1 = 0 and state = 'busy' then 'idle' else state end
-         where id = $1",
-    )
-    .bind(worker_id)
-    .bind(cpu)
-    .bind(memory)
-    .execute(&mut *transaction)
-    .await?;
-    sqlx::query("update jobs set exit_code = $2, lease_expires_at = null where id = $1")
+    release(&mut transaction, worker_id, cpu, memory).await?;
+    sqlx::query("update jobs set exit_code = $2 where id = $1")
         .bind(result.job_id)
         .bind(result.exit_code)
         .execute(&mut *transaction)
@@ -306,4 +296,93 @@ pub async fn finish(
     sqlx::query("select pg_notify('hodei_ready', 'capacity')").execute(&mut *transaction).await?;
     transaction.commit().await?;
     Ok(recorded)
+}
+
+/// Gives a finished attempt's capacity back to its worker.
+async fn release(db: &mut PgConnection, worker_id: Uuid, cpu: i32, memory: i32) -> sqlx::Result<()> {
+    sqlx::query(
+        "update workers set used_cpu_millis = used_cpu_millis - $2, used_memory_mib = used_memory_mib - $3,
+             used_slots = used_slots - 1, jobs_run = jobs_run + 1,
+             state = case when used_slots - 1 = 0 and state = 'busy' then 'idle' else state end
+         where id = $1",
+    )
+    .bind(worker_id)
+    .bind(cpu)
+    .bind(memory)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A heartbeat: the worker is alive, its attempts' leases run on, and it learns which of
+/// its jobs were cancelled. Returns `None` when the worker is gone.
+pub async fn heartbeat(
+    db: &mut PgConnection,
+    worker_id: Uuid,
+    state: crate::store::workers::WorkerState,
+    lease: Duration,
+) -> sqlx::Result<Option<Vec<Uuid>>> {
+    let alive: Option<Uuid> = sqlx::query_scalar(
+        "with worker as (
+            update workers set last_heartbeat_at = now(), state = $2 where id = $1 and gone_at is null returning id
+         ), leases as (
+            update worker_jobs set lease_expires_at = now() + make_interval(secs => $3)
+            where worker_id = (select id from worker)
+         )
+         select id from worker",
+    )
+    .bind(worker_id)
+    .bind(state.as_str())
+    .bind(lease.as_secs_f64())
+    .fetch_optional(&mut *db)
+    .await?;
+    if alive.is_none() {
+        return Ok(None);
+    }
+    let cancelled: Vec<Uuid> = sqlx::query_scalar(
+        "select w.job_id from worker_jobs w join jobs j on j.id = w.job_id
+         where w.worker_id = $1 and j.cancel_requested_at is not null order by w.job_id",
+    )
+    .bind(worker_id)
+    .fetch_all(db)
+    .await?;
+    Ok(Some(cancelled))
+}
+
+/// Gives up attempts whose lease expired (their worker stopped heartbeating): each is a
+/// failed attempt — retried or dead-lettered — fenced by its attempt number. Then marks
+/// workers silent for longer than `lease` as gone. Returns how many attempts it gave up.
+pub async fn expire_leases(db: &mut PgConnection, lease: Duration, random: f64) -> sqlx::Result<usize> {
+    let mut transaction = db.begin().await?;
+    let expired: Vec<(Uuid, Uuid, i32, i32, i32)> = sqlx::query_as(
+        "delete from worker_jobs where job_id in (
+             select job_id from worker_jobs where lease_expires_at < now()
+             order by lease_expires_at limit 100 for update skip locked
+         )
+         returning job_id, worker_id, attempt, cpu_millis, memory_mib",
+    )
+    .fetch_all(&mut *transaction)
+    .await?;
+    for (job_id, worker_id, attempt, cpu, memory) in &expired {
+        release(&mut transaction, *worker_id, *cpu, *memory).await?;
+        let failure = Failure {
+            job_id: *job_id,
+            attempt: *attempt,
+            error: "lease expired: the worker stopped heartbeating".to_owned(),
+            retryable: true,
+        };
+        dispatch::fail(&mut transaction, &failure, random).await?;
+    }
+    sqlx::query(
+        "update workers set state = 'gone', gone_at = now()
+         where gone_at is null and last_heartbeat_at < now() - make_interval(secs => $1)",
+    )
+    .bind(lease.as_secs_f64())
+    .execute(&mut *transaction)
+    .await?;
+    if !expired.is_empty() {
+        sqlx::query("select pg_notify('hodei_ready', 'capacity')").execute(&mut *transaction).await?;
+    }
+    transaction.commit().await?;
+    Ok(expired.len())
 }

@@ -176,6 +176,13 @@ pub async fn complete(db: impl PgExecutor<'_>, attempts: &[(Uuid, i32)]) -> sqlx
     .await
 }
 
+/// A random number in `[0, 1)` for backoff jitter, from the operating system.
+pub fn random_fraction() -> anyhow::Result<f64> {
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes).map_err(|error| anyhow::anyhow!("no randomness available: {error}"))?;
+    Ok((u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64)
+}
+
 /// A failed attempt.
 #[derive(Debug, Clone)]
 pub struct Failure {

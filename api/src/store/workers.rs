@@ -160,18 +160,6 @@ pub async fn resolve_token(db: impl PgExecutor<'_>, token_hash: &[u8]) -> sqlx::
         .await
 }
 
-/// Records a heartbeat: the worker is alive and in `state` (idle, busy or draining).
-/// Returns false when the worker is gone.
-pub async fn heartbeat(db: impl PgExecutor<'_>, id: Uuid, state: WorkerState) -> sqlx::Result<bool> {
-    let result =
-        sqlx::query("update workers set last_heartbeat_at = now(), state = $2 where id = $1 and gone_at is null")
-            .bind(id)
-            .bind(state.as_str())
-            .execute(db)
-            .await?;
-    Ok(result.rows_affected() == 1)
-}
-
 /// Marks a worker gone; its token stops working.
 pub async fn deregister(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<bool> {
     let result = sqlx::query("update workers set state = 'gone', gone_at = now() where id = $1 and gone_at is null")
