@@ -216,7 +216,7 @@ async fn the_claim_reads_the_order_index_on_a_million_queued_jobs() {
         .await
         .expect("fk");
     // In chunks, each well inside the pool's statement timeout on a busy machine.
-    for chunk in 0..10 {
+    for chunk in 0..10_i32 {
         sqlx::query(
             "insert into ready_jobs (job_id, queue, tenant_id, priority, rank, fair, cpu_millis, memory_mib, labels)
              select gen_random_uuid(), case when g % 10 = 0 then 'low' else 'default' end, $1, 1 + g % 10,
@@ -224,7 +224,7 @@ async fn the_claim_reads_the_order_index_on_a_million_queued_jobs() {
              from generate_series($2 * 100000 + 1, ($2 + 1) * 100000) g",
         )
         .bind(acme.id)
-        .bind(chunk as i32)
+        .bind(chunk)
         .execute(&engine.pool)
         .await
         .expect("seed");
