@@ -20,3 +20,12 @@ create table worker_jobs (
 );
 create index worker_jobs_worker_idx on worker_jobs (worker_id);
 create index worker_jobs_lease_idx on worker_jobs (lease_expires_at);
+
+-- When the lease reaper last ran (any replica). A gap longer than a lease means the whole
+-- control plane was down: workers could not heartbeat, so their leases are extended
+-- rather than expired.
+create table control_plane (
+    id          integer     primary key constraint control_plane_singleton check (id = 1),
+    reaper_at   timestamptz not null
+);
+insert into control_plane (id, reaper_at) values (1, now());

@@ -48,7 +48,11 @@ impl Server {
 
     /// Starts `hodei serve` without waiting for it.
     pub fn spawn(database_url: &str) -> Server {
-        let port = free_port();
+        Self::spawn_on(database_url, free_port())
+    }
+
+    /// Starts `hodei serve` on `port` without waiting for it.
+    pub fn spawn_on(database_url: &str, port: u16) -> Server {
         let log = std::env::temp_dir().join(format!("hodei-e2e-{port}-{}.log", std::process::id()));
         let log_file = std::fs::File::create(&log).expect("create the server log");
         let child = tokio::process::Command::new(binary("hodei"))
@@ -83,6 +87,16 @@ impl Server {
             assert!(Instant::now() < deadline, "server not ready in {limit:?}; log:\n{}", self.log_text());
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_default()
+    }
+
+    /// Kills the process (SIGKILL) and waits for it to end.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
     }
 
     pub fn log_text(&self) -> String {

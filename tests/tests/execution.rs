@@ -158,3 +158,26 @@ async fn a_job_on_a_killed_worker_is_requeued_and_completes_elsewhere() {
     let gone = admin.get(&format!("/api/v1/workers/{doomed_id}")).await;
     assert_eq!(gone.body["state"], "gone", "{gone:?}");
 }
+
+#[tokio::test]
+async fn results_survive_the_api_being_down_for_twenty_seconds() {
+    let mut system = start_system().await;
+    let acme = system.server.tenant("acme").await;
+    let _worker = start_worker(&system, "w", 2000);
+    let first = submit(&acme, json!({"command": {"argv": ["sleep", "5"]}})).await;
+    let second = submit(&acme, json!({"command": {"argv": ["sh", "-c", "sleep 6; exit 4"]}, "max_attempts": 1})).await;
+    wait_for_state(&acme, &first, &["running"]).await;
+    wait_for_state(&acme, &second, &["running"]).await;
+
+    let port = system.server.port();
+    system.server.kill().await;
+    // Both jobs finish while the API is away; the worker holds on to their results.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    system.server = hodei_e2e::Server::spawn_on(&system.database.url, port);
+    system.server.wait_ready(Duration::from_secs(60)).await;
+
+    let done = wait_for_state(&acme, &first, &["succeeded", "dead_lettered", "queued", "scheduled"]).await;
+    assert_eq!((done["state"].as_str(), done["attempt"].as_i64()), (Some("succeeded"), Some(1)), "{done}");
+    let failed = wait_for_state(&acme, &second, &["dead_lettered", "succeeded", "queued", "scheduled"]).await;
+    assert_eq!((failed["state"].as_str(), failed["exit_code"].as_i64()), (Some("dead_lettered"), Some(4)), "{failed}");
+}

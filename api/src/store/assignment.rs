@@ -352,8 +352,29 @@ pub async fn heartbeat(
 /// Gives up attempts whose lease expired (their worker stopped heartbeating): each is a
 /// failed attempt — retried or dead-lettered — fenced by its attempt number. Then marks
 /// workers silent for longer than `lease` as gone. Returns how many attempts it gave up.
+/// After an outage of the whole control plane, leases are extended instead (see below).
 pub async fn expire_leases(db: &mut PgConnection, lease: Duration, random: f64) -> sqlx::Result<usize> {
     let mut transaction = db.begin().await?;
+    // If no replica has reaped for half a lease, the control plane was down and workers had
+    // nobody to heartbeat to: grant every live lease and worker a fresh term first.
+    let gap: f64 = sqlx::query_scalar(
+        "select extract(epoch from now() - reaper_at)::float8 from control_plane where id = 1 for update",
+    )
+    .fetch_one(&mut *transaction)
+    .await?;
+    if gap > lease.as_secs_f64() / 2.0 {
+        tracing::info!(gap_seconds = gap, "the control plane was away; extending worker leases");
+        sqlx::query(
+            "with leases as (
+                update worker_jobs set lease_expires_at = greatest(lease_expires_at, now() + make_interval(secs => $1))
+             )
+             update workers set last_heartbeat_at = greatest(last_heartbeat_at, now()) where gone_at is null",
+        )
+        .bind(lease.as_secs_f64())
+        .execute(&mut *transaction)
+        .await?;
+    }
+    sqlx::query("update control_plane set reaper_at = now() where id = 1").execute(&mut *transaction).await?;
     let expired: Vec<(Uuid, Uuid, i32, i32, i32)> = sqlx::query_as(
         "delete from worker_jobs where job_id in (
              select job_id from worker_jobs where lease_expires_at < now()
