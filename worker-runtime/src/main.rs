@@ -21,7 +21,8 @@ use serde_json::json;
 #[derive(Debug, Parser)]
 #[command(name = "hodei-worker", version, about = "Hodei worker agent")]
 struct Cli {
-    /// Base URL of the Hodei API, e.g. http://127.0.0.1:8080
+    /// Base URL of the Hodei API, e.g. http://127.0.0.1:8080; several replicas may be given,
+    /// separated by commas: the worker moves to the next when one stops answering.
     #[arg(long, env = "HODEI_API_URL")]
     api_url: String,
     #[command(subcommand)]
@@ -71,9 +72,9 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let api_url = cli.api_url.trim_end_matches('/').to_owned();
-    if !(api_url.starts_with("http://") || api_url.starts_with("https://")) {
-        eprintln!("hodei-worker: --api-url must start with http:// or https://, got {api_url:?}");
+    let api_urls: Vec<String> = cli.api_url.split(',').map(|url| url.trim().trim_end_matches('/').to_owned()).collect();
+    if let Some(bad) = api_urls.iter().find(|url| !(url.starts_with("http://") || url.starts_with("https://"))) {
+        eprintln!("hodei-worker: --api-url must start with http:// or https://, got {bad:?}");
         return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -84,8 +85,8 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Check => runtime.block_on(check(&api_url)),
-        Command::Run(args) => runtime.block_on(run(&api_url, args)),
+        Command::Check => runtime.block_on(check(&api_urls[0])),
+        Command::Run(args) => runtime.block_on(run(api_urls, args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -135,7 +136,7 @@ struct Registered {
     heartbeat_seconds: u64,
 }
 
-async fn run(api_url: &str, args: RunArgs) -> anyhow::Result<()> {
+async fn run(api_urls: Vec<String>, args: RunArgs) -> anyhow::Result<()> {
     let client = client()?;
     let (detected_cpu, detected_memory) = detect_resources();
     let name = args.name.clone().unwrap_or_else(|| {
@@ -155,7 +156,10 @@ async fn run(api_url: &str, args: RunArgs) -> anyhow::Result<()> {
     let mut stop = Box::pin(shutdown_signal());
     // Register, retrying with backoff while the API is unreachable.
     let mut delay = Duration::from_millis(200);
+    let mut url_index = 0;
     let registered: Registered = loop {
+        let api_url = &api_urls[url_index % api_urls.len()];
+        url_index += 1;
         let attempt = client
             .post(format!("{api_url}/api/v1/workers/register"))
             .bearer_auth(&args.registration_token)
@@ -179,7 +183,8 @@ async fn run(api_url: &str, args: RunArgs) -> anyhow::Result<()> {
     println!("registered as worker {}", registered.worker_id);
     let worker = Arc::new(WorkerSession {
         client: client.clone(),
-        api_url: api_url.to_owned(),
+        api_urls: api_urls.clone(),
+        current: std::sync::atomic::AtomicUsize::new((url_index - 1) % api_urls.len()),
         id: registered.worker_id.clone(),
         token: registered.token.clone(),
         cancels: std::sync::Mutex::new(BTreeMap::new()),
@@ -227,7 +232,9 @@ async fn run(api_url: &str, args: RunArgs) -> anyhow::Result<()> {
 #[derive(Debug)]
 struct WorkerSession {
     client: reqwest::Client,
-    api_url: String,
+    api_urls: Vec<String>,
+    /// The replica in use; moves on when it stops answering.
+    current: std::sync::atomic::AtomicUsize,
     id: String,
     token: String,
     /// Running jobs, by id: notified to stop them when the API says they were cancelled.
@@ -235,24 +242,38 @@ struct WorkerSession {
 }
 
 impl WorkerSession {
+    fn api_url(&self) -> &str {
+        &self.api_urls[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.api_urls.len()]
+    }
+
+    /// After a request could not be delivered: try the next replica next time.
+    fn fail_over<T>(&self, result: reqwest::Result<T>) -> reqwest::Result<T> {
+        if result.as_ref().is_err_and(|error| error.is_connect() || error.is_timeout()) && self.api_urls.len() > 1 {
+            self.current.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
     async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Result<reqwest::Response> {
-        self.client
-            .post(format!("{}/api/v1/workers/{}/{path}", self.api_url, self.id))
+        let sent = self
+            .client
+            .post(format!("{}/api/v1/workers/{}/{path}", self.api_url(), self.id))
             .bearer_auth(&self.token)
             .json(body)
             .send()
-            .await
+            .await;
+        self.fail_over(sent)
     }
 
     async fn poll(&self) -> anyhow::Result<Vec<Assignment>> {
-        let response = self
+        let sent = self
             .client
-            .get(format!("{}/api/v1/workers/{}/assignments?wait_seconds=20", self.api_url, self.id))
+            .get(format!("{}/api/v1/workers/{}/assignments?wait_seconds=20", self.api_url(), self.id))
             .bearer_auth(&self.token)
             .timeout(Duration::from_secs(30))
             .send()
-            .await?
-            .error_for_status()?;
+            .await;
+        let response = self.fail_over(sent)?.error_for_status()?;
         #[derive(Deserialize)]
         struct Assignments {
             assignments: Vec<Assignment>,
