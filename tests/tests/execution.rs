@@ -181,3 +181,36 @@ async fn results_survive_the_api_being_down_for_twenty_seconds() {
     let failed = wait_for_state(&acme, &second, &["dead_lettered", "succeeded", "queued", "scheduled"]).await;
     assert_eq!((failed["state"].as_str(), failed["exit_code"].as_i64()), (Some("dead_lettered"), Some(4)), "{failed}");
 }
+
+#[tokio::test]
+async fn a_jobs_output_is_stored_and_read_back_by_cursor() {
+    let system = start_system().await;
+    let acme = system.server.tenant("acme").await;
+    let other = system.server.tenant("other").await;
+    let _worker = start_worker(&system, "w", 2000);
+    let script = "for i in $(seq 1 20000); do echo line $i; done; echo oops >&2";
+    let id = submit(&acme, json!({"command": {"argv": ["sh", "-c", script]}})).await;
+    wait_for_state(&acme, &id, &["succeeded"]).await;
+
+    let (mut stdout, mut stderr, mut after, mut pages) = (String::new(), String::new(), 0_i64, 0);
+    loop {
+        let page = acme.get(&format!("/api/v1/jobs/{id}/logs?after={after}&limit=7")).await;
+        assert_eq!(page.status, StatusCode::OK, "{page:?}");
+        let chunks = page.body["chunks"].as_array().expect("chunks").clone();
+        if chunks.is_empty() {
+            break;
+        }
+        pages += 1;
+        for chunk in chunks {
+            let target = if chunk["stream"] == "stdout" { &mut stdout } else { &mut stderr };
+            target.push_str(chunk["data"].as_str().expect("data"));
+        }
+        after = page.body["next_after"].as_i64().expect("cursor");
+    }
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 20000);
+    assert_eq!((lines[0], lines[19999]), ("line 1", "line 20000"));
+    assert_eq!(stderr, "oops\n");
+    assert!(pages >= 1);
+    other.get(&format!("/api/v1/jobs/{id}/logs")).await.assert_problem(StatusCode::NOT_FOUND, "not_found");
+}

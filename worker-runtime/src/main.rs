@@ -343,7 +343,7 @@ async fn run_assignment(worker: Arc<WorkerSession>, assignment: Assignment) {
         return;
     };
     let mut command = tokio::process::Command::new(program);
-    command.args(args).envs(&assignment.env).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    command.args(args).envs(&assignment.env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     command.process_group(0).kill_on_drop(true);
     if let Some(dir) = &assignment.working_dir {
         command.current_dir(dir);
@@ -357,6 +357,13 @@ async fn run_assignment(worker: Arc<WorkerSession>, assignment: Assignment) {
             return;
         }
     };
+    // Output goes to the API in chunks while the job runs.
+    let (chunks, shipped) = tokio::sync::mpsc::channel::<(&'static str, Vec<u8>)>(64);
+    let readers = [
+        tokio::spawn(read_pipe(child.stdout.take(), "stdout", chunks.clone())),
+        tokio::spawn(read_pipe(child.stderr.take(), "stderr", chunks)),
+    ];
+    let shipper = tokio::spawn(ship_logs(worker.clone(), path("logs"), assignment.attempt, shipped));
     let cancel = Arc::new(tokio::sync::Notify::new());
     if let Ok(mut cancels) = worker.cancels.lock() {
         cancels.insert(assignment.job_id.clone(), cancel.clone());
@@ -380,7 +387,55 @@ async fn run_assignment(worker: Arc<WorkerSession>, assignment: Assignment) {
     if let Ok(mut cancels) = worker.cancels.lock() {
         cancels.remove(&assignment.job_id);
     }
+    // All output is shipped before the result, so a finished job's log is complete.
+    for reader in readers {
+        let _ = reader.await;
+    }
+    let _ = shipper.await;
     worker.report(&path("finish"), report).await;
+}
+
+/// Reads a child's pipe to its end, passing chunks on.
+async fn read_pipe<R: tokio::io::AsyncRead + Unpin>(
+    pipe: Option<R>,
+    stream: &'static str,
+    chunks: tokio::sync::mpsc::Sender<(&'static str, Vec<u8>)>,
+) {
+    use tokio::io::AsyncReadExt;
+    let Some(mut pipe) = pipe else { return };
+    let mut buffer = vec![0u8; 16 * 1024];
+    while let Ok(read) = pipe.read(&mut buffer).await {
+        if read == 0 || chunks.send((stream, buffer[..read].to_vec())).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Ships output chunks in batches (up to 256 chunks or about 256 KiB) until the pipes close.
+async fn ship_logs(
+    worker: Arc<WorkerSession>,
+    path: String,
+    attempt: i32,
+    mut shipped: tokio::sync::mpsc::Receiver<(&'static str, Vec<u8>)>,
+) {
+    while let Some(first) = shipped.recv().await {
+        let mut batch = vec![first];
+        let mut bytes = batch[0].1.len();
+        while batch.len() < 256 && bytes < 256 * 1024 {
+            match shipped.try_recv() {
+                Ok(chunk) => {
+                    bytes += chunk.1.len();
+                    batch.push(chunk);
+                }
+                Err(_) => break,
+            }
+        }
+        let chunks: Vec<serde_json::Value> = batch
+            .into_iter()
+            .map(|(stream, data)| json!({"stream": stream, "data": String::from_utf8_lossy(&data).replace('\0', "")}))
+            .collect();
+        worker.report(&path, json!({"attempt": attempt, "chunks": chunks})).await;
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -19,6 +19,7 @@ use crate::error::{ApiError, Json, Problem, Query};
 use crate::http::AppState;
 use crate::store::enqueue::{self, SubmitOutcome};
 use crate::store::jobs::{self, CancelResult, Idempotency, Job, JobFilter, Submitter};
+use crate::store::logs::LogChunk;
 
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -27,7 +28,52 @@ pub const DEFAULT_PAGE_SIZE: i64 = 50;
 pub const MAX_PAGE_SIZE: i64 = 500;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(submit_job, list_jobs)).routes(routes!(get_job)).routes(routes!(cancel_job))
+    OpenApiRouter::new()
+        .routes(routes!(submit_job, list_jobs))
+        .routes(routes!(get_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(job_logs))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// Return chunks after this position (`next_after` of the previous call).
+    pub after: Option<i64>,
+    /// At most this many chunks, 1-1000 (default 500).
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogPage {
+    pub chunks: Vec<LogChunk>,
+    pub next_after: i64,
+}
+
+/// A job's output (stdout and stderr of every attempt), read by cursor.
+#[utoipa::path(
+    get, path = "/jobs/{id}/logs", tag = "jobs", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Job id"), LogsQuery),
+    responses((status = 200, body = LogPage), (status = 404, body = Problem, content_type = "application/problem+json"))
+)]
+async fn job_logs(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    Query(query): Query<LogsQuery>,
+) -> Result<axum::Json<LogPage>, ApiError> {
+    let job_id = parse_job_id(&id)?;
+    // The same tenant check as reading the job: another tenant's job does not exist.
+    jobs::get(&state.db, principal.tenant_scope(), job_id).await?.ok_or_else(|| job_not_found(&id))?;
+    let after = query.after.unwrap_or(0);
+    let limit = query.limit.unwrap_or(500);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit: must be between 1 and 1000, got {limit}")));
+    }
+    let chunks = crate::store::logs::read(&state.db, job_id, after, limit).await?;
+    let next_after = chunks.last().map_or(after, |chunk| chunk.seq);
+    Ok(axum::Json(LogPage { chunks, next_after }))
 }
 
 /// The batch route, kept apart because it accepts a larger body.

@@ -35,6 +35,52 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(poll_assignments))
         .routes(routes!(start_job))
         .routes(routes!(finish_job))
+        .routes(routes!(ship_logs))
+}
+
+/// Most chunks, and bytes per chunk, in one shipment.
+pub const MAX_LOG_CHUNKS: usize = 256;
+pub const MAX_LOG_CHUNK_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogShipment {
+    pub attempt: i32,
+    pub chunks: Vec<crate::store::logs::NewChunk>,
+}
+
+/// Append job output (stdout/stderr chunks) for an attempt this worker holds.
+#[utoipa::path(
+    post, path = "/workers/{id}/jobs/{job_id}/logs", tag = "workers", request_body = LogShipment, security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Worker id"), ("job_id" = Uuid, Path, description = "Job id")),
+    responses((status = 204, description = "stored"), (status = 409, description = "stale attempt", body = Problem, content_type = "application/problem+json"))
+)]
+async fn ship_logs(
+    State(state): State<AppState>,
+    identity: WorkerIdentity,
+    Path((id, job_id)): Path<(String, String)>,
+    Json(shipment): Json<LogShipment>,
+) -> Result<StatusCode, ApiError> {
+    let id = identity.check(&id)?;
+    let job_id = parse_job(&job_id)?;
+    let mut errors = ValidationErrors::new();
+    if shipment.chunks.len() > MAX_LOG_CHUNKS {
+        errors.add("chunks", format!("at most {MAX_LOG_CHUNKS} chunks per shipment"));
+    }
+    for (index, chunk) in shipment.chunks.iter().enumerate() {
+        if chunk.stream != "stdout" && chunk.stream != "stderr" {
+            errors.add(format!("chunks[{index}].stream"), "must be stdout or stderr");
+        }
+        if chunk.data.len() > MAX_LOG_CHUNK_BYTES || chunk.data.contains('\0') {
+            errors.add(format!("chunks[{index}].data"), format!("at most {MAX_LOG_CHUNK_BYTES} bytes, no NUL"));
+        }
+    }
+    errors.into_result(())?;
+    if crate::store::logs::append(&state.db, id, job_id, shipment.attempt, &shipment.chunks).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(stale_attempt())
+    }
 }
 
 /// Longest a long poll may wait.

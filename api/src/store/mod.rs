@@ -8,6 +8,7 @@ pub mod dispatch;
 pub mod enqueue;
 pub mod events;
 pub mod jobs;
+pub mod logs;
 pub mod queue_status;
 pub mod queues;
 pub mod tenants;
