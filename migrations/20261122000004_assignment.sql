@@ -12,8 +12,10 @@ create table worker_jobs (
     attempt     integer     not null,
     cpu_millis  integer     not null,
     memory_mib  integer     not null,
-    -- Set once the worker has received the assignment from its poll.
+    -- Set once the worker has received the assignment from its poll, and once it started.
     delivered   boolean     not null default false,
+    started     boolean     not null default false,
+    assigned_at timestamptz not null default now(),
     -- The worker's heartbeats extend this; past it, the attempt is given up and the job
     -- requeued (fenced by the attempt number).
     lease_expires_at timestamptz not null

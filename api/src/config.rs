@@ -62,6 +62,9 @@ pub struct Config {
     /// How long an assignment holds without a heartbeat before the job is requeued, and a
     /// silent worker is marked gone, in seconds.
     pub worker_lease_seconds: u32,
+    /// How long a worker may hold an assignment without starting it before the job is
+    /// given to another worker, in seconds.
+    pub worker_assignment_timeout_seconds: u32,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             worker_registration_token: None,
             worker_heartbeat_seconds: 5,
             worker_lease_seconds: 30,
+            worker_assignment_timeout_seconds: 60,
         }
     }
 }
@@ -93,6 +97,7 @@ pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
     ("HODEI_WORKER_REGISTRATION_TOKEN", "worker_registration_token"),
     ("HODEI_WORKER_HEARTBEAT_SECONDS", "worker_heartbeat_seconds"),
     ("HODEI_WORKER_LEASE_SECONDS", "worker_lease_seconds"),
+    ("HODEI_WORKER_ASSIGNMENT_TIMEOUT_SECONDS", "worker_assignment_timeout_seconds"),
 ];
 
 pub const MIN_BOOTSTRAP_ADMIN_KEY_LEN: usize = 32;
@@ -181,6 +186,12 @@ impl Config {
                 self.worker_heartbeat_seconds, self.worker_lease_seconds
             ));
         }
+        if !(1..=86_400).contains(&self.worker_assignment_timeout_seconds) {
+            problems.push(format!(
+                "worker_assignment_timeout_seconds: must be between 1 and 86400, got {}",
+                self.worker_assignment_timeout_seconds
+            ));
+        }
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             problems.push(format!("log_level: {error}"));
         }
@@ -213,7 +224,13 @@ fn read_document(path: &Path) -> Result<serde_yaml::Mapping, ConfigError> {
 
 /// Environment values are strings; numeric fields are parsed as YAML so `16` is a number.
 fn environment_value(field: &str, value: &str) -> serde_yaml::Value {
-    if matches!(field, "database_max_connections" | "worker_heartbeat_seconds" | "worker_lease_seconds") {
+    if matches!(
+        field,
+        "database_max_connections"
+            | "worker_heartbeat_seconds"
+            | "worker_lease_seconds"
+            | "worker_assignment_timeout_seconds"
+    ) {
         if let Ok(number) = value.trim().parse::<u64>() {
             return serde_yaml::Value::from(number);
         }

@@ -164,25 +164,25 @@ impl Scheduler {
     }
 }
 
-/// Gives up attempts whose worker stopped heartbeating (their lease expired) and marks
-/// silent workers gone. Runs in every replica; rows are taken with `skip locked`.
+/// Gives up attempts whose worker stopped heartbeating (their lease expired) or did not
+/// start them in time, and marks silent workers gone. Runs in every replica; rows are taken with `skip locked`.
 #[derive(Debug, Clone)]
 pub struct LeaseReaper {
     pub db: PgPool,
-    pub lease: Duration,
+    pub timeouts: crate::store::assignment::Timeouts,
     pub interval: Duration,
 }
 
 impl LeaseReaper {
-    pub fn new(db: PgPool, lease: Duration) -> Self {
-        Self { db, lease, interval: Duration::from_secs(1) }
+    pub fn new(db: PgPool, timeouts: crate::store::assignment::Timeouts) -> Self {
+        Self { db, timeouts, interval: Duration::from_secs(1) }
     }
 
     /// One pass; returns how many attempts it gave up.
     pub async fn tick(&self) -> anyhow::Result<usize> {
         let mut connection = self.db.acquire().await?;
         let random = dispatch::random_fraction()?;
-        Ok(crate::store::assignment::expire_leases(&mut connection, self.lease, random).await?)
+        Ok(crate::store::assignment::expire_leases(&mut connection, self.timeouts, random).await?)
     }
 
     pub async fn run(self, shutdown: CancellationToken) {

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::http::workers::WorkerSettings;
 use crate::http::{app, default_policies, AppState};
 use crate::loops::{LeaseReaper, Promoter, Scheduler, Wakeup, ASSIGNED_CHANNEL, READY_CHANNEL};
+use crate::store::assignment::Timeouts;
 use crate::{db, store};
 
 /// Connects, applies migrations (safe when replicas start together), and installs the
@@ -46,7 +47,11 @@ pub async fn serve_http(
     let mut scheduler = Scheduler::new(pool.clone());
     scheduler.limits.lease = workers.lease();
     let scheduler = tokio::spawn(scheduler.run(ready, shutdown.clone()));
-    let reaper = tokio::spawn(LeaseReaper::new(pool, workers.lease()).run(shutdown.clone()));
+    let timeouts = Timeouts {
+        lease: workers.lease(),
+        assignment: std::time::Duration::from_secs(config.worker_assignment_timeout_seconds.into()),
+    };
+    let reaper = tokio::spawn(LeaseReaper::new(pool, timeouts).run(shutdown.clone()));
     tracing::info!(%address, "listening on http://{address}");
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())

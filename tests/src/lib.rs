@@ -65,6 +65,7 @@ impl Server {
             .env("HODEI_WORKER_REGISTRATION_TOKEN", WORKER_REGISTRATION_TOKEN)
             .env("HODEI_WORKER_HEARTBEAT_SECONDS", "1")
             .env("HODEI_WORKER_LEASE_SECONDS", "4")
+            .env("HODEI_WORKER_ASSIGNMENT_TIMEOUT_SECONDS", "2")
             .env("HODEI_DATABASE_MAX_CONNECTIONS", "8")
             .env("HODEI_LOG_LEVEL", "info")
             .stdout(Stdio::null())

@@ -214,3 +214,20 @@ async fn a_jobs_output_is_stored_and_read_back_by_cursor() {
     assert!(pages >= 1);
     other.get(&format!("/api/v1/jobs/{id}/logs")).await.assert_problem(StatusCode::NOT_FOUND, "not_found");
 }
+
+#[tokio::test]
+async fn an_assignment_that_is_never_started_times_out() {
+    let system = start_system().await;
+    let acme = system.server.tenant("acme").await;
+    // A worker that registers and takes work but never starts it.
+    let registration = Client::new(&system.server.url, Some(WORKER_REGISTRATION_TOKEN));
+    let silent = registration
+        .post("/api/v1/workers/register", json!({"name": "silent", "cpu_millis": 1000, "memory_mib": 1024}))
+        .await;
+    assert_eq!(silent.status, StatusCode::CREATED, "{silent:?}");
+    let id = submit(&acme, json!({"command": {"argv": ["true"]}, "max_attempts": 1})).await;
+    let dead = wait_for_state(&acme, &id, &["dead_lettered", "succeeded"]).await;
+    assert_eq!(dead["state"], "dead_lettered");
+    assert!(dead["last_error"].as_str().is_some_and(|e| e.contains("assignment timed out")), "{dead}");
+    assert_eq!(dead["worker_id"], silent.body["worker_id"]);
+}

@@ -19,6 +19,14 @@ use uuid::Uuid;
 use crate::store::dispatch::{self, Failure, FailureResult};
 use crate::store::enqueue::unix_seconds;
 
+/// How long a worker may hold an attempt without a heartbeat (`lease`), and hold an
+/// assignment without starting it (`assignment`).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub lease: Duration,
+    pub assignment: Duration,
+}
+
 /// How much one cycle takes on.
 #[derive(Debug, Clone, Copy)]
 pub struct CycleLimits {
@@ -218,7 +226,9 @@ pub async fn take_assignments(db: &mut PgConnection, worker_id: Uuid) -> sqlx::R
 /// The worker started the attempt. False when the attempt is not this worker's current one.
 pub async fn start(db: &mut PgConnection, worker_id: Uuid, job_id: Uuid, attempt: i32) -> sqlx::Result<bool> {
     let started: Option<Uuid> = sqlx::query_scalar(
-        "with job as (
+        "with held as (
+            update worker_jobs set started = true where job_id = $1 and worker_id = $2 and attempt = $3
+         ), job as (
             update jobs set state = 'running', started_at = now(), updated_at = now()
             where id = $1 and attempt = $3 and worker_id = $2 and state = 'assigned'
             returning id, tenant_id, attempt
@@ -349,11 +359,13 @@ pub async fn heartbeat(
     Ok(Some(cancelled))
 }
 
-/// Gives up attempts whose lease expired (their worker stopped heartbeating): each is a
-/// failed attempt — retried or dead-lettered — fenced by its attempt number. Then marks
+/// Gives up attempts whose lease expired (their worker stopped heartbeating) or that their
+/// worker did not start in time: each is a failed attempt — retried or dead-lettered —
+/// fenced by its attempt number. Then marks
 /// workers silent for longer than `lease` as gone. Returns how many attempts it gave up.
 /// After an outage of the whole control plane, leases are extended instead (see below).
-pub async fn expire_leases(db: &mut PgConnection, lease: Duration, random: f64) -> sqlx::Result<usize> {
+pub async fn expire_leases(db: &mut PgConnection, timeouts: Timeouts, random: f64) -> sqlx::Result<usize> {
+    let lease = timeouts.lease;
     let mut transaction = db.begin().await?;
     // If no replica has reaped for half a lease, the control plane was down and workers had
     // nobody to heartbeat to: grant every live lease and worker a fresh term first.
@@ -375,23 +387,25 @@ pub async fn expire_leases(db: &mut PgConnection, lease: Duration, random: f64) 
         .await?;
     }
     sqlx::query("update control_plane set reaper_at = now() where id = 1").execute(&mut *transaction).await?;
-    let expired: Vec<(Uuid, Uuid, i32, i32, i32)> = sqlx::query_as(
+    let expired: Vec<(Uuid, Uuid, i32, i32, i32, bool)> = sqlx::query_as(
         "delete from worker_jobs where job_id in (
-             select job_id from worker_jobs where lease_expires_at < now()
+             select job_id from worker_jobs
+             where lease_expires_at < now() or (not started and assigned_at < now() - make_interval(secs => $1))
              order by lease_expires_at limit 100 for update skip locked
          )
-         returning job_id, worker_id, attempt, cpu_millis, memory_mib",
+         returning job_id, worker_id, attempt, cpu_millis, memory_mib, lease_expires_at < now()",
     )
+    .bind(timeouts.assignment.as_secs_f64())
     .fetch_all(&mut *transaction)
     .await?;
-    for (job_id, worker_id, attempt, cpu, memory) in &expired {
+    for (job_id, worker_id, attempt, cpu, memory, lease_expired) in &expired {
         release(&mut transaction, *worker_id, *cpu, *memory).await?;
-        let failure = Failure {
-            job_id: *job_id,
-            attempt: *attempt,
-            error: "lease expired: the worker stopped heartbeating".to_owned(),
-            retryable: true,
+        let error = if *lease_expired {
+            "lease expired: the worker stopped heartbeating"
+        } else {
+            "assignment timed out: the worker did not start the job"
         };
+        let failure = Failure { job_id: *job_id, attempt: *attempt, error: error.to_owned(), retryable: true };
         dispatch::fail(&mut transaction, &failure, random).await?;
     }
     sqlx::query(
