@@ -284,8 +284,17 @@ fn sorts_over(plan: &Value, out: &mut Vec<String>) {
         Value::Array(items) => items.iter().for_each(|item| sorts_over(item, out)),
         Value::Object(map) => {
             if map.get("Node Type").and_then(Value::as_str) == Some("Sort") {
+                // The sort's input, not the CTEs evaluated as its init plans.
+                let inputs: Vec<Value> = map
+                    .get("Plans")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|child| child.get("Parent Relationship").and_then(Value::as_str) != Some("InitPlan"))
+                    .cloned()
+                    .collect();
                 let mut beneath = Vec::new();
-                plan_nodes(&map.get("Plans").cloned().unwrap_or(Value::Null), &mut beneath);
+                plan_nodes(&Value::Array(inputs), &mut beneath);
                 out.extend(beneath.into_iter().map(|(_, relation, _)| relation).filter(|r| !r.is_empty()));
             }
             map.values().for_each(|value| sorts_over(value, out));

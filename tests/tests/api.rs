@@ -28,8 +28,11 @@ async fn submit_and_read_back_a_job() {
     assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
     let id = created.body["id"].as_str().expect("an id").to_owned();
 
-    let fetched = acme.get(&format!("/api/v1/jobs/{id}")).await;
+    let mut fetched = acme.get(&format!("/api/v1/jobs/{id}")).await;
     assert_eq!(fetched.status, StatusCode::OK);
+    // A queued job says why it waits: here, no worker exists at all.
+    let pending = fetched.body.as_object_mut().expect("object").remove("pending").expect("pending");
+    assert_eq!((pending["code"].as_str(), pending["position"].as_i64()), (Some("no_workers"), Some(0)));
     assert_eq!(fetched.body, created.body);
     let job = &fetched.body;
     assert_eq!(job["tenant"], "acme");

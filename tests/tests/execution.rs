@@ -84,7 +84,24 @@ async fn jobs_run_on_real_workers_with_best_fit_placement() {
     let not_started = wait_for_state(&acme, &missing, &["dead_lettered"]).await;
     assert!(not_started["last_error"].as_str().is_some_and(|e| e.contains("could not start")), "{not_started}");
 
-    assert_eq!(acme.get(&format!("/api/v1/jobs/{too_big}")).await.body["state"], "queued");
+    // The jobs that cannot run say why, in the scheduler's words.
+    let waiting = acme.get(&format!("/api/v1/jobs/{too_big}")).await;
+    assert_eq!(
+        (waiting.body["state"].as_str(), waiting.body["pending"]["code"].as_str()),
+        (Some("queued"), Some("no_worker_large_enough")),
+        "{waiting:?}"
+    );
+    let gpu = submit(&acme, json!({"command": {"argv": ["true"]}, "resources": {"labels": {"gpu": "a100"}}})).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let job = acme.get(&format!("/api/v1/jobs/{gpu}")).await;
+        if job.body["pending"]["code"] == "no_worker_with_labels" {
+            assert!(job.body["pending"]["message"].as_str().is_some_and(|m| m.contains("gpu=a100")), "{job:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reason recorded: {job:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Events are published once older transactions finish: wait for all four.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::error::{ApiError, Json, Problem, Query};
 use crate::http::AppState;
+use crate::store::assignment::{self, Pending};
 use crate::store::enqueue::{self, SubmitOutcome};
 use crate::store::jobs::{self, CancelResult, Idempotency, Job, JobFilter, Submitter};
 use crate::store::logs::LogChunk;
@@ -292,15 +293,28 @@ pub(crate) fn job_not_found(id: &str) -> ApiError {
 #[utoipa::path(
     get, path = "/jobs/{id}", tag = "jobs", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Job id")),
-    responses((status = 200, body = Job), (status = 404, body = Problem, content_type = "application/problem+json"))
+    responses((status = 200, body = JobDetail), (status = 404, body = Problem, content_type = "application/problem+json"))
 )]
 async fn get_job(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-) -> Result<axum::Json<Job>, ApiError> {
+) -> Result<axum::Json<JobDetail>, ApiError> {
     let job_id = parse_job_id(&id)?;
-    jobs::get(&state.db, principal.tenant_scope(), job_id).await?.map(axum::Json).ok_or_else(|| job_not_found(&id))
+    let mut connection = state.db.acquire().await?;
+    let job = jobs::get(&mut *connection, principal.tenant_scope(), job_id).await?.ok_or_else(|| job_not_found(&id))?;
+    let pending =
+        if job.state == JobState::Queued { assignment::pending(&mut connection, job_id).await? } else { None };
+    Ok(axum::Json(JobDetail { job, pending }))
+}
+
+/// A job, and for a queued one why it is still waiting.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub job: Job,
+    /// Present while the job is queued: the scheduler's latest reason.
+    pub pending: Option<Pending>,
 }
 
 /// List jobs, newest first, with filters and cursor pagination.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hodei_core::dispatch::{plan_dispatch, QueueHead};
-use hodei_core::placement::{place, Demand, FreeWorker, PoolKind, Strategy, TotalCapacity};
+use hodei_core::placement::{place, Demand, FreeWorker, PoolKind, Strategy, TotalCapacity, Unplaced};
 use serde::Serialize;
 use sqlx::types::Json;
 use sqlx::{Acquire, FromRow, PgConnection};
@@ -147,7 +147,9 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
         })
         .collect();
     let placement = place(strategy, &demands, &workers);
+    record_pending_reasons(&mut transaction, &placement.unplaced).await?;
     if placement.assigned.is_empty() {
+        transaction.commit().await?;
         return Ok(0);
     }
     let job_ids: Vec<Uuid> = placement.assigned.iter().map(|(job, _)| *job).collect();
@@ -193,6 +195,68 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
     .await?;
     transaction.commit().await?;
     Ok(assigned)
+}
+
+/// The code and words for why a job could not be placed.
+pub fn pending_reason(unplaced: &Unplaced) -> (&'static str, String) {
+    match unplaced {
+        Unplaced::NoWorkerWithLabels(labels) => {
+            ("no_worker_with_labels", format!("no worker has the label(s) {}", labels.join(", ")))
+        }
+        Unplaced::TooLarge => ("no_worker_large_enough", "no worker has enough CPU or memory for this job".to_owned()),
+        Unplaced::NoFreeCapacity => ("waiting_for_capacity", "the workers that can run this job are busy".to_owned()),
+    }
+}
+
+/// Notes on each unplaced candidate why it waits, writing only what changed.
+async fn record_pending_reasons(db: &mut PgConnection, unplaced: &[(Uuid, Unplaced)]) -> sqlx::Result<()> {
+    if unplaced.is_empty() {
+        return Ok(());
+    }
+    let reasons: Vec<(&'static str, String)> = unplaced.iter().map(|(_, reason)| pending_reason(reason)).collect();
+    sqlx::query(
+        "update ready_jobs r set pending_code = u.code, pending_message = u.message
+         from unnest($1::uuid[], $2::text[], $3::text[]) as u(job_id, code, message)
+         where r.job_id = u.job_id and (r.pending_code, r.pending_message) is distinct from (u.code, u.message)",
+    )
+    .bind(unplaced.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(reasons.iter().map(|(code, _)| *code).collect::<Vec<_>>())
+    .bind(reasons.iter().map(|(_, message)| message.as_str()).collect::<Vec<_>>())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Why a queued job waits, from the scheduler's last decision and the queue ahead of it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Pending {
+    /// `no_workers`, `no_worker_with_labels`, `no_worker_large_enough`,
+    /// `waiting_for_capacity` or `queued`.
+    pub code: String,
+    pub message: String,
+    /// Jobs ahead of it in its queue.
+    pub position: i64,
+}
+
+/// Why `job_id` is still waiting, if it is in a ready queue.
+pub async fn pending(db: &mut PgConnection, job_id: Uuid) -> sqlx::Result<Option<Pending>> {
+    let row: Option<(Option<String>, Option<String>, i64, i64)> = sqlx::query_as(
+        "select r.pending_code, r.pending_message,
+                (select count(*) from ready_jobs a where a.queue = r.queue and (a.rank, a.seq) < (r.rank, r.seq)),
+                (select count(*) from workers where gone_at is null)
+         from ready_jobs r where r.job_id = $1",
+    )
+    .bind(job_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(code, message, ahead, live_workers)| {
+        let (code, message) = match (code, message) {
+            _ if live_workers == 0 => ("no_workers".to_owned(), "no worker is registered".to_owned()),
+            (Some(code), Some(message)) => (code, message),
+            _ => ("queued".to_owned(), format!("waiting for dispatch behind {ahead} job(s) in its queue")),
+        };
+        Pending { code, message, position: ahead }
+    }))
 }
 
 /// What a worker needs to run one attempt.

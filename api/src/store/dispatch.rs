@@ -92,7 +92,8 @@ const PICK_FAIR: &str = "slots as (
     )";
 
 /// Takes up to `limit` jobs from `queue` in its policy's order and marks them assigned,
-/// starting a new attempt. One statement: safe with any number of concurrent claimers.
+/// starting a new attempt; returns them in that order. One statement: safe with any number
+/// of concurrent claimers.
 pub async fn claim(
     db: impl PgExecutor<'_>,
     registry: &PolicyRegistry,
@@ -120,7 +121,8 @@ pub fn claim_sql(fair: bool) -> String {
     format!(
         "with {pick}, removed as (
             delete from ready_jobs r using picked p where r.job_id = p.job_id
-            returning r.job_id, r.enqueued_at, (r.deadline is not null and r.deadline < now() and $7) as expired
+            returning r.job_id, r.enqueued_at, r.rank, r.seq,
+                (r.deadline is not null and r.deadline < now() and $7) as expired
          ), assigned as (
             update jobs j set state = 'assigned', attempt = j.attempt + 1, assigned_at = now(), updated_at = now(),
                 wait_ms = (extract(epoch from now() - r.enqueued_at) * 1000)::bigint,
@@ -149,7 +151,8 @@ pub fn claim_sql(fair: bool) -> String {
                 count(*) filter (where $6::int4 is not null and wait_ms > $6::int8 * 1000)
             from assigned having count(*) > 0
          )
-         select id, tenant_id, queue, attempt, priority, wait_ms, sla_breached from assigned"
+         select a.id, a.tenant_id, a.queue, a.attempt, a.priority, a.wait_ms, a.sla_breached
+         from assigned a join removed r on r.job_id = a.id order by r.rank, r.seq"
     )
 }
 
