@@ -23,6 +23,20 @@ pub enum BenchCommand {
     /// The queue engine in-process (no HTTP): enqueue, claim+complete, dispatch at depth.
     /// Use a scratch database: it adds queues and millions of jobs.
     Engine(crate::bench_engine::EngineArgs),
+    /// End to end: a server, real `hodei-worker` processes, no-op jobs from batched submit
+    /// to completed; throughput and submit→assigned / submit→started latency.
+    E2e(E2eArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct E2eArgs {
+    #[arg(long, default_value_t = 5000)]
+    jobs: usize,
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Slots per worker.
+    #[arg(long, default_value_t = 8)]
+    slots: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -62,6 +76,7 @@ pub async fn run(command: BenchCommand, config: &Config) -> anyhow::Result<()> {
     match command {
         BenchCommand::Submit(args) => submit(args, config).await,
         BenchCommand::Engine(args) => crate::bench_engine::run(args, config).await,
+        BenchCommand::E2e(args) => end_to_end(args, config).await,
     }
 }
 
@@ -70,12 +85,16 @@ struct ChildServer {
     _child: tokio::process::Child,
 }
 
+/// The registration token the benchmark's own server and workers share.
+const BENCH_REGISTRATION_TOKEN: &str = "hodei-bench-registration-token-0123456789";
+
 async fn start_server(config: &Config) -> anyhow::Result<(ChildServer, String, String)> {
     let database_url = config.require_database_url()?.expose().to_owned();
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let admin_key = generate_key()?.plaintext;
     let child = tokio::process::Command::new(std::env::current_exe()?)
         .arg("serve")
+        .env("HODEI_WORKER_REGISTRATION_TOKEN", BENCH_REGISTRATION_TOKEN)
         .env("HODEI_DATABASE_URL", database_url)
         .env("HODEI_LISTEN", format!("127.0.0.1:{port}"))
         .env("HODEI_BOOTSTRAP_ADMIN_KEY", &admin_key)
@@ -262,4 +281,86 @@ async fn batch_closed_loop(
         args.concurrency, args.batch_size, args.duration, args.warmup
     );
     Ok(summarize(&title, samples, Duration::from_secs_f64(args.duration)))
+}
+
+async fn end_to_end(args: E2eArgs, config: &Config) -> anyhow::Result<()> {
+    let (_server, url, admin_key) = start_server(config).await?;
+    let worker_binary = std::env::current_exe()?.with_file_name("hodei-worker");
+    let mut workers = Vec::new();
+    for index in 0..args.workers {
+        workers.push(
+            tokio::process::Command::new(&worker_binary)
+                .args(["--api-url", &url, "run", "--name", &format!("bench-{index}"), "--slots", &args.slots.to_string()])
+                .args(["--cpu-millis", &(args.slots * 1000).to_string(), "--memory-mib", "65536"])
+                .env("HODEI_WORKER_REGISTRATION_TOKEN", BENCH_REGISTRATION_TOKEN)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting {}", worker_binary.display()))?,
+        );
+    }
+    let client = reqwest::Client::new();
+    let tenant_key = create_bench_tenant(&client, &url, &admin_key).await?;
+    let pool = crate::db::connect(config.require_database_url()?.expose(), 2).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sqlx::query_scalar::<_, i64>("select count(*) from workers where gone_at is null").fetch_one(&pool).await?
+        < args.workers as i64
+    {
+        anyhow::ensure!(Instant::now() < deadline, "workers did not register");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let started = Instant::now();
+    let mut ids: Vec<uuid::Uuid> = Vec::with_capacity(args.jobs);
+    for chunk in (0..args.jobs).collect::<Vec<_>>().chunks(1000) {
+        let jobs: Vec<_> =
+            chunk.iter().map(|_| json!({"command": {"argv": ["true"]}, "resources": {"cpu_millis": 1000}})).collect();
+        let response = client
+            .post(format!("{url}/api/v1/jobs/batch"))
+            .bearer_auth(&tenant_key)
+            .json(&json!({ "jobs": jobs }))
+            .send()
+            .await?
+            .error_for_status()?;
+        let body: serde_json::Value = response.json().await?;
+        ids.extend(body["ids"].as_array().into_iter().flatten().filter_map(|id| id.as_str()?.parse::<uuid::Uuid>().ok()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done: i64 = sqlx::query_scalar("select count(*) from jobs where id = any($1) and state = 'succeeded'")
+            .bind(&ids)
+            .fetch_one(&pool)
+            .await?;
+        if done as usize == ids.len() {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {done} of {} jobs finished", ids.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (assigned_p50, assigned_p95, assigned_p99, started_p50, started_p95, started_p99): (f64, f64, f64, f64, f64, f64) =
+        sqlx::query_as(
+            "select percentile_cont(0.5) within group (order by a), percentile_cont(0.95) within group (order by a),
+                    percentile_cont(0.99) within group (order by a), percentile_cont(0.5) within group (order by s),
+                    percentile_cont(0.95) within group (order by s), percentile_cont(0.99) within group (order by s)
+             from (select extract(epoch from assigned_at - created_at) * 1000 as a,
+                          extract(epoch from started_at - created_at) * 1000 as s
+                   from jobs where id = any($1)) t",
+        )
+        .bind(&ids)
+        .fetch_one(&pool)
+        .await?;
+    println!(
+        "end to end: {} no-op jobs, {} workers x {} slots, batched submit to all succeeded in {seconds:.1} s: {:.0} jobs/s\n  \
+         submit->assigned ms: p50 {assigned_p50:.1}  p95 {assigned_p95:.1}  p99 {assigned_p99:.1}\n  \
+         submit->started ms: p50 {started_p50:.1}  p95 {started_p95:.1}  p99 {started_p99:.1}\n  \
+         (latencies include queueing behind the batch: this is a saturation run, not the steady-rate one)",
+        ids.len(),
+        args.workers,
+        args.slots,
+        ids.len() as f64 / seconds
+    );
+    drop(workers);
+    Ok(())
 }
