@@ -290,7 +290,15 @@ async fn end_to_end(args: E2eArgs, config: &Config) -> anyhow::Result<()> {
     for index in 0..args.workers {
         workers.push(
             tokio::process::Command::new(&worker_binary)
-                .args(["--api-url", &url, "run", "--name", &format!("bench-{index}"), "--slots", &args.slots.to_string()])
+                .args([
+                    "--api-url",
+                    &url,
+                    "run",
+                    "--name",
+                    &format!("bench-{index}"),
+                    "--slots",
+                    &args.slots.to_string(),
+                ])
                 .args(["--cpu-millis", &(args.slots * 1000).to_string(), "--memory-mib", "65536"])
                 .env("HODEI_WORKER_REGISTRATION_TOKEN", BENCH_REGISTRATION_TOKEN)
                 .stdout(Stdio::null())
@@ -324,7 +332,9 @@ async fn end_to_end(args: E2eArgs, config: &Config) -> anyhow::Result<()> {
             .await?
             .error_for_status()?;
         let body: serde_json::Value = response.json().await?;
-        ids.extend(body["ids"].as_array().into_iter().flatten().filter_map(|id| id.as_str()?.parse::<uuid::Uuid>().ok()));
+        ids.extend(
+            body["ids"].as_array().into_iter().flatten().filter_map(|id| id.as_str()?.parse::<uuid::Uuid>().ok()),
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
@@ -339,18 +349,21 @@ async fn end_to_end(args: E2eArgs, config: &Config) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let (assigned_p50, assigned_p95, assigned_p99, started_p50, started_p95, started_p99): (f64, f64, f64, f64, f64, f64) =
-        sqlx::query_as(
-            "select percentile_cont(0.5) within group (order by a), percentile_cont(0.95) within group (order by a),
-                    percentile_cont(0.99) within group (order by a), percentile_cont(0.5) within group (order by s),
-                    percentile_cont(0.95) within group (order by s), percentile_cont(0.99) within group (order by s)
-             from (select extract(epoch from assigned_at - created_at) * 1000 as a,
-                          extract(epoch from started_at - created_at) * 1000 as s
-                   from jobs where id = any($1)) t",
-        )
-        .bind(&ids)
-        .fetch_one(&pool)
-        .await?;
+    let latency: E2eLatency = sqlx::query_as(
+        "select percentile_cont(0.5) within group (order by a) as assigned_p50,
+                percentile_cont(0.95) within group (order by a) as assigned_p95,
+                percentile_cont(0.99) within group (order by a) as assigned_p99,
+                percentile_cont(0.5) within group (order by s) as started_p50,
+                percentile_cont(0.95) within group (order by s) as started_p95,
+                percentile_cont(0.99) within group (order by s) as started_p99
+         from (select extract(epoch from assigned_at - created_at)::float8 * 1000 as a,
+                      extract(epoch from started_at - created_at)::float8 * 1000 as s
+               from jobs where id = any($1)) t",
+    )
+    .bind(&ids)
+    .fetch_one(&pool)
+    .await?;
+    let E2eLatency { assigned_p50, assigned_p95, assigned_p99, started_p50, started_p95, started_p99 } = latency;
     println!(
         "end to end: {} no-op jobs, {} workers x {} slots, batched submit to all succeeded in {seconds:.1} s: {:.0} jobs/s\n  \
          submit->assigned ms: p50 {assigned_p50:.1}  p95 {assigned_p95:.1}  p99 {assigned_p99:.1}\n  \
@@ -363,4 +376,15 @@ async fn end_to_end(args: E2eArgs, config: &Config) -> anyhow::Result<()> {
     );
     drop(workers);
     Ok(())
+}
+
+/// Percentiles, in milliseconds, of the end-to-end run.
+#[derive(Debug, sqlx::FromRow)]
+struct E2eLatency {
+    assigned_p50: f64,
+    assigned_p95: f64,
+    assigned_p99: f64,
+    started_p50: f64,
+    started_p95: f64,
+    started_p99: f64,
 }
