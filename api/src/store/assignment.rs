@@ -396,20 +396,22 @@ pub async fn heartbeat(
     state: crate::store::workers::WorkerState,
     lease: Duration,
 ) -> sqlx::Result<Option<Vec<Uuid>>> {
+    // Lock order everywhere: a worker's `worker_jobs` rows before its `workers` row (as
+    // `finish` and the reaper take them), so heartbeats cannot deadlock with results.
+    let mut transaction = db.begin().await?;
+    sqlx::query("update worker_jobs set lease_expires_at = now() + make_interval(secs => $2) where worker_id = $1")
+        .bind(worker_id)
+        .bind(lease.as_secs_f64())
+        .execute(&mut *transaction)
+        .await?;
     let alive: Option<Uuid> = sqlx::query_scalar(
-        "with worker as (
-            update workers set last_heartbeat_at = now(), state = $2 where id = $1 and gone_at is null returning id
-         ), leases as (
-            update worker_jobs set lease_expires_at = now() + make_interval(secs => $3)
-            where worker_id = (select id from worker)
-         )
-         select id from worker",
+        "update workers set last_heartbeat_at = now(), state = $2 where id = $1 and gone_at is null returning id",
     )
     .bind(worker_id)
     .bind(state.as_str())
-    .bind(lease.as_secs_f64())
-    .fetch_optional(&mut *db)
+    .fetch_optional(&mut *transaction)
     .await?;
+    transaction.commit().await?;
     if alive.is_none() {
         return Ok(None);
     }
