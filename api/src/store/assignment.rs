@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use hodei_core::dispatch::{plan_dispatch, QueueHead};
+use chrono::Utc;
+use hodei_core::dispatch::plan_dispatch;
 use hodei_core::placement::{place, Demand, FreeWorker, PoolKind, Strategy, TotalCapacity, Unplaced};
 use serde::Serialize;
 use sqlx::types::Json;
@@ -79,23 +79,7 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
     }
 
     // Candidates in dispatch order: tiers, anti-starvation, each queue's policy order.
-    let heads: Vec<(String, i16, i32, DateTime<Utc>)> = sqlx::query_as(
-        "select q.name, q.tier, q.starvation_after_seconds, h.oldest
-         from queues q cross join lateral (
-             select r.enqueued_at as oldest from ready_jobs r where r.queue = q.name order by r.enqueued_at limit 1
-         ) h",
-    )
-    .fetch_all(&mut *transaction)
-    .await?;
-    let heads: Vec<QueueHead> = heads
-        .into_iter()
-        .map(|(queue, tier, starvation, oldest)| QueueHead {
-            queue,
-            tier,
-            oldest_enqueued_at: unix_seconds(oldest),
-            starvation_after_seconds: starvation.into(),
-        })
-        .collect();
+    let heads = dispatch::queue_heads(&mut transaction).await?;
     let mut candidates: Vec<CandidateRow> = Vec::new();
     for step in plan_dispatch(&heads, unix_seconds(Utc::now()), limits.jobs as usize) {
         let room = limits.jobs - candidates.len() as i64;

@@ -462,6 +462,28 @@ pub async fn redrive(
     Ok(redriven)
 }
 
+/// Every queue with ready jobs, with its tier and the queueing time of its oldest job: the
+/// input of the tier and anti-starvation plan.
+pub(crate) async fn queue_heads(db: &mut PgConnection) -> sqlx::Result<Vec<QueueHead>> {
+    let heads: Vec<(String, i16, i32, DateTime<Utc>)> = sqlx::query_as(
+        "select q.name, q.tier, q.starvation_after_seconds, h.oldest
+         from queues q cross join lateral (
+             select r.enqueued_at as oldest from ready_jobs r where r.queue = q.name order by r.enqueued_at limit 1
+         ) h",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(heads
+        .into_iter()
+        .map(|(queue, tier, starvation_after, oldest)| QueueHead {
+            queue,
+            tier,
+            oldest_enqueued_at: crate::store::enqueue::unix_seconds(oldest),
+            starvation_after_seconds: starvation_after.into(),
+        })
+        .collect())
+}
+
 /// Takes up to `batch` jobs across all queues: tiers in order, with the anti-starvation
 /// rule of `hodei_core::dispatch`. `now` is Unix seconds.
 pub async fn claim_across_queues(
@@ -471,23 +493,7 @@ pub async fn claim_across_queues(
     filter: &CapacityFilter,
     now: f64,
 ) -> sqlx::Result<Vec<ClaimedJob>> {
-    let heads: Vec<(String, i16, i32, DateTime<Utc>)> = sqlx::query_as(
-        "select q.name, q.tier, q.starvation_after_seconds, h.oldest
-         from queues q cross join lateral (
-             select r.enqueued_at as oldest from ready_jobs r where r.queue = q.name order by r.enqueued_at limit 1
-         ) h",
-    )
-    .fetch_all(&mut *db)
-    .await?;
-    let heads: Vec<QueueHead> = heads
-        .into_iter()
-        .map(|(queue, tier, starvation_after, oldest)| QueueHead {
-            queue,
-            tier,
-            oldest_enqueued_at: crate::store::enqueue::unix_seconds(oldest),
-            starvation_after_seconds: starvation_after.into(),
-        })
-        .collect();
+    let heads = queue_heads(&mut *db).await?;
     let steps = plan_dispatch(&heads, now, batch.max(0) as usize);
     let mut settings: HashMap<String, Queue> = HashMap::new();
     let mut claimed = Vec::new();
