@@ -9,9 +9,10 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
 
-# Start the whole system locally on an embedded Postgres under ./.hodei/.
+# Start the whole system locally: embedded Postgres under ./.hodei/, API, scheduler, two workers.
 dev:
-    cargo run --bin hodei -- dev
+    cargo build --workspace --bins
+    target/debug/hodei dev
 
 # Regenerate the committed OpenAPI document after an intended API change.
 openapi:

@@ -42,7 +42,8 @@ pub async fn serve_http(
     );
     let assigned = Wakeup::spawn(pool.clone(), ASSIGNED_CHANNEL, shutdown.clone());
     let ready = Wakeup::spawn(pool.clone(), READY_CHANNEL, shutdown.clone());
-    let state = AppState::new(pool.clone(), default_policies()).with_workers(workers, assigned);
+    let state =
+        AppState::new(pool.clone(), default_policies()).with_workers(workers, assigned).with_shutdown(shutdown.clone());
     let promoter = tokio::spawn(Promoter::new(pool.clone(), state.policies.clone()).run(shutdown.clone()));
     let mut scheduler = Scheduler::new(pool.clone());
     scheduler.limits.lease = workers.lease();

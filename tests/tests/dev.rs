@@ -66,6 +66,18 @@ async fn dev_starts_a_complete_local_system_and_stops_cleanly() {
     let dev = Client::new(&first.url, first_profile["api_key"].as_str());
     let job = dev.submit(&["echo", "hello"]).await;
     assert_eq!(job["tenant"], "dev");
+    // The local worker pool runs it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let current = dev.get(&format!("/api/v1/jobs/{}", job["id"].as_str().expect("id"))).await;
+        if current.body["state"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the dev system did not run the job: {current:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logs = dev.get(&format!("/api/v1/jobs/{}/logs", job["id"].as_str().expect("id"))).await;
+    assert_eq!(logs.body["chunks"][0]["data"], "hello\n");
     let delayed = dev
         .post("/api/v1/jobs", serde_json::json!({"command": {"argv": ["true"]}, "not_before": "2999-01-01T00:00:00Z"}))
         .await;
@@ -84,10 +96,10 @@ async fn dev_starts_a_complete_local_system_and_stops_cleanly() {
     let dev = Client::new(&second.url, second_profile["api_key"].as_str());
     let fetched = dev.get(&format!("/api/v1/jobs/{}", job["id"].as_str().expect("id"))).await;
     assert_eq!(fetched.status, StatusCode::OK, "jobs survive a restart: {fetched:?}");
-    assert_eq!(fetched.body["state"], "queued");
+    assert_eq!(fetched.body["state"], "succeeded");
     // The queue itself survived both restarts (of the API and of Postgres).
     let status = dev.get("/api/v1/queues/default/status").await;
-    assert_eq!((status.body["length"].as_i64(), status.body["scheduled"].as_i64()), (Some(1), Some(1)), "{status:?}");
+    assert_eq!((status.body["length"].as_i64(), status.body["scheduled"].as_i64()), (Some(0), Some(1)), "{status:?}");
     assert!(interrupt_and_wait(&mut second).await.success());
 
     let _ = std::fs::remove_dir_all(&data_dir);

@@ -45,6 +45,8 @@ pub struct AppState {
     pub workers: workers::WorkerSettings,
     /// Wakes workers' long polls when work is assigned.
     pub assigned: Wakeup,
+    /// Cancelled when the server shuts down, so long polls end at once.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -55,12 +57,18 @@ impl AppState {
             queue_settings: Arc::new(QueueSettingsCache::new(QUEUE_SETTINGS_TTL)),
             workers: workers::WorkerSettings::default(),
             assigned: Wakeup::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
     }
 
     pub fn with_workers(mut self, settings: workers::WorkerSettings, assigned: Wakeup) -> Self {
         self.workers = settings;
         self.assigned = assigned;
+        self
+    }
+
+    pub fn with_shutdown(mut self, shutdown: tokio_util::sync::CancellationToken) -> Self {
+        self.shutdown = shutdown;
         self
     }
 

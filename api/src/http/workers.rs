@@ -153,8 +153,12 @@ async fn poll_assignments(
         if !assignments.is_empty() || now >= deadline {
             return Ok(axum::Json(Assignments { assignments }));
         }
-        // Woken by the scheduler's notification; the timeout is the polling fallback.
-        state.assigned.wait((deadline - now).min(std::time::Duration::from_secs(1))).await;
+        // Woken by the scheduler's notification; the timeout is the polling fallback. A
+        // shutting-down server answers at once, with no work.
+        tokio::select! {
+            _ = state.assigned.wait((deadline - now).min(std::time::Duration::from_secs(1))) => {}
+            _ = state.shutdown.cancelled() => return Ok(axum::Json(Assignments { assignments: Vec::new() })),
+        }
     }
 }
 
