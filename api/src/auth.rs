@@ -75,21 +75,26 @@ pub fn visible_prefix(plaintext: &str) -> String {
     plaintext.chars().take(VISIBLE_PREFIX_LEN).collect()
 }
 
+/// The token of an `Authorization: Bearer <token>` header: API keys, worker tokens and the
+/// worker registration token all arrive this way.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let header = headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token> header"))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be 'Bearer <token>'"))
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <key> header"))?;
-        let key = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|key| !key.is_empty())
-            .ok_or_else(|| ApiError::unauthorized("the Authorization header must be 'Bearer <key>'"))?;
+        let key = bearer_token(&parts.headers)?;
         store::api_keys::resolve(&state.db, &hash_key(key))
             .await?
             .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{FromRequestParts, Path, State};
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use hodei_core::names::check_resource_name;
@@ -18,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::auth::{hash_key, Principal};
+use crate::auth::{bearer_token, hash_key, Principal};
 use crate::error::{ApiError, Json, Problem, Query};
 use crate::http::AppState;
 use crate::store::assignment::{self, Assignment, AttemptResult, Recorded};
@@ -242,17 +241,6 @@ impl Default for WorkerSettings {
     }
 }
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    parts
-        .headers
-        .get(AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|token| !token.is_empty())
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token> header"))
-}
-
 /// The worker behind a request's worker token.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerIdentity(pub Uuid);
@@ -261,7 +249,7 @@ impl FromRequestParts<AppState> for WorkerIdentity {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)?;
+        let token = bearer_token(&parts.headers)?;
         workers::resolve_token(&state.db, &hash_key(token))
             .await?
             .map(WorkerIdentity)
@@ -349,11 +337,7 @@ async fn register_worker(
     headers: axum::http::HeaderMap,
     Json(request): Json<RegisterWorker>,
 ) -> Result<(StatusCode, axum::Json<Registered>), ApiError> {
-    let presented = headers
-        .get(AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(|token| hash_key(token.trim()));
+    let presented = bearer_token(&headers).ok().map(hash_key);
     match (state.workers.registration_token_hash, presented) {
         (None, _) => {
             return Err(ApiError::forbidden("worker registration is closed: no registration token is configured"))
