@@ -1,6 +1,8 @@
 //! The `hodei` command line: parses arguments, loads the configuration once, sets up
 //! logging, and dispatches to the library. Exit codes: 0 success, 1 failure while running,
-//! 2 invalid configuration or arguments.
+//! 2 invalid configuration or arguments. The API client commands (`jobs`, `queues`,
+//! `pools`, `workers`, `dead-letters`) are dispatched first, without the server
+//! configuration, and have exit codes of their own (`client::EXIT_CODES_HELP`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,10 +13,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::generate_key;
 use crate::config::{Config, LogFormat};
-use crate::{bench, db, dev, serve, store};
+use crate::{bench, client, db, dev, serve, store};
 
 #[derive(Debug, Parser)]
-#[command(name = "hodei", version, about = "Hodei: a job-scheduling control plane on PostgreSQL")]
+#[command(
+    name = "hodei",
+    version,
+    about = "Hodei: a job-scheduling control plane on PostgreSQL",
+    after_help = "Exit codes: 0 success, 1 failure while running, 2 invalid configuration or arguments.\n\
+        The client commands (jobs, queues, pools, workers, dead-letters) also use 3 (not found), \
+        4 (rejected by the API) and 5 (`jobs logs --follow`: the job did not succeed); see `hodei jobs --help`."
+)]
 pub struct Cli {
     /// Configuration file (YAML). HODEI_* environment variables override it.
     #[arg(long, global = true, env = "HODEI_CONFIG")]
@@ -43,6 +52,9 @@ pub enum Command {
     /// Load generators that measure a running system.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Client commands that talk to a running API over HTTP.
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,7 +93,12 @@ pub struct CreateKeyArgs {
 /// Entry point of the `hodei` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Config(ConfigCommand::Check { file }) = &cli.command {
+    let command = match cli.command {
+        // Clients of a running API: no server configuration, database or logging needed.
+        Command::Client(command) => return client::main(command),
+        command => command,
+    };
+    if let Command::Config(ConfigCommand::Check { file }) = &command {
         return check_config(file.as_ref().or(cli.config.as_ref()));
     }
     let config = match Config::from_process_environment(cli.config.as_deref()) {
@@ -99,7 +116,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command, config)) {
+    match runtime.block_on(dispatch(command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("hodei: {error:#}");
@@ -152,7 +169,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{}", crate::http::openapi().to_pretty_json().context("rendering the OpenAPI document")?);
             Ok(())
         }
-        Command::Config(_) => unreachable!("handled before the runtime starts"),
+        Command::Config(_) | Command::Client(_) => unreachable!("handled before the runtime starts"),
         Command::Admin(admin) => run_admin(admin, &config).await,
         Command::Bench(bench_command) => bench::run(bench_command, &config).await,
     }

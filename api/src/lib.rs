@@ -6,6 +6,7 @@ pub mod auth;
 pub mod bench;
 pub mod bench_engine;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod db;
 pub mod dev;

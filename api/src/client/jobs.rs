@@ -1,0 +1,325 @@
+//! `hodei jobs`: submit, get, list and cancel jobs, and read or follow their output, over
+//! `/api/v1/jobs`. The request body is the API's own `JobSpec`, so the two cannot drift.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use hodei_core::{CommandSpec, JobSpec, JobState, ResourceRequest};
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::client::api::{present, ApiClient, ClientError, KeyRole};
+use crate::client::output::{self, Column, MAX_TEXT_WIDTH};
+use crate::client::{ClientOptions, Output};
+
+/// How often `jobs logs --follow` asks for new output and the job's state.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(300);
+/// Log chunks asked for per request (the API's maximum).
+const LOG_PAGE: usize = 1000;
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Submit a job and print its id alone (the job itself with --output json).
+    #[command(override_usage = "hodei jobs submit [OPTIONS] -- <CMD>...")]
+    Submit(SubmitArgs),
+    /// Show a job; for a queued job, why it is still waiting.
+    Get {
+        /// The job id.
+        id: String,
+    },
+    /// List jobs, newest first.
+    List(ListArgs),
+    /// Cancel a job: a queued job at once, a job on a worker as soon as its worker hears.
+    Cancel {
+        /// The job id.
+        id: String,
+    },
+    /// Print a job's output as it was written: its stdout to stdout, its stderr to stderr.
+    #[command(after_help = "With --follow, the exit code tells how the job ended: 0 succeeded, \
+        5 cancelled or dead-lettered (and 1-4 as for every command).")]
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Queue [default: default]
+    #[arg(long)]
+    queue: Option<String>,
+    /// 1 (lowest) to 10 (highest) [default: 5]
+    #[arg(long)]
+    priority: Option<i64>,
+    /// CPU in millicores, 1000 = one core [default: 1000]
+    #[arg(long, value_name = "MILLICORES")]
+    cpu: Option<i64>,
+    /// Memory in MiB [default: 512]
+    #[arg(long, value_name = "MIB")]
+    memory: Option<i64>,
+    /// A label the worker must carry; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = key_value)]
+    labels: Vec<(String, String)>,
+    /// An environment variable for the command; repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = key_value)]
+    env: Vec<(String, String)>,
+    /// Wall-clock limit in seconds [default: 3600]
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<i64>,
+    /// Attempts before the job is dead-lettered [default: 3]
+    #[arg(long, value_name = "N")]
+    max_attempts: Option<i64>,
+    /// Submitting again with the same key returns the original job instead of a new one.
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
+    /// The program and its arguments, after `--`; run directly, without a shell.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    argv: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only jobs in this state (scheduled, queued, assigned, running, succeeded, cancelled, dead_lettered).
+    #[arg(long, value_parser = job_state)]
+    state: Option<JobState>,
+    /// Only jobs in this queue.
+    #[arg(long)]
+    queue: Option<String>,
+    /// At most this many jobs, 1-500 [default: 50]
+    #[arg(long, value_name = "N")]
+    limit: Option<i64>,
+    /// Continue after a previous page (its `next_cursor`).
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The job id.
+    id: String,
+    /// Keep reading until the job has finished and all its output is printed.
+    #[arg(long, short = 'f')]
+    follow: bool,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+fn job_state(text: &str) -> Result<JobState, String> {
+    JobState::parse(text).ok_or_else(|| {
+        let known: Vec<&str> = JobState::ALL.iter().map(|state| state.as_str()).collect();
+        format!("expected one of {}", known.join(", "))
+    })
+}
+
+pub async fn run(command: JobsCommand, options: &ClientOptions) -> Result<(), ClientError> {
+    let api = ApiClient::connect(options, KeyRole::Tenant)?;
+    let format = options.output;
+    match command {
+        JobsCommand::Submit(args) => submit(&api, args, format).await,
+        JobsCommand::Get { id } => {
+            let job = api.get(&["jobs", &id], &[]).await?;
+            match format {
+                Output::Json => output::print_json(&job),
+                Output::Table => print_job(&job),
+            }
+        }
+        JobsCommand::List(args) => list(&api, args, format).await,
+        JobsCommand::Cancel { id } => {
+            let job = api.send(api.request(Method::POST, &["jobs", &id, "cancel"])).await?;
+            match format {
+                Output::Json => output::print_json(&job),
+                Output::Table if job["state"] == JobState::Cancelled.as_str() => {
+                    output::print_line(&format!("{id}: cancelled"))
+                }
+                Output::Table => output::print_line(&format!(
+                    "{id}: cancel requested; the job is {} and stops when its worker hears",
+                    output::text(&job["state"])
+                )),
+            }
+        }
+        JobsCommand::Logs(args) => logs(&api, &args, format).await,
+    }
+}
+
+async fn submit(api: &ApiClient, args: SubmitArgs, format: Output) -> Result<(), ClientError> {
+    let spec = JobSpec {
+        queue: args.queue,
+        priority: args.priority,
+        command: CommandSpec {
+            argv: args.argv,
+            env: args.env.into_iter().collect::<BTreeMap<_, _>>(),
+            working_dir: None,
+            timeout_seconds: args.timeout,
+        },
+        resources: ResourceRequest {
+            cpu_millis: args.cpu,
+            memory_mib: args.memory,
+            labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        },
+        max_attempts: args.max_attempts,
+        deadline: None,
+        not_before: None,
+        metadata: None,
+    };
+    let mut request = api.request(Method::POST, &["jobs"]).json(&spec);
+    if let Some(key) = &args.idempotency_key {
+        request = request.header("idempotency-key", key);
+    }
+    let job = api.send(request).await?;
+    match format {
+        Output::Json => output::print_json(&job),
+        Output::Table => output::print_line(&output::text(&job["id"])),
+    }
+}
+
+fn print_job(job: &Value) -> Result<(), ClientError> {
+    let resources = &job["resources"];
+    let labels = resources["labels"].as_object().filter(|labels| !labels.is_empty()).map(|labels| {
+        labels.iter().map(|(key, value)| format!("{key}={}", output::text(value))).collect::<Vec<_>>().join(",")
+    });
+    let pending = &job["pending"];
+    let pending = (!pending.is_null()).then(|| {
+        format!(
+            "{} ({} ahead): {}",
+            output::text(&pending["code"]),
+            output::text(&pending["position"]),
+            output::text(&pending["message"])
+        )
+    });
+    let time = |name: &str| (!job[name].is_null()).then(|| output::time(&job[name]));
+    output::print_fields(&[
+        ("id", output::field(&job["id"])),
+        ("tenant", output::field(&job["tenant"])),
+        ("queue", output::field(&job["queue"])),
+        ("state", output::field(&job["state"])),
+        ("waiting", pending),
+        ("priority", output::field(&job["priority"])),
+        ("command", Some(output::command_line(&job["command"]["argv"]))),
+        ("resources", Some(format!("{} millicores, {} MiB", resources["cpu_millis"], resources["memory_mib"]))),
+        ("labels", labels),
+        ("attempt", Some(output::used_of(&job["attempt"], &job["max_attempts"]))),
+        ("exit code", output::field(&job["exit_code"])),
+        ("last error", output::field(&job["last_error"])),
+        ("dead-letter reason", output::field(&job["dead_letter_reason"])),
+        ("worker", output::field(&job["worker_id"])),
+        ("created", time("created_at")),
+        ("started", time("started_at")),
+        ("finished", time("finished_at")),
+        ("cancel requested", time("cancel_requested_at")),
+    ])
+}
+
+/// The columns of a job list, shared with `dead-letters list`.
+pub(crate) const JOB_COLUMNS: [Column; 7] = [
+    Column::new("ID", |job| output::text(&job["id"])),
+    Column::new("STATE", |job| output::text(&job["state"])),
+    Column::new("QUEUE", |job| output::text(&job["queue"])),
+    Column::new("PRIORITY", |job| output::text(&job["priority"])),
+    Column::new("ATTEMPT", |job| output::used_of(&job["attempt"], &job["max_attempts"])),
+    Column::new("CREATED", |job| output::time(&job["created_at"])),
+    Column::new("COMMAND", |job| output::truncated(output::command_line(&job["command"]["argv"]), MAX_TEXT_WIDTH)),
+];
+
+async fn list(api: &ApiClient, args: ListArgs, format: Output) -> Result<(), ClientError> {
+    let query = present([
+        ("state", args.state.map(|state| state.as_str().to_owned())),
+        ("queue", args.queue),
+        ("limit", args.limit.map(|limit| limit.to_string())),
+        ("cursor", args.cursor),
+    ]);
+    let page = api.get(&["jobs"], &query).await?;
+    print_job_page(&page, &JOB_COLUMNS, format)
+}
+
+/// Prints a `{"jobs": [...], "next_cursor": ...}` page; in a table, says how to go on.
+pub(crate) fn print_job_page(page: &Value, columns: &[Column], format: Output) -> Result<(), ClientError> {
+    if format == Output::Json {
+        return output::print_json(page);
+    }
+    let jobs = page["jobs"].as_array().map(Vec::as_slice).unwrap_or_default();
+    output::print_table(columns, jobs)?;
+    if let Some(cursor) = page["next_cursor"].as_str() {
+        eprintln!("(more: add --cursor {cursor})");
+    }
+    Ok(())
+}
+
+/// Prints the job's output from the start. Following, it polls until the job is in a final
+/// state and the output written before that is all printed: the API accepts output only
+/// from the worker holding a live attempt, so nothing can follow a final state.
+async fn logs(api: &ApiClient, args: &LogsArgs, format: Output) -> Result<(), ClientError> {
+    let mut after = 0;
+    loop {
+        // The state is read before the output, so a final state means the output is complete.
+        let state = if args.follow { Some(job_state_of(api, &args.id).await?) } else { None };
+        after = print_new_output(api, &args.id, after, format).await?;
+        match state {
+            None | Some(JobState::Succeeded) => return Ok(()),
+            Some(state) if state.is_terminal() => {
+                return Err(ClientError::JobUnsuccessful { id: args.id.clone(), state: state.to_string() })
+            }
+            Some(_) => tokio::time::sleep(FOLLOW_INTERVAL).await,
+        }
+    }
+}
+
+async fn job_state_of(api: &ApiClient, id: &str) -> Result<JobState, ClientError> {
+    let job = api.get(&["jobs", id], &[]).await?;
+    job["state"].as_str().and_then(JobState::parse).ok_or_else(|| ClientError::Server {
+        url: format!("job {id}"),
+        reason: format!("unexpected answer: no known state in {job}"),
+    })
+}
+
+/// Prints every chunk after `after` and returns the position of the last one printed.
+async fn print_new_output(api: &ApiClient, id: &str, mut after: i64, format: Output) -> Result<i64, ClientError> {
+    loop {
+        let query = [("after", after.to_string()), ("limit", LOG_PAGE.to_string())];
+        let page = api.get(&["jobs", id, "logs"], &query).await?;
+        let chunks = page["chunks"].as_array().map(Vec::as_slice).unwrap_or_default();
+        write_chunks(chunks, format)?;
+        after = page["next_after"].as_i64().unwrap_or(after);
+        if chunks.len() < LOG_PAGE {
+            return Ok(after);
+        }
+    }
+}
+
+fn write_chunks(chunks: &[Value], format: Output) -> Result<(), ClientError> {
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr().lock();
+    for chunk in chunks {
+        match format {
+            Output::Json => writeln!(stdout, "{chunk}")?,
+            Output::Table => {
+                let data = chunk["data"].as_str().unwrap_or_default();
+                if chunk["stream"] == "stderr" {
+                    stderr.write_all(data.as_bytes())?;
+                } else {
+                    stdout.write_all(data.as_bytes())?;
+                }
+            }
+        }
+    }
+    stdout.flush()?;
+    stderr.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_value_pairs_split_at_the_first_equals_sign() {
+        assert_eq!(key_value("gpu=a100"), Ok(("gpu".to_owned(), "a100".to_owned())));
+        assert_eq!(key_value("OPTS=a=b"), Ok(("OPTS".to_owned(), "a=b".to_owned())));
+        assert_eq!(key_value("EMPTY="), Ok(("EMPTY".to_owned(), String::new())));
+        assert!(key_value("novalue").is_err());
+        assert!(key_value("=value").is_err());
+    }
+}
