@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use hodei_core::pool::{validate_pools, PoolSpec};
 use serde::Deserialize;
 
 /// A value that must never appear in logs or debug output.
@@ -65,6 +66,21 @@ pub struct Config {
     /// How long a worker may hold an assignment without starting it before the job is
     /// given to another worker, in seconds.
     pub worker_assignment_timeout_seconds: u32,
+    /// Pools of workers. Editing them in the file (or SIGHUP) applies the change without a
+    /// restart.
+    pub pools: Vec<PoolSpec>,
+    /// The `hodei-worker` binary the `local` provider starts (default: next to `hodei`).
+    pub local_worker_binary: Option<PathBuf>,
+    /// The API URL(s) `local` workers talk to (default: this replica's listen address).
+    pub local_worker_api_url: Option<String>,
+    /// Where `local` workers' output goes, one file each (default: discarded).
+    pub local_worker_log_dir: Option<PathBuf>,
+    /// The file this configuration was read from, for reloading.
+    #[serde(skip)]
+    pub source_file: Option<PathBuf>,
+    /// Pools to run when the configuration declares none (`hodei dev`'s local pool).
+    #[serde(skip)]
+    pub default_pools: Vec<PoolSpec>,
 }
 
 impl Default for Config {
@@ -81,6 +97,12 @@ impl Default for Config {
             worker_heartbeat_seconds: 5,
             worker_lease_seconds: 30,
             worker_assignment_timeout_seconds: 60,
+            pools: Vec::new(),
+            local_worker_binary: None,
+            local_worker_api_url: None,
+            local_worker_log_dir: None,
+            source_file: None,
+            default_pools: Vec::new(),
         }
     }
 }
@@ -98,6 +120,9 @@ pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
     ("HODEI_WORKER_HEARTBEAT_SECONDS", "worker_heartbeat_seconds"),
     ("HODEI_WORKER_LEASE_SECONDS", "worker_lease_seconds"),
     ("HODEI_WORKER_ASSIGNMENT_TIMEOUT_SECONDS", "worker_assignment_timeout_seconds"),
+    ("HODEI_LOCAL_WORKER_BINARY", "local_worker_binary"),
+    ("HODEI_LOCAL_WORKER_API_URL", "local_worker_api_url"),
+    ("HODEI_LOCAL_WORKER_LOG_DIR", "local_worker_log_dir"),
 ];
 
 pub const MIN_BOOTSTRAP_ADMIN_KEY_LEN: usize = 32;
@@ -126,7 +151,7 @@ impl Config {
                 document.insert(serde_yaml::Value::from(*field), environment_value(field, value));
             }
         }
-        let config: Config =
+        let mut config: Config =
             serde_path_to_error::deserialize(serde_yaml::Value::Mapping(document)).map_err(|error| {
                 let field = error.path().to_string();
                 let source = error.into_inner();
@@ -134,6 +159,7 @@ impl Config {
                 ConfigError::Invalid(format!("{message} (file {}, or its HODEI_* variable)", describe(file)))
             })?;
         config.validate()?;
+        config.source_file = file.map(Path::to_path_buf);
         Ok(config)
     }
 
@@ -192,6 +218,15 @@ impl Config {
                 self.worker_assignment_timeout_seconds
             ));
         }
+        if let Err(errors) = validate_pools(&self.pools, &[crate::provider::local_limits()]) {
+            problems.extend(errors.errors().iter().map(|e| format!("{}: {}", e.field, e.message)));
+        }
+        if let Some(url) = &self.local_worker_api_url {
+            if !url.split(',').all(|u| u.trim().starts_with("http://") || u.trim().starts_with("https://")) {
+                problems
+                    .push(format!("local_worker_api_url: each URL must start with http:// or https://, got {url:?}"));
+            }
+        }
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             problems.push(format!("log_level: {error}"));
         }
@@ -199,6 +234,15 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError::Invalid(problems.join("; ")))
+        }
+    }
+
+    /// The pools to run: the declared ones, else the defaults.
+    pub fn effective_pools(&self) -> &[PoolSpec] {
+        if self.pools.is_empty() {
+            &self.default_pools
+        } else {
+            &self.pools
         }
     }
 
@@ -289,6 +333,25 @@ mod tests {
             .expect_err("invalid")
             .to_string();
         assert!(message.contains("database_max_connections"), "{message}");
+    }
+
+    #[test]
+    fn pools_are_read_and_checked() {
+        let file = write("pools:\n  - id: local\n    size: 3\n    strategy: first-fit\n    template: {slots: 2}\n");
+        let config = Config::load(Some(file.path()), &BTreeMap::new()).expect("valid");
+        assert_eq!(config.pools.len(), 1);
+        assert_eq!(config.pools[0].size, 3);
+        assert_eq!(config.source_file.as_deref(), Some(file.path()));
+
+        let file = write("pools:\n  - {id: a, size: 0}\n  - {id: a, size: 1, provider: moon}\n");
+        let message = Config::load(Some(file.path()), &BTreeMap::new()).expect_err("invalid").to_string();
+        assert!(message.contains("pools[0].size: must be at least 1"), "{message}");
+        assert!(message.contains("pools[1].id: duplicate pool id"), "{message}");
+        assert!(message.contains("pools[1].provider: unknown provider \"moon\""), "{message}");
+
+        let file = write("pools:\n  - {id: a, size: 1, template: {memory_mib: 4000000000}}\n");
+        let message = Config::load(Some(file.path()), &BTreeMap::new()).expect_err("invalid").to_string();
+        assert!(message.contains("pools[0].template.memory_mib"), "{message}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `hodei dev`: a complete local system from one command. Uses the configured database,
 //! or creates (first run) and starts an embedded cluster under the dev data directory;
-//! applies migrations; makes sure a `dev` tenant exists with a key; serves the API; and on
-//! Ctrl-C stops everything it started.
+//! applies migrations; makes sure a `dev` tenant exists with a key; serves the API with a
+//! static `local` pool of workers (unless the configuration declares pools); and on Ctrl-C
+//! stops everything it started.
 //!
 //! The keys are written to `<data dir>/profile.json` (mode 0600) so the next run, and
 //! command-line clients, can reuse them: the database keeps only their hashes.
@@ -19,6 +20,8 @@ use crate::auth::{generate_key, hash_key};
 use crate::config::{Config, Secret};
 use crate::embedded_postgres::{EmbeddedCluster, PostgresInstallation};
 use crate::{serve, store};
+use hodei_core::placement::Strategy;
+use hodei_core::pool::{HealthSettings, PoolKindName, PoolSpec, ProvisioningSettings, WorkerTemplate};
 
 pub const DEV_TENANT: &str = "dev";
 pub const PROFILE_FILE: &str = "profile.json";
@@ -75,60 +78,35 @@ async fn serve_dev(config: &Config, database_url: &str, data_dir: &Path) -> anyh
     let profile = ensure_profile(&pool, data_dir, &api_url).await?;
     print_banner(&profile, &data_dir.join(PROFILE_FILE));
 
-    // A local pool of real workers, registered with a token made for this run.
+    // A static pool of real local workers, registered with a token made for this run.
     let mut config = config.clone();
-    let token = config
+    config
         .worker_registration_token
-        .get_or_insert_with(|| Secret::new(generate_key().map(|k| k.plaintext).unwrap_or_default()))
-        .clone();
+        .get_or_insert_with(|| Secret::new(generate_key().map(|k| k.plaintext).unwrap_or_default()));
+    config.default_pools = vec![local_pool()];
+    config.local_worker_log_dir.get_or_insert_with(|| data_dir.join("workers"));
     let shutdown = CancellationToken::new();
     serve::cancel_on_signals(shutdown.clone());
-    let server = serve::serve_http(&config, pool.clone(), listener, shutdown.clone());
-    let workers = start_local_workers(&api_url, token.expose(), LOCAL_WORKERS);
-    let served = server.await;
-    // The API drains first; then the workers finish what they run and leave.
-    stop_local_workers(workers).await;
+    // On Ctrl-C the API drains first; then the workers finish what they run and leave.
+    let served = serve::serve_http(&config, pool.clone(), listener, shutdown).await;
     pool.close().await;
     served
 }
 
-/// Workers `hodei dev` starts next to the API.
-pub const LOCAL_WORKERS: usize = 2;
+/// Workers in `hodei dev`'s local pool.
+pub const LOCAL_WORKERS: u32 = 2;
 
-/// Starts `count` `hodei-worker` processes from next to this binary, if it is there.
-fn start_local_workers(api_url: &str, token: &str, count: usize) -> Vec<tokio::process::Child> {
-    let Ok(binary) = std::env::current_exe().map(|exe| exe.with_file_name("hodei-worker")) else {
-        return Vec::new();
-    };
-    if !binary.is_file() {
-        tracing::warn!(
-            "{} is missing, so no local workers run: build it with `cargo build --workspace --bins`",
-            binary.display()
-        );
-        return Vec::new();
-    }
-    (0..count)
-        .filter_map(|index| {
-            tokio::process::Command::new(&binary)
-                .args(["--api-url", api_url, "run", "--name", &format!("local-{index}"), "--slots", "2"])
-                .env("HODEI_WORKER_REGISTRATION_TOKEN", token)
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|error| tracing::warn!(%error, "could not start a local worker"))
-                .ok()
-        })
-        .collect()
-}
-
-/// Asks each local worker to drain (SIGTERM) and waits a while for it to leave.
-async fn stop_local_workers(workers: Vec<tokio::process::Child>) {
-    for mut worker in workers {
-        if let Some(pid) = worker.id() {
-            let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
-        }
-        if tokio::time::timeout(std::time::Duration::from_secs(10), worker.wait()).await.is_err() {
-            let _ = worker.start_kill();
-        }
+/// The pool `hodei dev` runs when the configuration declares none.
+pub fn local_pool() -> PoolSpec {
+    PoolSpec {
+        id: "local".to_owned(),
+        kind: PoolKindName::Static,
+        provider: "local".to_owned(),
+        size: LOCAL_WORKERS,
+        strategy: Strategy::BestFit,
+        template: WorkerTemplate { slots: Some(2), ..WorkerTemplate::default() },
+        health: HealthSettings::default(),
+        provisioning: ProvisioningSettings::default(),
     }
 }
 

@@ -14,6 +14,8 @@ pub mod embedded_postgres;
 pub mod error;
 pub mod http;
 pub mod loops;
+pub mod provider;
+pub mod reconcile;
 pub mod serve;
 pub mod store;
 pub mod testing;

@@ -9,7 +9,15 @@ use crate::auth::{hash_key, visible_prefix};
 use crate::config::Config;
 use crate::http::workers::WorkerSettings;
 use crate::http::{app, default_policies, AppState};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hodei_core::pool::PoolSpec;
+
 use crate::loops::{LeaseReaper, Promoter, Scheduler, Wakeup, ASSIGNED_CHANNEL, READY_CHANNEL};
+use crate::provider::{LocalProvider, LocalSettings, Providers};
+use crate::reconcile::Reconciler;
 use crate::store::assignment::Timeouts;
 use crate::{db, store};
 
@@ -42,8 +50,22 @@ pub async fn serve_http(
     );
     let assigned = Wakeup::spawn(pool.clone(), ASSIGNED_CHANNEL, shutdown.clone());
     let ready = Wakeup::spawn(pool.clone(), READY_CHANNEL, shutdown.clone());
-    let state =
-        AppState::new(pool.clone(), default_policies()).with_workers(workers, assigned).with_shutdown(shutdown.clone());
+    let (providers, local) = providers(config, address);
+    let state = AppState::new(pool.clone(), default_policies())
+        .with_workers(workers, assigned)
+        .with_shutdown(shutdown.clone())
+        .with_provider_limits(providers.limits());
+    if !config.effective_pools().is_empty() || config.source_file.is_some() {
+        apply_file_pools(&pool, config.effective_pools()).await?;
+    }
+    let reconciler = Reconciler::new(pool.clone(), providers, workers.heartbeat());
+    let reconciler = tokio::spawn(reconciler.run(shutdown.clone()));
+    let reloader = tokio::spawn(watch_config(
+        config.source_file.clone(),
+        config.default_pools.clone(),
+        pool.clone(),
+        shutdown.clone(),
+    ));
     let promoter = tokio::spawn(Promoter::new(pool.clone(), state.policies.clone()).run(shutdown.clone()));
     let mut scheduler = Scheduler::new(pool.clone());
     scheduler.limits.lease = workers.lease();
@@ -59,8 +81,90 @@ pub async fn serve_http(
         .await
         .context("serving HTTP");
     shutdown.cancel();
-    let _ = tokio::join!(promoter, scheduler, reaper);
+    let _ = tokio::join!(promoter, scheduler, reaper, reconciler, reloader);
+    if let Some(local) = local {
+        local.stop_own_workers(std::time::Duration::from_secs(10)).await;
+    }
     served
+}
+
+/// The providers this replica can use: `local` when workers can register.
+fn providers(config: &Config, address: SocketAddr) -> (Providers, Option<Arc<LocalProvider>>) {
+    let Some(token) = &config.worker_registration_token else {
+        if !config.effective_pools().is_empty() {
+            tracing::warn!("pools need worker_registration_token for their workers to register; not provisioning");
+        }
+        return (Providers::default(), None);
+    };
+    let api_urls = config.local_worker_api_url.clone().unwrap_or_else(|| {
+        let host = if address.ip().is_unspecified() { "127.0.0.1".to_owned() } else { address.ip().to_string() };
+        format!("http://{host}:{}", address.port())
+    });
+    let local = Arc::new(LocalProvider::new(LocalSettings {
+        worker_binary: config.local_worker_binary.clone().unwrap_or_else(LocalProvider::default_worker_binary),
+        api_urls,
+        registration_token: token.expose().to_owned(),
+        log_dir: config.local_worker_log_dir.clone(),
+    }));
+    (Providers::default().with("local", local.clone()), Some(local))
+}
+
+/// Writes the configuration file's pools into the database (see `store::pools`).
+pub async fn apply_file_pools(db: &PgPool, specs: &[PoolSpec]) -> anyhow::Result<()> {
+    let mut transaction = db.begin().await?;
+    // One replica at a time, so two replicas reloading at once cannot interleave.
+    sqlx::query("select pg_advisory_xact_lock($1)").bind(FILE_POOLS_LOCK).execute(&mut *transaction).await?;
+    let conflicts = store::pools::sync_file_pools(&mut transaction, specs).await?;
+    transaction.commit().await?;
+    for id in conflicts {
+        tracing::warn!(pool = %id, "the configuration file names a pool that was created through the API; ignoring it");
+    }
+    tracing::info!(pools = specs.len(), "applied the configuration file's pools");
+    Ok(())
+}
+
+const FILE_POOLS_LOCK: i64 = 0x686f_6465_6970_6f6f;
+
+/// Reloads the configuration file when it changes (checked every second) or on SIGHUP and
+/// applies its pools. An invalid file is rejected with the reason logged, and what runs
+/// stays in force. Other settings take effect at the next restart.
+async fn watch_config(file: Option<PathBuf>, defaults: Vec<PoolSpec>, db: PgPool, shutdown: CancellationToken) {
+    let Some(file) = file else { return };
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut seen = std::fs::read(&file).ok();
+    loop {
+        let hangup = async {
+            match hangups.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let forced = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hangup => true,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => false,
+        };
+        let contents = std::fs::read(&file).ok();
+        if !forced && contents == seen {
+            continue;
+        }
+        seen = contents;
+        match Config::from_process_environment(Some(&file)) {
+            Ok(mut config) => {
+                config.default_pools = defaults.clone();
+                if let Err(error) = apply_file_pools(&db, config.effective_pools()).await {
+                    tracing::error!(error = format!("{error:#}"), "applying the reloaded configuration failed");
+                }
+            }
+            Err(error) => tracing::error!(
+                file = %file.display(),
+                %error,
+                "rejected the changed configuration; the running configuration stays in force"
+            ),
+        }
+    }
 }
 
 /// `hodei serve`.

@@ -11,6 +11,7 @@ pub mod job;
 pub mod names;
 pub mod ordering;
 pub mod placement;
+pub mod pool;
 pub mod queue;
 pub mod validation;
 

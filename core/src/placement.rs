@@ -3,7 +3,8 @@
 //!
 //! Jobs are placed in the order given (their queue order). For each, the workers that can
 //! run it (enough free CPU, memory and a slot, and every required label with its value)
-//! are considered; static pools before dynamic ones; among those the strategy picks:
+//! are considered; static pools before dynamic ones, then pools in their given order
+//! (`group`); among the first such pool's workers, the pool's strategy picks:
 //! `best_fit` the smallest adequate worker (least CPU then memory left over), `first_fit`
 //! the first in the given order, `worst_fit` the one with the most room left (spreading).
 //! A job that fits nowhere is reported with the reason and does not block later jobs.
@@ -17,8 +18,11 @@ use utoipa::ToSchema;
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     #[default]
+    #[serde(alias = "best-fit")]
     BestFit,
+    #[serde(alias = "first-fit")]
     FirstFit,
+    #[serde(alias = "worst-fit")]
     WorstFit,
 }
 
@@ -38,6 +42,10 @@ pub struct FreeWorker<W> {
     pub free_memory_mib: i64,
     pub free_slots: i64,
     pub labels: BTreeMap<String, String>,
+    /// The worker's pool, as an order: within a kind, lower groups are tried first.
+    pub group: u32,
+    /// The pool's matching strategy; `None` uses the cycle's default.
+    pub strategy: Option<Strategy>,
 }
 
 /// What a job needs.
@@ -93,12 +101,16 @@ pub fn place<J: Clone, W: Clone>(
                 && has_labels(&w.labels, &job.labels)
         });
         let leftover = |w: &FreeWorker<W>| (w.free_cpu_millis - job.cpu_millis, w.free_memory_mib - job.memory_mib);
-        let chosen = match strategy {
-            Strategy::FirstFit => candidates.min_by_key(|(i, w)| (w.kind, *i)),
-            Strategy::BestFit => candidates.min_by_key(|(i, w)| (w.kind, leftover(w), *i)),
-            Strategy::WorstFit => candidates.min_by_key(|(i, w)| (w.kind, std::cmp::Reverse(leftover(w)), *i)),
-        }
-        .map(|(index, _)| index);
+        // Every worker of one group shares a strategy, so keys only compare like with like.
+        let key = |index: usize, w: &FreeWorker<W>| {
+            let within = match w.strategy.unwrap_or(strategy) {
+                Strategy::FirstFit => (0, 0),
+                Strategy::BestFit => leftover(w),
+                Strategy::WorstFit => (-leftover(w).0, -leftover(w).1),
+            };
+            (w.kind, w.group, within, index)
+        };
+        let chosen = candidates.min_by_key(|(index, w)| key(*index, w)).map(|(index, _)| index);
         match chosen {
             Some(index) => {
                 let worker = &mut free[index];
@@ -141,6 +153,8 @@ mod tests {
                 free_memory_mib: memory,
                 free_slots: 4,
                 labels: BTreeMap::new(),
+                group: 0,
+                strategy: None,
             },
             TotalCapacity { cpu_millis: cpu, memory_mib: memory },
         )
@@ -185,6 +199,25 @@ mod tests {
     }
 
     #[test]
+    fn pools_are_tried_in_order_each_with_its_own_strategy() {
+        let mut workers = workers_124();
+        // "four" alone in the first pool, which spreads; "one" and "two" in the second.
+        workers[0].0.group = 0;
+        workers[0].0.strategy = Some(Strategy::WorstFit);
+        for (worker, _) in &mut workers[1..] {
+            worker.group = 1;
+            worker.strategy = Some(Strategy::BestFit);
+        }
+        let placed = place(Strategy::FirstFit, &[job("a", 1000, 512)], &workers);
+        assert_eq!(placed.assigned[0].1, "four", "the first pool that fits wins");
+        let placed = place(Strategy::FirstFit, &[job("big", 5000, 512), job("b", 1500, 512)], &workers);
+        assert_eq!(placed.assigned, [("b".to_owned(), "four".to_owned())]);
+        workers[0].0.free_slots = 0;
+        let placed = place(Strategy::FirstFit, &[job("c", 1000, 512)], &workers);
+        assert_eq!(placed.assigned[0].1, "one", "the second pool's best fit");
+    }
+
+    #[test]
     fn a_job_that_fits_nowhere_waits_with_a_reason_and_blocks_nothing() {
         let mut gpu_job = job("gpu", 1000, 512);
         gpu_job.labels.insert("gpu".into(), "a100".into());
@@ -216,7 +249,7 @@ mod tests {
                 .collect();
             let workers: Vec<(FreeWorker<usize>, TotalCapacity)> = capacities.iter().enumerate()
                 .map(|(i, (cpu, mem, slots))| (
-                    FreeWorker { id: i, kind: PoolKind::Static, free_cpu_millis: *cpu, free_memory_mib: *mem, free_slots: *slots, labels: BTreeMap::new() },
+                    FreeWorker { id: i, kind: PoolKind::Static, free_cpu_millis: *cpu, free_memory_mib: *mem, free_slots: *slots, labels: BTreeMap::new(), group: 0, strategy: None },
                     TotalCapacity { cpu_millis: *cpu, memory_mib: *mem },
                 ))
                 .collect();

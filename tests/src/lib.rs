@@ -53,9 +53,23 @@ impl Server {
 
     /// Starts `hodei serve` on `port` without waiting for it.
     pub fn spawn_on(database_url: &str, port: u16) -> Server {
+        Self::spawn_configured(database_url, port, None, &[])
+    }
+
+    /// Starts `hodei serve` on `port` with a configuration file and extra environment.
+    pub fn spawn_configured(
+        database_url: &str,
+        port: u16,
+        config: Option<&std::path::Path>,
+        environment: &[(&str, &str)],
+    ) -> Server {
         let log = std::env::temp_dir().join(format!("hodei-e2e-{port}-{}.log", std::process::id()));
         let log_file = std::fs::File::create(&log).expect("create the server log");
-        let child = tokio::process::Command::new(binary("hodei"))
+        let mut command = tokio::process::Command::new(binary("hodei"));
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let child = command
             .arg("serve")
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -68,6 +82,7 @@ impl Server {
             .env("HODEI_WORKER_ASSIGNMENT_TIMEOUT_SECONDS", "2")
             .env("HODEI_DATABASE_MAX_CONNECTIONS", "8")
             .env("HODEI_LOG_LEVEL", "info")
+            .envs(environment.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file)
             .kill_on_drop(true)
@@ -92,6 +107,16 @@ impl Server {
 
     pub fn port(&self) -> u16 {
         self.url.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_default()
+    }
+
+    /// Stops the process gracefully (SIGTERM: it drains its local workers) and waits.
+    pub async fn stop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+        }
+        if tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.is_err() {
+            self.kill().await;
+        }
     }
 
     /// Kills the process (SIGKILL) and waits for it to end.

@@ -4,8 +4,10 @@
 //! `run` registers with the registration token (receiving a worker id and a worker-scoped
 //! token), heartbeats at the interval the API asks for, waits for assignments by long
 //! poll, runs each job's argv as a child process (with its env, working directory and
-//! timeout) and reports its start and result. On SIGTERM or Ctrl-C it stops taking work,
-//! lets running jobs finish, deregisters and exits 0. If the API is unreachable it keeps
+//! timeout) and reports its start and result; a timeout or a cancel sends SIGTERM to the
+//! job's process group, then SIGKILL after a grace period. On SIGTERM, Ctrl-C or a drain
+//! instruction in a heartbeat reply it stops taking work, lets running jobs finish,
+//! deregisters and exits 0. An optional health command runs before each heartbeat. If the API is unreachable it keeps
 //! retrying with backoff; a result the API refuses as stale (409) is dropped.
 
 use std::collections::BTreeMap;
@@ -34,7 +36,7 @@ enum Command {
     /// Check that the API is reachable and ready; exit 0 if so, 1 if not.
     Check,
     /// Register, heartbeat, and deregister on SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -59,9 +61,31 @@ struct RunArgs {
     /// A label, `key=value`; repeat for more.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// The cloud instance id, if any.
+    /// The cloud instance id, if any (a pool's provider sets it to the member id).
     #[arg(long)]
     instance_id: Option<String>,
+    /// A health check run before each heartbeat, as a JSON array (`["pg_isready"]`); a
+    /// non-zero exit is reported as unhealthy.
+    #[arg(long, value_parser = parse_argv)]
+    health_command: Option<Vec<String>>,
+    /// After a timeout or a cancel, how long a job has between SIGTERM and SIGKILL.
+    #[arg(long, default_value_t = 10)]
+    kill_grace_seconds: u64,
+    /// Drain and exit when the process that started this worker ends (the `local`
+    /// provider's workers live and die with their control plane); running jobs get
+    /// `--orphan-grace-seconds` to finish.
+    #[arg(long)]
+    exit_with_parent: bool,
+    #[arg(long, default_value_t = 30)]
+    orphan_grace_seconds: u64,
+}
+
+fn parse_argv(text: &str) -> Result<Vec<String>, String> {
+    let argv: Vec<String> = serde_json::from_str(text).map_err(|e| format!("expected a JSON array of strings: {e}"))?;
+    if argv.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    Ok(argv)
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -86,7 +110,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Check => runtime.block_on(check(&api_urls[0])),
-        Command::Run(args) => runtime.block_on(run(api_urls, args)),
+        Command::Run(args) => runtime.block_on(run(api_urls, *args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -153,7 +177,22 @@ async fn run(api_urls: Vec<String>, args: RunArgs) -> anyhow::Result<()> {
         "instance_id": args.instance_id,
     });
 
-    let mut stop = Box::pin(shutdown_signal());
+    // Stop taking work on SIGTERM / Ctrl-C, when the control plane asks for a drain, or
+    // (with --exit-with-parent) when the parent process is gone.
+    let drain = Arc::new(tokio::sync::Notify::new());
+    let orphaned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if args.exit_with_parent {
+        tokio::spawn(watch_parent(drain.clone(), orphaned.clone()));
+    }
+    let mut stop = Box::pin({
+        let drain = drain.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = drain.notified() => {}
+            }
+        }
+    });
     // Register, retrying with backoff while the API is unreachable.
     let mut delay = Duration::from_millis(200);
     let mut url_index = 0;
@@ -188,10 +227,17 @@ async fn run(api_urls: Vec<String>, args: RunArgs) -> anyhow::Result<()> {
         id: registered.worker_id.clone(),
         token: registered.token.clone(),
         cancels: std::sync::Mutex::new(BTreeMap::new()),
+        kill_grace: Duration::from_secs(args.kill_grace_seconds),
     });
 
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let heartbeats = tokio::spawn(heartbeat_loop(worker.clone(), registered.heartbeat_seconds, stopping.clone()));
+    let heartbeats = tokio::spawn(heartbeat_loop(
+        worker.clone(),
+        registered.heartbeat_seconds,
+        stopping.clone(),
+        args.health_command.clone(),
+        drain,
+    ));
     let mut running = tokio::task::JoinSet::new();
     loop {
         let poll = worker.poll();
@@ -216,16 +262,58 @@ async fn run(api_urls: Vec<String>, args: RunArgs) -> anyhow::Result<()> {
     }
     // Draining: take no more work, let running jobs finish and report.
     stopping.store(true, std::sync::atomic::Ordering::Relaxed);
-    while running.join_next().await.is_some() {}
+    let finished = async { while running.join_next().await.is_some() {} };
+    tokio::pin!(finished);
+    let mut orphaned_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = &mut finished => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if orphaned.load(std::sync::atomic::Ordering::Relaxed) {
+            let since = *orphaned_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() > Duration::from_secs(args.orphan_grace_seconds) {
+                eprintln!("hodei-worker: the parent process is gone; leaving unfinished jobs to their leases");
+                break;
+            }
+        }
+    }
     heartbeats.abort();
-    worker
-        .post("deregister", &json!({}))
-        .await
-        .context("deregistering")?
-        .error_for_status()
-        .context("deregistering")?;
-    println!("deregistered");
+    let deregistered = async {
+        worker
+            .post("deregister", &json!({}))
+            .await
+            .context("deregistering")?
+            .error_for_status()
+            .context("deregistering")
+    };
+    match deregistered.await {
+        Ok(_) => println!("deregistered"),
+        // Without its parent the worker exits anyway; the lease reaper marks it gone.
+        Err(error) if orphaned.load(std::sync::atomic::Ordering::Relaxed) => eprintln!("hodei-worker: {error:#}"),
+        Err(error) => return Err(error),
+    }
     Ok(())
+}
+
+/// This process's parent, from `/proc/self/stat`.
+fn parent_pid() -> Option<u32> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Asks for a drain once the parent process has gone (this process was re-parented).
+async fn watch_parent(drain: Arc<tokio::sync::Notify>, orphaned: Arc<std::sync::atomic::AtomicBool>) {
+    let parent = parent_pid();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if parent_pid() != parent {
+            eprintln!("hodei-worker: the parent process is gone; draining");
+            orphaned.store(true, std::sync::atomic::Ordering::Relaxed);
+            drain.notify_one();
+            return;
+        }
+    }
 }
 
 /// A registered worker's connection to the API.
@@ -239,6 +327,8 @@ struct WorkerSession {
     token: String,
     /// Running jobs, by id: notified to stop them when the API says they were cancelled.
     cancels: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Notify>>>,
+    /// Between SIGTERM and SIGKILL when a job is stopped.
+    kill_grace: Duration,
 }
 
 impl WorkerSession {
@@ -310,12 +400,22 @@ struct Assignment {
     timeout_seconds: u64,
 }
 
-async fn heartbeat_loop(worker: Arc<WorkerSession>, seconds: u64, stopping: Arc<std::sync::atomic::AtomicBool>) {
+async fn heartbeat_loop(
+    worker: Arc<WorkerSession>,
+    seconds: u64,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    health_command: Option<Vec<String>>,
+    drain: Arc<tokio::sync::Notify>,
+) {
     let mut interval = Duration::from_secs(seconds.max(1));
     loop {
         tokio::time::sleep(interval).await;
         let state = if stopping.load(std::sync::atomic::Ordering::Relaxed) { "draining" } else { "idle" };
-        match worker.post("heartbeat", &json!({ "state": state })).await {
+        let healthy = match &health_command {
+            Some(argv) => health_check(argv, interval).await,
+            None => true,
+        };
+        match worker.post("heartbeat", &json!({ "state": state, "healthy": healthy })).await {
             Ok(response) if response.status().is_success() => {
                 if let Ok(reply) = response.json::<serde_json::Value>().await {
                     if let Some(seconds) = reply["heartbeat_seconds"].as_u64() {
@@ -326,11 +426,48 @@ async fn heartbeat_loop(worker: Arc<WorkerSession>, seconds: u64, stopping: Arc<
                             cancel.notify_one();
                         }
                     }
+                    if reply["drain"].as_bool() == Some(true) && state != "draining" {
+                        println!("the control plane asked this worker to drain");
+                        drain.notify_one();
+                    }
                 }
             }
             Ok(response) => eprintln!("hodei-worker: heartbeat failed: HTTP {}", response.status()),
             Err(error) => eprintln!("hodei-worker: heartbeat failed: {error}"),
         }
+    }
+}
+
+/// Runs the health command; healthy if it exits 0 within `limit`.
+async fn health_check(argv: &[String], limit: Duration) -> bool {
+    let Some((program, args)) = argv.split_first() else { return true };
+    let mut command = tokio::process::Command::new(program);
+    command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+    match tokio::time::timeout(limit, command.status()).await {
+        Ok(Ok(status)) => status.success(),
+        _ => false,
+    }
+}
+
+/// Stops a job: SIGTERM to its whole process group, then SIGKILL after `grace`.
+async fn stop_job(child: &mut tokio::process::Child, grace: Duration) {
+    let Some(pid) = child.id() else { return };
+    let group = format!("-{pid}");
+    let signal = |name: &'static str| {
+        let group = group.clone();
+        async move {
+            let _ = tokio::process::Command::new("kill")
+                .args([name, "--", &group])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+        }
+    };
+    signal("-TERM").await;
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        signal("-KILL").await;
+        let _ = child.wait().await;
     }
 }
 
@@ -375,12 +512,12 @@ async fn run_assignment(worker: Arc<WorkerSession>, assignment: Assignment) {
             Ok(Ok(status)) => json!({"attempt": assignment.attempt, "exit_code": status.code()}),
             Ok(Err(error)) => json!({"attempt": assignment.attempt, "error": format!("waiting for the process: {error}")}),
             Err(_) => {
-                let _ = child.kill().await;
+                stop_job(&mut child, worker.kill_grace).await;
                 json!({"attempt": assignment.attempt, "error": format!("timed out after {} s", limit.as_secs())})
             }
         },
         _ = cancel.notified() => {
-            let _ = child.kill().await;
+            stop_job(&mut child, worker.kill_grace).await;
             json!({"attempt": assignment.attempt, "error": "cancelled"})
         }
     };

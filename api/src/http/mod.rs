@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use hodei_core::ordering::{PolicyRegistry, ShortestEstimatedFirst};
+use hodei_core::pool::ProviderLimits;
 use sqlx::PgPool;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -22,6 +23,7 @@ pub mod events;
 pub mod health;
 pub mod jobs;
 pub mod metrics;
+pub mod pools;
 pub mod queues;
 pub mod request_context;
 pub mod tenants;
@@ -47,6 +49,8 @@ pub struct AppState {
     pub assigned: Wakeup,
     /// Cancelled when the server shuts down, so long polls end at once.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// What each provider this process knows allows, for validating pools.
+    pub provider_limits: Arc<Vec<ProviderLimits>>,
 }
 
 impl AppState {
@@ -58,7 +62,13 @@ impl AppState {
             workers: workers::WorkerSettings::default(),
             assigned: Wakeup::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            provider_limits: Arc::new(vec![crate::provider::local_limits()]),
         }
+    }
+
+    pub fn with_provider_limits(mut self, limits: Vec<ProviderLimits>) -> Self {
+        self.provider_limits = Arc::new(limits);
+        self
     }
 
     pub fn with_workers(mut self, settings: workers::WorkerSettings, assigned: Wakeup) -> Self {
@@ -100,6 +110,7 @@ pub fn default_policies() -> PolicyRegistry {
         (name = "dead-letters", description = "Jobs that gave up: inspect and redrive"),
         (name = "tenants", description = "Tenants and their API keys (admin)"),
         (name = "workers", description = "The worker protocol and the worker registry"),
+        (name = "pools", description = "Pools of workers and their provisioning (admin)"),
         (name = "health", description = "Liveness and readiness")
     )
 )]
@@ -125,6 +136,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(queues::router())
         .merge(dead_letters::router())
         .merge(workers::router())
+        .merge(pools::router())
         .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
         // Inner limits win over outer ones, so the batch route keeps its larger limit.
         .merge(jobs::batch_router().layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)));

@@ -230,6 +230,10 @@ impl WorkerSettings {
         Self { registration_token_hash, heartbeat_seconds, lease_seconds }
     }
 
+    pub fn heartbeat(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.heartbeat_seconds.into())
+    }
+
     pub fn lease(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.lease_seconds.into())
     }
@@ -299,6 +303,13 @@ pub struct Registered {
 pub struct Heartbeat {
     /// `idle`, `busy` or `draining`.
     pub state: WorkerState,
+    /// The result of the pool's health command, if it has one (default true).
+    #[serde(default = "healthy_by_default")]
+    pub healthy: bool,
+}
+
+fn healthy_by_default() -> bool {
+    true
 }
 
 /// What the control plane asks of the worker.
@@ -307,6 +318,8 @@ pub struct HeartbeatReply {
     pub heartbeat_seconds: u32,
     /// Jobs on this worker whose cancellation was requested: stop them and report.
     pub cancel: Vec<Uuid>,
+    /// Stop taking work, finish the running jobs, deregister and exit.
+    pub drain: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -399,10 +412,17 @@ async fn heartbeat(
         return Err(ValidationErrors::single("state", "must be idle, busy or draining").into());
     }
     let mut connection = state.db.acquire().await?;
-    let Some(cancel) = assignment::heartbeat(&mut connection, id, request.state, state.workers.lease()).await? else {
+    let draining = request.state == WorkerState::Draining;
+    let Some(outcome) =
+        assignment::heartbeat(&mut connection, id, draining, request.healthy, state.workers.lease()).await?
+    else {
         return Err(ApiError::unauthorized("the worker has deregistered"));
     };
-    Ok(axum::Json(HeartbeatReply { heartbeat_seconds: state.workers.heartbeat_seconds, cancel }))
+    Ok(axum::Json(HeartbeatReply {
+        heartbeat_seconds: state.workers.heartbeat_seconds,
+        cancel: outcome.cancel,
+        drain: outcome.drain,
+    }))
 }
 
 /// A worker leaves (after draining). Its token stops working.

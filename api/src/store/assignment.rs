@@ -51,6 +51,11 @@ struct FreeRow {
     labels: Json<BTreeMap<String, String>>,
     cpu_millis: i32,
     memory_mib: i32,
+    /// The worker's pool: its kind, matching strategy and place in the pool order
+    /// (0 for workers outside any declared pool).
+    pool_kind: String,
+    pool_strategy: Option<String>,
+    pool_group: i64,
 }
 
 #[derive(Debug, FromRow)]
@@ -65,11 +70,13 @@ struct CandidateRow {
 pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleLimits) -> sqlx::Result<usize> {
     let mut transaction = db.begin().await?;
     let free: Vec<FreeRow> = sqlx::query_as(
-        "select id, cpu_millis - used_cpu_millis as free_cpu, memory_mib - used_memory_mib as free_memory,
-                slots - used_slots as free_slots, labels, cpu_millis, memory_mib
-         from workers
-         where gone_at is null and state in ('idle', 'busy') and used_slots < slots
-         order by id limit $1 for update skip locked",
+        "select w.id, w.cpu_millis - w.used_cpu_millis as free_cpu, w.memory_mib - w.used_memory_mib as free_memory,
+                w.slots - w.used_slots as free_slots, w.labels, w.cpu_millis, w.memory_mib,
+                coalesce(p.kind, 'static') as pool_kind, p.spec->>'strategy' as pool_strategy,
+                case when p.id is null then 0 else 1 + (select count(*) from pools q where q.id < p.id) end as pool_group
+         from workers w left join pools p on p.id = w.pool
+         where w.gone_at is null and w.state in ('idle', 'busy') and w.used_slots < w.slots
+         order by w.id limit $1 for update of w skip locked",
     )
     .bind(limits.workers)
     .fetch_all(&mut *transaction)
@@ -111,11 +118,16 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
             (
                 FreeWorker {
                     id: w.id,
-                    kind: PoolKind::Static,
+                    kind: if w.pool_kind == "dynamic" { PoolKind::Dynamic } else { PoolKind::Static },
                     free_cpu_millis: w.free_cpu.into(),
                     free_memory_mib: w.free_memory.into(),
                     free_slots: w.free_slots.into(),
                     labels: w.labels.0.clone(),
+                    group: u32::try_from(w.pool_group).unwrap_or(u32::MAX),
+                    strategy: w
+                        .pool_strategy
+                        .as_ref()
+                        .and_then(|name| serde_json::from_value(serde_json::Value::String(name.clone())).ok()),
                 },
                 TotalCapacity { cpu_millis: w.cpu_millis.into(), memory_mib: w.memory_mib.into() },
             )
@@ -372,14 +384,25 @@ async fn release(db: &mut PgConnection, worker_id: Uuid, cpu: i32, memory: i32) 
     Ok(())
 }
 
-/// A heartbeat: the worker is alive, its attempts' leases run on, and it learns which of
-/// its jobs were cancelled. Returns `None` when the worker is gone.
+/// What a heartbeat tells the worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeartbeatOutcome {
+    /// Its jobs whose cancellation was requested.
+    pub cancel: Vec<Uuid>,
+    /// The control plane asks it to drain: take no more work, finish, deregister.
+    pub drain: bool,
+}
+
+/// A heartbeat: the worker is alive, its attempts' leases run on, its health check result
+/// is counted, and it learns which of its jobs were cancelled and whether to drain.
+/// Returns `None` when the worker is gone.
 pub async fn heartbeat(
     db: &mut PgConnection,
     worker_id: Uuid,
-    state: crate::store::workers::WorkerState,
+    draining: bool,
+    healthy: bool,
     lease: Duration,
-) -> sqlx::Result<Option<Vec<Uuid>>> {
+) -> sqlx::Result<Option<HeartbeatOutcome>> {
     // Lock order everywhere: a worker's `worker_jobs` rows before its `workers` row (as
     // `finish` and the reaper take them), so heartbeats cannot deadlock with results.
     let mut transaction = db.begin().await?;
@@ -388,25 +411,60 @@ pub async fn heartbeat(
         .bind(lease.as_secs_f64())
         .execute(&mut *transaction)
         .await?;
-    let alive: Option<Uuid> = sqlx::query_scalar(
-        "update workers set last_heartbeat_at = now(), state = $2 where id = $1 and gone_at is null returning id",
+    // The state is the control plane's to keep, except that a worker may start draining.
+    let alive: Option<(String, Vec<Uuid>)> = sqlx::query_as(
+        "update workers set last_heartbeat_at = now(),
+             state = case when $2 then 'draining' else state end,
+             health_failures = case when $3 then 0 else health_failures + 1 end
+         where id = $1 and gone_at is null
+         returning state, array(
+             select w.job_id from worker_jobs w join jobs j on j.id = w.job_id
+             where w.worker_id = $1 and j.cancel_requested_at is not null order by w.job_id)",
     )
     .bind(worker_id)
-    .bind(state.as_str())
+    .bind(draining)
+    .bind(healthy)
     .fetch_optional(&mut *transaction)
     .await?;
     transaction.commit().await?;
-    if alive.is_none() {
-        return Ok(None);
-    }
-    let cancelled: Vec<Uuid> = sqlx::query_scalar(
-        "select w.job_id from worker_jobs w join jobs j on j.id = w.job_id
-         where w.worker_id = $1 and j.cancel_requested_at is not null order by w.job_id",
+    Ok(alive.map(|(state, cancel)| HeartbeatOutcome { cancel, drain: state == "draining" }))
+}
+
+/// Asks a worker to drain: the scheduler gives it no more work, and its next heartbeat
+/// tells it to finish its jobs and leave.
+pub async fn drain_worker(db: impl sqlx::PgExecutor<'_>, worker_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("update workers set state = 'draining' where id = $1 and gone_at is null")
+        .bind(worker_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// A worker is gone for good (its process died, or it was replaced): its attempts are
+/// failed at once — retried elsewhere or dead-lettered, fenced by their attempt numbers —
+/// instead of waiting for their leases to run out. Returns how many attempts it gave up.
+pub async fn abandon_worker(db: &mut PgConnection, worker_id: Uuid, reason: &str, random: f64) -> sqlx::Result<usize> {
+    let mut transaction = db.begin().await?;
+    let held: Vec<(Uuid, i32, i32, i32)> = sqlx::query_as(
+        "delete from worker_jobs where worker_id = $1 returning job_id, attempt, cpu_millis, memory_mib",
     )
     .bind(worker_id)
-    .fetch_all(db)
+    .fetch_all(&mut *transaction)
     .await?;
-    Ok(Some(cancelled))
+    for (job_id, attempt, cpu, memory) in &held {
+        release(&mut transaction, worker_id, *cpu, *memory).await?;
+        let failure = Failure { job_id: *job_id, attempt: *attempt, error: reason.to_owned(), retryable: true };
+        dispatch::fail(&mut transaction, &failure, random).await?;
+    }
+    sqlx::query("update workers set state = 'gone', gone_at = now() where id = $1 and gone_at is null")
+        .bind(worker_id)
+        .execute(&mut *transaction)
+        .await?;
+    if !held.is_empty() {
+        sqlx::query("select pg_notify('hodei_ready', 'capacity')").execute(&mut *transaction).await?;
+    }
+    transaction.commit().await?;
+    Ok(held.len())
 }
 
 /// Gives up attempts whose lease expired (their worker stopped heartbeating) or that their

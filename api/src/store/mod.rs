@@ -9,6 +9,7 @@ pub mod enqueue;
 pub mod events;
 pub mod jobs;
 pub mod logs;
+pub mod pools;
 pub mod queue_status;
 pub mod queues;
 pub mod tenants;

@@ -66,6 +66,8 @@ pub struct Worker {
     pub used_slots: i32,
     /// Jobs run so far (reuse).
     pub jobs_run: i64,
+    /// Consecutive failed health checks.
+    pub health_failures: i32,
     pub registered_at: DateTime<Utc>,
     pub last_heartbeat_at: DateTime<Utc>,
     pub gone_at: Option<DateTime<Utc>>,
@@ -86,13 +88,14 @@ struct WorkerRow {
     used_memory_mib: i32,
     used_slots: i32,
     jobs_run: i64,
+    health_failures: i32,
     registered_at: DateTime<Utc>,
     last_heartbeat_at: DateTime<Utc>,
     gone_at: Option<DateTime<Utc>>,
 }
 
 const WORKER_COLUMNS: &str = "id, name, pool, state, cpu_millis, memory_mib, slots, labels, instance_id,
-    used_cpu_millis, used_memory_mib, used_slots, jobs_run, registered_at, last_heartbeat_at, gone_at";
+    used_cpu_millis, used_memory_mib, used_slots, jobs_run, health_failures, registered_at, last_heartbeat_at, gone_at";
 
 impl WorkerRow {
     fn into_worker(self) -> sqlx::Result<Worker> {
@@ -112,6 +115,7 @@ impl WorkerRow {
             used_memory_mib: self.used_memory_mib,
             used_slots: self.used_slots,
             jobs_run: self.jobs_run,
+            health_failures: self.health_failures,
             registered_at: self.registered_at,
             last_heartbeat_at: self.last_heartbeat_at,
             gone_at: self.gone_at,

@@ -1,0 +1,362 @@
+//! The `pools` and `pool_members` tables: each pool's declared spec, and one member row per
+//! worker it provisions, with the provider's handle and the provisioning status. Only the
+//! reconcile loop changes members; the API and the configuration file change specs.
+
+use chrono::{DateTime, Utc};
+use hodei_core::pool::PoolSpec;
+use serde::Serialize;
+use sqlx::types::Json;
+use sqlx::{FromRow, PgConnection, PgExecutor};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Where a pool's spec comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    File,
+    Api,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::File => "file",
+            Source::Api => "api",
+        }
+    }
+}
+
+/// How many of a pool's members are in each status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct MemberCounts {
+    pub provisioning: i64,
+    pub ready: i64,
+    pub draining: i64,
+    pub terminating: i64,
+    pub failed: i64,
+}
+
+/// A pool as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Pool {
+    #[serde(flatten)]
+    pub spec: PoolSpec,
+    pub source: Source,
+    /// `active`, `deleting` (its workers drain, then it goes) or `failed` (see `state_reason`).
+    pub state: String,
+    pub state_reason: Option<String>,
+    pub workers: MemberCounts,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, FromRow)]
+struct PoolRow {
+    spec: Json<PoolSpec>,
+    source: String,
+    state: String,
+    state_reason: Option<String>,
+    provisioning: i64,
+    ready: i64,
+    draining: i64,
+    terminating: i64,
+    failed: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<PoolRow> for Pool {
+    fn from(row: PoolRow) -> Self {
+        Pool {
+            spec: row.spec.0,
+            source: if row.source == "file" { Source::File } else { Source::Api },
+            state: row.state,
+            state_reason: row.state_reason,
+            workers: MemberCounts {
+                provisioning: row.provisioning,
+                ready: row.ready,
+                draining: row.draining,
+                terminating: row.terminating,
+                failed: row.failed,
+            },
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+const POOL_SELECT: &str = "select p.spec, p.source, p.state, p.state_reason, p.created_at, p.updated_at,
+        count(m.id) filter (where m.status = 'provisioning') as provisioning,
+        count(m.id) filter (where m.status = 'ready') as ready,
+        count(m.id) filter (where m.status = 'draining') as draining,
+        count(m.id) filter (where m.status = 'terminating') as terminating,
+        count(m.id) filter (where m.status = 'failed') as failed
+    from pools p left join pool_members m on m.pool_id = p.id";
+
+pub async fn list(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Pool>> {
+    let rows: Vec<PoolRow> =
+        sqlx::query_as(&format!("{POOL_SELECT} group by p.id order by p.id")).fetch_all(db).await?;
+    Ok(rows.into_iter().map(Pool::from).collect())
+}
+
+pub async fn get(db: impl PgExecutor<'_>, id: &str) -> sqlx::Result<Option<Pool>> {
+    let row: Option<PoolRow> =
+        sqlx::query_as(&format!("{POOL_SELECT} where p.id = $1 group by p.id")).bind(id).fetch_optional(db).await?;
+    Ok(row.map(Pool::from))
+}
+
+/// Creates an API-defined pool; `None` if the id is taken.
+pub async fn create(db: impl PgExecutor<'_>, spec: &PoolSpec) -> sqlx::Result<Option<()>> {
+    let inserted = sqlx::query(
+        "insert into pools (id, kind, provider, size, spec, source) values ($1, $2, $3, $4, $5, 'api')
+         on conflict (id) do nothing",
+    )
+    .bind(&spec.id)
+    .bind(spec.kind.as_str())
+    .bind(&spec.provider)
+    .bind(spec.size as i32)
+    .bind(Json(spec))
+    .execute(db)
+    .await?;
+    Ok((inserted.rows_affected() == 1).then_some(()))
+}
+
+/// What an update or delete found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Done,
+    NotFound,
+    /// The pool follows the configuration file; change it there.
+    FromFile,
+    /// The pool is being deleted.
+    Deleting,
+}
+
+/// Replaces an API-defined pool's spec. A changed spec makes a failed pool active again.
+pub async fn update(db: &mut PgConnection, spec: &PoolSpec) -> sqlx::Result<Change> {
+    let current: Option<(String, String)> = sqlx::query_as("select source, state from pools where id = $1 for update")
+        .bind(&spec.id)
+        .fetch_optional(&mut *db)
+        .await?;
+    match current.as_ref().map(|(source, state)| (source.as_str(), state.as_str())) {
+        None => return Ok(Change::NotFound),
+        Some(("file", _)) => return Ok(Change::FromFile),
+        Some((_, "deleting")) => return Ok(Change::Deleting),
+        Some(_) => {}
+    }
+    write_spec(db, spec).await?;
+    Ok(Change::Done)
+}
+
+async fn write_spec(db: impl PgExecutor<'_>, spec: &PoolSpec) -> sqlx::Result<()> {
+    sqlx::query(
+        "update pools set kind = $2, provider = $3, size = $4, spec = $5, state = 'active', state_reason = null,
+             updated_at = now()
+         where id = $1 and spec is distinct from $5",
+    )
+    .bind(&spec.id)
+    .bind(spec.kind.as_str())
+    .bind(&spec.provider)
+    .bind(spec.size as i32)
+    .bind(Json(spec))
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Starts deleting an API-defined pool: its workers drain, then the reconciler removes it.
+pub async fn delete(db: &mut PgConnection, id: &str) -> sqlx::Result<Change> {
+    let source: Option<String> = sqlx::query_scalar("select source from pools where id = $1 for update")
+        .bind(id)
+        .fetch_optional(&mut *db)
+        .await?;
+    match source.as_deref() {
+        None => Ok(Change::NotFound),
+        Some("file") => Ok(Change::FromFile),
+        Some(_) => {
+            mark_deleting(db, &[id.to_owned()]).await?;
+            Ok(Change::Done)
+        }
+    }
+}
+
+async fn mark_deleting(db: impl PgExecutor<'_>, ids: &[String]) -> sqlx::Result<()> {
+    sqlx::query("update pools set state = 'deleting', updated_at = now() where id = any($1) and state <> 'deleting'")
+        .bind(ids)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Makes the file-defined pools match `specs`: creates and updates them, and starts
+/// deleting file pools no longer listed. Pools created through the API are left alone,
+/// and a file pool cannot take over an API pool's id.
+pub async fn sync_file_pools(db: &mut PgConnection, specs: &[PoolSpec]) -> sqlx::Result<Vec<String>> {
+    let mut conflicts = Vec::new();
+    for spec in specs {
+        let source: Option<String> = sqlx::query_scalar(
+            "insert into pools (id, kind, provider, size, spec, source) values ($1, $2, $3, $4, $5, 'file')
+             on conflict (id) do update set id = excluded.id returning source",
+        )
+        .bind(&spec.id)
+        .bind(spec.kind.as_str())
+        .bind(&spec.provider)
+        .bind(spec.size as i32)
+        .bind(Json(spec))
+        .fetch_optional(&mut *db)
+        .await?;
+        if source.as_deref() == Some("file") {
+            write_spec(&mut *db, spec).await?;
+        } else {
+            conflicts.push(spec.id.clone());
+        }
+    }
+    let listed: Vec<String> = specs.iter().map(|spec| spec.id.clone()).collect();
+    let gone: Vec<String> =
+        sqlx::query_scalar("select id from pools where source = 'file' and not (id = any($1)) and state <> 'deleting'")
+            .bind(&listed)
+            .fetch_all(&mut *db)
+            .await?;
+    mark_deleting(&mut *db, &gone).await?;
+    Ok(conflicts)
+}
+
+/// One member and, once it registered, its worker.
+#[derive(Debug, Clone, PartialEq, Serialize, FromRow, ToSchema)]
+pub struct Member {
+    pub id: Uuid,
+    pub pool_id: String,
+    /// `provisioning`, `ready`, `draining`, `terminating` or `failed`.
+    pub status: String,
+    /// Provisioning attempts so far.
+    pub attempts: i32,
+    /// The provider's handle for the instance.
+    pub instance: Option<String>,
+    pub last_error: Option<String>,
+    pub attempt_started_at: Option<DateTime<Utc>>,
+    pub retry_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub worker_id: Option<Uuid>,
+    /// The worker's own state (`idle`, `busy`, `draining`, …).
+    pub worker_state: Option<String>,
+    pub worker_used_slots: Option<i32>,
+    pub worker_last_heartbeat_at: Option<DateTime<Utc>>,
+    pub worker_health_failures: Option<i32>,
+    /// Seconds since the worker's last heartbeat.
+    #[serde(skip)]
+    pub heartbeat_age_seconds: Option<f64>,
+}
+
+/// A pool's members, oldest first.
+pub async fn members(db: impl PgExecutor<'_>, pool_id: &str) -> sqlx::Result<Vec<Member>> {
+    sqlx::query_as(
+        "select m.id, m.pool_id, m.status, m.attempts, m.instance, m.last_error, m.attempt_started_at, m.retry_at,
+                m.created_at, w.id as worker_id, w.state as worker_state, w.used_slots as worker_used_slots,
+                w.last_heartbeat_at as worker_last_heartbeat_at, w.health_failures as worker_health_failures,
+                extract(epoch from now() - w.last_heartbeat_at)::float8 as heartbeat_age_seconds
+         from pool_members m
+         left join workers w on w.instance_id = m.id::text and w.gone_at is null
+         where m.pool_id = $1 order by m.created_at, m.id",
+    )
+    .bind(pool_id)
+    .fetch_all(db)
+    .await
+}
+
+/// Pool specs the reconciler works through, with their state.
+pub async fn specs(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(PoolSpec, String)>> {
+    let rows: Vec<(Json<PoolSpec>, String)> =
+        sqlx::query_as("select spec, state from pools order by id").fetch_all(db).await?;
+    Ok(rows.into_iter().map(|(spec, state)| (spec.0, state)).collect())
+}
+
+pub async fn add_member(db: impl PgExecutor<'_>, pool_id: &str) -> sqlx::Result<Uuid> {
+    let id = Uuid::now_v7();
+    sqlx::query("insert into pool_members (id, pool_id, status) values ($1, $2, 'provisioning')")
+        .bind(id)
+        .bind(pool_id)
+        .execute(db)
+        .await?;
+    Ok(id)
+}
+
+/// A provisioning attempt begins.
+pub async fn attempt_started(db: impl PgExecutor<'_>, member: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "update pool_members set attempts = attempts + 1, attempt_started_at = now(), retry_at = null,
+             instance = null, updated_at = now()
+         where id = $1",
+    )
+    .bind(member)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_instance(db: impl PgExecutor<'_>, member: Uuid, instance: &str) -> sqlx::Result<()> {
+    sqlx::query("update pool_members set instance = $2, updated_at = now() where id = $1")
+        .bind(member)
+        .bind(instance)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// A provisioning attempt failed: try again after `retry_in_seconds`, or give the member up
+/// (`failed`) when `retry_in_seconds` is `None`.
+pub async fn attempt_failed(
+    db: impl PgExecutor<'_>,
+    member: Uuid,
+    error: &str,
+    retry_in_seconds: Option<u32>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "update pool_members set instance = null, last_error = $2, updated_at = now(),
+             status = case when $3::int4 is null then 'failed' else status end,
+             retry_at = now() + make_interval(secs => coalesce($3::int4, 0))
+         where id = $1",
+    )
+    .bind(member)
+    .bind(error)
+    .bind(retry_in_seconds.map(|s| s as i32))
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_status(db: impl PgExecutor<'_>, member: Uuid, status: &str) -> sqlx::Result<()> {
+    sqlx::query("update pool_members set status = $2, updated_at = now() where id = $1")
+        .bind(member)
+        .bind(status)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn remove_member(db: impl PgExecutor<'_>, member: Uuid) -> sqlx::Result<()> {
+    sqlx::query("delete from pool_members where id = $1").bind(member).execute(db).await?;
+    Ok(())
+}
+
+/// The pool gave up (fail-fast provisioning).
+pub async fn fail_pool(db: impl PgExecutor<'_>, id: &str, reason: &str) -> sqlx::Result<()> {
+    sqlx::query("update pools set state = 'failed', state_reason = $2, updated_at = now() where id = $1")
+        .bind(id)
+        .bind(reason)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Removes a deleted pool once it has no members left.
+pub async fn remove_if_empty(db: impl PgExecutor<'_>, id: &str) -> sqlx::Result<bool> {
+    let removed = sqlx::query(
+        "delete from pools p where p.id = $1 and p.state = 'deleting'
+             and not exists (select 1 from pool_members m where m.pool_id = p.id)",
+    )
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(removed.rows_affected() == 1)
+}

@@ -1,0 +1,353 @@
+//! Pools: what a group of workers should look like (size, worker template, matching
+//! strategy, health and provisioning settings), its validation, and the pure decisions of
+//! the reconcile loop (which members to add, drain, retry or give up on).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::names::check_resource_name;
+use crate::placement::Strategy;
+use crate::ValidationErrors;
+
+/// Static pools keep a fixed size; dynamic pools scale with demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolKindName {
+    #[default]
+    Static,
+    Dynamic,
+}
+
+impl PoolKindName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolKindName::Static => "static",
+            PoolKindName::Dynamic => "dynamic",
+        }
+    }
+}
+
+/// A pool as declared in the configuration file or through the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// 1–63 lowercase letters, digits, `-` and `_`.
+    pub id: String,
+    #[serde(default)]
+    pub kind: PoolKindName,
+    /// The provider that provisions its workers (`local`).
+    #[serde(default = "default_provider")]
+    pub provider: String,
+    /// How many workers it keeps.
+    pub size: u32,
+    /// How jobs are matched to this pool's workers: `best_fit` (default), `first_fit`, `worst_fit`.
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub template: WorkerTemplate,
+    #[serde(default)]
+    pub health: HealthSettings,
+    #[serde(default)]
+    pub provisioning: ProvisioningSettings,
+}
+
+fn default_provider() -> String {
+    "local".to_owned()
+}
+
+/// What each worker of the pool looks like.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerTemplate {
+    /// CPU the worker offers, in millicores (default: what the provider's machine has).
+    pub cpu_millis: Option<u32>,
+    /// Memory the worker offers, in MiB (default: what the provider's machine has).
+    pub memory_mib: Option<u32>,
+    /// Jobs each worker runs at once (default 1).
+    pub slots: Option<u32>,
+    /// Labels jobs can require.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Provider tags (cloud resource tags).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Environment of the worker process.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Machine image (cloud providers).
+    pub image: Option<String>,
+    /// The worker agent's command line, replacing the provider's default.
+    pub command: Option<Vec<String>>,
+}
+
+impl WorkerTemplate {
+    pub fn slots(&self) -> u32 {
+        self.slots.unwrap_or(1)
+    }
+}
+
+/// When a worker counts as unhealthy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSettings {
+    /// A command the worker runs before each heartbeat; a non-zero exit is a failed check.
+    pub command: Option<Vec<String>>,
+    /// Consecutive failed checks (or missed heartbeats) before the worker is replaced.
+    pub failure_threshold: u32,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self { command: None, failure_threshold: 3 }
+    }
+}
+
+/// How workers are provisioned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvisioningSettings {
+    /// `parallel` (up to `concurrency` at once) or `sequential`.
+    pub mode: ProvisioningMode,
+    pub concurrency: u32,
+    /// How long one attempt may take, from the provider's call until the worker registers.
+    pub timeout_seconds: u32,
+    /// Attempts per worker before it counts as failed.
+    pub attempts: u32,
+    /// `retry`: keep trying failed workers (with backoff); `fail_fast`: the pool fails.
+    pub on_failure: FailureHandling,
+}
+
+impl Default for ProvisioningSettings {
+    fn default() -> Self {
+        Self {
+            mode: ProvisioningMode::Parallel,
+            concurrency: 5,
+            timeout_seconds: 120,
+            attempts: 3,
+            on_failure: FailureHandling::Retry,
+        }
+    }
+}
+
+impl ProvisioningSettings {
+    /// Provisioning attempts in flight at once.
+    pub fn parallelism(&self) -> usize {
+        match self.mode {
+            ProvisioningMode::Parallel => self.concurrency.max(1) as usize,
+            ProvisioningMode::Sequential => 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProvisioningMode {
+    #[default]
+    Parallel,
+    Sequential,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureHandling {
+    #[default]
+    Retry,
+    #[serde(alias = "fail-fast")]
+    FailFast,
+}
+
+/// What a provider can offer, for validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderLimits {
+    pub name: String,
+    /// The most memory one worker can have (the largest instance type, or this machine).
+    pub max_memory_mib: u32,
+    pub max_cpu_millis: u32,
+}
+
+/// Checks one pool against the known providers.
+pub fn validate_pool(spec: &PoolSpec, providers: &[ProviderLimits]) -> Result<(), ValidationErrors> {
+    let mut errors = ValidationErrors::new();
+    if let Err(message) = check_resource_name(&spec.id) {
+        errors.add("id", message);
+    }
+    if spec.size == 0 {
+        errors.add("size", "must be at least 1");
+    } else if spec.size > 1000 {
+        errors.add("size", format!("must be at most 1000, got {}", spec.size));
+    }
+    if spec.kind == PoolKindName::Dynamic {
+        errors.add("kind", "dynamic pools need an autoscaling provider, which this build does not have; use static");
+    }
+    match providers.iter().find(|p| p.name == spec.provider) {
+        None => {
+            let known: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+            errors.add("provider", format!("unknown provider {:?}; known: {}", spec.provider, known.join(", ")));
+        }
+        Some(limits) => {
+            if let Some(memory) = spec.template.memory_mib {
+                if memory > limits.max_memory_mib {
+                    errors.add(
+                        "template.memory_mib",
+                        format!(
+                            "{memory} MiB is more than provider {} allows for one worker ({} MiB)",
+                            limits.name, limits.max_memory_mib
+                        ),
+                    );
+                }
+            }
+            if let Some(cpu) = spec.template.cpu_millis {
+                if cpu > limits.max_cpu_millis {
+                    errors.add(
+                        "template.cpu_millis",
+                        format!(
+                            "{cpu} millicores is more than provider {} allows for one worker ({})",
+                            limits.name, limits.max_cpu_millis
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if spec.template.cpu_millis == Some(0) {
+        errors.add("template.cpu_millis", "must be positive");
+    }
+    if spec.template.memory_mib == Some(0) {
+        errors.add("template.memory_mib", "must be positive");
+    }
+    if !(1..=256).contains(&spec.template.slots()) {
+        errors.add("template.slots", format!("must be between 1 and 256, got {}", spec.template.slots()));
+    }
+    if spec.template.command.as_ref().is_some_and(Vec::is_empty) {
+        errors.add("template.command", "must not be empty");
+    }
+    if spec.health.command.as_ref().is_some_and(Vec::is_empty) {
+        errors.add("health.command", "must not be empty");
+    }
+    if !(1..=100).contains(&spec.health.failure_threshold) {
+        errors.add("health.failure_threshold", "must be between 1 and 100");
+    }
+    let provisioning = &spec.provisioning;
+    if !(1..=100).contains(&provisioning.concurrency) {
+        errors.add("provisioning.concurrency", "must be between 1 and 100");
+    }
+    if !(1..=3600).contains(&provisioning.timeout_seconds) {
+        errors.add("provisioning.timeout_seconds", "must be between 1 and 3600");
+    }
+    if !(1..=20).contains(&provisioning.attempts) {
+        errors.add("provisioning.attempts", "must be between 1 and 20");
+    }
+    errors.into_result(())
+}
+
+/// Checks a set of pools: each one, and that no id repeats.
+pub fn validate_pools(specs: &[PoolSpec], providers: &[ProviderLimits]) -> Result<(), ValidationErrors> {
+    let mut errors = ValidationErrors::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (index, spec) in specs.iter().enumerate() {
+        if !seen.insert(spec.id.as_str()) {
+            errors.add(format!("pools[{index}].id"), format!("duplicate pool id {:?}", spec.id));
+        }
+        if let Err(pool_errors) = validate_pool(spec, providers) {
+            errors.merge_prefixed(&format!("pools[{index}]."), pool_errors);
+        }
+    }
+    errors.into_result(())
+}
+
+/// Delay before retrying a failed provisioning attempt: 1 s, 2 s, 4 s … capped at 30 s.
+pub fn provisioning_backoff_seconds(attempts_so_far: u32) -> u32 {
+    1u32.checked_shl(attempts_so_far.saturating_sub(1)).unwrap_or(u32::MAX).min(30)
+}
+
+/// A member as the reconciler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView<M> {
+    pub id: M,
+    /// Provisioning or ready, and not on its way out.
+    pub live: bool,
+    /// Runs jobs right now.
+    pub busy: bool,
+}
+
+/// Which live members to drain to shrink a pool to `size`: idle ones first (newest
+/// first), busy ones only when the idle ones are not enough.
+pub fn members_to_drain<M: Clone>(members: &[MemberView<M>], size: usize) -> Vec<M> {
+    let live: Vec<&MemberView<M>> = members.iter().filter(|m| m.live).collect();
+    let excess = live.len().saturating_sub(size);
+    let mut order: Vec<&MemberView<M>> = live.iter().rev().copied().collect();
+    order.sort_by_key(|m| m.busy);
+    order.into_iter().take(excess).map(|m| m.id.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> Vec<ProviderLimits> {
+        vec![ProviderLimits { name: "local".into(), max_memory_mib: 4096, max_cpu_millis: 8000 }]
+    }
+
+    fn spec(id: &str, size: u32) -> PoolSpec {
+        serde_json::from_value(serde_json::json!({"id": id, "size": size})).expect("spec")
+    }
+
+    #[test]
+    fn defaults_follow_the_documented_values() {
+        let pool = spec("local", 2);
+        assert_eq!(pool.provider, "local");
+        assert_eq!(pool.kind, PoolKindName::Static);
+        assert_eq!(pool.strategy, Strategy::BestFit);
+        assert_eq!(pool.provisioning.concurrency, 5);
+        assert_eq!(pool.provisioning.timeout_seconds, 120);
+        assert_eq!(pool.provisioning.attempts, 3);
+        assert_eq!(pool.health.failure_threshold, 3);
+        assert!(validate_pool(&pool, &local()).is_ok());
+    }
+
+    #[test]
+    fn invalid_pools_are_named_precisely() {
+        let mut pool = spec("big", 0);
+        pool.provider = "nowhere".into();
+        let message = validate_pool(&pool, &local()).expect_err("invalid").to_string();
+        assert!(message.contains("size: must be at least 1"), "{message}");
+        assert!(message.contains("unknown provider \"nowhere\""), "{message}");
+
+        let mut pool = spec("big", 1);
+        pool.template.memory_mib = Some(8192);
+        let message = validate_pool(&pool, &local()).expect_err("invalid").to_string();
+        assert!(message.contains("template.memory_mib: 8192 MiB is more than provider local allows"), "{message}");
+
+        let message = validate_pools(&[spec("a", 1), spec("a", 2)], &local()).expect_err("dup").to_string();
+        assert!(message.contains("pools[1].id: duplicate pool id \"a\""), "{message}");
+    }
+
+    #[test]
+    fn hyphenated_names_are_accepted_for_settings() {
+        let pool: PoolSpec = serde_json::from_value(serde_json::json!({
+            "id": "p", "size": 1, "provisioning": {"on_failure": "fail-fast", "mode": "sequential"}
+        }))
+        .expect("spec");
+        assert_eq!(pool.provisioning.on_failure, FailureHandling::FailFast);
+        assert_eq!(pool.provisioning.parallelism(), 1);
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let delays: Vec<u32> = (1..=8).map(provisioning_backoff_seconds).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+
+    #[test]
+    fn shrinking_drains_idle_members_first() {
+        let member = |id: u32, busy: bool| MemberView { id, live: true, busy };
+        let members = vec![member(1, true), member(2, false), member(3, true), member(4, false), member(5, false)];
+        assert_eq!(members_to_drain(&members, 3), vec![5, 4]);
+        assert_eq!(members_to_drain(&members, 1), vec![5, 4, 2, 3]);
+        assert!(members_to_drain(&members, 5).is_empty());
+        let gone = MemberView { id: 6, live: false, busy: false };
+        assert!(members_to_drain(&[gone], 0).is_empty());
+    }
+}
