@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use hodei_e2e::{binary, start_system, Client, WORKER_REGISTRATION_TOKEN};
+use hodei_e2e::{binary, free_port, start_system, Client, Server, TestDatabase, WORKER_REGISTRATION_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -107,4 +107,68 @@ async fn worker_credentials_are_checked() {
         .post(&format!("/api/v1/workers/{id}/heartbeat"), json!({"state": "idle"}))
         .await
         .assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+#[tokio::test]
+async fn batched_reports_are_fenced_one_by_one_and_a_drain_reaches_the_heartbeat() {
+    let database = TestDatabase::empty().await;
+    // Assignments hold for longer than this test takes, however slow the machine.
+    let environment = [("HODEI_WORKER_ASSIGNMENT_TIMEOUT_SECONDS", "60")];
+    let server = &Server::spawn_configured(&database.url, free_port(), None, &environment);
+    server.wait_ready(Duration::from_secs(60)).await;
+    let registration = Client::new(&server.url, Some(WORKER_REGISTRATION_TOKEN));
+    let body = json!({"name": "w", "cpu_millis": 1000, "memory_mib": 512, "slots": 2});
+    let registered = registration.post("/api/v1/workers/register", body).await;
+    let (id, token) =
+        (registered.body["worker_id"].as_str().expect("id"), registered.body["token"].as_str().expect("token"));
+    let worker = Client::new(&server.url, Some(token));
+    let acme = server.tenant("acme").await;
+    let small = json!({"command": {"argv": ["true"]}, "resources": {"cpu_millis": 100, "memory_mib": 64}});
+    let first = acme.post("/api/v1/jobs", small.clone()).await.body["id"].as_str().expect("id").to_owned();
+    let second = acme.post("/api/v1/jobs", small).await.body["id"].as_str().expect("id").to_owned();
+
+    let mut assigned = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while assigned.len() < 2 {
+        let polled = worker.get(&format!("/api/v1/workers/{id}/assignments?wait_seconds=1")).await;
+        assigned.extend(polled.body["assignments"].as_array().expect("assignments").iter().cloned());
+        assert!(Instant::now() < deadline, "jobs were not assigned: {assigned:?}");
+    }
+    let attempt = |job: &str| assigned.iter().find(|a| a["job_id"] == job).expect("assigned")["attempt"].clone();
+
+    // One batch: both start, the first succeeds, the second reports a wrong attempt.
+    let reports = json!({
+        "started": [{"job_id": first, "attempt": attempt(&first)}, {"job_id": second, "attempt": attempt(&second)}],
+        "finished": [
+            {"job_id": first, "attempt": attempt(&first), "exit_code": 0},
+            {"job_id": second, "attempt": 99, "exit_code": 0},
+        ],
+    });
+    let reply = worker.post(&format!("/api/v1/workers/{id}/reports"), reports).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let outcomes = |kind: &str| -> Vec<String> {
+        reply.body[kind]
+            .as_array()
+            .expect(kind)
+            .iter()
+            .map(|o| o["outcome"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    assert_eq!(outcomes("started"), ["recorded", "recorded"]);
+    assert_eq!(outcomes("finished"), ["succeeded", "stale"]);
+    assert_eq!(acme.get(&format!("/api/v1/jobs/{first}")).await.body["state"], "succeeded");
+    assert_eq!(acme.get(&format!("/api/v1/jobs/{second}")).await.body["state"], "running");
+    let in_use = server.admin().get(&format!("/api/v1/workers/{id}")).await;
+    assert_eq!((in_use.body["used_slots"].as_i64(), in_use.body["state"].as_str()), (Some(1), Some("busy")));
+
+    // The control plane asks the worker to drain; it keeps draining whatever it reports.
+    sqlx::query("update workers set state = 'draining' where id = $1::uuid")
+        .bind(id)
+        .execute(&sqlx::PgPool::connect(&database.url).await.expect("connect"))
+        .await
+        .expect("drain");
+    let beat = worker.post(&format!("/api/v1/workers/{id}/heartbeat"), json!({"state": "idle"})).await;
+    assert_eq!(beat.body["drain"], true, "{beat:?}");
+    let beat = worker.post(&format!("/api/v1/workers/{id}/heartbeat"), json!({"state": "idle"})).await;
+    assert_eq!(beat.body["drain"], true, "a worker cannot undo a drain: {beat:?}");
 }

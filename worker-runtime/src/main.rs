@@ -220,6 +220,7 @@ async fn run(api_urls: Vec<String>, args: RunArgs) -> anyhow::Result<()> {
         delay = (delay * 2).min(Duration::from_secs(10));
     };
     println!("registered as worker {}", registered.worker_id);
+    let (report_sender, report_receiver) = tokio::sync::mpsc::unbounded_channel();
     let worker = Arc::new(WorkerSession {
         client: client.clone(),
         api_urls: api_urls.clone(),
@@ -228,7 +229,9 @@ async fn run(api_urls: Vec<String>, args: RunArgs) -> anyhow::Result<()> {
         token: registered.token.clone(),
         cancels: std::sync::Mutex::new(BTreeMap::new()),
         kill_grace: Duration::from_secs(args.kill_grace_seconds),
+        reports: report_sender,
     });
+    let reporter = tokio::spawn(report_loop(worker.clone(), report_receiver));
 
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let heartbeats = tokio::spawn(heartbeat_loop(
@@ -279,6 +282,7 @@ async fn run(api_urls: Vec<String>, args: RunArgs) -> anyhow::Result<()> {
         }
     }
     heartbeats.abort();
+    reporter.abort();
     let deregistered = async {
         worker
             .post("deregister", &json!({}))
@@ -329,6 +333,58 @@ struct WorkerSession {
     cancels: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Notify>>>,
     /// Between SIGTERM and SIGKILL when a job is stopped.
     kill_grace: Duration,
+    /// Starts and results waiting to go to the API in the next batch.
+    reports: tokio::sync::mpsc::UnboundedSender<Report>,
+}
+
+/// A start or a result on its way to the API. Results carry who waits for delivery.
+#[derive(Debug)]
+enum Report {
+    Started(serde_json::Value),
+    Finished(serde_json::Value, tokio::sync::oneshot::Sender<()>),
+}
+
+/// Most reports in one request (the API takes up to 1,000 of each kind).
+const REPORT_BATCH: usize = 500;
+
+/// Sends starts and results in batches: whatever queued up while the previous batch was
+/// in flight goes in the next one, so a busy worker makes few requests and an idle one
+/// reports at once. Each batch is retried until the API takes it.
+async fn report_loop(worker: Arc<WorkerSession>, mut queued: tokio::sync::mpsc::UnboundedReceiver<Report>) {
+    while let Some(first) = queued.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < REPORT_BATCH {
+            match queued.try_recv() {
+                Ok(report) => batch.push(report),
+                Err(_) => break,
+            }
+        }
+        let mut started = Vec::new();
+        let mut finished = Vec::new();
+        let mut waiting = Vec::new();
+        for report in batch {
+            match report {
+                Report::Started(body) => started.push(body),
+                Report::Finished(body, delivered) => {
+                    finished.push(body);
+                    waiting.push(delivered);
+                }
+            }
+        }
+        let reply = worker.report("reports", json!({"started": started, "finished": finished})).await;
+        let stale = reply
+            .iter()
+            .flat_map(|reply| ["started", "finished"].map(|kind| reply[kind].as_array().cloned().unwrap_or_default()))
+            .flatten()
+            .filter(|outcome| outcome["outcome"] == "stale")
+            .count();
+        if stale > 0 {
+            eprintln!("hodei-worker: the API refused {stale} report(s) as stale; dropping them");
+        }
+        for delivered in waiting {
+            let _ = delivered.send(());
+        }
+    }
 }
 
 impl WorkerSession {
@@ -355,6 +411,20 @@ impl WorkerSession {
         self.fail_over(sent)
     }
 
+    fn queue_report(&self, report: Report) {
+        if self.reports.send(report).is_err() {
+            eprintln!("hodei-worker: the report queue is closed; a report was lost");
+        }
+    }
+
+    /// Queues an attempt's result and waits until the API has taken it (or refused it).
+    async fn finish(&self, assignment: &Assignment, mut result: serde_json::Value) {
+        result["job_id"] = json!(assignment.job_id);
+        let (delivered, taken) = tokio::sync::oneshot::channel();
+        self.queue_report(Report::Finished(result, delivered));
+        let _ = taken.await;
+    }
+
     async fn poll(&self) -> anyhow::Result<Vec<Assignment>> {
         let sent = self
             .client
@@ -371,15 +441,15 @@ impl WorkerSession {
         Ok(response.json::<Assignments>().await?.assignments)
     }
 
-    /// Sends a report until the API takes it or refuses it as stale.
-    async fn report(&self, path: &str, body: serde_json::Value) {
+    /// Sends a report until the API takes it (returning its reply) or refuses it as stale.
+    async fn report(&self, path: &str, body: serde_json::Value) -> Option<serde_json::Value> {
         let mut delay = Duration::from_millis(200);
         loop {
             match self.post(path, &body).await {
-                Ok(response) if response.status().is_success() => return,
+                Ok(response) if response.status().is_success() => return response.json().await.ok(),
                 Ok(response) if response.status() == reqwest::StatusCode::CONFLICT => {
                     eprintln!("hodei-worker: the API refused {path} as stale; dropping it");
-                    return;
+                    return None;
                 }
                 Ok(response) => eprintln!("hodei-worker: {path} failed: HTTP {}; retrying", response.status()),
                 Err(error) => eprintln!("hodei-worker: {path} failed: {error}; retrying"),
@@ -476,7 +546,7 @@ async fn run_assignment(worker: Arc<WorkerSession>, assignment: Assignment) {
     let path = |what: &str| format!("jobs/{}/{what}", assignment.job_id);
     let Some((program, args)) = assignment.argv.split_first() else {
         let report = json!({"attempt": assignment.attempt, "error": "empty argv"});
-        worker.report(&path("finish"), report).await;
+        worker.finish(&assignment, report).await;
         return;
     };
     let mut command = tokio::process::Command::new(program);
@@ -490,7 +560,7 @@ async fn run_assignment(worker: Arc<WorkerSession>, assignment: Assignment) {
         Err(error) => {
             let report =
                 json!({"attempt": assignment.attempt, "error": format!("could not start {program:?}: {error}")});
-            worker.report(&path("finish"), report).await;
+            worker.finish(&assignment, report).await;
             return;
         }
     };
@@ -505,7 +575,7 @@ async fn run_assignment(worker: Arc<WorkerSession>, assignment: Assignment) {
     if let Ok(mut cancels) = worker.cancels.lock() {
         cancels.insert(assignment.job_id.clone(), cancel.clone());
     }
-    worker.report(&path("start"), json!({"attempt": assignment.attempt})).await;
+    worker.queue_report(Report::Started(json!({"job_id": assignment.job_id, "attempt": assignment.attempt})));
     let limit = Duration::from_secs(assignment.timeout_seconds.max(1));
     let report = tokio::select! {
         waited = tokio::time::timeout(limit, child.wait()) => match waited {
@@ -529,7 +599,7 @@ async fn run_assignment(worker: Arc<WorkerSession>, assignment: Assignment) {
         let _ = reader.await;
     }
     let _ = shipper.await;
-    worker.report(&path("finish"), report).await;
+    worker.finish(&assignment, report).await;
 }
 
 /// Reads a child's pipe to its end, passing chunks on.

@@ -34,6 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(poll_assignments))
         .routes(routes!(start_job))
         .routes(routes!(finish_job))
+        .routes(routes!(post_reports))
         .routes(routes!(ship_logs))
 }
 
@@ -120,6 +121,60 @@ pub struct FinishReply {
     pub outcome: String,
 }
 
+/// Most starts, and most results, in one batch of reports.
+pub const MAX_REPORTS: usize = 1000;
+
+/// Starts and results of several attempts at once; starts are recorded first.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reports {
+    #[serde(default)]
+    pub started: Vec<StartedAttempt>,
+    #[serde(default)]
+    pub finished: Vec<FinishedAttempt>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartedAttempt {
+    pub job_id: Uuid,
+    pub attempt: i32,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FinishedAttempt {
+    pub job_id: Uuid,
+    pub attempt: i32,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// What became of each report, in the order sent.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReportsReply {
+    pub started: Vec<ReportOutcome>,
+    pub finished: Vec<ReportOutcome>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReportOutcome {
+    pub job_id: Uuid,
+    /// Starts: `recorded` or `stale`. Results: `succeeded`, `retry_scheduled`,
+    /// `dead_lettered`, `cancelled` or `stale` (refused; drop it).
+    pub outcome: String,
+}
+
+fn outcome(recorded: &Recorded) -> &'static str {
+    match recorded {
+        Recorded::Stale | Recorded::Failed(FailureResult::Stale) => "stale",
+        Recorded::Succeeded => "succeeded",
+        Recorded::Failed(FailureResult::RetryScheduled { .. }) => "retry_scheduled",
+        Recorded::Failed(FailureResult::DeadLettered { .. }) => "dead_lettered",
+        Recorded::Failed(FailureResult::Cancelled) => "cancelled",
+    }
+}
+
 fn parse_job(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::not_found(format!("no job {id:?}")))
 }
@@ -200,15 +255,61 @@ async fn finish_job(
     let result = AttemptResult { job_id, attempt: report.attempt, exit_code: report.exit_code, error: report.error };
     let random = crate::store::dispatch::random_fraction()?;
     let mut connection = state.db.acquire().await?;
-    let outcome = match assignment::finish(&mut connection, id, &result, random).await? {
-        Recorded::Stale => return Err(stale_attempt()),
-        Recorded::Succeeded => "succeeded",
-        Recorded::Failed(FailureResult::RetryScheduled { .. }) => "retry_scheduled",
-        Recorded::Failed(FailureResult::DeadLettered { .. }) => "dead_lettered",
-        Recorded::Failed(FailureResult::Cancelled) => "cancelled",
-        Recorded::Failed(FailureResult::Stale) => return Err(stale_attempt()),
+    match outcome(&assignment::finish(&mut connection, id, &result, random).await?) {
+        "stale" => Err(stale_attempt()),
+        outcome => Ok(axum::Json(FinishReply { outcome: outcome.to_owned() })),
+    }
+}
+
+/// Starts and results of several attempts in one request: how a busy worker reports.
+/// Each is fenced like its single counterpart; a stale one is answered `stale`.
+#[utoipa::path(
+    post, path = "/workers/{id}/reports", tag = "workers", request_body = Reports, security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Worker id")),
+    responses((status = 200, body = ReportsReply), (status = 422, body = Problem, content_type = "application/problem+json"))
+)]
+async fn post_reports(
+    State(state): State<AppState>,
+    identity: WorkerIdentity,
+    Path(id): Path<String>,
+    Json(reports): Json<Reports>,
+) -> Result<axum::Json<ReportsReply>, ApiError> {
+    let id = identity.check(&id)?;
+    if reports.started.len() > MAX_REPORTS || reports.finished.len() > MAX_REPORTS {
+        return Err(ValidationErrors::single(
+            "started",
+            format!("at most {MAX_REPORTS} starts and {MAX_REPORTS} results"),
+        )
+        .into());
+    }
+    let mut connection = state.db.acquire().await?;
+    let starts: Vec<(Uuid, i32)> = reports.started.iter().map(|s| (s.job_id, s.attempt)).collect();
+    let recorded =
+        if starts.is_empty() { Vec::new() } else { assignment::start_many(&mut *connection, id, &starts).await? };
+    let started = starts
+        .iter()
+        .map(|(job_id, _)| ReportOutcome {
+            job_id: *job_id,
+            outcome: if recorded.contains(job_id) { "recorded" } else { "stale" }.to_owned(),
+        })
+        .collect();
+    let results: Vec<AttemptResult> = reports
+        .finished
+        .into_iter()
+        .map(|f| AttemptResult { job_id: f.job_id, attempt: f.attempt, exit_code: f.exit_code, error: f.error })
+        .collect();
+    let finished = if results.is_empty() {
+        Vec::new()
+    } else {
+        let random = crate::store::dispatch::random_fraction()?;
+        let recorded = assignment::finish_many(&mut connection, id, &results, random).await?;
+        results
+            .iter()
+            .zip(&recorded)
+            .map(|(result, recorded)| ReportOutcome { job_id: result.job_id, outcome: outcome(recorded).to_owned() })
+            .collect()
     };
-    Ok(axum::Json(FinishReply { outcome: outcome.to_owned() }))
+    Ok(axum::Json(ReportsReply { started, finished }))
 }
 
 /// What the control plane tells workers about the protocol.

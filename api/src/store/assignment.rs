@@ -69,18 +69,40 @@ struct CandidateRow {
 /// One scheduling cycle; returns how many jobs it assigned.
 pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleLimits) -> sqlx::Result<usize> {
     let mut transaction = db.begin().await?;
-    let free: Vec<FreeRow> = sqlx::query_as(
-        "select w.id, w.cpu_millis - w.used_cpu_millis as free_cpu, w.memory_mib - w.used_memory_mib as free_memory,
-                w.slots - w.used_slots as free_slots, w.labels, w.cpu_millis, w.memory_mib,
-                coalesce(p.kind, 'static') as pool_kind, p.spec->>'strategy' as pool_strategy,
-                case when p.id is null then 0 else 1 + (select count(*) from pools q where q.id < p.id) end as pool_group
-         from workers w left join pools p on p.id = w.pool
-         where w.gone_at is null and w.state in ('idle', 'busy') and w.used_slots < w.slots
+    // Lock workers that look free, then read what they hold in a second statement: its
+    // snapshot is taken after the locks are granted, so it sees every assignment that
+    // other cycles committed to these workers before (they held the same locks). Results
+    // only delete `worker_jobs` rows, so a stale view errs on the safe side.
+    let locked: Vec<Uuid> = sqlx::query_scalar(
+        "select w.id from workers w
+         where w.gone_at is null and w.state in ('idle', 'busy')
+           and (select count(*) from worker_jobs h where h.worker_id = w.id) < w.slots
          order by w.id limit $1 for update of w skip locked",
     )
     .bind(limits.workers)
     .fetch_all(&mut *transaction)
     .await?;
+    if locked.is_empty() {
+        return Ok(0);
+    }
+    let free: Vec<FreeRow> = sqlx::query_as(
+        "select w.id, w.cpu_millis - coalesce(u.cpu, 0)::int4 as free_cpu,
+                w.memory_mib - coalesce(u.memory, 0)::int4 as free_memory,
+                w.slots - u.slots::int4 as free_slots, w.labels, w.cpu_millis, w.memory_mib,
+                coalesce(p.kind, 'static') as pool_kind, p.spec->>'strategy' as pool_strategy,
+                case when p.id is null then 0 else 1 + (select count(*) from pools q where q.id < p.id) end as pool_group
+         from workers w
+         left join pools p on p.id = w.pool
+         cross join lateral (
+             select sum(h.cpu_millis) as cpu, sum(h.memory_mib) as memory, count(*) as slots
+             from worker_jobs h where h.worker_id = w.id
+         ) u
+         where w.id = any($1) order by w.id",
+    )
+    .bind(&locked)
+    .fetch_all(&mut *transaction)
+    .await?;
+    let free: Vec<FreeRow> = free.into_iter().filter(|w| w.free_slots > 0).collect();
     if free.is_empty() {
         return Ok(0);
     }
@@ -167,11 +189,9 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
          ), held as (
             insert into worker_jobs (job_id, worker_id, attempt, cpu_millis, memory_mib, lease_expires_at)
             select id, worker_id, attempt, cpu_millis, memory_mib, now() + make_interval(secs => $3) from assigned
-         ), used as (
-            update workers w set used_cpu_millis = w.used_cpu_millis + u.cpu, used_memory_mib = w.used_memory_mib + u.memory,
-                used_slots = w.used_slots + u.jobs, state = 'busy'
-            from (select worker_id, sum(cpu_millis)::int4 as cpu, sum(memory_mib)::int4 as memory, count(*)::int4 as jobs
-                  from assigned group by worker_id) u
+         ), reused as (
+            update workers w set jobs_run = w.jobs_run + u.jobs
+            from (select worker_id, count(*) as jobs from assigned group by worker_id) u
             where w.id = u.worker_id
          ), dispatched as (
             insert into queue_activity (queue, kind, jobs, waits_ms)
@@ -285,25 +305,42 @@ pub async fn take_assignments(db: &mut PgConnection, worker_id: Uuid) -> sqlx::R
 
 /// The worker started the attempt. False when the attempt is not this worker's current one.
 pub async fn start(db: &mut PgConnection, worker_id: Uuid, job_id: Uuid, attempt: i32) -> sqlx::Result<bool> {
-    let started: Option<Uuid> = sqlx::query_scalar(
-        "with held as (
-            update worker_jobs set started = true where job_id = $1 and worker_id = $2 and attempt = $3
+    Ok(start_many(db, worker_id, &[(job_id, attempt)]).await?.contains(&job_id))
+}
+
+/// The worker started these attempts; returns those that were its current ones.
+pub async fn start_many(
+    db: impl sqlx::PgExecutor<'_>,
+    worker_id: Uuid,
+    attempts: &[(Uuid, i32)],
+) -> sqlx::Result<Vec<Uuid>> {
+    let mut sorted = attempts.to_vec();
+    sorted.sort();
+    let (ids, numbers): (Vec<Uuid>, Vec<i32>) = sorted.into_iter().unzip();
+    sqlx::query_scalar(
+        "with reported as (
+            select * from unnest($1::uuid[], $2::int4[]) as r(job_id, attempt)
+         ), held as (
+            update worker_jobs w set started = true from reported r
+            where w.job_id = r.job_id and w.worker_id = $3 and w.attempt = r.attempt
+            returning w.job_id, w.attempt
          ), job as (
-            update jobs set state = 'running', started_at = now(), updated_at = now()
-            where id = $1 and attempt = $3 and worker_id = $2 and state = 'assigned'
-            returning id, tenant_id, attempt
+            update jobs j set state = 'running', started_at = now(), updated_at = now()
+            from held h
+            where j.id = h.job_id and j.attempt = h.attempt and j.worker_id = $3 and j.state = 'assigned'
+            returning j.id, j.tenant_id, j.attempt
          ), event as (
             insert into job_events (tenant_id, job_id, kind, state, attempt, data)
-            select tenant_id, id, 'job.started', 'running', attempt, jsonb_build_object('worker_id', $2::uuid) from job
+            select tenant_id, id, 'job.started', 'running', attempt, jsonb_build_object('worker_id', $3::uuid)
+            from job order by id
          )
          select id from job",
     )
-    .bind(job_id)
+    .bind(&ids)
+    .bind(&numbers)
     .bind(worker_id)
-    .bind(attempt)
-    .fetch_optional(db)
-    .await?;
-    Ok(started.is_some())
+    .fetch_all(db)
+    .await
 }
 
 /// How an attempt ended on its worker.
@@ -324,64 +361,77 @@ pub enum Recorded {
     Stale,
 }
 
-/// Records an attempt's result and gives its capacity back to the worker.
+/// Records an attempt's result, which frees its capacity.
 pub async fn finish(
     db: &mut PgConnection,
     worker_id: Uuid,
     result: &AttemptResult,
     random: f64,
 ) -> sqlx::Result<Recorded> {
-    let mut transaction = db.begin().await?;
-    // The worker's hold on the job is the fence: a result only counts from the holder.
-    let held: Option<(i32, i32)> = sqlx::query_as(
-        "delete from worker_jobs where job_id = $1 and worker_id = $2 and attempt = $3
-         returning cpu_millis, memory_mib",
-    )
-    .bind(result.job_id)
-    .bind(worker_id)
-    .bind(result.attempt)
-    .fetch_optional(&mut *transaction)
-    .await?;
-    let Some((cpu, memory)) = held else {
-        return Ok(Recorded::Stale);
-    };
-    release(&mut transaction, worker_id, cpu, memory).await?;
-    sqlx::query("update jobs set exit_code = $2 where id = $1")
-        .bind(result.job_id)
-        .bind(result.exit_code)
-        .execute(&mut *transaction)
-        .await?;
-    let recorded = if result.exit_code == Some(0) && result.error.is_none() {
-        dispatch::complete(&mut *transaction, &[(result.job_id, result.attempt)]).await?;
-        Recorded::Succeeded
-    } else {
-        let error = result.error.clone().unwrap_or_else(|| match result.exit_code {
-            Some(code) => format!("exited with code {code}"),
-            None => "ended without an exit code".to_owned(),
-        });
-        let failure = Failure { job_id: result.job_id, attempt: result.attempt, error, retryable: true };
-        Recorded::Failed(dispatch::fail(&mut transaction, &failure, random).await?)
-    };
-    // Capacity came free: wake the scheduler.
-    sqlx::query("select pg_notify('hodei_ready', 'capacity')").execute(&mut *transaction).await?;
-    transaction.commit().await?;
-    Ok(recorded)
+    let mut recorded = finish_many(db, worker_id, std::slice::from_ref(result), random).await?;
+    Ok(recorded.pop().unwrap_or(Recorded::Stale))
 }
 
-/// Gives a finished attempt's capacity back to its worker.
-async fn release(db: &mut PgConnection, worker_id: Uuid, cpu: i32, memory: i32) -> sqlx::Result<()> {
-    sqlx::query(
-        "update workers set used_cpu_millis = used_cpu_millis - $2, used_memory_mib = used_memory_mib - $3,
-             used_slots = used_slots - 1, jobs_run = jobs_run + 1,
-             state = case when used_slots - 1 = 0 and state = 'busy' then 'idle' else state end
-         where id = $1",
+/// Records results in one transaction, in the order given; each is fenced by the
+/// worker's hold on the attempt, and one that is not current is `Stale` and changes nothing.
+pub async fn finish_many(
+    db: &mut PgConnection,
+    worker_id: Uuid,
+    results: &[AttemptResult],
+    random: f64,
+) -> sqlx::Result<Vec<Recorded>> {
+    let mut transaction = db.begin().await?;
+    let mut order: Vec<&AttemptResult> = results.iter().collect();
+    order.sort_by_key(|result| result.job_id);
+    // The worker's hold on the job is the fence: a result only counts from the holder.
+    let held: Vec<Uuid> = sqlx::query_scalar(
+        "with reported as (
+            select * from unnest($1::uuid[], $2::int4[], $3::int4[]) as r(job_id, attempt, exit_code)
+         ), released as (
+            delete from worker_jobs w using reported r
+            where w.job_id = r.job_id and w.attempt = r.attempt and w.worker_id = $4
+            returning w.job_id
+         ), coded as (
+            update jobs j set exit_code = r.exit_code from reported r join released d on d.job_id = r.job_id
+            where j.id = r.job_id
+         )
+         select job_id from released",
     )
+    .bind(order.iter().map(|r| r.job_id).collect::<Vec<_>>())
+    .bind(order.iter().map(|r| r.attempt).collect::<Vec<_>>())
+    .bind(order.iter().map(|r| r.exit_code).collect::<Vec<_>>())
     .bind(worker_id)
-    .bind(cpu)
-    .bind(memory)
-    .execute(db)
+    .fetch_all(&mut *transaction)
     .await?;
-    Ok(())
+    let succeeded: Vec<(Uuid, i32)> = order
+        .iter()
+        .filter(|r| held.contains(&r.job_id) && r.exit_code == Some(0) && r.error.is_none())
+        .map(|r| (r.job_id, r.attempt))
+        .collect();
+    if !succeeded.is_empty() {
+        dispatch::complete(&mut *transaction, &succeeded).await?;
+    }
+    let mut recorded = Vec::with_capacity(results.len());
+    for result in results {
+        if !held.contains(&result.job_id) {
+            recorded.push(Recorded::Stale);
+        } else if succeeded.iter().any(|(id, _)| *id == result.job_id) {
+            recorded.push(Recorded::Succeeded);
+        } else {
+            let error = result.error.clone().unwrap_or_else(|| match result.exit_code {
+                Some(code) => format!("exited with code {code}"),
+                None => "ended without an exit code".to_owned(),
+            });
+            let failure = Failure { job_id: result.job_id, attempt: result.attempt, error, retryable: true };
+            recorded.push(Recorded::Failed(dispatch::fail(&mut transaction, &failure, random).await?));
+        }
+    }
+    if !held.is_empty() {
+        // Capacity came free: wake the scheduler.
+        sqlx::query("select pg_notify('hodei_ready', 'capacity')").execute(&mut *transaction).await?;
+    }
+    transaction.commit().await?;
+    Ok(recorded)
 }
 
 /// What a heartbeat tells the worker.
@@ -445,14 +495,12 @@ pub async fn drain_worker(db: impl sqlx::PgExecutor<'_>, worker_id: Uuid) -> sql
 /// instead of waiting for their leases to run out. Returns how many attempts it gave up.
 pub async fn abandon_worker(db: &mut PgConnection, worker_id: Uuid, reason: &str, random: f64) -> sqlx::Result<usize> {
     let mut transaction = db.begin().await?;
-    let held: Vec<(Uuid, i32, i32, i32)> = sqlx::query_as(
-        "delete from worker_jobs where worker_id = $1 returning job_id, attempt, cpu_millis, memory_mib",
-    )
-    .bind(worker_id)
-    .fetch_all(&mut *transaction)
-    .await?;
-    for (job_id, attempt, cpu, memory) in &held {
-        release(&mut transaction, worker_id, *cpu, *memory).await?;
+    let held: Vec<(Uuid, i32)> =
+        sqlx::query_as("delete from worker_jobs where worker_id = $1 returning job_id, attempt")
+            .bind(worker_id)
+            .fetch_all(&mut *transaction)
+            .await?;
+    for (job_id, attempt) in &held {
         let failure = Failure { job_id: *job_id, attempt: *attempt, error: reason.to_owned(), retryable: true };
         dispatch::fail(&mut transaction, &failure, random).await?;
     }
@@ -495,19 +543,18 @@ pub async fn expire_leases(db: &mut PgConnection, timeouts: Timeouts, random: f6
         .await?;
     }
     sqlx::query("update control_plane set reaper_at = now() where id = 1").execute(&mut *transaction).await?;
-    let expired: Vec<(Uuid, Uuid, i32, i32, i32, bool)> = sqlx::query_as(
+    let expired: Vec<(Uuid, i32, bool)> = sqlx::query_as(
         "delete from worker_jobs where job_id in (
              select job_id from worker_jobs
              where lease_expires_at < now() or (not started and assigned_at < now() - make_interval(secs => $1))
              order by lease_expires_at limit 100 for update skip locked
          )
-         returning job_id, worker_id, attempt, cpu_millis, memory_mib, lease_expires_at < now()",
+         returning job_id, attempt, lease_expires_at < now()",
     )
     .bind(timeouts.assignment.as_secs_f64())
     .fetch_all(&mut *transaction)
     .await?;
-    for (job_id, worker_id, attempt, cpu, memory, lease_expired) in &expired {
-        release(&mut transaction, *worker_id, *cpu, *memory).await?;
+    for (job_id, attempt, lease_expired) in &expired {
         let error = if *lease_expired {
             "lease expired: the worker stopped heartbeating"
         } else {

@@ -252,7 +252,7 @@ pub struct Member {
 pub async fn members(db: impl PgExecutor<'_>, pool_id: &str) -> sqlx::Result<Vec<Member>> {
     sqlx::query_as(
         "select m.id, m.pool_id, m.status, m.attempts, m.instance, m.last_error, m.attempt_started_at, m.retry_at,
-                m.created_at, w.id as worker_id, w.state as worker_state, w.used_slots as worker_used_slots,
+                m.created_at, w.id as worker_id, w.state as worker_state, (select count(*)::int4 from worker_jobs h where h.worker_id = w.id) as worker_used_slots,
                 w.last_heartbeat_at as worker_last_heartbeat_at, w.health_failures as worker_health_failures,
                 extract(epoch from now() - w.last_heartbeat_at)::float8 as heartbeat_age_seconds
          from pool_members m

@@ -94,8 +94,18 @@ struct WorkerRow {
     gone_at: Option<DateTime<Utc>>,
 }
 
-const WORKER_COLUMNS: &str = "id, name, pool, state, cpu_millis, memory_mib, slots, labels, instance_id,
-    used_cpu_millis, used_memory_mib, used_slots, jobs_run, health_failures, registered_at, last_heartbeat_at, gone_at";
+/// Workers with the capacity their held attempts use; `idle`/`busy` follows from it.
+const WORKER_SELECT: &str = "select w.id, w.name, w.pool,
+        case when w.state in ('idle', 'busy') then case when u.slots > 0 then 'busy' else 'idle' end
+             else w.state end as state,
+        w.cpu_millis, w.memory_mib, w.slots, w.labels, w.instance_id,
+        coalesce(u.cpu, 0)::int4 as used_cpu_millis, coalesce(u.memory, 0)::int4 as used_memory_mib,
+        u.slots::int4 as used_slots, w.jobs_run, w.health_failures, w.registered_at, w.last_heartbeat_at, w.gone_at
+    from workers w
+    cross join lateral (
+        select sum(h.cpu_millis) as cpu, sum(h.memory_mib) as memory, count(*) as slots
+        from worker_jobs h where h.worker_id = w.id
+    ) u";
 
 impl WorkerRow {
     fn into_worker(self) -> sqlx::Result<Worker> {
@@ -138,9 +148,13 @@ pub struct NewWorker<'a> {
 
 pub async fn register(db: impl PgExecutor<'_>, worker: &NewWorker<'_>) -> sqlx::Result<Worker> {
     let row: WorkerRow = sqlx::query_as(&format!(
-        "insert into workers (id, name, pool, state, cpu_millis, memory_mib, slots, labels, instance_id, token_hash)
-         values ($1, $2, $3, 'idle', $4, $5, $6, $7, $8, $9)
-         returning {WORKER_COLUMNS}"
+        "with inserted as (
+            insert into workers (id, name, pool, state, cpu_millis, memory_mib, slots, labels, instance_id, token_hash)
+            values ($1, $2, $3, 'idle', $4, $5, $6, $7, $8, $9)
+            returning *
+         )
+         {}",
+        WORKER_SELECT.replace("from workers w", "from inserted w")
     ))
     .bind(Uuid::now_v7())
     .bind(worker.name)
@@ -174,19 +188,17 @@ pub async fn deregister(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<bool>
 }
 
 pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Worker>> {
-    let row: Option<WorkerRow> = sqlx::query_as(&format!("select {WORKER_COLUMNS} from workers where id = $1"))
-        .bind(id)
-        .fetch_optional(db)
-        .await?;
+    let row: Option<WorkerRow> =
+        sqlx::query_as(&format!("{WORKER_SELECT} where w.id = $1")).bind(id).fetch_optional(db).await?;
     row.map(WorkerRow::into_worker).transpose()
 }
 
 /// Workers, newest first; `include_gone` adds those that left.
 pub async fn list(db: impl PgExecutor<'_>, pool: Option<&str>, include_gone: bool) -> sqlx::Result<Vec<Worker>> {
     let rows: Vec<WorkerRow> = sqlx::query_as(&format!(
-        "select {WORKER_COLUMNS} from workers
-         where ($1::text is null or pool = $1) and ($2 or gone_at is null)
-         order by id desc"
+        "{WORKER_SELECT}
+         where ($1::text is null or w.pool = $1) and ($2 or w.gone_at is null)
+         order by w.id desc"
     ))
     .bind(pool)
     .bind(include_gone)
