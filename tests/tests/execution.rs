@@ -80,6 +80,16 @@ async fn jobs_run_on_real_workers_with_best_fit_placement() {
     let timed_out = wait_for_state(&acme, &slow, &["dead_lettered"]).await;
     assert!(timed_out["last_error"].as_str().is_some_and(|e| e.contains("timed out")), "{timed_out}");
 
+    // A timeout asks first: SIGTERM reaches the job's process group, which may clean up.
+    let polite = "trap 'echo cleaned-up; exit 0' TERM; sleep 30 & wait";
+    let polite =
+        submit(&acme, json!({"command": {"argv": ["sh", "-c", polite], "timeout_seconds": 1}, "max_attempts": 1}))
+            .await;
+    let stopped = wait_for_state(&acme, &polite, &["dead_lettered"]).await;
+    assert!(stopped["last_error"].as_str().is_some_and(|e| e.contains("timed out")), "{stopped}");
+    let output = acme.get(&format!("/api/v1/jobs/{polite}/logs")).await;
+    assert!(output.body.to_string().contains("cleaned-up"), "the job saw SIGTERM: {output:?}");
+
     let missing = submit(&acme, json!({"command": {"argv": ["/no/such/program"]}, "max_attempts": 1})).await;
     let not_started = wait_for_state(&acme, &missing, &["dead_lettered"]).await;
     assert!(not_started["last_error"].as_str().is_some_and(|e| e.contains("could not start")), "{not_started}");
