@@ -373,3 +373,36 @@ async fn provisioning_retries_failed_attempts_and_fail_fast_gives_up_with_the_re
     flaky.inner.stop_own_workers(Duration::from_secs(10)).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_worker_failing_its_health_command_is_drained_and_replaced() {
+    let database = TestDatabase::empty().await;
+    let marks = std::env::temp_dir().join(format!("hodei-unhealthy-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&marks).expect("marks dir");
+    // Healthy unless a file named after the worker's member id exists.
+    let check = format!("test ! -e {}/$HODEI_INSTANCE_ID", marks.display());
+    let config = ConfigFile::new(&format!(
+        "pools:\n  - id: checked\n    size: 2\n    template: {{slots: 1, cpu_millis: 1000, memory_mib: 512}}\n    \
+         health: {{command: [sh, -c, {check:?}], failure_threshold: 2}}\n"
+    ));
+    let mut server = Server::spawn_configured(&database.url, free_port(), Some(config.path()), &[]);
+    server.wait_ready(Duration::from_secs(60)).await;
+    let admin = server.admin();
+    let before = wait_for_ready(&admin, "checked", 2, Duration::from_secs(60)).await;
+
+    let sick = &before[0];
+    std::fs::write(marks.join(sick["id"].as_str().expect("member id")), b"").expect("mark unhealthy");
+    let failures = wait_until("failed health checks to be counted", Duration::from_secs(30), async || {
+        let worker = admin.get(&format!("/api/v1/workers/{}", sick["worker_id"].as_str()?)).await;
+        worker.body["health_failures"].as_i64().filter(|failures| *failures >= 1)
+    })
+    .await;
+    assert!(failures >= 1);
+    wait_for_removal(&admin, "checked", sick).await;
+    let after = wait_for_ready(&admin, "checked", 2, Duration::from_secs(30)).await;
+    assert!(after.iter().any(|m| m["id"] == before[1]["id"]), "the healthy worker stayed");
+    let drained = admin.get(&format!("/api/v1/workers/{}", sick["worker_id"].as_str().expect("id"))).await;
+    assert_eq!(drained.body["state"], "gone", "the sick worker left: {drained:?}");
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&marks);
+}

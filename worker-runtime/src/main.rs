@@ -64,10 +64,11 @@ struct RunArgs {
     /// The cloud instance id, if any (a pool's provider sets it to the member id).
     #[arg(long)]
     instance_id: Option<String>,
-    /// A health check run before each heartbeat, as a JSON array (`["pg_isready"]`); a
-    /// non-zero exit is reported as unhealthy.
+    /// A health check run before each heartbeat, as a JSON array (`["pg_isready"]`), with
+    /// `HODEI_WORKER_ID` and `HODEI_INSTANCE_ID` in its environment; a non-zero exit is
+    /// reported as unhealthy.
     #[arg(long, value_parser = parse_argv)]
-    health_command: Option<Vec<String>>,
+    health_command: Option<Argv>,
     /// After a timeout or a cancel, how long a job has between SIGTERM and SIGKILL.
     #[arg(long, default_value_t = 10)]
     kill_grace_seconds: u64,
@@ -80,12 +81,16 @@ struct RunArgs {
     orphan_grace_seconds: u64,
 }
 
-fn parse_argv(text: &str) -> Result<Vec<String>, String> {
+/// A command line given as one JSON array.
+#[derive(Debug, Clone)]
+struct Argv(Vec<String>);
+
+fn parse_argv(text: &str) -> Result<Argv, String> {
     let argv: Vec<String> = serde_json::from_str(text).map_err(|e| format!("expected a JSON array of strings: {e}"))?;
     if argv.is_empty() {
         return Err("must not be empty".to_owned());
     }
-    Ok(argv)
+    Ok(Argv(argv))
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -238,7 +243,16 @@ async fn run(api_urls: Vec<String>, args: RunArgs) -> anyhow::Result<()> {
         worker.clone(),
         registered.heartbeat_seconds,
         stopping.clone(),
-        args.health_command.clone(),
+        args.health_command.clone().map(|Argv(argv)| HealthCheck {
+            argv,
+            env: [
+                ("HODEI_WORKER_ID", Some(registered.worker_id.clone())),
+                ("HODEI_INSTANCE_ID", args.instance_id.clone()),
+            ]
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, value?)))
+            .collect(),
+        }),
         drain,
     ));
     let mut running = tokio::task::JoinSet::new();
@@ -474,7 +488,7 @@ async fn heartbeat_loop(
     worker: Arc<WorkerSession>,
     seconds: u64,
     stopping: Arc<std::sync::atomic::AtomicBool>,
-    health_command: Option<Vec<String>>,
+    health_command: Option<HealthCheck>,
     drain: Arc<tokio::sync::Notify>,
 ) {
     let mut interval = Duration::from_secs(seconds.max(1));
@@ -482,7 +496,7 @@ async fn heartbeat_loop(
         tokio::time::sleep(interval).await;
         let state = if stopping.load(std::sync::atomic::Ordering::Relaxed) { "draining" } else { "idle" };
         let healthy = match &health_command {
-            Some(argv) => health_check(argv, interval).await,
+            Some(check) => health_check(check, interval).await,
             None => true,
         };
         match worker.post("heartbeat", &json!({ "state": state, "healthy": healthy })).await {
@@ -508,11 +522,19 @@ async fn heartbeat_loop(
     }
 }
 
+/// The pool's health command, run with `HODEI_WORKER_ID` and `HODEI_INSTANCE_ID` set.
+#[derive(Debug, Clone)]
+struct HealthCheck {
+    argv: Vec<String>,
+    env: Vec<(&'static str, String)>,
+}
+
 /// Runs the health command; healthy if it exits 0 within `limit`.
-async fn health_check(argv: &[String], limit: Duration) -> bool {
-    let Some((program, args)) = argv.split_first() else { return true };
+async fn health_check(check: &HealthCheck, limit: Duration) -> bool {
+    let Some((program, args)) = check.argv.split_first() else { return true };
     let mut command = tokio::process::Command::new(program);
-    command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+    command.args(args).envs(check.env.iter().map(|(name, value)| (*name, value)));
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
     match tokio::time::timeout(limit, command.status()).await {
         Ok(Ok(status)) => status.success(),
         _ => false,
@@ -658,5 +680,36 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "hodei-worker",
+            "--api-url",
+            "http://a,http://b",
+            "run",
+            "--registration-token",
+            "t",
+            "--health-command",
+            r#"["sh", "-c", "exit 0"]"#,
+            "--label",
+            "zone=a",
+            "--exit-with-parent",
+        ])
+        .expect("parses");
+        let Command::Run(args) = cli.command else { panic!("run") };
+        assert_eq!(args.health_command.map(|Argv(argv)| argv), Some(vec!["sh".into(), "-c".into(), "exit 0".into()]));
+        assert_eq!(args.labels, [("zone".to_owned(), "a".to_owned())]);
+        assert!(args.exit_with_parent);
+        let empty =
+            ["hodei-worker", "--api-url", "http://a", "run", "--registration-token", "t", "--health-command", "[]"];
+        let error = Cli::try_parse_from(empty).expect_err("an empty health command is refused").to_string();
+        assert!(error.contains("must not be empty"), "{error}");
     }
 }
