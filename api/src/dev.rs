@@ -172,7 +172,9 @@ fn print_banner(profile: &Profile, profile_path: &Path) {
          \n  API key    {key}\
          \n  Admin key  {admin}\
          \n  Profile    {profile_path}\
-         \n\nSubmit a job:\n  curl -s -X POST {url}/api/v1/jobs -H 'Authorization: Bearer {key}' \\\n    \
+         \n\nSubmit a job and follow its output (from this directory):\n  \
+         ID=$(hodei jobs submit -- echo hello) && hodei jobs logs \"$ID\" --follow\n\
+         \nor with curl:\n  curl -s -X POST {url}/api/v1/jobs -H 'Authorization: Bearer {key}' \\\n    \
          -H 'Content-Type: application/json' -d '{{\"command\": {{\"argv\": [\"echo\", \"hello\"]}}}}'\n\
          \nPress Ctrl-C to stop.\n",
         tenant = profile.tenant,

@@ -2,13 +2,14 @@
 //! runner that repeats it until shut down. Loops keep no state between ticks: everything
 //! they decide from is in Postgres, so any number of replicas can run them at once.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hodei_core::ordering::PolicyRegistry;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::dispatch;
@@ -70,24 +71,44 @@ impl Promoter {
 pub const ASSIGNED_CHANNEL: &str = "hodei_assigned";
 
 /// Wakes waiters when a Postgres channel is notified (LISTEN/NOTIFY): the scheduler when
-/// jobs become ready or capacity frees, long polls when work is assigned. Waiters must
-/// still poll as a fallback: a notification can be missed while reconnecting.
-#[derive(Debug, Clone, Default)]
+/// jobs become ready or capacity frees, a worker's long poll when work is assigned to it
+/// (the payload names the worker, so only its own poll wakes). A notification that comes
+/// while a waiter is busy is kept for its next wait, never lost. Waiters still poll as a
+/// fallback: a notification can be missed while the listener reconnects.
+#[derive(Debug, Clone)]
 pub struct Wakeup {
-    notify: Arc<Notify>,
+    inner: Arc<WakeupInner>,
+}
+
+#[derive(Debug)]
+struct WakeupInner {
+    /// Bumped by every notification.
+    any: watch::Sender<u64>,
+    /// Bumped by notifications whose payload is the key; entries live while waited on.
+    keyed: Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl Default for Wakeup {
+    fn default() -> Self {
+        Self { inner: Arc::new(WakeupInner { any: watch::channel(0).0, keyed: Mutex::default() }) }
+    }
+}
+
+fn bump(sender: &watch::Sender<u64>) {
+    sender.send_modify(|count| *count = count.wrapping_add(1));
 }
 
 impl Wakeup {
     /// Listens on `channel` until `shutdown`, reconnecting after errors.
     pub fn spawn(db: PgPool, channel: &'static str, shutdown: CancellationToken) -> Self {
         let wakeup = Self::default();
-        let notify = wakeup.notify.clone();
+        let notifier = wakeup.clone();
         tokio::spawn(async move {
             while !shutdown.is_cancelled() {
-                if let Err(error) = listen(&db, channel, &notify, &shutdown).await {
+                if let Err(error) = listen(&db, channel, &notifier, &shutdown).await {
                     tracing::warn!(%error, channel, "listening for notifications failed; reconnecting");
                     // Wake everyone: something may have been missed.
-                    notify.notify_waiters();
+                    notifier.notify_all();
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -98,22 +119,71 @@ impl Wakeup {
         wakeup
     }
 
-    /// Waits for a notification, or until `fallback` passes.
-    pub async fn wait(&self, fallback: Duration) {
-        let _ = tokio::time::timeout(fallback, self.notify.notified()).await;
+    /// Records a notification with `payload`.
+    pub fn notify(&self, payload: &str) {
+        bump(&self.inner.any);
+        if let Some(sender) = self.inner.keyed.lock().ok().and_then(|keyed| keyed.get(payload).cloned()) {
+            bump(&sender);
+        }
+    }
+
+    fn notify_all(&self) {
+        bump(&self.inner.any);
+        if let Ok(keyed) = self.inner.keyed.lock() {
+            keyed.values().for_each(bump);
+        }
+    }
+
+    /// A waiter for every notification, counting from now.
+    pub fn waiter(&self) -> Waiter {
+        Waiter { receiver: self.inner.any.subscribe(), key: None, inner: self.inner.clone() }
+    }
+
+    /// A waiter for notifications whose payload is `key`, counting from now.
+    pub fn waiter_for(&self, key: &str) -> Waiter {
+        let receiver = match self.inner.keyed.lock() {
+            Ok(mut keyed) => keyed.entry(key.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe(),
+            Err(_) => self.inner.any.subscribe(),
+        };
+        Waiter { receiver, key: Some(key.to_owned()), inner: self.inner.clone() }
     }
 }
 
-async fn listen(db: &PgPool, channel: &str, notify: &Notify, shutdown: &CancellationToken) -> sqlx::Result<()> {
+/// Waits for notifications that arrived since it last waited (or was made).
+#[derive(Debug)]
+pub struct Waiter {
+    receiver: watch::Receiver<u64>,
+    key: Option<String>,
+    inner: Arc<WakeupInner>,
+}
+
+impl Waiter {
+    /// Returns at once if a notification came since the last wait; otherwise waits for
+    /// one, or until `fallback` passes.
+    pub async fn wait(&mut self, fallback: Duration) {
+        let _ = tokio::time::timeout(fallback, self.receiver.changed()).await;
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let Some(key) = &self.key else { return };
+        if let Ok(mut keyed) = self.inner.keyed.lock() {
+            // This waiter's receiver still counts until the drop ends.
+            if keyed.get(key).is_some_and(|sender| sender.receiver_count() <= 1) {
+                keyed.remove(key);
+            }
+        }
+    }
+}
+
+async fn listen(db: &PgPool, channel: &str, wakeup: &Wakeup, shutdown: &CancellationToken) -> sqlx::Result<()> {
     let mut listener = PgListener::connect_with(db).await?;
     listener.listen(channel).await?;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            message = listener.recv() => {
-                message?;
-                notify.notify_waiters();
-            }
+            message = listener.recv() => wakeup.notify(message?.payload()),
         }
     }
 }
@@ -145,6 +215,7 @@ impl Scheduler {
     }
 
     pub async fn run(self, ready: Wakeup, shutdown: CancellationToken) {
+        let mut woken = ready.waiter();
         loop {
             let busy = match self.tick().await {
                 Ok(assigned) => assigned > 0,
@@ -158,7 +229,7 @@ impl Scheduler {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = ready.wait(self.fallback) => {}
+                _ = woken.wait(self.fallback) => {}
             }
         }
     }

@@ -10,8 +10,10 @@
 //!   up to the pool's attempts; then `retry` marks the member `failed` (it is replaced
 //!   after a backoff) and `fail_fast` fails the pool with the reason.
 //! - `ready`: a worker whose process is gone, or whose heartbeats stopped for
-//!   `failure_threshold` intervals, is terminated and its jobs requeued at once (fenced by
-//!   attempt numbers, so nothing is lost or run twice); one that failed its health command
+//!   `failure_threshold` intervals (counted only once this leader has led that long, so an
+//!   outage of the whole control plane is not blamed on the workers), is terminated and
+//!   its jobs requeued at once (fenced by attempt numbers, so nothing is lost or run
+//!   twice); one that failed its health command
 //!   `failure_threshold` times in a row is drained first, then terminated.
 //! - `draining`: once the worker has left (or its instance is gone) it is terminated.
 //!
@@ -50,20 +52,20 @@ impl Reconciler {
 
     /// Competes for leadership every tick and reconciles while leading.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut leader: Option<PgConnection> = None;
+        let mut leader: Option<(PgConnection, tokio::time::Instant)> = None;
         loop {
             leader = match leader.take() {
-                Some(mut connection) => match sqlx::query("select 1").execute(&mut connection).await {
-                    Ok(_) => Some(connection),
+                Some((mut connection, since)) => match sqlx::query("select 1").execute(&mut connection).await {
+                    Ok(_) => Some((connection, since)),
                     Err(error) => {
                         tracing::warn!(%error, "lost the reconcile leadership connection");
                         None
                     }
                 },
-                None => self.try_lead().await,
+                None => self.try_lead().await.map(|connection| (connection, tokio::time::Instant::now())),
             };
-            if leader.is_some() {
-                if let Err(error) = self.tick().await {
+            if let Some((_, since)) = &leader {
+                if let Err(error) = self.tick_leading_for(since.elapsed()).await {
                     tracing::warn!(error = format!("{error:#}"), "reconciling pools failed; retrying");
                 }
             }
@@ -72,7 +74,7 @@ impl Reconciler {
                 _ = tokio::time::sleep(self.interval) => {}
             }
         }
-        if let Some(connection) = leader {
+        if let Some((connection, _)) = leader {
             let _ = connection.close().await;
         }
     }
@@ -101,12 +103,19 @@ impl Reconciler {
 
     /// One pass over every pool (the leader's work; tests call it directly).
     pub async fn tick(&self) -> anyhow::Result<()> {
+        self.tick_leading_for(Duration::MAX).await
+    }
+
+    /// One pass, by a leader that took over `leading_for` ago. Silent heartbeats count
+    /// against a worker only once the leader has led for longer than the silence limit:
+    /// after an outage of the whole control plane, workers had nobody to heartbeat to.
+    async fn tick_leading_for(&self, leading_for: Duration) -> anyhow::Result<()> {
         for (spec, state) in pools::specs(&self.db).await? {
             let Some(provider) = self.providers.get(&spec.provider) else {
                 tracing::debug!(pool = %spec.id, provider = %spec.provider, "no such provider here; skipping the pool");
                 continue;
             };
-            let pool = PoolReconciler { reconciler: self, spec: &spec, provider: provider.clone() };
+            let pool = PoolReconciler { reconciler: self, spec: &spec, provider: provider.clone(), leading_for };
             let result = match state.as_str() {
                 "active" => pool.reconcile().await,
                 "deleting" => pool.wind_down(true).await,
@@ -124,6 +133,7 @@ struct PoolReconciler<'a> {
     reconciler: &'a Reconciler,
     spec: &'a PoolSpec,
     provider: Arc<dyn Provider>,
+    leading_for: Duration,
 }
 
 impl PoolReconciler<'_> {
@@ -236,7 +246,9 @@ impl PoolReconciler<'_> {
                     };
                     if self.describe(&member).await == InstanceState::Gone {
                         self.replace(&member, "the worker's instance is gone").await?;
-                    } else if member.heartbeat_age_seconds.is_some_and(|age| age > silence_limit) {
+                    } else if self.leading_for.as_secs_f64() > silence_limit
+                        && member.heartbeat_age_seconds.is_some_and(|age| age > silence_limit)
+                    {
                         self.replace(&member, "the worker stopped heartbeating").await?;
                     } else if member.worker_health_failures.unwrap_or(0) >= threshold as i32 {
                         tracing::info!(pool = %self.spec.id, member = %member.id, "draining an unhealthy worker");

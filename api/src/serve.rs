@@ -67,8 +67,7 @@ pub async fn serve_http(
         shutdown.clone(),
     ));
     let promoter = tokio::spawn(Promoter::new(pool.clone(), state.policies.clone()).run(shutdown.clone()));
-    let mut scheduler = Scheduler::new(pool.clone());
-    scheduler.limits.lease = workers.lease();
+    let scheduler = Scheduler::new(pool.clone());
     let scheduler = tokio::spawn(scheduler.run(ready, shutdown.clone()));
     let timeouts = Timeouts {
         lease: workers.lease(),

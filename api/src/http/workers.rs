@@ -199,6 +199,8 @@ async fn poll_assignments(
     let id = identity.check(&id)?;
     let wait = std::time::Duration::from_secs(query.wait_seconds.unwrap_or(20).min(MAX_POLL_SECONDS));
     let deadline = tokio::time::Instant::now() + wait;
+    // Made before the first look, so an assignment in between still wakes this poll.
+    let mut woken = state.assigned.waiter_for(&id.to_string());
     loop {
         let mut connection = state.db.acquire().await?;
         let assignments = assignment::take_assignments(&mut connection, id).await?;
@@ -210,7 +212,7 @@ async fn poll_assignments(
         // Woken by the scheduler's notification; the timeout is the polling fallback. A
         // shutting-down server answers at once, with no work.
         tokio::select! {
-            _ = state.assigned.wait((deadline - now).min(std::time::Duration::from_secs(1))) => {}
+            _ = woken.wait((deadline - now).min(std::time::Duration::from_secs(1))) => {}
             _ = state.shutdown.cancelled() => return Ok(axum::Json(Assignments { assignments: Vec::new() })),
         }
     }
@@ -514,9 +516,7 @@ async fn heartbeat(
     }
     let mut connection = state.db.acquire().await?;
     let draining = request.state == WorkerState::Draining;
-    let Some(outcome) =
-        assignment::heartbeat(&mut connection, id, draining, request.healthy, state.workers.lease()).await?
-    else {
+    let Some(outcome) = assignment::heartbeat(&mut *connection, id, draining, request.healthy).await? else {
         return Err(ApiError::unauthorized("the worker has deregistered"));
     };
     Ok(axum::Json(HeartbeatReply {

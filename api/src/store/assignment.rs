@@ -32,13 +32,11 @@ pub struct Timeouts {
 pub struct CycleLimits {
     pub workers: i64,
     pub jobs: i64,
-    /// How long an assignment holds without a heartbeat from its worker.
-    pub lease: Duration,
 }
 
 impl Default for CycleLimits {
     fn default() -> Self {
-        Self { workers: 200, jobs: 500, lease: Duration::from_secs(30) }
+        Self { workers: 200, jobs: 500 }
     }
 }
 
@@ -187,8 +185,8 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
             where j.id = r.job_id
             returning j.id, j.tenant_id, j.attempt, j.worker_id, j.wait_ms, j.queue, r.cpu_millis, r.memory_mib
          ), held as (
-            insert into worker_jobs (job_id, worker_id, attempt, cpu_millis, memory_mib, lease_expires_at)
-            select id, worker_id, attempt, cpu_millis, memory_mib, now() + make_interval(secs => $3) from assigned
+            insert into worker_jobs (job_id, worker_id, attempt, cpu_millis, memory_mib)
+            select id, worker_id, attempt, cpu_millis, memory_mib from assigned
          ), reused as (
             update workers w set jobs_run = w.jobs_run + u.jobs
             from (select worker_id, count(*) as jobs from assigned group by worker_id) u
@@ -206,7 +204,6 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
     )
     .bind(&job_ids)
     .bind(&worker_ids)
-    .bind(limits.lease.as_secs_f64())
     .execute(&mut *transaction)
     .await?;
     transaction.commit().await?;
@@ -443,24 +440,16 @@ pub struct HeartbeatOutcome {
     pub drain: bool,
 }
 
-/// A heartbeat: the worker is alive, its attempts' leases run on, its health check result
-/// is counted, and it learns which of its jobs were cancelled and whether to drain.
-/// Returns `None` when the worker is gone.
+/// A heartbeat: the worker is alive (which renews the lease on every attempt it holds:
+/// leases are per worker, so a heartbeat costs one row however many jobs run), its health
+/// check result is counted, and it learns which of its jobs were cancelled and whether to
+/// drain. One statement on the worker's own row. Returns `None` when the worker is gone.
 pub async fn heartbeat(
-    db: &mut PgConnection,
+    db: impl sqlx::PgExecutor<'_>,
     worker_id: Uuid,
     draining: bool,
     healthy: bool,
-    lease: Duration,
 ) -> sqlx::Result<Option<HeartbeatOutcome>> {
-    // Lock order everywhere: a worker's `worker_jobs` rows before its `workers` row (as
-    // `finish` and the reaper take them), so heartbeats cannot deadlock with results.
-    let mut transaction = db.begin().await?;
-    sqlx::query("update worker_jobs set lease_expires_at = now() + make_interval(secs => $2) where worker_id = $1")
-        .bind(worker_id)
-        .bind(lease.as_secs_f64())
-        .execute(&mut *transaction)
-        .await?;
     // The state is the control plane's to keep, except that a worker may start draining.
     let alive: Option<(String, Vec<Uuid>)> = sqlx::query_as(
         "update workers set last_heartbeat_at = now(),
@@ -474,9 +463,8 @@ pub async fn heartbeat(
     .bind(worker_id)
     .bind(draining)
     .bind(healthy)
-    .fetch_optional(&mut *transaction)
+    .fetch_optional(db)
     .await?;
-    transaction.commit().await?;
     Ok(alive.map(|(state, cancel)| HeartbeatOutcome { cancel, drain: state == "draining" }))
 }
 
@@ -533,25 +521,29 @@ pub async fn expire_leases(db: &mut PgConnection, timeouts: Timeouts, random: f6
     if gap > lease.as_secs_f64() / 2.0 {
         tracing::info!(gap_seconds = gap, "the control plane was away; extending worker leases");
         sqlx::query(
-            "with leases as (
-                update worker_jobs set lease_expires_at = greatest(lease_expires_at, now() + make_interval(secs => $1))
+            "with assignments as (
+                update worker_jobs set assigned_at = greatest(assigned_at, now()) where not started
              )
              update workers set last_heartbeat_at = greatest(last_heartbeat_at, now()) where gone_at is null",
         )
-        .bind(lease.as_secs_f64())
         .execute(&mut *transaction)
         .await?;
     }
     sqlx::query("update control_plane set reaper_at = now() where id = 1").execute(&mut *transaction).await?;
     let expired: Vec<(Uuid, i32, bool)> = sqlx::query_as(
-        "delete from worker_jobs where job_id in (
-             select job_id from worker_jobs
-             where lease_expires_at < now() or (not started and assigned_at < now() - make_interval(secs => $1))
-             order by lease_expires_at limit 100 for update skip locked
+        "with expired as (
+             select h.job_id, greatest(w.last_heartbeat_at, h.assigned_at) < now() - make_interval(secs => $2)
+                 as lease_expired
+             from worker_jobs h join workers w on w.id = h.worker_id
+             where greatest(w.last_heartbeat_at, h.assigned_at) < now() - make_interval(secs => $2)
+                or (not h.started and h.assigned_at < now() - make_interval(secs => $1))
+             order by h.assigned_at limit 100 for update of h skip locked
          )
-         returning job_id, attempt, lease_expires_at < now()",
+         delete from worker_jobs d using expired e where d.job_id = e.job_id
+         returning d.job_id, d.attempt, e.lease_expired",
     )
     .bind(timeouts.assignment.as_secs_f64())
+    .bind(lease.as_secs_f64())
     .fetch_all(&mut *transaction)
     .await?;
     for (job_id, attempt, lease_expired) in &expired {
