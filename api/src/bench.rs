@@ -26,6 +26,17 @@ pub enum BenchCommand {
     /// End to end: a server, real `hodei-worker` processes, no-op jobs from batched submit
     /// to completed; throughput and submit→assigned / submit→started latency.
     E2e(E2eArgs),
+    /// Submit→assigned/started latency of single no-op jobs at a steady rate, with idle
+    /// capacity on real workers.
+    Latency(crate::bench_workers::LatencyArgs),
+    /// Heartbeat latency and database CPU with many simulated workers, over time.
+    Heartbeats(crate::bench_workers::HeartbeatArgs),
+    /// Many long jobs running at once on real workers: API latency and whether the
+    /// scheduler keeps assigning new work meanwhile.
+    Running(crate::bench_workers::RunningArgs),
+    /// A static `local` pool: time until all its workers are ready, and allocation latency
+    /// of an idle pool worker to a job.
+    Pool(crate::bench_pools::PoolArgs),
 }
 
 #[derive(Debug, Args)]
@@ -77,18 +88,39 @@ pub async fn run(command: BenchCommand, config: &Config) -> anyhow::Result<()> {
         BenchCommand::Submit(args) => submit(args, config).await,
         BenchCommand::Engine(args) => crate::bench_engine::run(args, config).await,
         BenchCommand::E2e(args) => end_to_end(args, config).await,
+        BenchCommand::Latency(args) => crate::bench_workers::latency(args, config).await,
+        BenchCommand::Heartbeats(args) => crate::bench_workers::heartbeats(args, config).await,
+        BenchCommand::Running(args) => crate::bench_workers::running(args, config).await,
+        BenchCommand::Pool(args) => crate::bench_pools::pool(args, config).await,
     }
 }
 
 /// A `hodei serve` child process, killed when dropped.
-struct ChildServer {
+#[derive(Debug)]
+pub(crate) struct ChildServer {
     _child: tokio::process::Child,
 }
 
+impl ChildServer {
+    /// The server's process id, while it runs.
+    pub(crate) fn id(&self) -> Option<u32> {
+        self._child.id()
+    }
+}
+
 /// The registration token the benchmark's own server and workers share.
-const BENCH_REGISTRATION_TOKEN: &str = "hodei-bench-registration-token-0123456789";
+pub(crate) const BENCH_REGISTRATION_TOKEN: &str = "hodei-bench-registration-token-0123456789";
 
 async fn start_server(config: &Config) -> anyhow::Result<(ChildServer, String, String)> {
+    start_server_with_env(config, &[]).await
+}
+
+/// `start_server`, with extra `HODEI_*` settings for the server (they win over the
+/// benchmark's own environment, which the server otherwise inherits).
+pub(crate) async fn start_server_with_env(
+    config: &Config,
+    extra_env: &[(&str, String)],
+) -> anyhow::Result<(ChildServer, String, String)> {
     let database_url = config.require_database_url()?.expose().to_owned();
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let admin_key = generate_key()?.plaintext;
@@ -100,6 +132,7 @@ async fn start_server(config: &Config) -> anyhow::Result<(ChildServer, String, S
         .env("HODEI_BOOTSTRAP_ADMIN_KEY", &admin_key)
         .env("HODEI_LOG_LEVEL", "warn")
         .env_remove("HODEI_CONFIG")
+        .envs(extra_env.iter().map(|(name, value)| (*name, value.as_str())))
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -119,7 +152,11 @@ async fn start_server(config: &Config) -> anyhow::Result<(ChildServer, String, S
     Ok((ChildServer { _child: child }, url, admin_key))
 }
 
-async fn create_bench_tenant(client: &reqwest::Client, url: &str, admin_key: &str) -> anyhow::Result<String> {
+pub(crate) async fn create_bench_tenant(
+    client: &reqwest::Client,
+    url: &str,
+    admin_key: &str,
+) -> anyhow::Result<String> {
     let name = format!("bench-{}", uuid::Uuid::now_v7().simple());
     let response =
         client.post(format!("{url}/api/v1/tenants")).bearer_auth(admin_key).json(&json!({"name": name})).send().await?;
