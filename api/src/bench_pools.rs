@@ -67,7 +67,6 @@ pub async fn pool(args: PoolArgs, config: &Config) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let _ = std::fs::remove_file(&file);
 
     // Allocation: single jobs at a slow steady rate; every one finds idle workers.
     let tenant_key = create_bench_tenant(&client, &url, &admin_key).await?;
@@ -134,5 +133,7 @@ pub async fn pool(args: PoolArgs, config: &Config) -> anyhow::Result<()> {
                "allocation_ms": {"p50": p50, "p95": p95, "p99": p99, "max": max}})
     );
     db.close().await;
+    drop(_server);
+    let _ = std::fs::remove_file(&file);
     Ok(())
 }

@@ -208,8 +208,8 @@ impl Scheduler {
         }
     }
 
-    /// One cycle; returns how many jobs it assigned.
-    pub async fn tick(&self) -> anyhow::Result<usize> {
+    /// One cycle.
+    pub async fn tick(&self) -> anyhow::Result<crate::store::assignment::CycleOutcome> {
         let mut connection = self.db.acquire().await?;
         Ok(crate::store::assignment::run_cycle(&mut connection, self.strategy, self.limits).await?)
     }
@@ -218,7 +218,7 @@ impl Scheduler {
         let mut woken = ready.waiter();
         loop {
             let busy = match self.tick().await {
-                Ok(assigned) => assigned > 0,
+                Ok(outcome) => outcome.more,
                 Err(error) => {
                     tracing::warn!(error = format!("{error:#}"), "scheduling cycle failed; retrying");
                     false

@@ -64,9 +64,23 @@ struct CandidateRow {
     labels: Json<BTreeMap<String, String>>,
 }
 
-/// One scheduling cycle; returns how many jobs it assigned.
-pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleLimits) -> sqlx::Result<usize> {
+/// What one scheduling cycle did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CycleOutcome {
+    pub assigned: usize,
+    /// It ran into its own limits (workers or jobs per cycle): run again at once, as more
+    /// may be placeable. Otherwise the next cycle waits for new jobs or freed capacity.
+    pub more: bool,
+}
+
+/// One scheduling cycle.
+pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleLimits) -> sqlx::Result<CycleOutcome> {
     let mut transaction = db.begin().await?;
+    // Nothing waits: no need to touch the workers at all.
+    let heads = dispatch::queue_heads(&mut transaction).await?;
+    if heads.is_empty() {
+        return Ok(CycleOutcome::default());
+    }
     // Lock workers that look free, then read what they hold in a second statement: its
     // snapshot is taken after the locks are granted, so it sees every assignment that
     // other cycles committed to these workers before (they held the same locks). Results
@@ -81,8 +95,9 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
     .fetch_all(&mut *transaction)
     .await?;
     if locked.is_empty() {
-        return Ok(0);
+        return Ok(CycleOutcome::default());
     }
+    let workers_full = locked.len() as i64 >= limits.workers;
     let free: Vec<FreeRow> = sqlx::query_as(
         "select w.id, w.cpu_millis - coalesce(u.cpu, 0)::int4 as free_cpu,
                 w.memory_mib - coalesce(u.memory, 0)::int4 as free_memory,
@@ -102,11 +117,10 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
     .await?;
     let free: Vec<FreeRow> = free.into_iter().filter(|w| w.free_slots > 0).collect();
     if free.is_empty() {
-        return Ok(0);
+        return Ok(CycleOutcome::default());
     }
 
     // Candidates in dispatch order: tiers, anti-starvation, each queue's policy order.
-    let heads = dispatch::queue_heads(&mut transaction).await?;
     let mut candidates: Vec<CandidateRow> = Vec::new();
     for step in plan_dispatch(&heads, unix_seconds(Utc::now()), limits.jobs as usize) {
         let room = limits.jobs - candidates.len() as i64;
@@ -129,8 +143,9 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
         }
     }
     if candidates.is_empty() {
-        return Ok(0);
+        return Ok(CycleOutcome::default());
     }
+    let jobs_full = candidates.len() as i64 >= limits.jobs;
 
     let workers: Vec<(FreeWorker<Uuid>, TotalCapacity)> = free
         .iter()
@@ -166,7 +181,7 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
     record_pending_reasons(&mut transaction, &placement.unplaced).await?;
     if placement.assigned.is_empty() {
         transaction.commit().await?;
-        return Ok(0);
+        return Ok(CycleOutcome::default());
     }
     let job_ids: Vec<Uuid> = placement.assigned.iter().map(|(job, _)| *job).collect();
     let worker_ids: Vec<Uuid> = placement.assigned.iter().map(|(_, worker)| *worker).collect();
@@ -207,7 +222,7 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
     .execute(&mut *transaction)
     .await?;
     transaction.commit().await?;
-    Ok(assigned)
+    Ok(CycleOutcome { assigned, more: workers_full || jobs_full })
 }
 
 /// The code and words for why a job could not be placed.
