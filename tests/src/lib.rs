@@ -244,6 +244,19 @@ impl Client {
     }
 }
 
+/// Starts a real `hodei-worker` registering with the API at `api_url`; killed when dropped.
+pub fn start_worker(api_url: &str, name: &str, extra_args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(binary("hodei-worker"))
+        .args(["--api-url", api_url, "run", "--name", name])
+        .args(extra_args)
+        .env("HODEI_WORKER_REGISTRATION_TOKEN", WORKER_REGISTRATION_TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start hodei-worker")
+}
+
 /// A server on a database of its own. The server stops before its database is dropped.
 #[derive(Debug)]
 pub struct System {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use hodei_e2e::{binary, free_port, start_system, System, WORKER_REGISTRATION_TOKEN};
+use hodei_e2e::{binary, free_port, start_system, System};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -108,14 +108,7 @@ fn assert_exit(output: &Output, code: i32, stderr_mentions: &str) {
 }
 
 fn start_worker(system: &System) -> tokio::process::Child {
-    tokio::process::Command::new(binary("hodei-worker"))
-        .args(["--api-url", &system.server.url, "run", "--name", "cli-e2e", "--slots", "2"])
-        .env("HODEI_WORKER_REGISTRATION_TOKEN", WORKER_REGISTRATION_TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start hodei-worker")
+    hodei_e2e::start_worker(&system.server.url, "cli-e2e", &["--slots", "2"])
 }
 
 #[tokio::test]

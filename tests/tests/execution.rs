@@ -2,23 +2,19 @@
 //! run real commands and report; results, exit codes and events are right, and placement
 //! is best fit.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use hodei_e2e::{binary, start_system, Client, System, WORKER_REGISTRATION_TOKEN};
+use hodei_e2e::{start_system, Client, System, WORKER_REGISTRATION_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 fn start_worker(system: &System, name: &str, cpu_millis: u32) -> tokio::process::Child {
-    tokio::process::Command::new(binary("hodei-worker"))
-        .args(["--api-url", &system.server.url, "run", "--name", name, "--cpu-millis", &cpu_millis.to_string()])
-        .args(["--memory-mib", "4096", "--slots", "2"])
-        .env("HODEI_WORKER_REGISTRATION_TOKEN", WORKER_REGISTRATION_TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start hodei-worker")
+    let cpu_millis = cpu_millis.to_string();
+    hodei_e2e::start_worker(
+        &system.server.url,
+        name,
+        &["--cpu-millis", &cpu_millis, "--memory-mib", "4096", "--slots", "2"],
+    )
 }
 
 async fn wait_for_state(client: &Client, id: &str, states: &[&str]) -> Value {
