@@ -172,3 +172,38 @@ async fn batched_reports_are_fenced_one_by_one_and_a_drain_reaches_the_heartbeat
     let beat = worker.post(&format!("/api/v1/workers/{id}/heartbeat"), json!({"state": "idle"})).await;
     assert_eq!(beat.body["drain"], true, "a worker cannot undo a drain: {beat:?}");
 }
+
+#[tokio::test]
+async fn a_fair_queue_gives_each_tenant_its_highest_priority_job_first_through_workers() {
+    let system = start_system().await;
+    let server = &system.server;
+    let created = server.admin().post("/api/v1/queues", json!({"name": "shared", "policy": "fair"})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let acme = server.tenant("acme").await;
+    let job = |priority: i64| json!({"command": {"argv": ["true"]}, "queue": "shared", "priority": priority});
+    let low = acme.post("/api/v1/jobs", job(1)).await.body["id"].as_str().expect("id").to_owned();
+    let high = acme.post("/api/v1/jobs", job(9)).await.body["id"].as_str().expect("id").to_owned();
+
+    // One worker with one slot: the scheduler must pick acme's priority-9 job first, even
+    // though its priority-1 job holds the earlier fair-share tag.
+    let registration = Client::new(&server.url, Some(WORKER_REGISTRATION_TOKEN));
+    let body = json!({"name": "w", "cpu_millis": 1000, "memory_mib": 4096, "slots": 1});
+    let registered = registration.post("/api/v1/workers/register", body).await;
+    let (id, token) =
+        (registered.body["worker_id"].as_str().expect("id"), registered.body["token"].as_str().expect("token"));
+    let worker = Client::new(&server.url, Some(token));
+    let mut order = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while order.len() < 2 {
+        let polled = worker.get(&format!("/api/v1/workers/{id}/assignments?wait_seconds=1")).await;
+        for assignment in polled.body["assignments"].as_array().expect("assignments") {
+            let job_id = assignment["job_id"].as_str().expect("job id").to_owned();
+            let finished = json!({"finished": [{"job_id": job_id, "attempt": assignment["attempt"], "exit_code": 0}]});
+            let reply = worker.post(&format!("/api/v1/workers/{id}/reports"), finished).await;
+            assert_eq!(reply.body["finished"][0]["outcome"], "succeeded", "{reply:?}");
+            order.push(job_id);
+        }
+        assert!(Instant::now() < deadline, "jobs were not assigned: {order:?}");
+    }
+    assert_eq!(order, [high, low]);
+}

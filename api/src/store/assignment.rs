@@ -62,6 +62,93 @@ struct CandidateRow {
     cpu_millis: i32,
     memory_mib: i32,
     labels: Json<BTreeMap<String, String>>,
+    tenant_id: Uuid,
+    rank: f64,
+    priority: i16,
+    seq: i64,
+    fair: bool,
+    /// Among the queue's next rows in tag order (a slot), not only a tenant's best job.
+    slot: bool,
+    /// Offered to placement: every untagged slot, and each tenant's best jobs for its slots.
+    candidate: bool,
+}
+
+/// The next rows of a queue, for the scheduling cycle. In tag order they are slots: how
+/// many jobs each tenant of a `fair` queue gets now. Each such tenant's own
+/// highest-priority jobs, as many as its slots, are the candidates (as in the `fair`
+/// claim); rows without a tag are candidates as they are. All of them are locked.
+const CYCLE_CANDIDATES: &str = "with slots as (
+        select job_id, tenant_id, fair from ready_jobs
+        where queue = $1 order by rank, seq limit $2 for update skip locked
+    ), per_tenant as (
+        select tenant_id, count(*) as slots from slots where fair group by tenant_id
+    ), best as (
+        select b.job_id from per_tenant p cross join lateral (
+            select r.job_id from ready_jobs r
+            where r.queue = $1 and r.fair and r.tenant_id = p.tenant_id
+            order by r.priority desc, r.seq limit p.slots
+            for update skip locked
+        ) b
+    )
+    select r.job_id, r.cpu_millis, r.memory_mib, r.labels, r.tenant_id, r.rank, r.priority, r.seq, r.fair,
+           exists (select 1 from slots s where s.job_id = r.job_id) as slot,
+           (not r.fair or exists (select 1 from best b where b.job_id = r.job_id)) as candidate
+    from ready_jobs r
+    where r.job_id in (select job_id from slots union select job_id from best)
+    order by r.rank, r.seq";
+
+/// The order in which a step's candidates are offered to placement: each tenant's best
+/// jobs take its slots in priority order, so a tenant's highest-priority job goes first
+/// at the place of its earliest tag; rows without a tag keep their own place.
+fn in_slot_order(rows: Vec<CandidateRow>) -> Vec<CandidateRow> {
+    let mut slot_ranks: HashMap<Uuid, Vec<f64>> = HashMap::new();
+    for row in rows.iter().filter(|r| r.fair && r.slot) {
+        slot_ranks.entry(row.tenant_id).or_default().push(row.rank);
+    }
+    slot_ranks.values_mut().for_each(|ranks| ranks.sort_by(f64::total_cmp));
+    let mut best: Vec<&CandidateRow> = rows.iter().filter(|r| r.fair && r.candidate).collect();
+    best.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.seq));
+    let mut place_of: HashMap<Uuid, f64> = HashMap::new();
+    let mut used: HashMap<Uuid, usize> = HashMap::new();
+    for row in best {
+        let index = used.entry(row.tenant_id).or_default();
+        let rank = slot_ranks.get(&row.tenant_id).and_then(|ranks| ranks.get(*index)).copied().unwrap_or(row.rank);
+        *index += 1;
+        place_of.insert(row.job_id, rank);
+    }
+    let mut rows = rows;
+    rows.sort_by(|a, b| {
+        let key = |r: &CandidateRow| place_of.get(&r.job_id).copied().unwrap_or(r.rank);
+        key(a).total_cmp(&key(b)).then(a.seq.cmp(&b.seq))
+    });
+    rows
+}
+
+/// Tags of a `fair` queue after placement: each tenant used as many of its earliest slot
+/// tags as it had jobs placed. A remaining row that holds one of those tags takes, in
+/// order, the later tag of a placed job that was not a slot, so the tenant's remaining
+/// tags are exactly the ones it has not used (priorities reorder work within a tenant,
+/// never the shares between tenants). Returns (row to retag, its new tag).
+fn fair_retags(rows: &[CandidateRow], placed: &std::collections::HashSet<Uuid>) -> Vec<(Uuid, f64)> {
+    let mut retags = Vec::new();
+    let tenants: std::collections::BTreeSet<Uuid> = rows.iter().filter(|r| r.fair).map(|r| r.tenant_id).collect();
+    for tenant in tenants {
+        let mut slots: Vec<&CandidateRow> = rows.iter().filter(|r| r.fair && r.slot && r.tenant_id == tenant).collect();
+        slots.sort_by(|a, b| a.rank.total_cmp(&b.rank));
+        let used = rows.iter().filter(|r| r.fair && r.tenant_id == tenant && placed.contains(&r.job_id)).count();
+        let used_slots = &slots[..used.min(slots.len())];
+        let mut freed: Vec<&CandidateRow> =
+            used_slots.iter().copied().filter(|r| !placed.contains(&r.job_id)).collect();
+        let mut taken: Vec<&CandidateRow> = rows
+            .iter()
+            .filter(|r| r.fair && r.tenant_id == tenant && placed.contains(&r.job_id))
+            .filter(|r| !used_slots.iter().any(|s| s.job_id == r.job_id))
+            .collect();
+        freed.sort_by(|a, b| a.rank.total_cmp(&b.rank));
+        taken.sort_by(|a, b| a.rank.total_cmp(&b.rank));
+        retags.extend(freed.iter().zip(&taken).map(|(row, by)| (row.job_id, by.rank)));
+    }
+    retags
 }
 
 /// What one scheduling cycle did.
@@ -122,23 +209,26 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
 
     // Candidates in dispatch order: tiers, anti-starvation, each queue's policy order.
     let mut candidates: Vec<CandidateRow> = Vec::new();
+    let mut locked_rows: Vec<CandidateRow> = Vec::new();
     for step in plan_dispatch(&heads, unix_seconds(Utc::now()), limits.jobs as usize) {
         let room = limits.jobs - candidates.len() as i64;
         if room <= 0 {
             break;
         }
-        let rows: Vec<CandidateRow> = sqlx::query_as(
-            "select job_id, cpu_millis, memory_mib, labels from ready_jobs
-             where queue = $1 order by rank, seq limit $2 for update skip locked",
-        )
-        .bind(&step.queue)
-        .bind(room.min(step.max_jobs as i64))
-        .fetch_all(&mut *transaction)
-        .await?;
+        let rows: Vec<CandidateRow> = sqlx::query_as(CYCLE_CANDIDATES)
+            .bind(&step.queue)
+            .bind(room.min(step.max_jobs as i64))
+            .fetch_all(&mut *transaction)
+            .await?;
         // A queue listed twice (starving, then in tier order) must not repeat a job.
-        for row in rows {
-            if !candidates.iter().any(|c| c.job_id == row.job_id) {
+        for row in in_slot_order(rows) {
+            if candidates.iter().chain(&locked_rows).any(|c| c.job_id == row.job_id) {
+                continue;
+            }
+            if row.candidate {
                 candidates.push(row);
+            } else {
+                locked_rows.push(row);
             }
         }
     }
@@ -179,6 +269,19 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
         .collect();
     let placement = place(strategy, &demands, &workers);
     record_pending_reasons(&mut transaction, &placement.unplaced).await?;
+    let placed: std::collections::HashSet<Uuid> = placement.assigned.iter().map(|(job, _)| *job).collect();
+    locked_rows.extend(candidates);
+    let retags = fair_retags(&locked_rows, &placed);
+    if !retags.is_empty() {
+        sqlx::query(
+            "update ready_jobs r set rank = t.rank from unnest($1::uuid[], $2::float8[]) as t(job_id, rank)
+             where r.job_id = t.job_id",
+        )
+        .bind(retags.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .bind(retags.iter().map(|(_, rank)| *rank).collect::<Vec<_>>())
+        .execute(&mut *transaction)
+        .await?;
+    }
     if placement.assigned.is_empty() {
         transaction.commit().await?;
         return Ok(CycleOutcome::default());
@@ -582,4 +685,53 @@ pub async fn expire_leases(db: &mut PgConnection, timeouts: Timeouts, random: f6
     }
     transaction.commit().await?;
     Ok(expired.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(job: u128, tenant: u128, rank: f64, priority: i16, slot: bool, candidate: bool) -> CandidateRow {
+        CandidateRow {
+            job_id: Uuid::from_u128(job),
+            cpu_millis: 1,
+            memory_mib: 1,
+            labels: Json(BTreeMap::new()),
+            tenant_id: Uuid::from_u128(tenant),
+            rank,
+            priority,
+            seq: job as i64,
+            fair: true,
+            slot,
+            candidate,
+        }
+    }
+
+    #[test]
+    fn a_tenants_best_job_takes_its_earliest_slot_and_leaves_its_later_tag_behind() {
+        // Tenant 1 holds the two earliest tags with low-priority jobs; its priority-9 job
+        // (tag 5) is its best; tenant 2 holds tag 2.
+        let rows = vec![
+            row(1, 1, 1.0, 1, true, true),
+            row(2, 2, 2.0, 5, true, true),
+            row(3, 1, 3.0, 1, true, false),
+            row(4, 1, 5.0, 9, false, true),
+        ];
+        let order: Vec<u128> = in_slot_order(rows).iter().map(|r| r.job_id.as_u128()).collect();
+        assert_eq!(order, [4, 2, 1, 3], "job 4 goes at tag 1, job 1 at tag 3");
+
+        // Only job 4 is placed: tenant 1 used its earliest tag (1.0), so job 1, which holds
+        // it, takes job 4's tag (5.0); tenant 2 is untouched.
+        let rows = vec![
+            row(1, 1, 1.0, 1, true, true),
+            row(2, 2, 2.0, 5, true, true),
+            row(3, 1, 3.0, 1, true, false),
+            row(4, 1, 5.0, 9, false, true),
+        ];
+        let placed = [Uuid::from_u128(4)].into_iter().collect();
+        assert_eq!(fair_retags(&rows, &placed), [(Uuid::from_u128(1), 5.0)]);
+        // Placing a job that holds its own slot changes no tag.
+        let placed = [Uuid::from_u128(1), Uuid::from_u128(2)].into_iter().collect();
+        assert!(fair_retags(&rows, &placed).is_empty());
+    }
 }
