@@ -4,7 +4,7 @@
 //! transaction. Then deliver assignments to workers, and record starts and results,
 //! fenced by the attempt number and the worker that holds it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -129,9 +129,9 @@ fn in_slot_order(rows: Vec<CandidateRow>) -> Vec<CandidateRow> {
 /// order, the later tag of a placed job that was not a slot, so the tenant's remaining
 /// tags are exactly the ones it has not used (priorities reorder work within a tenant,
 /// never the shares between tenants). Returns (row to retag, its new tag).
-fn fair_retags(rows: &[CandidateRow], placed: &std::collections::HashSet<Uuid>) -> Vec<(Uuid, f64)> {
+fn fair_retags(rows: &[CandidateRow], placed: &HashSet<Uuid>) -> Vec<(Uuid, f64)> {
     let mut retags = Vec::new();
-    let tenants: std::collections::BTreeSet<Uuid> = rows.iter().filter(|r| r.fair).map(|r| r.tenant_id).collect();
+    let tenants: BTreeSet<Uuid> = rows.iter().filter(|r| r.fair).map(|r| r.tenant_id).collect();
     for tenant in tenants {
         let mut slots: Vec<&CandidateRow> = rows.iter().filter(|r| r.fair && r.slot && r.tenant_id == tenant).collect();
         slots.sort_by(|a, b| a.rank.total_cmp(&b.rank));
@@ -210,6 +210,7 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
     // Candidates in dispatch order: tiers, anti-starvation, each queue's policy order.
     let mut candidates: Vec<CandidateRow> = Vec::new();
     let mut locked_rows: Vec<CandidateRow> = Vec::new();
+    let mut seen: HashSet<Uuid> = HashSet::new();
     for step in plan_dispatch(&heads, unix_seconds(Utc::now()), limits.jobs as usize) {
         let room = limits.jobs - candidates.len() as i64;
         if room <= 0 {
@@ -222,7 +223,7 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
             .await?;
         // A queue listed twice (starving, then in tier order) must not repeat a job.
         for row in in_slot_order(rows) {
-            if candidates.iter().chain(&locked_rows).any(|c| c.job_id == row.job_id) {
+            if !seen.insert(row.job_id) {
                 continue;
             }
             if row.candidate {
@@ -269,7 +270,7 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
         .collect();
     let placement = place(strategy, &demands, &workers);
     record_pending_reasons(&mut transaction, &placement.unplaced).await?;
-    let placed: std::collections::HashSet<Uuid> = placement.assigned.iter().map(|(job, _)| *job).collect();
+    let placed: HashSet<Uuid> = placement.assigned.iter().map(|(job, _)| *job).collect();
     locked_rows.extend(candidates);
     let retags = fair_retags(&locked_rows, &placed);
     if !retags.is_empty() {
@@ -499,7 +500,7 @@ pub async fn finish_many(
     let mut order: Vec<&AttemptResult> = results.iter().collect();
     order.sort_by_key(|result| result.job_id);
     // The worker's hold on the job is the fence: a result only counts from the holder.
-    let held: Vec<Uuid> = sqlx::query_scalar(
+    let held: HashSet<Uuid> = sqlx::query_scalar(
         "with reported as (
             select * from unnest($1::uuid[], $2::int4[], $3::int4[]) as r(job_id, attempt, exit_code)
          ), released as (
@@ -517,7 +518,9 @@ pub async fn finish_many(
     .bind(order.iter().map(|r| r.exit_code).collect::<Vec<_>>())
     .bind(worker_id)
     .fetch_all(&mut *transaction)
-    .await?;
+    .await?
+    .into_iter()
+    .collect();
     let succeeded: Vec<(Uuid, i32)> = order
         .iter()
         .filter(|r| held.contains(&r.job_id) && r.exit_code == Some(0) && r.error.is_none())
@@ -530,7 +533,7 @@ pub async fn finish_many(
     for result in results {
         if !held.contains(&result.job_id) {
             recorded.push(Recorded::Stale);
-        } else if succeeded.iter().any(|(id, _)| *id == result.job_id) {
+        } else if result.exit_code == Some(0) && result.error.is_none() {
             recorded.push(Recorded::Succeeded);
         } else {
             let error = result.error.clone().unwrap_or_else(|| match result.exit_code {
