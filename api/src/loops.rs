@@ -120,7 +120,7 @@ impl Wakeup {
     }
 
     /// Records a notification with `payload`.
-    pub fn notify(&self, payload: &str) {
+    fn notify(&self, payload: &str) {
         bump(&self.inner.any);
         if let Some(sender) = self.inner.keyed.lock().ok().and_then(|keyed| keyed.get(payload).cloned()) {
             bump(&sender);

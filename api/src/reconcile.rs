@@ -175,30 +175,20 @@ impl PoolReconciler<'_> {
         let allowed = self.spec.provisioning.attempts;
         let message = format!("attempt {attempts}/{allowed}: {error}");
         tracing::warn!(pool = %self.spec.id, member = %member.id, %message, "provisioning a worker failed");
+        let retry_in = provisioning_backoff_seconds(attempts);
         if attempts < allowed {
-            let retry_in = provisioning_backoff_seconds(attempts);
-            pools::attempt_failed(self.db(), member.id, &message, Some(retry_in)).await?;
+            pools::attempt_failed(self.db(), member.id, &message, false, retry_in).await?;
             return Ok(true);
         }
-        match self.spec.provisioning.on_failure {
-            FailureHandling::FailFast => {
-                let reason = format!("provisioning worker {} failed: {message}", member.id);
-                pools::attempt_failed(self.db(), member.id, &message, None).await?;
-                pools::fail_pool(self.db(), &self.spec.id, &reason).await?;
-                Ok(false)
-            }
-            FailureHandling::Retry => {
-                // Give the member up; a fresh one replaces it once the backoff has passed.
-                pools::attempt_failed(self.db(), member.id, &message, None).await?;
-                let retry_in = provisioning_backoff_seconds(attempts);
-                sqlx::query("update pool_members set retry_at = now() + make_interval(secs => $2) where id = $1")
-                    .bind(member.id)
-                    .bind(retry_in as i32)
-                    .execute(self.db())
-                    .await?;
-                Ok(true)
-            }
+        // Attempts used up: the member is given up. With `retry` a fresh one replaces it
+        // once the backoff has passed; with `fail_fast` the pool fails.
+        pools::attempt_failed(self.db(), member.id, &message, true, retry_in).await?;
+        if self.spec.provisioning.on_failure == FailureHandling::FailFast {
+            let reason = format!("provisioning worker {} failed: {message}", member.id);
+            pools::fail_pool(self.db(), &self.spec.id, &reason).await?;
+            return Ok(false);
         }
+        Ok(true)
     }
 
     async fn reconcile(&self) -> anyhow::Result<()> {
@@ -209,61 +199,59 @@ impl PoolReconciler<'_> {
         let mut views: Vec<MemberView<Uuid>> = Vec::new();
         let mut pending: Vec<Member> = Vec::new();
         let mut in_flight = 0usize;
-        for member in pools::members(self.db(), &self.spec.id).await? {
+        let members = pools::members(self.db(), &self.spec.id).await?;
+        for member in &members {
             match member.status.as_str() {
                 "provisioning" => {
                     if member.worker_id.is_some() {
                         pools::set_status(self.db(), member.id, "ready").await?;
-                        views.push(MemberView { id: member.id, live: true, busy: busy(&member) });
+                        views.push(MemberView { id: member.id, live: true, busy: busy(member) });
                         continue;
                     }
                     views.push(MemberView { id: member.id, live: true, busy: false });
                     if member.instance.is_some() {
                         let timed_out = member.attempt_started_at.is_some_and(|started| now - started > timeout);
-                        let died = self.describe(&member).await == InstanceState::Gone;
+                        let died = self.describe(member).await == InstanceState::Gone;
                         if timed_out || died {
-                            self.terminate(&member).await;
+                            self.terminate(member).await;
                             let error = if died {
                                 "the worker exited before registering".to_owned()
                             } else {
                                 format!("the worker did not register within {} s", timeout.num_seconds())
                             };
-                            if !self.attempt_failed(&member, &error).await? {
+                            if !self.attempt_failed(member, &error).await? {
                                 return self.wind_down(false).await;
                             }
                         } else {
                             in_flight += 1;
                         }
                     } else if member.retry_at.is_none_or(|at| at <= now) {
-                        pending.push(member);
+                        pending.push(member.clone());
                     }
                 }
                 "ready" => {
-                    let Some(_) = member.worker_id else {
+                    let Some(worker) = member.worker_id else {
                         // The worker left (deregistered, or silent past its lease).
-                        self.replace(&member, "the worker left").await?;
+                        self.replace(member, "the worker left").await?;
                         continue;
                     };
-                    if self.describe(&member).await == InstanceState::Gone {
-                        self.replace(&member, "the worker's instance is gone").await?;
+                    if self.describe(member).await == InstanceState::Gone {
+                        self.replace(member, "the worker's instance is gone").await?;
                     } else if self.leading_for.as_secs_f64() > silence_limit
                         && member.heartbeat_age_seconds.is_some_and(|age| age > silence_limit)
                     {
-                        self.replace(&member, "the worker stopped heartbeating").await?;
+                        self.replace(member, "the worker stopped heartbeating").await?;
                     } else if member.worker_health_failures.unwrap_or(0) >= threshold as i32 {
                         tracing::info!(pool = %self.spec.id, member = %member.id, "draining an unhealthy worker");
-                        if let Some(worker) = member.worker_id {
-                            assignment::drain_worker(self.db(), worker).await?;
-                        }
-                        pools::set_status(self.db(), member.id, "draining").await?;
+                        self.drain(member, worker).await?;
                     } else {
-                        views.push(MemberView { id: member.id, live: true, busy: busy(&member) });
+                        views.push(MemberView { id: member.id, live: true, busy: busy(member) });
                     }
                 }
                 "draining" | "terminating" => {
-                    let left = member.worker_id.is_none() || self.describe(&member).await == InstanceState::Gone;
+                    let left = member.worker_id.is_none() || self.describe(member).await == InstanceState::Gone;
                     if left || member.status == "terminating" {
-                        self.replace(&member, "drained").await?;
+                        self.replace(member, "drained").await?;
                     }
                 }
                 "failed" => {
@@ -286,8 +274,8 @@ impl PoolReconciler<'_> {
         }
         let excess = members_to_drain(&views, size);
         pending.retain(|member| !excess.contains(&member.id));
-        for id in &excess {
-            self.shrink(*id).await?;
+        for member in members.iter().filter(|member| excess.contains(&member.id)) {
+            self.shrink(member).await?;
         }
 
         let room = self.spec.provisioning.parallelism().saturating_sub(in_flight);
@@ -295,19 +283,21 @@ impl PoolReconciler<'_> {
     }
 
     /// Removes one member to shrink the pool: drained if it has a worker, else ended.
-    async fn shrink(&self, id: Uuid) -> anyhow::Result<()> {
-        let members = pools::members(self.db(), &self.spec.id).await?;
-        let Some(member) = members.into_iter().find(|m| m.id == id) else { return Ok(()) };
+    async fn shrink(&self, member: &Member) -> anyhow::Result<()> {
         match member.worker_id {
-            Some(worker) => {
-                assignment::drain_worker(self.db(), worker).await?;
-                pools::set_status(self.db(), member.id, "draining").await?;
-            }
+            Some(worker) => self.drain(member, worker).await,
             None => {
-                self.terminate(&member).await;
+                self.terminate(member).await;
                 pools::remove_member(self.db(), member.id).await?;
+                Ok(())
             }
         }
+    }
+
+    /// The worker finishes its jobs and leaves; then the member is terminated.
+    async fn drain(&self, member: &Member, worker: Uuid) -> anyhow::Result<()> {
+        assignment::drain_worker(self.db(), worker).await?;
+        pools::set_status(self.db(), member.id, "draining").await?;
         Ok(())
     }
 
@@ -346,10 +336,7 @@ impl PoolReconciler<'_> {
     async fn wind_down(&self, deleting: bool) -> anyhow::Result<()> {
         for member in pools::members(self.db(), &self.spec.id).await? {
             match (member.status.as_str(), member.worker_id) {
-                ("ready", Some(worker)) if deleting => {
-                    assignment::drain_worker(self.db(), worker).await?;
-                    pools::set_status(self.db(), member.id, "draining").await?;
-                }
+                ("ready", Some(worker)) if deleting => self.drain(&member, worker).await?,
                 ("draining", Some(_)) if deleting && self.describe(&member).await == InstanceState::Running => {}
                 ("failed", _) if !deleting => {}
                 _ => self.replace(&member, if deleting { "the pool is deleted" } else { "the pool failed" }).await?,

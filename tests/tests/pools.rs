@@ -392,12 +392,11 @@ async fn a_worker_failing_its_health_command_is_drained_and_replaced() {
 
     let sick = &before[0];
     std::fs::write(marks.join(sick["id"].as_str().expect("member id")), b"").expect("mark unhealthy");
-    let failures = wait_until("failed health checks to be counted", Duration::from_secs(30), async || {
+    wait_until("failed health checks to be counted", Duration::from_secs(30), async || {
         let worker = admin.get(&format!("/api/v1/workers/{}", sick["worker_id"].as_str()?)).await;
         worker.body["health_failures"].as_i64().filter(|failures| *failures >= 1)
     })
     .await;
-    assert!(failures >= 1);
     wait_for_removal(&admin, "checked", sick).await;
     let after = wait_for_ready(&admin, "checked", 2, Duration::from_secs(30)).await;
     assert!(after.iter().any(|m| m["id"] == before[1]["id"]), "the healthy worker stayed");

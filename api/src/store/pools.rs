@@ -108,18 +108,40 @@ pub async fn get(db: impl PgExecutor<'_>, id: &str) -> sqlx::Result<Option<Pool>
 
 /// Creates an API-defined pool; `None` if the id is taken.
 pub async fn create(db: impl PgExecutor<'_>, spec: &PoolSpec) -> sqlx::Result<Option<()>> {
-    let inserted = sqlx::query(
-        "insert into pools (id, kind, provider, size, spec, source) values ($1, $2, $3, $4, $5, 'api')
-         on conflict (id) do nothing",
-    )
-    .bind(&spec.id)
-    .bind(spec.kind.as_str())
-    .bind(&spec.provider)
-    .bind(spec.size as i32)
-    .bind(Json(spec))
-    .execute(db)
-    .await?;
+    let inserted = bind_spec(sqlx::query(&format!("{INSERT_SPEC} on conflict (id) do nothing")), spec, Source::Api)
+        .execute(db)
+        .await?;
     Ok((inserted.rows_affected() == 1).then_some(()))
+}
+
+/// Inserts a pool (`$1` id … `$5` spec, `$6` source); callers add the conflict clause.
+const INSERT_SPEC: &str = "insert into pools (id, kind, provider, size, spec, source) values ($1, $2, $3, $4, $5, $6)";
+
+fn bind_spec<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    spec: &'q PoolSpec,
+    source: Source,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(&spec.id)
+        .bind(spec.kind.as_str())
+        .bind(&spec.provider)
+        .bind(spec.size as i32)
+        .bind(Json(spec))
+        .bind(source.as_str())
+}
+
+/// Creates the pool, or replaces its spec if it has the same source and a different spec
+/// (a changed spec makes a failed pool active again). A pool of the other source is left
+/// alone.
+async fn put(db: impl PgExecutor<'_>, spec: &PoolSpec, source: Source) -> sqlx::Result<()> {
+    let upsert = format!(
+        "{INSERT_SPEC} on conflict (id) do update set kind = excluded.kind, provider = excluded.provider,
+             size = excluded.size, spec = excluded.spec, state = 'active', state_reason = null, updated_at = now()
+         where pools.source = excluded.source and pools.spec is distinct from excluded.spec"
+    );
+    bind_spec(sqlx::query(&upsert), spec, source).execute(db).await?;
+    Ok(())
 }
 
 /// What an update or delete found.
@@ -145,24 +167,8 @@ pub async fn update(db: &mut PgConnection, spec: &PoolSpec) -> sqlx::Result<Chan
         Some((_, "deleting")) => return Ok(Change::Deleting),
         Some(_) => {}
     }
-    write_spec(db, spec).await?;
+    put(db, spec, Source::Api).await?;
     Ok(Change::Done)
-}
-
-async fn write_spec(db: impl PgExecutor<'_>, spec: &PoolSpec) -> sqlx::Result<()> {
-    sqlx::query(
-        "update pools set kind = $2, provider = $3, size = $4, spec = $5, state = 'active', state_reason = null,
-             updated_at = now()
-         where id = $1 and spec is distinct from $5",
-    )
-    .bind(&spec.id)
-    .bind(spec.kind.as_str())
-    .bind(&spec.provider)
-    .bind(spec.size as i32)
-    .bind(Json(spec))
-    .execute(db)
-    .await?;
-    Ok(())
 }
 
 /// Starts deleting an API-defined pool: its workers drain, then the reconciler removes it.
@@ -193,24 +199,8 @@ async fn mark_deleting(db: impl PgExecutor<'_>, ids: &[String]) -> sqlx::Result<
 /// deleting file pools no longer listed. Pools created through the API are left alone,
 /// and a file pool cannot take over an API pool's id.
 pub async fn sync_file_pools(db: &mut PgConnection, specs: &[PoolSpec]) -> sqlx::Result<Vec<String>> {
-    let mut conflicts = Vec::new();
     for spec in specs {
-        let source: Option<String> = sqlx::query_scalar(
-            "insert into pools (id, kind, provider, size, spec, source) values ($1, $2, $3, $4, $5, 'file')
-             on conflict (id) do update set id = excluded.id returning source",
-        )
-        .bind(&spec.id)
-        .bind(spec.kind.as_str())
-        .bind(&spec.provider)
-        .bind(spec.size as i32)
-        .bind(Json(spec))
-        .fetch_optional(&mut *db)
-        .await?;
-        if source.as_deref() == Some("file") {
-            write_spec(&mut *db, spec).await?;
-        } else {
-            conflicts.push(spec.id.clone());
-        }
+        put(&mut *db, spec, Source::File).await?;
     }
     let listed: Vec<String> = specs.iter().map(|spec| spec.id.clone()).collect();
     let gone: Vec<String> =
@@ -219,7 +209,10 @@ pub async fn sync_file_pools(db: &mut PgConnection, specs: &[PoolSpec]) -> sqlx:
             .fetch_all(&mut *db)
             .await?;
     mark_deleting(&mut *db, &gone).await?;
-    Ok(conflicts)
+    sqlx::query_scalar("select id from pools where id = any($1) and source = 'api' order by id")
+        .bind(&listed)
+        .fetch_all(&mut *db)
+        .await
 }
 
 /// One member and, once it registered, its worker.
@@ -303,23 +296,25 @@ pub async fn set_instance(db: impl PgExecutor<'_>, member: Uuid, instance: &str)
     Ok(())
 }
 
-/// A provisioning attempt failed: try again after `retry_in_seconds`, or give the member up
-/// (`failed`) when `retry_in_seconds` is `None`.
+/// A provisioning attempt failed: the member tries again after `retry_in_seconds`, or,
+/// when `give_up`, is marked `failed` (and replaced once `retry_in_seconds` have passed).
 pub async fn attempt_failed(
     db: impl PgExecutor<'_>,
     member: Uuid,
     error: &str,
-    retry_in_seconds: Option<u32>,
+    give_up: bool,
+    retry_in_seconds: u32,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "update pool_members set instance = null, last_error = $2, updated_at = now(),
-             status = case when $3::int4 is null then 'failed' else status end,
-             retry_at = now() + make_interval(secs => coalesce($3::int4, 0))
+             status = case when $3 then 'failed' else status end,
+             retry_at = now() + make_interval(secs => $4)
          where id = $1",
     )
     .bind(member)
     .bind(error)
-    .bind(retry_in_seconds.map(|s| s as i32))
+    .bind(give_up)
+    .bind(retry_in_seconds as i32)
     .execute(db)
     .await?;
     Ok(())
