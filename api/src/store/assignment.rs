@@ -301,7 +301,7 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
                 worker_id = p.worker_id,
                 wait_ms = (extract(epoch from now() - r.enqueued_at) * 1000)::bigint
             from removed r join pairs p on p.job_id = r.job_id
-            where j.id = r.job_id
+            where j.id = r.job_id and j.state = 'queued'
             returning j.id, j.tenant_id, j.attempt, j.worker_id, j.wait_ms, j.queue, r.cpu_millis, r.memory_mib
          ), held as (
             insert into worker_jobs (job_id, worker_id, attempt, cpu_millis, memory_mib)

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use hodei_core::backoff::{decide_failure, FailureDecision};
 use hodei_core::dispatch::{plan_dispatch, QueueHead};
 use hodei_core::ordering::PolicyRegistry;
+use hodei_core::JobState;
 use serde::Serialize;
 use sqlx::types::Json;
 use sqlx::{Acquire, FromRow, PgConnection, PgExecutor};
@@ -128,7 +129,7 @@ pub fn claim_sql(fair: bool) -> String {
                 wait_ms = (extract(epoch from now() - r.enqueued_at) * 1000)::bigint,
                 sla_breached = j.sla_breached
                     or ($6::int4 is not null and now() - r.enqueued_at > make_interval(secs => $6))
-            from removed r where j.id = r.job_id and not r.expired
+            from removed r where j.id = r.job_id and not r.expired and j.state = 'queued'
             returning j.id, j.tenant_id, j.queue, j.attempt, j.priority, j.wait_ms, j.sla_breached
          ), expired as (
             update jobs j set state = 'dead_lettered', dead_letter_reason = 'deadline_expired',
@@ -324,13 +325,15 @@ const REQUEUE_COLUMNS: &str = "j.id, j.tenant_id, j.queue, j.priority, j.cpu_mil
     j.deadline, j.timeout_seconds, j.metadata";
 
 /// Ranks `jobs` against their queues as they are now and inserts their ready rows, marking
-/// them queued with an event of `kind`. Jobs whose queue no longer exists are
-/// dead-lettered instead. Returns how many were queued.
+/// them queued with an event of `kind`. Only jobs still in state `from` move (a cancel
+/// that committed meanwhile wins; their waiting rows are removed all the same). Jobs whose
+/// queue no longer exists are dead-lettered instead. Returns how many were offered.
 async fn requeue(
     db: &mut PgConnection,
     registry: &PolicyRegistry,
     jobs: Vec<Requeue>,
     kind: &str,
+    from: JobState,
 ) -> sqlx::Result<usize> {
     if jobs.is_empty() {
         return Ok(0);
@@ -363,17 +366,18 @@ async fn requeue(
             select * from unnest($1::uuid[], $2::text[], $3::uuid[], $4::int2[], $5::float8[], $6::bool[],
                 $7::int4[], $8::int4[], $9::jsonb[], $10::timestamptz[])
             as i(id, queue, tenant_id, priority, rank, fair, cpu_millis, memory_mib, labels, deadline)
+         ), job as (
+            update jobs j set state = 'queued', queued_at = now(), run_at = null, updated_at = now()
+            from input i where j.id = i.id and j.state = $12
+            returning j.id, j.tenant_id, j.attempt, j.queue
          ), ready as (
             insert into ready_jobs (job_id, queue, tenant_id, priority, rank, fair, cpu_millis, memory_mib, labels,
                 deadline)
-            select id, queue, tenant_id, priority, rank, fair, cpu_millis, memory_mib, labels, deadline
-            from input order by rank
+            select i.id, i.queue, i.tenant_id, i.priority, i.rank, i.fair, i.cpu_millis, i.memory_mib, i.labels,
+                i.deadline
+            from input i join job on job.id = i.id order by i.rank
          ), unscheduled as (
             delete from scheduled_jobs s using input i where s.job_id = i.id
-         ), job as (
-            update jobs j set state = 'queued', queued_at = now(), run_at = null, updated_at = now()
-            from input i where j.id = i.id
-            returning j.id, j.tenant_id, j.attempt, j.queue
          )
          insert into job_events (tenant_id, job_id, kind, state, attempt, data)
          select tenant_id, id, $11, 'queued', attempt, jsonb_build_object('queue', queue) from job order by id",
@@ -389,6 +393,7 @@ async fn requeue(
     .bind(ready.iter().map(|(j, _, _)| &j.labels).collect::<Vec<_>>())
     .bind(ready.iter().map(|(j, _, _)| j.deadline).collect::<Vec<_>>())
     .bind(kind)
+    .bind(from.as_str())
     .execute(&mut *db)
     .await?;
     Ok(count)
@@ -405,7 +410,7 @@ pub async fn promote_due(db: &mut PgConnection, registry: &PolicyRegistry, limit
     .bind(limit)
     .fetch_all(&mut *transaction)
     .await?;
-    let promoted = requeue(&mut transaction, registry, due, "job.queued").await?;
+    let promoted = requeue(&mut transaction, registry, due, "job.queued", JobState::Scheduled).await?;
     transaction.commit().await?;
     Ok(promoted)
 }
@@ -452,7 +457,7 @@ pub async fn redrive(
     .bind(&ids)
     .execute(&mut *transaction)
     .await?;
-    requeue(&mut transaction, registry, jobs, "job.redriven").await?;
+    requeue(&mut transaction, registry, jobs, "job.redriven", JobState::DeadLettered).await?;
     let redriven: Vec<Uuid> =
         sqlx::query_scalar("select id from jobs where id = any($1) and state = 'queued' order by id")
             .bind(&ids)

@@ -268,27 +268,50 @@ pub enum CancelResult {
     AlreadyFinished(Job),
 }
 
+/// How often a cancel starts over when a job became waiting after it looked (see below).
+const CANCEL_RETRIES: usize = 8;
+
 /// Cancels a waiting (queued or scheduled) job at once; records the request for a job on
 /// a worker.
 pub async fn cancel(db: &mut PgConnection, tenant_scope: Option<Uuid>, id: Uuid) -> sqlx::Result<CancelResult> {
+    for _ in 0..CANCEL_RETRIES {
+        if let Some(result) = try_cancel(db, tenant_scope, id).await? {
+            return Ok(result);
+        }
+    }
+    Err(sqlx::Error::Protocol(format!("cancelling job {id}: it kept moving between queues")))
+}
+
+/// One try at a cancel; `None` when the job entered a waiting queue after this
+/// transaction looked for its waiting row (a retry or a promotion committing meanwhile):
+/// the caller starts over with a fresh snapshot.
+async fn try_cancel(db: &mut PgConnection, tenant_scope: Option<Uuid>, id: Uuid) -> sqlx::Result<Option<CancelResult>> {
     let mut transaction = sqlx::Connection::begin(&mut *db).await?;
     // Take the job out of its waiting queue before locking the job row: the order the claim
     // and the promoter use (queue row, then job row), so cancel can never deadlock with
     // them. If a claimer holds the row, this waits for it and then finds the row gone.
-    let left_ready: Option<(String, Uuid)> = sqlx::query_as(
-        "with ready as (
-            delete from ready_jobs where job_id = $1 and ($2::uuid is null or tenant_id = $2)
-            returning queue, tenant_id
-         ), scheduled as (
-            delete from scheduled_jobs s using jobs j
-            where s.job_id = $1 and j.id = s.job_id and ($2::uuid is null or j.tenant_id = $2)
-         )
-         select queue, tenant_id from ready",
-    )
-    .bind(id)
-    .bind(tenant_scope)
-    .fetch_optional(&mut *transaction)
-    .await?;
+    let (left_ready, left_scheduled): (Option<(String, Uuid)>, bool) = {
+        let row: Option<(Option<String>, Option<Uuid>, bool)> = sqlx::query_as(
+            "with ready as (
+                delete from ready_jobs where job_id = $1 and ($2::uuid is null or tenant_id = $2)
+                returning queue, tenant_id
+             ), scheduled as (
+                delete from scheduled_jobs s using jobs j
+                where s.job_id = $1 and j.id = s.job_id and ($2::uuid is null or j.tenant_id = $2)
+                returning s.job_id
+             )
+             select (select queue from ready), (select tenant_id from ready), exists (select 1 from scheduled)",
+        )
+        .bind(id)
+        .bind(tenant_scope)
+        .fetch_optional(&mut *transaction)
+        .await?;
+        match row {
+            Some((Some(queue), Some(tenant_id), scheduled)) => (Some((queue, tenant_id)), scheduled),
+            Some((_, _, scheduled)) => (None, scheduled),
+            None => (None, false),
+        }
+    };
     let locked: Option<(String,)> =
         sqlx::query_as("select state from jobs where id = $1 and ($2::uuid is null or tenant_id = $2) for update")
             .bind(id)
@@ -296,9 +319,23 @@ pub async fn cancel(db: &mut PgConnection, tenant_scope: Option<Uuid>, id: Uuid)
             .fetch_optional(&mut *transaction)
             .await?;
     let Some((state,)) = locked else {
-        return Ok(CancelResult::NotFound);
+        return Ok(Some(CancelResult::NotFound));
     };
     let state = JobState::parse(&state).ok_or_else(|| sqlx::Error::Decode(format!("unknown state {state}").into()))?;
+    // The job row was locked after the waiting rows were looked for, so a transaction that
+    // committed in between (a failed attempt scheduling its retry, a promotion, a redrive)
+    // may have given the job a waiting row this statement's snapshot did not see. Marking
+    // it cancelled now would leave that row behind, and the job would run again. Start
+    // over instead: the lock is released, and the next look sees the committed row.
+    let waiting_row_missed = match state {
+        JobState::Queued => left_ready.is_none(),
+        JobState::Scheduled => !left_scheduled,
+        _ => false,
+    };
+    if waiting_row_missed {
+        transaction.rollback().await?;
+        return Ok(None);
+    }
     let change = match state.on_cancel() {
         CancelOutcome::CancelledNow => Some(("job.cancelled", "cancelled")),
         CancelOutcome::HandedToWorker => Some(("job.cancel_requested", state.as_str())),
@@ -333,10 +370,10 @@ pub async fn cancel(db: &mut PgConnection, tenant_scope: Option<Uuid>, id: Uuid)
         .await?
         .ok_or_else(|| sqlx::Error::Protocol("a locked job vanished".into()))?;
     transaction.commit().await?;
-    Ok(match state.on_cancel() {
+    Ok(Some(match state.on_cancel() {
         CancelOutcome::NotCancellable => CancelResult::AlreadyFinished(job),
         _ => CancelResult::Done(job),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -413,5 +450,140 @@ mod tests {
             get(&mut *db, Some(tenant.id), queued.id).await.expect("get").expect("exists").state,
             JobState::Queued
         );
+    }
+
+    /// Marks a submitted job as running its first attempt, as a worker would.
+    async fn mark_running(db: &mut PgConnection, job_id: Uuid) {
+        sqlx::query("delete from ready_jobs where job_id = $1").bind(job_id).execute(&mut *db).await.expect("unready");
+        sqlx::query("update jobs set state = 'running', attempt = 1 where id = $1")
+            .bind(job_id)
+            .execute(&mut *db)
+            .await
+            .expect("mark running");
+    }
+
+    async fn state_of(db: impl PgExecutor<'_>, job_id: Uuid) -> String {
+        sqlx::query_scalar("select state from jobs where id = $1").bind(job_id).fetch_one(db).await.expect("state")
+    }
+
+    /// A cancel that arrives while the job's failed attempt is scheduling its retry must
+    /// end the job for good: no scheduled row left behind, nothing for the promoter to
+    /// bring back.
+    #[tokio::test]
+    async fn a_cancel_racing_a_retry_leaves_nothing_to_run_again() {
+        let database = TestDatabase::migrated().await;
+        let pool = database.pool().await;
+        let mut db = pool.acquire().await.expect("connection");
+        let tenant = tenants::create(&mut *db, "acme", 1).await.expect("tenant");
+        let submitter = Submitter { tenant_id: tenant.id, tenant_name: "acme" };
+        let job = submitted(&mut db, submitter).await;
+        mark_running(&mut db, job.id).await;
+
+        // The failure schedules its retry and holds the job row, not yet committed.
+        let mut failing = pool.begin().await.expect("begin");
+        let failure =
+            crate::store::dispatch::Failure { job_id: job.id, attempt: 1, error: "boom".into(), retryable: true };
+        let result = crate::store::dispatch::fail(&mut failing, &failure, 0.5).await.expect("fail");
+        assert!(matches!(result, crate::store::dispatch::FailureResult::RetryScheduled { .. }), "{result:?}");
+
+        // The cancel looks for a waiting row (none yet visible) and then waits for the job row.
+        let cancelling = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                let mut db = pool.acquire().await.expect("connection");
+                cancel(&mut db, Some(tenant.id), job.id).await.expect("cancel")
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut *db)
+            .await
+            .expect("activity");
+            if waiting > 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the cancel never waited for the job row");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        failing.commit().await.expect("commit the failure");
+
+        let CancelResult::Done(cancelled) = cancelling.await.expect("cancel task") else { panic!("expected Done") };
+        assert_eq!(cancelled.state, JobState::Cancelled);
+        let leftover: i64 = sqlx::query_scalar("select count(*) from scheduled_jobs where job_id = $1")
+            .bind(job.id)
+            .fetch_one(&mut *db)
+            .await
+            .expect("scheduled rows");
+        assert_eq!(leftover, 0, "the retry's scheduled row must go with the cancel");
+        sqlx::query("update scheduled_jobs set run_at = now()").execute(&mut *db).await.expect("make due");
+        let registry = crate::http::default_policies();
+        crate::store::dispatch::promote_due(&mut db, &registry, 100).await.expect("promote");
+        assert_eq!(state_of(&mut *db, job.id).await, "cancelled");
+        assert_eq!(event_kinds(&mut *db, job.id).await.last().map(String::as_str), Some("job.cancelled"));
+    }
+
+    /// The promoter and the scheduling cycle move a job only from the state they expect:
+    /// a cancelled job is never brought back by a waiting row, however it was left.
+    #[tokio::test]
+    async fn promotion_and_assignment_never_revive_a_cancelled_job() {
+        let database = TestDatabase::migrated().await;
+        let pool = database.pool().await;
+        let mut db = pool.acquire().await.expect("connection");
+        let tenant = tenants::create(&mut *db, "acme", 1).await.expect("tenant");
+        let submitter = Submitter { tenant_id: tenant.id, tenant_name: "acme" };
+
+        let scheduled = submitted(&mut db, submitter).await;
+        mark_running(&mut db, scheduled.id).await;
+        sqlx::query(
+            "with j as (update jobs set state = 'cancelled', finished_at = now() where id = $1 returning id, queue)
+             insert into scheduled_jobs (job_id, queue, run_at) select id, queue, now() from j",
+        )
+        .bind(scheduled.id)
+        .execute(&mut *db)
+        .await
+        .expect("a cancelled job with a stray scheduled row");
+        let registry = crate::http::default_policies();
+        crate::store::dispatch::promote_due(&mut db, &registry, 100).await.expect("promote");
+        assert_eq!(state_of(&mut *db, scheduled.id).await, "cancelled");
+        let rows: i64 = sqlx::query_scalar(
+            "select (select count(*) from scheduled_jobs where job_id = $1) + (select count(*) from ready_jobs where job_id = $1)",
+        )
+        .bind(scheduled.id)
+        .fetch_one(&mut *db)
+        .await
+        .expect("rows");
+        assert_eq!(rows, 0, "the stray row is cleared, not promoted");
+
+        let queued = submitted(&mut db, submitter).await;
+        sqlx::query("update jobs set state = 'cancelled', finished_at = now() where id = $1")
+            .bind(queued.id)
+            .execute(&mut *db)
+            .await
+            .expect("a cancelled job with a stray ready row");
+        sqlx::query(
+            "insert into workers (id, name, pool, state, cpu_millis, memory_mib, slots, labels, token_hash)
+             values ($1, 'w', 'default', 'idle', 4000, 4096, 4, '{}', '\\x00')",
+        )
+        .bind(Uuid::now_v7())
+        .execute(&mut *db)
+        .await
+        .expect("a free worker");
+        crate::store::assignment::run_cycle(
+            &mut db,
+            hodei_core::placement::Strategy::BestFit,
+            crate::store::assignment::CycleLimits::default(),
+        )
+        .await
+        .expect("cycle");
+        assert_eq!(state_of(&mut *db, queued.id).await, "cancelled");
+        let held: i64 = sqlx::query_scalar("select count(*) from worker_jobs where job_id = $1")
+            .bind(queued.id)
+            .fetch_one(&mut *db)
+            .await
+            .expect("holdings");
+        assert_eq!(held, 0, "a cancelled job is never assigned");
     }
 }
