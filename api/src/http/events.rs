@@ -25,9 +25,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Return events after this position (`next_after` of the previous call); 0 or absent
-    /// for the beginning.
+    /// for the beginning. With `job_id`, the position is the job's event `version`.
     pub after: Option<i64>,
-    /// Only events of this job.
+    /// Only events of this job, in the order its changes committed (by `version`).
     pub job_id: Option<Uuid>,
     /// At most this many events, 1–1000 (default 100).
     pub limit: Option<i64>,
@@ -41,6 +41,8 @@ pub struct EventPage {
 }
 
 /// Job events after a cursor, oldest first. Following `next_after` never skips an event.
+/// The whole stream is in stream-position order; one job's events (`job_id`) are in the
+/// order its changes committed, numbered by `version`, which is the order to fold them in.
 #[utoipa::path(
     get, path = "/events", tag = "events", security(("bearer" = [])), params(EventsQuery),
     responses((status = 200, body = EventPage), (status = 400, body = Problem, content_type = "application/problem+json"))
@@ -63,6 +65,9 @@ async fn list_events(
     }
     let filter = EventFilter { tenant_scope: principal.tenant_scope(), job_id: query.job_id, after, limit };
     let events = events::list_after(&state.db, &filter).await?;
-    let next_after = events.last().map(|event| event.id).unwrap_or(after);
+    let next_after = events
+        .last()
+        .map(|event| if query.job_id.is_some() { i64::from(event.version) } else { event.id })
+        .unwrap_or(after);
     Ok(axum::Json(EventPage { events, next_after }))
 }

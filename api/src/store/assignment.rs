@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use chrono::Utc;
 use hodei_core::dispatch::plan_dispatch;
 use hodei_core::placement::{place, Demand, FreeWorker, PoolKind, Strategy, TotalCapacity, Unplaced};
 use serde::Serialize;
@@ -17,7 +16,6 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::store::dispatch::{self, Failure, FailureResult};
-use crate::store::enqueue::unix_seconds;
 
 /// How long a worker may hold an attempt without a heartbeat (`lease`), and hold an
 /// assignment without starting it (`assignment`).
@@ -164,7 +162,7 @@ pub struct CycleOutcome {
 pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleLimits) -> sqlx::Result<CycleOutcome> {
     let mut transaction = db.begin().await?;
     // Nothing waits: no need to touch the workers at all.
-    let heads = dispatch::queue_heads(&mut transaction).await?;
+    let (heads, database_now) = dispatch::queue_heads(&mut transaction).await?;
     if heads.is_empty() {
         return Ok(CycleOutcome::default());
     }
@@ -211,7 +209,7 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
     let mut candidates: Vec<CandidateRow> = Vec::new();
     let mut locked_rows: Vec<CandidateRow> = Vec::new();
     let mut seen: HashSet<Uuid> = HashSet::new();
-    for step in plan_dispatch(&heads, unix_seconds(Utc::now()), limits.jobs as usize) {
+    for step in plan_dispatch(&heads, database_now, limits.jobs as usize) {
         let room = limits.jobs - candidates.len() as i64;
         if room <= 0 {
             break;

@@ -249,22 +249,26 @@ pub async fn fail(db: &mut PgConnection, failure: &Failure, random: f64) -> sqlx
     let decision = decide_failure(&backoff, attempts_in_this_life, max_attempts, failure.retryable, random);
     let result = match decision {
         FailureDecision::RetryAfter(seconds) => {
-            let run_at = Utc::now() + chrono::Duration::microseconds((seconds * 1e6) as i64);
-            sqlx::query(
+            // The retry time is on the database's clock, the one the promoter compares it
+            // with and the one every replica shares.
+            let run_at: DateTime<Utc> = sqlx::query_scalar(
                 "with job as (
-                    update jobs set state = 'scheduled', run_at = $2, last_error = $3, updated_at = now()
-                    where id = $1 returning id, tenant_id, attempt, queue
+                    update jobs set state = 'scheduled', run_at = now() + make_interval(secs => $2),
+                        last_error = $3, updated_at = now()
+                    where id = $1 returning id, tenant_id, attempt, queue, run_at
                  ), scheduled as (
-                    insert into scheduled_jobs (job_id, queue, run_at) select id, queue, $2 from job
+                    insert into scheduled_jobs (job_id, queue, run_at) select id, queue, run_at from job
+                 ), event as (
+                    insert into job_events (tenant_id, job_id, kind, state, attempt, data)
+                    select tenant_id, id, 'job.retry_scheduled', 'scheduled', attempt,
+                        jsonb_build_object('run_at', run_at, 'error', $3) from job
                  )
-                 insert into job_events (tenant_id, job_id, kind, state, attempt, data)
-                 select tenant_id, id, 'job.retry_scheduled', 'scheduled', attempt,
-                     jsonb_build_object('run_at', $2, 'error', $3) from job",
+                 select run_at from job",
             )
             .bind(failure.job_id)
-            .bind(run_at)
+            .bind(seconds)
             .bind(&failure.error)
-            .execute(&mut *transaction)
+            .fetch_one(&mut *transaction)
             .await?;
             FailureResult::RetryScheduled { run_at }
         }
@@ -468,25 +472,28 @@ pub async fn redrive(
 }
 
 /// Every queue with ready jobs, with its tier and the queueing time of its oldest job: the
-/// input of the tier and anti-starvation plan.
-pub(crate) async fn queue_heads(db: &mut PgConnection) -> sqlx::Result<Vec<QueueHead>> {
-    let heads: Vec<(String, i16, i32, DateTime<Utc>)> = sqlx::query_as(
-        "select q.name, q.tier, q.starvation_after_seconds, h.oldest
+/// input of the tier and anti-starvation plan; and the database's clock (Unix seconds),
+/// the one those times are on.
+pub(crate) async fn queue_heads(db: &mut PgConnection) -> sqlx::Result<(Vec<QueueHead>, f64)> {
+    let heads: Vec<(String, i16, i32, DateTime<Utc>, f64)> = sqlx::query_as(
+        "select q.name, q.tier, q.starvation_after_seconds, h.oldest, extract(epoch from now())::float8
          from queues q cross join lateral (
              select r.enqueued_at as oldest from ready_jobs r where r.queue = q.name order by r.enqueued_at limit 1
          ) h",
     )
     .fetch_all(db)
     .await?;
-    Ok(heads
+    let now = heads.first().map_or(0.0, |head| head.4);
+    let heads = heads
         .into_iter()
-        .map(|(queue, tier, starvation_after, oldest)| QueueHead {
+        .map(|(queue, tier, starvation_after, oldest, _)| QueueHead {
             queue,
             tier,
             oldest_enqueued_at: crate::store::enqueue::unix_seconds(oldest),
             starvation_after_seconds: starvation_after.into(),
         })
-        .collect())
+        .collect();
+    Ok((heads, now))
 }
 
 /// Takes up to `batch` jobs across all queues: tiers in order, with the anti-starvation
@@ -498,7 +505,7 @@ pub async fn claim_across_queues(
     filter: &CapacityFilter,
     now: f64,
 ) -> sqlx::Result<Vec<ClaimedJob>> {
-    let heads = queue_heads(&mut *db).await?;
+    let (heads, _) = queue_heads(&mut *db).await?;
     let steps = plan_dispatch(&heads, now, batch.max(0) as usize);
     let mut settings: HashMap<String, Queue> = HashMap::new();
     let mut claimed = Vec::new();

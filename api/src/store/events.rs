@@ -2,8 +2,14 @@
 //!
 //! Event ids are stream positions built from the writing transaction's id (see the
 //! migration). `after` returns only events whose transaction id is older than every
-//! transaction still running, so an event can never appear behind a cursor that a client
-//! already holds.
+//! transaction of this database still running, so an event can never appear behind a
+//! cursor that a client already holds.
+//!
+//! Each event also carries its job's `version`: one job's events numbered in the order
+//! their transactions committed. The stream as a whole is in position order, which for
+//! one job can differ from commit order; a consumer folding a job's state uses `version`,
+//! and reading one job (`job_id`) returns its events in version order with the version as
+//! the cursor.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -23,6 +29,9 @@ pub struct JobEvent {
     /// The job's state after the event.
     pub state: String,
     pub attempt: i32,
+    /// The job's own event number, 1 for `job.submitted`: the order in which its changes
+    /// committed.
+    pub version: i32,
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
     pub at: DateTime<Utc>,
@@ -52,29 +61,62 @@ pub async fn append(db: impl PgExecutor<'_>, event: NewEvent<'_>) -> sqlx::Resul
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
     pub tenant_scope: Option<Uuid>,
+    /// One job's events, in version order; `after` is then a version.
     pub job_id: Option<Uuid>,
     pub after: i64,
     pub limit: i64,
 }
 
-/// Events after the cursor, oldest first, that are safe to hand out.
+/// The stream position below which every event has committed or never will: the oldest
+/// transaction of this database still running (or, with none, the next transaction id).
+///
+/// `pg_snapshot_xmin` would be simpler but spans the whole cluster: one idle transaction
+/// in another database would hold the stream back for as long as it stays open. So the
+/// in-progress transactions of the statement's snapshot are filtered: those positively
+/// known to belong to another database (through their transaction-id locks and their
+/// backend's database, or as prepared transactions of another database) are left out.
+/// Any in-progress transaction that cannot be placed — one that has its id but has not yet
+/// taken the lock on it, or ended after the snapshot — counts, which only delays events.
+/// The assumption that remains: every transaction that writes events holds the lock on its
+/// own transaction id while it runs, which Postgres guarantees.
+const HORIZON: &str = "(select coalesce(
+        (select min(x::text::bigint) from pg_snapshot_xip(snapshot.s) x
+         where (x::text::bigint & 4294967295) not in (
+             select l.transactionid::text::bigint from pg_locks l join pg_stat_activity a on a.pid = l.pid
+             where l.locktype = 'transactionid' and l.granted and l.mode = 'ExclusiveLock'
+               and a.datname is distinct from current_database()
+             union all
+             select p.transaction::text::bigint from pg_prepared_xacts p where p.database <> current_database())),
+        pg_snapshot_xmax(snapshot.s)::text::bigint) << 20
+    from (select pg_current_snapshot() as s) snapshot)";
+
+/// Events after the cursor that are safe to hand out: in stream order, or for one job in
+/// version order (every committed event of a job is visible: its versions commit in order,
+/// so what a snapshot sees of one job is always a prefix).
 pub async fn list_after(db: impl PgExecutor<'_>, filter: &EventFilter) -> sqlx::Result<Vec<JobEvent>> {
-    sqlx::query_as(
-        "select e.id, e.job_id, t.name as tenant, e.kind, e.state, e.attempt, e.data, e.at
-         from job_events e join tenants t on t.id = e.tenant_id
-         where ($1::uuid is null or e.tenant_id = $1)
-           and ($2::uuid is null or e.job_id = $2)
-           and e.id > $3
-           and e.id < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)
-         order by e.id
-         limit $4",
-    )
-    .bind(filter.tenant_scope)
-    .bind(filter.job_id)
-    .bind(filter.after)
-    .bind(filter.limit)
-    .fetch_all(db)
-    .await
+    let sql = match filter.job_id {
+        Some(_) => "select e.id, e.job_id, t.name as tenant, e.kind, e.state, e.attempt, e.version, e.data, e.at
+             from job_events e join tenants t on t.id = e.tenant_id
+             where ($1::uuid is null or e.tenant_id = $1) and e.job_id = $2 and e.version > $3
+             order by e.version
+             limit $4"
+            .to_owned(),
+        None => format!(
+            "select e.id, e.job_id, t.name as tenant, e.kind, e.state, e.attempt, e.version, e.data, e.at
+             from job_events e join tenants t on t.id = e.tenant_id
+             where ($1::uuid is null or e.tenant_id = $1) and $2::uuid is null
+               and e.id > $3 and e.id < {HORIZON}
+             order by e.id
+             limit $4"
+        ),
+    };
+    sqlx::query_as(&sql)
+        .bind(filter.tenant_scope)
+        .bind(filter.job_id)
+        .bind(filter.after)
+        .bind(filter.limit)
+        .fetch_all(db)
+        .await
 }
 
 #[cfg(test)]
@@ -82,6 +124,7 @@ mod tests {
     use super::*;
     use crate::store::tenants;
     use crate::testing::TestDatabase;
+    use sqlx::Connection;
 
     async fn append_for(db: impl PgExecutor<'_>, tenant_id: Uuid, kind: &str) {
         append(db, NewEvent { tenant_id, job_id: Uuid::now_v7(), kind, state: "queued", attempt: 0 })
@@ -108,7 +151,6 @@ mod tests {
 
         older.commit().await.expect("commit");
         let mut visible = Vec::new();
-        // Other databases' transactions on a shared server can hold events back briefly too.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while visible.len() < 2 {
             assert!(std::time::Instant::now() < deadline, "events not published: {visible:?}");
@@ -121,5 +163,76 @@ mod tests {
         let rest = list_after(&pool, &after_first).await.expect("list");
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].kind, "newer");
+    }
+
+    /// A transaction left open in another database of the same server must not hold this
+    /// database's stream back.
+    #[tokio::test]
+    async fn an_open_transaction_in_another_database_does_not_stall_the_stream() {
+        let database = TestDatabase::migrated().await;
+        let pool = database.pool().await;
+        let tenant = tenants::create(&pool, "acme", 1).await.expect("tenant");
+        let all = EventFilter { tenant_scope: Some(tenant.id), job_id: None, after: 0, limit: 100 };
+
+        let elsewhere = TestDatabase::empty().await;
+        let mut other = sqlx::PgConnection::connect(&elsewhere.url).await.expect("connect elsewhere");
+        sqlx::query("begin").execute(&mut other).await.expect("begin elsewhere");
+        sqlx::query("select pg_current_xact_id()").execute(&mut other).await.expect("an id elsewhere");
+
+        append_for(&pool, tenant.id, "while another database waits").await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let visible = list_after(&pool, &all).await.expect("list");
+            if visible.len() == 1 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "an idle transaction in another database held the stream back: {visible:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // An open transaction of this database still does.
+        let mut own = pool.begin().await.expect("begin here");
+        append_for(&mut *own, tenant.id, "uncommitted").await;
+        append_for(&pool, tenant.id, "after it").await;
+        assert_eq!(list_after(&pool, &all).await.expect("list").len(), 1);
+        own.rollback().await.expect("rollback");
+        sqlx::query("rollback").execute(&mut other).await.expect("rollback elsewhere");
+    }
+
+    /// One job's events are numbered in commit order, and reading one job returns them in
+    /// that order even where stream positions say otherwise: here the transaction that
+    /// wrote first (the smaller position) commits last.
+    #[tokio::test]
+    async fn a_jobs_events_follow_commit_order() {
+        let database = TestDatabase::migrated().await;
+        let pool = database.pool().await;
+        let tenant = tenants::create(&pool, "acme", 1).await.expect("tenant");
+        let job_id = Uuid::now_v7();
+        let event = |kind| NewEvent { tenant_id: tenant.id, job_id, kind, state: "queued", attempt: 0 };
+        append(&pool, event("job.submitted")).await.expect("submitted");
+
+        // The earlier transaction takes its id first, then commits after a later one.
+        let mut earlier = pool.begin().await.expect("begin");
+        sqlx::query("select pg_current_xact_id()").execute(&mut *earlier).await.expect("an id");
+        let mut later = pool.begin().await.expect("begin");
+        append(&mut *later, event("job.cancel_requested")).await.expect("first to commit");
+        later.commit().await.expect("commit");
+        append(&mut *earlier, event("job.cancelled")).await.expect("last to commit");
+        earlier.commit().await.expect("commit");
+
+        let stream = list_after(&pool, &EventFilter { tenant_scope: None, job_id: None, after: 0, limit: 10 })
+            .await
+            .expect("stream");
+        let by_position: Vec<&str> = stream.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(by_position, ["job.submitted", "job.cancelled", "job.cancel_requested"]);
+
+        let one_job = EventFilter { tenant_scope: Some(tenant.id), job_id: Some(job_id), after: 0, limit: 10 };
+        let events = list_after(&pool, &one_job).await.expect("job events");
+        let in_order: Vec<(&str, i32)> = events.iter().map(|e| (e.kind.as_str(), e.version)).collect();
+        assert_eq!(in_order, [("job.submitted", 1), ("job.cancel_requested", 2), ("job.cancelled", 3)]);
+        let rest = list_after(&pool, &EventFilter { after: 2, ..one_job }).await.expect("after version 2");
+        assert_eq!(rest.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["job.cancelled"]);
     }
 }

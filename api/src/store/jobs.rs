@@ -586,4 +586,33 @@ mod tests {
             .expect("holdings");
         assert_eq!(held, 0, "a cancelled job is never assigned");
     }
+
+    /// A retry's time is the database's clock plus the backoff, never the API host's
+    /// clock: it is compared with the database's `now()` by the promoter on every replica.
+    #[tokio::test]
+    async fn a_retry_is_scheduled_on_the_database_clock() {
+        let database = TestDatabase::migrated().await;
+        let pool = database.pool().await;
+        let mut db = pool.acquire().await.expect("connection");
+        let tenant = tenants::create(&mut *db, "acme", 1).await.expect("tenant");
+        let job = submitted(&mut db, Submitter { tenant_id: tenant.id, tenant_name: "acme" }).await;
+        mark_running(&mut db, job.id).await;
+
+        let mut transaction = pool.begin().await.expect("begin");
+        let failure =
+            crate::store::dispatch::Failure { job_id: job.id, attempt: 1, error: "boom".into(), retryable: true };
+        let result = crate::store::dispatch::fail(&mut transaction, &failure, 0.5).await.expect("fail");
+        let crate::store::dispatch::FailureResult::RetryScheduled { run_at } = result else { panic!("{result:?}") };
+        // `now()` is the transaction's start on the database's clock.
+        let (database_now, scheduled_at): (DateTime<Utc>, DateTime<Utc>) =
+            sqlx::query_as("select now(), run_at from scheduled_jobs where job_id = $1")
+                .bind(job.id)
+                .fetch_one(&mut *transaction)
+                .await
+                .expect("scheduled");
+        let queue = crate::store::queues::get(&mut *transaction, "default").await.expect("queue").expect("default");
+        let delay = queue.backoff().delay_seconds(1, 0.5);
+        assert_eq!(scheduled_at, run_at);
+        assert_eq!((run_at - database_now).num_microseconds(), Some((delay * 1e6).round() as i64));
+    }
 }
