@@ -338,7 +338,10 @@ async fn provisioning_retries_failed_attempts_and_fail_fast_gives_up_with_the_re
     });
     let db = sqlx::PgPool::connect(&database.url).await.expect("connect");
     let heartbeat = Duration::from_secs(1);
-    let reconciler = Reconciler::new(db.clone(), Providers::default().with("flaky", flaky.clone()), heartbeat);
+    let mut reconciler = Reconciler::new(db.clone(), Providers::default().with("flaky", flaky.clone()), heartbeat);
+    // The server's own reconciler leads the pools of its providers; this one, with a
+    // provider of its own, leads under a lease of its own.
+    reconciler.lease_name = "reconcile-flaky".to_owned();
     let insert = async |spec: Value| {
         let spec: PoolSpec = serde_json::from_value(spec).expect("spec");
         hodei_api::store::pools::create(&db, &spec).await.expect("insert").expect("new pool");
@@ -352,7 +355,7 @@ async fn provisioning_retries_failed_attempts_and_fail_fast_gives_up_with_the_re
 
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        reconciler.tick().await.expect("tick");
+        assert!(reconciler.tick().await.expect("tick"), "the only holder of its lease leads");
         let patient = admin.get("/api/v1/pools/patient").await.body;
         let strict = admin.get("/api/v1/pools/strict").await.body;
         if patient["workers"]["ready"] == 3 && strict["state"] == "failed" {
@@ -404,4 +407,152 @@ async fn a_worker_failing_its_health_command_is_drained_and_replaced() {
     assert_eq!(drained.body["state"], "gone", "the sick worker left: {drained:?}");
     server.stop().await;
     let _ = std::fs::remove_dir_all(&marks);
+}
+
+/// A provider that starts nothing: it hands out instance handles, counting every launch,
+/// and each launch waits at a gate the test opens, so a leader can be held mid-tick.
+#[derive(Debug)]
+struct Gated {
+    launched: Mutex<Vec<uuid::Uuid>>,
+    terminated: Mutex<Vec<String>>,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Provider for Gated {
+    fn limits(&self) -> ProviderLimits {
+        ProviderLimits { name: "gated".to_owned(), max_memory_mib: 1 << 20, max_cpu_millis: 1 << 20 }
+    }
+
+    fn provision<'a>(&'a self, request: &'a ProvisionRequest) -> BoxFuture<'a, Result<String, ProviderError>> {
+        self.launched.lock().expect("lock").push(request.member);
+        Box::pin(async move {
+            let _pass = self.gate.acquire().await.map_err(|error| ProviderError(error.to_string()))?;
+            Ok(format!("instance-of-{}", request.member))
+        })
+    }
+
+    fn terminate<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        self.terminated.lock().expect("lock").push(instance.to_owned());
+        Box::pin(async { Ok(()) })
+    }
+
+    fn describe<'a>(&'a self, _instance: &'a str) -> BoxFuture<'a, Result<InstanceState, ProviderError>> {
+        Box::pin(async { Ok(InstanceState::Running) })
+    }
+}
+
+/// A leader that loses its term while its provider calls are in flight records nothing
+/// when they return (and ends the instances nobody knows of), and the new leader does not
+/// launch those members a second time.
+#[tokio::test]
+async fn a_deposed_leader_writes_nothing_and_no_member_is_provisioned_twice() {
+    let database = TestDatabase::migrated().await;
+    let db = sqlx::PgPool::connect(&database.url).await.expect("connect");
+    let spec: PoolSpec = serde_json::from_value(json!({"id": "gated", "provider": "gated", "size": 2,
+        "provisioning": {"timeout_seconds": 60}}))
+    .expect("spec");
+    hodei_api::store::pools::create(&db, &spec).await.expect("insert").expect("new pool");
+    let provider = Arc::new(Gated {
+        launched: Mutex::default(),
+        terminated: Mutex::default(),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let providers = Providers::default().with("gated", provider.clone());
+    let mut old_leader = Reconciler::new(db.clone(), providers.clone(), Duration::from_secs(1));
+    // A long lease: it renews rarely, so the test decides when it runs out.
+    old_leader.lease = Duration::from_secs(60);
+    let new_leader = Reconciler::new(db.clone(), providers, Duration::from_secs(1));
+
+    let stuck_tick = tokio::spawn(async move { old_leader.tick().await });
+    wait_until("both launches to start", Duration::from_secs(30), async || {
+        (provider.launched.lock().expect("lock").len() == 2).then_some(())
+    })
+    .await;
+    assert!(!new_leader.tick().await.expect("tick"), "the lease is held: no second leader");
+
+    // The old leader freezes past its lease; the other replica takes over in a new term.
+    sqlx::query("update leader_leases set expires_at = now() - interval '1 second'")
+        .execute(&db)
+        .await
+        .expect("expire the lease");
+    assert!(new_leader.tick().await.expect("tick"), "an expired lease is taken over");
+    assert_eq!(provider.launched.lock().expect("lock").len(), 2, "attempts in flight are not launched again");
+
+    // The old leader's launches return: their instances cannot be recorded in its term.
+    provider.gate.add_permits(2);
+    let result = stuck_tick.await.expect("the old tick");
+    let error = format!("{:#}", result.expect_err("the deposed leader's writes are refused"));
+    assert!(error.contains("lost the reconcile leadership"), "{error}");
+    let mut terminated = provider.terminated.lock().expect("lock").clone();
+    terminated.sort();
+    let mut launched: Vec<String> =
+        provider.launched.lock().expect("lock").iter().map(|member| format!("instance-of-{member}")).collect();
+    launched.sort();
+    assert_eq!(terminated, launched, "the unrecorded instances are ended, not leaked");
+    let recorded: i64 = sqlx::query_scalar("select count(*) from pool_members where instance is not null")
+        .fetch_one(&db)
+        .await
+        .expect("members");
+    assert_eq!(recorded, 0, "nothing was written after the term ended");
+    assert!(new_leader.tick().await.expect("tick"));
+    assert_eq!(provider.launched.lock().expect("lock").len(), 2, "still no second launch");
+}
+
+/// A leader that freezes (SIGSTOP) stops renewing its lease: another replica leads within
+/// a few seconds, and when the old one thaws it has lost its term and changes nothing.
+#[tokio::test]
+async fn a_frozen_leader_is_replaced_within_seconds_and_fenced_when_it_thaws() {
+    let database = TestDatabase::empty().await;
+    let ports = [free_port(), free_port()];
+    let urls = ports.map(|port| format!("http://127.0.0.1:{port}"));
+    let api_urls = urls.join(",");
+    let config = ConfigFile::new(&pool_yaml("frozen", 2));
+    let environment = [("HODEI_LOCAL_WORKER_API_URL", api_urls.as_str())];
+    let first = Server::spawn_configured(&database.url, ports[0], Some(config.path()), &environment);
+    first.wait_ready(Duration::from_secs(60)).await;
+    let second = Server::spawn_configured(&database.url, ports[1], Some(config.path()), &environment);
+    second.wait_ready(Duration::from_secs(60)).await;
+    wait_for_ready(&second.admin(), "frozen", 2, Duration::from_secs(60)).await;
+
+    const LEADING: &str = "leading pool reconciliation";
+    let (mut leader, mut follower) = if first.log_text().contains(LEADING) { (first, second) } else { (second, first) };
+    let leader_pid = leader.pid().expect("the leader's pid").to_string();
+    let db = sqlx::PgPool::connect(&database.url).await.expect("connect");
+    let holder: String = sqlx::query_scalar("select holder_info from leader_leases where name = 'reconcile'")
+        .fetch_one(&db)
+        .await
+        .expect("the lease");
+    assert!(holder.ends_with(&format!("pid {leader_pid}")), "{holder} leads, not {leader_pid}");
+
+    let signal = async |name: &str| {
+        let status = tokio::process::Command::new("kill").args([name, &leader_pid]).status().await.expect("kill");
+        assert!(status.success(), "kill {name} {leader_pid}");
+    };
+    signal("-STOP").await;
+    let frozen_at = Instant::now();
+    wait_until("the follower to take over", Duration::from_secs(15), async || {
+        follower.log_text().contains(LEADING).then_some(())
+    })
+    .await;
+    eprintln!("the follower took over {:?} after the leader froze", frozen_at.elapsed());
+    let term: i64 = sqlx::query_scalar("select term from leader_leases where name = 'reconcile'")
+        .fetch_one(&db)
+        .await
+        .expect("the lease");
+    assert!(term >= 2, "a new term: {term}");
+    signal("-CONT").await;
+    wait_until("the thawed leader to learn it lost its term", Duration::from_secs(15), async || {
+        leader.log_text().contains("lost the reconcile leadership").then_some(())
+    })
+    .await;
+    // One leader: the pool stays at its size, with no member launched twice.
+    let admin = follower.admin();
+    let members = wait_for_ready(&admin, "frozen", 2, Duration::from_secs(30)).await;
+    let all = admin.get("/api/v1/pools/frozen/workers").await.body;
+    assert_eq!(all["workers"].as_array().map(Vec::len), Some(2), "{all}");
+    for member in &members {
+        assert_eq!(member["attempts"], 1, "{member}");
+    }
+    leader.stop().await;
+    follower.stop().await;
 }

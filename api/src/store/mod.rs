@@ -8,6 +8,7 @@ pub mod dispatch;
 pub mod enqueue;
 pub mod events;
 pub mod jobs;
+pub mod leases;
 pub mod logs;
 pub mod pools;
 pub mod queue_status;
