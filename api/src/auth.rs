@@ -101,6 +101,20 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
+/// An admin caller. As an extractor it runs before the body is read, so a tenant key is
+/// refused (403) before anything it sent is looked at.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Principal::from_request_parts(parts, state).await?.require_admin()?;
+        Ok(Admin)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -131,6 +131,8 @@ pub(crate) async fn start_server_with_env(
         .env("HODEI_LISTEN", format!("127.0.0.1:{port}"))
         .env("HODEI_BOOTSTRAP_ADMIN_KEY", &admin_key)
         .env("HODEI_LOG_LEVEL", "warn")
+        // Benchmarks that need workers run them as local processes.
+        .env("HODEI_PROVIDERS_LOCAL_ENABLED", "true")
         .env_remove("HODEI_CONFIG")
         .envs(extra_env.iter().map(|(name, value)| (*name, value.as_str())))
         .stdout(Stdio::null())

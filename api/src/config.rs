@@ -75,6 +75,12 @@ pub struct Config {
     pub local_worker_api_url: Option<String>,
     /// Where `local` workers' output goes, one file each (default: discarded).
     pub local_worker_log_dir: Option<PathBuf>,
+    /// Which providers this replica may use.
+    pub providers: ProvidersConfig,
+    /// The most pools a deployment may have (file and API together).
+    pub max_pools: u32,
+    /// The most workers one pool may ask for.
+    pub max_pool_size: u32,
     /// The file this configuration was read from, for reloading.
     #[serde(skip)]
     pub source_file: Option<PathBuf>,
@@ -101,13 +107,41 @@ impl Default for Config {
             local_worker_binary: None,
             local_worker_api_url: None,
             local_worker_log_dir: None,
+            providers: ProvidersConfig::default(),
+            max_pools: 100,
+            max_pool_size: 1000,
             source_file: None,
             default_pools: Vec::new(),
         }
     }
 }
 
-/// Each environment variable that overrides a field, and the field's name in the file.
+/// Which providers a replica may use.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvidersConfig {
+    pub local: LocalProviderConfig,
+}
+
+/// The `local` provider starts `hodei-worker` processes on the control-plane host itself,
+/// which then run tenants' jobs there: right for `hodei dev` and a single machine, wrong
+/// for a shared control plane. Off for `serve` unless enabled; on for `dev`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalProviderConfig {
+    pub enabled: Option<bool>,
+}
+
+impl Config {
+    /// Whether the `local` provider runs here: as configured, else `default` (the
+    /// command's choice: `dev` yes, `serve` no).
+    pub fn local_provider_enabled(&self, default: bool) -> bool {
+        self.providers.local.enabled.unwrap_or(default)
+    }
+}
+
+/// Each environment variable that overrides a field, and the field's name in the file
+/// (dotted for nested settings).
 pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
     ("HODEI_DATABASE_URL", "database_url"),
     ("HODEI_LISTEN", "listen"),
@@ -123,6 +157,9 @@ pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
     ("HODEI_LOCAL_WORKER_BINARY", "local_worker_binary"),
     ("HODEI_LOCAL_WORKER_API_URL", "local_worker_api_url"),
     ("HODEI_LOCAL_WORKER_LOG_DIR", "local_worker_log_dir"),
+    ("HODEI_PROVIDERS_LOCAL_ENABLED", "providers.local.enabled"),
+    ("HODEI_MAX_POOLS", "max_pools"),
+    ("HODEI_MAX_POOL_SIZE", "max_pool_size"),
 ];
 
 pub const MIN_BOOTSTRAP_ADMIN_KEY_LEN: usize = 32;
@@ -148,7 +185,7 @@ impl Config {
         };
         for (variable, field) in ENVIRONMENT_OVERRIDES {
             if let Some(value) = environment.get(*variable) {
-                document.insert(serde_yaml::Value::from(*field), environment_value(field, value));
+                insert_at(&mut document, field, environment_value(field, value));
             }
         }
         let mut config: Config =
@@ -218,8 +255,30 @@ impl Config {
                 self.worker_assignment_timeout_seconds
             ));
         }
+        if !(1..=10_000).contains(&self.max_pools) {
+            problems.push(format!("max_pools: must be between 1 and 10000, got {}", self.max_pools));
+        }
+        if !(1..=100_000).contains(&self.max_pool_size) {
+            problems.push(format!("max_pool_size: must be between 1 and 100000, got {}", self.max_pool_size));
+        }
+        if self.pools.len() > self.max_pools as usize {
+            problems.push(format!("pools: at most max_pools ({}) pools, got {}", self.max_pools, self.pools.len()));
+        }
         if let Err(errors) = validate_pools(&self.pools, &[crate::provider::local_limits()]) {
             problems.extend(errors.errors().iter().map(|e| format!("{}: {}", e.field, e.message)));
+        }
+        for (index, pool) in self.pools.iter().enumerate() {
+            if pool.size > self.max_pool_size {
+                problems.push(format!(
+                    "pools[{index}].size: must be at most max_pool_size ({}), got {}",
+                    self.max_pool_size, pool.size
+                ));
+            }
+            if pool.provider == "local" && self.providers.local.enabled == Some(false) {
+                problems.push(format!(
+                    "pools[{index}].provider: the local provider is disabled here (providers.local.enabled: false)"
+                ));
+            }
         }
         if let Some(url) = &self.local_worker_api_url {
             if !url.split(',').all(|u| u.trim().starts_with("http://") || u.trim().starts_with("https://")) {
@@ -266,7 +325,28 @@ fn read_document(path: &Path) -> Result<serde_yaml::Mapping, ConfigError> {
     }
 }
 
-/// Environment values are strings; numeric fields are parsed as YAML so `16` is a number.
+/// Sets `value` at the dotted `path` of `document`, creating mappings on the way (a
+/// non-mapping in the way is replaced, and the result then fails validation by name).
+fn insert_at(document: &mut serde_yaml::Mapping, path: &str, value: serde_yaml::Value) {
+    match path.split_once('.') {
+        None => {
+            document.insert(serde_yaml::Value::from(path), value);
+        }
+        Some((head, rest)) => {
+            let key = serde_yaml::Value::from(head);
+            let entry = document.entry(key).or_insert_with(|| serde_yaml::Value::Mapping(serde_yaml::Mapping::new()));
+            if !entry.is_mapping() {
+                *entry = serde_yaml::Value::Mapping(serde_yaml::Mapping::new());
+            }
+            if let serde_yaml::Value::Mapping(inner) = entry {
+                insert_at(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// Environment values are strings; numeric and boolean fields are parsed so `16` is a
+/// number and `true` a boolean.
 fn environment_value(field: &str, value: &str) -> serde_yaml::Value {
     if matches!(
         field,
@@ -274,9 +354,18 @@ fn environment_value(field: &str, value: &str) -> serde_yaml::Value {
             | "worker_heartbeat_seconds"
             | "worker_lease_seconds"
             | "worker_assignment_timeout_seconds"
+            | "max_pools"
+            | "max_pool_size"
     ) {
         if let Ok(number) = value.trim().parse::<u64>() {
             return serde_yaml::Value::from(number);
+        }
+    }
+    if field == "providers.local.enabled" {
+        match value.trim() {
+            "true" | "1" | "yes" => return serde_yaml::Value::from(true),
+            "false" | "0" | "no" => return serde_yaml::Value::from(false),
+            _ => {}
         }
     }
     serde_yaml::Value::from(value)
@@ -352,6 +441,30 @@ mod tests {
         let file = write("pools:\n  - {id: a, size: 1, template: {memory_mib: 4000000000}}\n");
         let message = Config::load(Some(file.path()), &BTreeMap::new()).expect_err("invalid").to_string();
         assert!(message.contains("pools[0].template.memory_mib"), "{message}");
+    }
+
+    #[test]
+    fn nested_settings_take_their_variables_and_bounds_are_checked() {
+        let config = Config::load(None, &BTreeMap::new()).expect("valid");
+        assert!(!config.local_provider_enabled(false), "off unless the command or the operator says so");
+        assert!(config.local_provider_enabled(true));
+        let file = write("providers: {local: {enabled: false}}\n");
+        let config =
+            Config::load(Some(file.path()), &environment(&[("HODEI_PROVIDERS_LOCAL_ENABLED", "true")])).expect("valid");
+        assert!(config.local_provider_enabled(false), "the variable wins over the file");
+
+        let file = write("providers: {local: {enabled: false}}\npools:\n  - {id: a, size: 1}\n");
+        let message = Config::load(Some(file.path()), &BTreeMap::new()).expect_err("invalid").to_string();
+        assert!(message.contains("pools[0].provider: the local provider is disabled here"), "{message}");
+
+        let file = write("max_pools: 1\nmax_pool_size: 2\npools:\n  - {id: a, size: 3}\n  - {id: b, size: 1}\n");
+        let message = Config::load(Some(file.path()), &BTreeMap::new()).expect_err("invalid").to_string();
+        assert!(message.contains("pools: at most max_pools (1) pools, got 2"), "{message}");
+        assert!(message.contains("pools[0].size: must be at most max_pool_size (2), got 3"), "{message}");
+        let message = Config::load(None, &environment(&[("HODEI_PROVIDERS_LOCAL_ENABLED", "maybe")]))
+            .expect_err("invalid")
+            .to_string();
+        assert!(message.contains("providers.local.enabled"), "{message}");
     }
 
     #[test]

@@ -84,6 +84,8 @@ async fn serve_dev(config: &Config, database_url: &str, data_dir: &Path) -> anyh
         .worker_registration_token
         .get_or_insert_with(|| Secret::new(generate_key().map(|k| k.plaintext).unwrap_or_default()));
     config.default_pools = vec![local_pool()];
+    // The whole system on one machine: its workers are local processes.
+    config.providers.local.enabled.get_or_insert(true);
     config.local_worker_log_dir.get_or_insert_with(|| data_dir.join("workers"));
     let shutdown = CancellationToken::new();
     serve::cancel_on_signals(shutdown.clone());

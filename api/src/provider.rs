@@ -122,15 +122,9 @@ impl LocalProvider {
     fn command(&self, request: &ProvisionRequest) -> Result<tokio::process::Command, ProviderError> {
         let template = &request.pool.template;
         let member = request.member.to_string();
-        let mut command = match &template.command {
-            Some(argv) => {
-                let (program, args) = argv.split_first().ok_or_else(|| ProviderError("empty command".into()))?;
-                let mut command = tokio::process::Command::new(program);
-                command.args(args);
-                command
-            }
-            None => tokio::process::Command::new(&self.settings.worker_binary),
-        };
+        // Only the configured worker binary, with arguments built here: nothing in a pool
+        // spec becomes a command of its own on this host.
+        let mut command = tokio::process::Command::new(&self.settings.worker_binary);
         command.args(["--api-url", &self.settings.api_urls, "run", "--pool", &request.pool.id]);
         command.args(["--name", &format!("{}-{}", request.pool.id, &member[member.len() - 8..])]);
         command.args(["--instance-id", &member, "--slots", &template.slots().to_string(), "--exit-with-parent"]);
@@ -145,6 +139,16 @@ impl LocalProvider {
         }
         if let Some(check) = &request.pool.health.command {
             command.arg("--health-command").arg(serde_json::to_string(check).unwrap_or_default());
+        }
+        // A clean environment: the control plane's own (its database URL, admin key, …)
+        // never reaches a worker or its jobs. The worker gets a search path, its home and
+        // locale, the pool's environment, and the registration token it needs (which it
+        // keeps from its jobs).
+        command.env_clear();
+        for inherited in ["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER"] {
+            if let Some(value) = std::env::var_os(inherited) {
+                command.env(inherited, value);
+            }
         }
         command.envs(&template.env).env("HODEI_WORKER_REGISTRATION_TOKEN", &self.settings.registration_token);
         let output = match &self.settings.log_dir {

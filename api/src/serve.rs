@@ -54,7 +54,8 @@ pub async fn serve_http(
     let state = AppState::new(pool.clone(), default_policies())
         .with_workers(workers, assigned)
         .with_shutdown(shutdown.clone())
-        .with_provider_limits(providers.limits());
+        .with_provider_limits(providers.limits())
+        .with_pool_limits(crate::http::PoolLimits { max_pools: config.max_pools, max_pool_size: config.max_pool_size });
     if !config.effective_pools().is_empty() || config.source_file.is_some() {
         apply_file_pools(&pool, config.effective_pools()).await?;
     }
@@ -87,8 +88,15 @@ pub async fn serve_http(
     served
 }
 
-/// The providers this replica can use: `local` when workers can register.
+/// The providers this replica can use: `local` when it is enabled (`providers.local.enabled`;
+/// `hodei dev` enables it) and workers can register.
 fn providers(config: &Config, address: SocketAddr) -> (Providers, Option<Arc<LocalProvider>>) {
+    if !config.local_provider_enabled(false) {
+        if config.effective_pools().iter().any(|pool| pool.provider == "local") {
+            tracing::warn!("the local provider is disabled (providers.local.enabled); its pools are not provisioned");
+        }
+        return (Providers::default(), None);
+    }
     let Some(token) = &config.worker_registration_token else {
         if !config.effective_pools().is_empty() {
             tracing::warn!("pools need worker_registration_token for their workers to register; not provisioning");

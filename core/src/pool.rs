@@ -78,8 +78,6 @@ pub struct WorkerTemplate {
     pub env: BTreeMap<String, String>,
     /// Machine image (cloud providers).
     pub image: Option<String>,
-    /// The worker agent's command line, replacing the provider's default.
-    pub command: Option<Vec<String>>,
 }
 
 impl WorkerTemplate {
@@ -219,9 +217,6 @@ pub fn validate_pool(spec: &PoolSpec, providers: &[ProviderLimits]) -> Result<()
     }
     if !(1..=256).contains(&spec.template.slots()) {
         errors.add("template.slots", format!("must be between 1 and 256, got {}", spec.template.slots()));
-    }
-    if spec.template.command.as_ref().is_some_and(Vec::is_empty) {
-        errors.add("template.command", "must not be empty");
     }
     if spec.health.command.as_ref().is_some_and(Vec::is_empty) {
         errors.add("health.command", "must not be empty");

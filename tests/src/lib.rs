@@ -82,6 +82,8 @@ impl Server {
             .env("HODEI_WORKER_ASSIGNMENT_TIMEOUT_SECONDS", "2")
             .env("HODEI_DATABASE_MAX_CONNECTIONS", "8")
             .env("HODEI_LOG_LEVEL", "info")
+            // The tests' pools are local workers on this machine.
+            .env("HODEI_PROVIDERS_LOCAL_ENABLED", "true")
             .envs(environment.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file)

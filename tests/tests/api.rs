@@ -353,7 +353,7 @@ async fn tenants_and_keys_are_managed_by_admins() {
     acme.get("/api/v1/jobs").await.assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
 
     // A tenant with a queued job cannot be deleted; once it is cancelled, it can.
-    admin.delete("/api/v1/tenants/acme").await.assert_problem(StatusCode::CONFLICT, "tenant_has_active_jobs");
+    admin.delete("/api/v1/tenants/acme").await.assert_problem(StatusCode::CONFLICT, "tenant_has_unfinished_jobs");
     admin.post(&format!("/api/v1/jobs/{}/cancel", job["id"].as_str().expect("id")), json!({})).await;
     assert_eq!(admin.delete("/api/v1/tenants/acme").await.status, StatusCode::NO_CONTENT);
     admin.get("/api/v1/tenants/acme").await.assert_problem(StatusCode::NOT_FOUND, "not_found");

@@ -51,6 +51,21 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// What each provider this process knows allows, for validating pools.
     pub provider_limits: Arc<Vec<ProviderLimits>>,
+    /// How many pools, and how large, the deployment allows.
+    pub pool_limits: PoolLimits,
+}
+
+/// Bounds on pools from the configuration (`max_pools`, `max_pool_size`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLimits {
+    pub max_pools: u32,
+    pub max_pool_size: u32,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        Self { max_pools: 100, max_pool_size: 1000 }
+    }
 }
 
 impl AppState {
@@ -63,7 +78,13 @@ impl AppState {
             assigned: Wakeup::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             provider_limits: Arc::new(vec![crate::provider::local_limits()]),
+            pool_limits: PoolLimits::default(),
         }
+    }
+
+    pub fn with_pool_limits(mut self, limits: PoolLimits) -> Self {
+        self.pool_limits = limits;
+        self
     }
 
     pub fn with_provider_limits(mut self, limits: Vec<ProviderLimits>) -> Self {

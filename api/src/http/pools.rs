@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::Principal;
+use crate::auth::Admin;
 use crate::error::{ApiError, Json, Problem};
 use crate::http::AppState;
 use crate::store::pools::{self, Change, Member, Pool};
@@ -33,8 +33,29 @@ pub struct PoolWorkers {
     pub workers: Vec<Member>,
 }
 
+/// A pool through the API: valid for a provider this replica has, within the
+/// deployment's size bound, and — for `local`, whose workers run on the control-plane host
+/// itself — without a health command or environment of its own: those run or take effect
+/// on this host, so only the operator's configuration file may set them.
 fn validate(state: &AppState, spec: &PoolSpec) -> Result<(), ApiError> {
-    validate_pool(spec, &state.provider_limits).map_err(ApiError::from)
+    validate_pool(spec, &state.provider_limits)?;
+    let mut errors = ValidationErrors::default();
+    if spec.size > state.pool_limits.max_pool_size {
+        errors.add(
+            "size",
+            format!("must be at most {} (max_pool_size), got {}", state.pool_limits.max_pool_size, spec.size),
+        );
+    }
+    if spec.provider == "local" {
+        const HOST: &str = "local workers run on the control-plane host: set it in the configuration file";
+        if spec.health.command.is_some() {
+            errors.add("health.command", format!("not allowed through the API for the local provider ({HOST})"));
+        }
+        if !spec.template.env.is_empty() {
+            errors.add("template.env", format!("not allowed through the API for the local provider ({HOST})"));
+        }
+    }
+    errors.into_result(()).map_err(ApiError::from)
 }
 
 async fn find(state: &AppState, id: &str) -> Result<Pool, ApiError> {
@@ -64,11 +85,17 @@ fn refuse(change: Change, id: &str) -> Result<(), ApiError> {
 )]
 async fn create_pool(
     State(state): State<AppState>,
-    principal: Principal,
+    _admin: Admin,
     Json(spec): Json<PoolSpec>,
 ) -> Result<(StatusCode, axum::Json<Pool>), ApiError> {
-    principal.require_admin()?;
     validate(&state, &spec)?;
+    let existing = pools::count(&state.db).await?;
+    if existing >= i64::from(state.pool_limits.max_pools) {
+        return Err(ApiError::conflict(
+            "too_many_pools",
+            format!("the deployment allows {} pools (max_pools) and has {existing}", state.pool_limits.max_pools),
+        ));
+    }
     if pools::create(&state.db, &spec).await?.is_none() {
         return Err(ApiError::conflict("pool_exists", format!("a pool with id {:?} already exists", spec.id)));
     }
@@ -77,8 +104,7 @@ async fn create_pool(
 
 /// List pools.
 #[utoipa::path(get, path = "/pools", tag = "pools", security(("bearer" = [])), responses((status = 200, body = PoolList)))]
-async fn list_pools(State(state): State<AppState>, principal: Principal) -> Result<axum::Json<PoolList>, ApiError> {
-    principal.require_admin()?;
+async fn list_pools(State(state): State<AppState>, _admin: Admin) -> Result<axum::Json<PoolList>, ApiError> {
     Ok(axum::Json(PoolList { pools: pools::list(&state.db).await? }))
 }
 
@@ -90,10 +116,9 @@ async fn list_pools(State(state): State<AppState>, principal: Principal) -> Resu
 )]
 async fn get_pool(
     State(state): State<AppState>,
-    principal: Principal,
+    _admin: Admin,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Pool>, ApiError> {
-    principal.require_admin()?;
     Ok(axum::Json(find(&state, &id).await?))
 }
 
@@ -110,11 +135,10 @@ async fn get_pool(
 )]
 async fn update_pool(
     State(state): State<AppState>,
-    principal: Principal,
+    _admin: Admin,
     Path(id): Path<String>,
     Json(spec): Json<PoolSpec>,
 ) -> Result<axum::Json<Pool>, ApiError> {
-    principal.require_admin()?;
     if spec.id != id {
         return Err(ValidationErrors::single("id", format!("must match the path ({id:?})")).into());
     }
@@ -137,10 +161,9 @@ async fn update_pool(
 )]
 async fn delete_pool(
     State(state): State<AppState>,
-    principal: Principal,
+    _admin: Admin,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, axum::Json<Pool>), ApiError> {
-    principal.require_admin()?;
     let mut transaction = state.db.begin().await?;
     refuse(pools::delete(&mut transaction, &id).await?, &id)?;
     transaction.commit().await?;
@@ -155,10 +178,9 @@ async fn delete_pool(
 )]
 async fn pool_workers(
     State(state): State<AppState>,
-    principal: Principal,
+    _admin: Admin,
     Path(id): Path<String>,
 ) -> Result<axum::Json<PoolWorkers>, ApiError> {
-    principal.require_admin()?;
     find(&state, &id).await?;
     Ok(axum::Json(PoolWorkers { workers: pools::members(&state.db, &id).await? }))
 }

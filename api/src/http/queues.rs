@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::Principal;
+use crate::auth::{Admin, Principal};
 use crate::error::{ApiError, Json, Problem, Query};
 use crate::http::AppState;
 use crate::store::queue_status::{self, QueueStatus};
@@ -162,10 +162,9 @@ async fn find(state: &AppState, name: &str) -> Result<Queue, ApiError> {
 )]
 async fn create_queue(
     State(state): State<AppState>,
-    principal: Principal,
+    _admin: Admin,
     Json(request): Json<CreateQueue>,
 ) -> Result<(StatusCode, axum::Json<Queue>), ApiError> {
-    principal.require_admin()?;
     if queues::get(&state.db, &request.name).await?.is_some() {
         return Err(ApiError::conflict("queue_exists", format!("a queue named {:?} already exists", request.name)));
     }
@@ -213,11 +212,10 @@ async fn get_queue(
 )]
 async fn update_queue(
     State(state): State<AppState>,
-    principal: Principal,
+    _admin: Admin,
     Path(name): Path<String>,
     Json(changes): Json<QueueChanges>,
 ) -> Result<axum::Json<Queue>, ApiError> {
-    principal.require_admin()?;
     let current = find(&state, &name).await?;
     let retry =
         RetrySettings { retry_base_seconds: current.retry_base_seconds, retry_max_seconds: current.retry_max_seconds };
@@ -239,10 +237,9 @@ async fn update_queue(
 )]
 async fn delete_queue(
     State(state): State<AppState>,
-    principal: Principal,
+    _admin: Admin,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    principal.require_admin()?;
     let mut transaction = state.db.begin().await?;
     let outcome = queues::delete(&mut transaction, &name).await?;
     if outcome == DeleteOutcome::Deleted {

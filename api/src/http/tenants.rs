@@ -7,13 +7,13 @@ use hodei_core::names::check_resource_name;
 use hodei_core::validation::check_range;
 use hodei_core::ValidationErrors;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::auth::{generate_key, Principal};
-use crate::error::{ApiError, Json, Problem};
+use crate::auth::{generate_key, Admin};
+use crate::error::{ApiError, Json, Problem, Query};
 use crate::http::AppState;
 use crate::store::api_keys::{self, ApiKeyInfo};
 use crate::store::tenants::{self, DeleteOutcome, Tenant, DEFAULT_WEIGHT, MAX_WEIGHT};
@@ -91,10 +91,9 @@ async fn find_tenant(state: &AppState, name: &str) -> Result<Tenant, ApiError> {
 )]
 async fn create_tenant(
     State(state): State<AppState>,
-    principal: Principal,
+    _admin: Admin,
     Json(request): Json<CreateTenant>,
 ) -> Result<(StatusCode, axum::Json<Tenant>), ApiError> {
-    principal.require_admin()?;
     let mut errors = ValidationErrors::new();
     if let Err(message) = check_resource_name(&request.name) {
         errors.add("name", message);
@@ -109,8 +108,7 @@ async fn create_tenant(
 
 /// List tenants.
 #[utoipa::path(get, path = "/tenants", tag = "tenants", security(("bearer" = [])), responses((status = 200, body = TenantList)))]
-async fn list_tenants(State(state): State<AppState>, principal: Principal) -> Result<axum::Json<TenantList>, ApiError> {
-    principal.require_admin()?;
+async fn list_tenants(State(state): State<AppState>, _admin: Admin) -> Result<axum::Json<TenantList>, ApiError> {
     Ok(axum::Json(TenantList { tenants: tenants::list(&state.db).await? }))
 }
 
@@ -122,10 +120,9 @@ async fn list_tenants(State(state): State<AppState>, principal: Principal) -> Re
 )]
 async fn get_tenant(
     State(state): State<AppState>,
-    principal: Principal,
+    _admin: Admin,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Tenant>, ApiError> {
-    principal.require_admin()?;
     Ok(axum::Json(find_tenant(&state, &name).await?))
 }
 
@@ -141,11 +138,10 @@ async fn get_tenant(
 )]
 async fn update_tenant(
     State(state): State<AppState>,
-    principal: Principal,
+    _admin: Admin,
     Path(name): Path<String>,
     Json(request): Json<UpdateTenant>,
 ) -> Result<axum::Json<Tenant>, ApiError> {
-    principal.require_admin()?;
     let mut errors = ValidationErrors::new();
     check_weight(&mut errors, request.weight);
     errors.into_result(())?;
@@ -155,32 +151,66 @@ async fn update_tenant(
         .ok_or_else(|| ApiError::not_found(format!("no tenant named {name:?}")))
 }
 
-/// Delete a tenant with its keys and finished jobs. Refused while it has active jobs.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteTenantQuery {
+    /// Cancel the tenant's jobs that have not ended first (each with its event): waiting
+    /// ones at once, ones on a worker by asking the worker to stop them. Without it, a
+    /// tenant with such jobs is not deleted.
+    pub cancel_jobs: Option<bool>,
+}
+
+/// Delete a tenant with its keys and finished jobs. Jobs that have not ended are never
+/// discarded: without `cancel_jobs=true` the delete is refused (409, with their counts by
+/// state); with it they are cancelled first, and a tenant whose jobs are still stopping on
+/// workers answers 409 until they have.
 #[utoipa::path(
     delete, path = "/tenants/{tenant}", tag = "tenants", security(("bearer" = [])),
-    params(("tenant" = String, Path, description = "Tenant name")),
+    params(("tenant" = String, Path, description = "Tenant name"), DeleteTenantQuery),
     responses(
         (status = 204, description = "deleted"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "has active jobs", body = Problem, content_type = "application/problem+json")
+        (status = 409, description = "has jobs that have not ended", body = Problem, content_type = "application/problem+json")
     )
 )]
 async fn delete_tenant(
     State(state): State<AppState>,
-    principal: Principal,
+    _admin: Admin,
     Path(name): Path<String>,
+    Query(query): Query<DeleteTenantQuery>,
 ) -> Result<StatusCode, ApiError> {
-    principal.require_admin()?;
+    if query.cancel_jobs == Some(true) {
+        let tenant = find_tenant(&state, &name).await?;
+        let mut connection = state.db.acquire().await?;
+        loop {
+            let batch = tenants::uncancelled_jobs(&mut *connection, tenant.id, 500).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for job_id in batch {
+                crate::store::jobs::cancel(&mut connection, Some(tenant.id), job_id).await?;
+            }
+        }
+    }
     let mut transaction = state.db.begin().await?;
     let outcome = tenants::delete(&mut transaction, &name).await?;
     transaction.commit().await?;
     match outcome {
         DeleteOutcome::Deleted => Ok(StatusCode::NO_CONTENT),
         DeleteOutcome::NotFound => Err(ApiError::not_found(format!("no tenant named {name:?}"))),
-        DeleteOutcome::HasActiveJobs(count) => Err(ApiError::conflict(
-            "tenant_has_active_jobs",
-            format!("tenant {name:?} has {count} queued or running jobs; cancel them first"),
-        )),
+        DeleteOutcome::HasUnfinishedJobs(counts) => {
+            let listed: Vec<String> = counts.iter().map(|(state, count)| format!("{count} {state}")).collect();
+            let advice = if query.cancel_jobs == Some(true) {
+                "their cancellation was requested from their workers; delete again once they have stopped"
+            } else {
+                "cancel them first, or delete with ?cancel_jobs=true"
+            };
+            Err(ApiError::conflict(
+                "tenant_has_unfinished_jobs",
+                format!("tenant {name:?} has jobs that have not ended ({}); {advice}", listed.join(", ")),
+            ))
+        }
     }
 }
 
@@ -192,11 +222,10 @@ async fn delete_tenant(
 )]
 async fn create_api_key(
     State(state): State<AppState>,
-    principal: Principal,
+    _admin: Admin,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, axum::Json<NewApiKey>), ApiError> {
-    principal.require_admin()?;
     // The body is optional: an empty one means "no name".
     let request: CreateApiKey = if body.iter().all(u8::is_ascii_whitespace) {
         CreateApiKey::default()
@@ -232,10 +261,9 @@ async fn create_api_key(
 )]
 async fn list_api_keys(
     State(state): State<AppState>,
-    principal: Principal,
+    _admin: Admin,
     Path(name): Path<String>,
 ) -> Result<axum::Json<ApiKeyList>, ApiError> {
-    principal.require_admin()?;
     let tenant = find_tenant(&state, &name).await?;
     Ok(axum::Json(ApiKeyList { api_keys: api_keys::list_for_tenant(&state.db, tenant.id).await? }))
 }
@@ -248,10 +276,9 @@ async fn list_api_keys(
 )]
 async fn revoke_api_key(
     State(state): State<AppState>,
-    principal: Principal,
+    _admin: Admin,
     Path((name, key_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    principal.require_admin()?;
     let tenant = find_tenant(&state, &name).await?;
     let not_found = || ApiError::not_found(format!("tenant {name:?} has no key {key_id:?}"));
     let key_id = Uuid::parse_str(&key_id).map_err(|_| not_found())?;

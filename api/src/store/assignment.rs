@@ -309,8 +309,8 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
             from (select worker_id, count(*) as jobs from assigned group by worker_id) u
             where w.id = u.worker_id
          ), dispatched as (
-            insert into queue_activity (queue, kind, jobs, waits_ms)
-            select queue, 'dispatched', count(*), array_agg(wait_ms) from assigned group by queue
+            insert into queue_activity (queue, tenant_id, kind, jobs, waits_ms)
+            select queue, tenant_id, 'dispatched', count(*), array_agg(wait_ms) from assigned group by queue, tenant_id
          ), notified as (
             select pg_notify('hodei_assigned', worker_id::text) from (select distinct worker_id from assigned) w
          )

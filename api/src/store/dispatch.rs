@@ -147,10 +147,10 @@ pub fn claim_sql(fair: bool) -> String {
             insert into queue_activity (queue, tenant_id, kind, job_id, reason)
             select queue, tenant_id, 'deadline_expired', id, 'deadline passed while queued' from expired
          ), dispatched as (
-            insert into queue_activity (queue, kind, jobs, waits_ms, sla_breaches)
-            select $1, 'dispatched', count(*), array_agg(wait_ms),
+            insert into queue_activity (queue, tenant_id, kind, jobs, waits_ms, sla_breaches)
+            select $1, tenant_id, 'dispatched', count(*), array_agg(wait_ms),
                 count(*) filter (where $6::int4 is not null and wait_ms > $6::int8 * 1000)
-            from assigned having count(*) > 0
+            from assigned group by tenant_id
          )
          select a.id, a.tenant_id, a.queue, a.attempt, a.priority, a.wait_ms, a.sla_breached
          from assigned a join removed r on r.job_id = a.id order by r.rank, r.seq"

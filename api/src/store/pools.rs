@@ -114,6 +114,11 @@ pub async fn create(db: impl PgExecutor<'_>, spec: &PoolSpec) -> sqlx::Result<Op
     Ok((inserted.rows_affected() == 1).then_some(()))
 }
 
+/// How many pools exist (from the file and the API).
+pub async fn count(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar("select count(*) from pools").fetch_one(db).await
+}
+
 /// Inserts a pool (`$1` id … `$5` spec, `$6` source); callers add the conflict clause.
 const INSERT_SPEC: &str = "insert into pools (id, kind, provider, size, spec, source) values ($1, $2, $3, $4, $5, $6)";
 

@@ -59,8 +59,9 @@ pub struct QueueStatus {
     pub tenants: Vec<TenantBacklog>,
 }
 
-/// The status of `queue` over the last `window_seconds`; `tenant_scope` limits the
-/// per-tenant backlog to one tenant.
+/// The status of `queue` over the last `window_seconds`; with `tenant_scope` every number
+/// is that tenant's own (a tenant never learns another's traffic), without it the whole
+/// queue's.
 pub async fn status(
     db: &mut PgConnection,
     queue: &Queue,
@@ -71,44 +72,58 @@ pub async fn status(
     let (length, oldest_wait_seconds, breaching_now): (i64, Option<f64>, i64) = sqlx::query_as(
         "select count(*), extract(epoch from now() - min(enqueued_at))::float8,
                 count(*) filter (where $2::int4 is not null and enqueued_at < now() - make_interval(secs => $2))
-         from ready_jobs where queue = $1",
+         from ready_jobs where queue = $1 and ($3::uuid is null or tenant_id = $3)",
     )
     .bind(name)
     .bind(queue.settings.sla_max_wait_seconds.map(|s| s as i32))
+    .bind(tenant_scope)
     .fetch_one(&mut *db)
     .await?;
-    let (scheduled,): (i64,) =
-        sqlx::query_as("select count(*) from scheduled_jobs where queue = $1").bind(name).fetch_one(&mut *db).await?;
+    let (scheduled,): (i64,) = sqlx::query_as(
+        "select count(*) from scheduled_jobs s join jobs j on j.id = s.job_id
+         where s.queue = $1 and ($2::uuid is null or j.tenant_id = $2)",
+    )
+    .bind(name)
+    .bind(tenant_scope)
+    .fetch_one(&mut *db)
+    .await?;
     let (dispatched, p50, p95, p99, breaches): (i64, Option<f64>, Option<f64>, Option<f64>, i64) = sqlx::query_as(
         "select count(w.wait_ms),
                 percentile_cont(0.5) within group (order by w.wait_ms),
                 percentile_cont(0.95) within group (order by w.wait_ms),
                 percentile_cont(0.99) within group (order by w.wait_ms),
                 (select coalesce(sum(sla_breaches), 0)::int8 from queue_activity
-                 where queue = $1 and kind = 'dispatched' and at > now() - make_interval(secs => $2))
+                 where queue = $1 and kind = 'dispatched' and at > now() - make_interval(secs => $2)
+                   and ($3::uuid is null or tenant_id = $3))
          from queue_activity a cross join lateral unnest(a.waits_ms) as w(wait_ms)
-         where a.queue = $1 and a.kind = 'dispatched' and a.at > now() - make_interval(secs => $2)",
+         where a.queue = $1 and a.kind = 'dispatched' and a.at > now() - make_interval(secs => $2)
+           and ($3::uuid is null or a.tenant_id = $3)",
     )
     .bind(name)
     .bind(window_seconds as f64)
+    .bind(tenant_scope)
     .fetch_one(&mut *db)
     .await?;
     let activity: Vec<(String, i64)> = sqlx::query_as(
         "select kind, sum(jobs)::int8 from queue_activity
-         where queue = $1 and at > now() - make_interval(secs => $2) group by kind",
+         where queue = $1 and at > now() - make_interval(secs => $2) and ($3::uuid is null or tenant_id = $3)
+         group by kind",
     )
     .bind(name)
     .bind(window_seconds as f64)
+    .bind(tenant_scope)
     .fetch_all(&mut *db)
     .await?;
     let count = |kind: &str| activity.iter().find(|(k, _)| k == kind).map_or(0, |(_, n)| *n);
     // Redirects into this queue are recorded on the queue they came from.
     let (redirected_in,): (i64,) = sqlx::query_as(
         "select coalesce(sum(jobs), 0)::int8 from queue_activity
-         where target_queue = $1 and kind = 'redirected' and at > now() - make_interval(secs => $2)",
+         where target_queue = $1 and kind = 'redirected' and at > now() - make_interval(secs => $2)
+           and ($3::uuid is null or tenant_id = $3)",
     )
     .bind(name)
     .bind(window_seconds as f64)
+    .bind(tenant_scope)
     .fetch_one(&mut *db)
     .await?;
     let tenants: Vec<(String, i64)> = sqlx::query_as(

@@ -54,15 +54,20 @@ pub async fn set_weight(db: impl PgExecutor<'_>, name: &str, weight: i32) -> sql
 }
 
 /// What deleting a tenant did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeleteOutcome {
     Deleted,
     NotFound,
-    /// It still has jobs that are queued or on a worker; nothing was deleted.
-    HasActiveJobs(i64),
+    /// It still has jobs that have not ended (scheduled, queued, assigned or running), by
+    /// state; nothing was deleted.
+    HasUnfinishedJobs(Vec<(String, i64)>),
 }
 
-/// Deletes a tenant with its keys, finished jobs and events, unless it has active jobs.
+/// The states of a job that has not ended.
+pub const UNFINISHED_STATES: [&str; 4] = ["scheduled", "queued", "assigned", "running"];
+
+/// Deletes a tenant with its keys, finished jobs and events, unless it has jobs that have
+/// not ended: those are never discarded silently.
 pub async fn delete(db: &mut sqlx::PgConnection, name: &str) -> sqlx::Result<DeleteOutcome> {
     let Some((tenant_id,)) = sqlx::query_as::<_, (Uuid,)>("select id from tenants where name = $1 for update")
         .bind(name)
@@ -71,14 +76,37 @@ pub async fn delete(db: &mut sqlx::PgConnection, name: &str) -> sqlx::Result<Del
     else {
         return Ok(DeleteOutcome::NotFound);
     };
-    let (active,): (i64,) =
-        sqlx::query_as("select count(*) from jobs where tenant_id = $1 and state in ('queued', 'assigned', 'running')")
-            .bind(tenant_id)
-            .fetch_one(&mut *db)
-            .await?;
-    if active > 0 {
-        return Ok(DeleteOutcome::HasActiveJobs(active));
+    let unfinished = unfinished_jobs(&mut *db, tenant_id).await?;
+    if !unfinished.is_empty() {
+        return Ok(DeleteOutcome::HasUnfinishedJobs(unfinished));
     }
     sqlx::query("delete from tenants where id = $1").bind(tenant_id).execute(&mut *db).await?;
     Ok(DeleteOutcome::Deleted)
+}
+
+/// A tenant's jobs that have not ended, counted by state (states in lifecycle order).
+pub async fn unfinished_jobs(db: impl PgExecutor<'_>, tenant_id: Uuid) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        "select state, count(*) from jobs where tenant_id = $1 and state = any($2)
+         group by state order by array_position($2, state)",
+    )
+    .bind(tenant_id)
+    .bind(UNFINISHED_STATES)
+    .fetch_all(db)
+    .await
+}
+
+/// Ids of up to `limit` of a tenant's jobs that have not ended and whose cancel was not
+/// yet requested.
+pub async fn uncancelled_jobs(db: impl PgExecutor<'_>, tenant_id: Uuid, limit: i64) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "select id from jobs where tenant_id = $1 and state = any($2)
+           and (cancel_requested_at is null or state in ('scheduled', 'queued'))
+         order by id limit $3",
+    )
+    .bind(tenant_id)
+    .bind(UNFINISHED_STATES)
+    .bind(limit)
+    .fetch_all(db)
+    .await
 }

@@ -1,0 +1,178 @@
+//! What an attacker or a careless client could do to the control plane, refused: no pool
+//! spec becomes a command on the control-plane host, the local provider is off unless the
+//! operator enables it, no secret of the control plane reaches a worker or a job,
+//! authorisation comes before the body is read, a tenant sees only its own numbers, and a
+//! tenant's unfinished jobs are never deleted silently.
+
+use std::time::{Duration, Instant};
+
+use hodei_e2e::{free_port, Client, Server, TestDatabase, ADMIN_KEY, WORKER_REGISTRATION_TOKEN};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+async fn wait_for_state(client: &Client, id: &str, states: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = client.get(&format!("/api/v1/jobs/{id}")).await.body;
+        if states.iter().any(|state| job["state"] == *state) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} never reached {states:?}: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn no_pool_spec_from_the_api_becomes_a_command_on_the_control_plane_host() {
+    let database = TestDatabase::empty().await;
+    let server = Server::start(&database.url).await;
+    let admin = server.admin();
+    let marker = std::env::temp_dir().join(format!("hodei-pwned-{}-{}", std::process::id(), free_port()));
+    let shell = format!("id > {}", marker.display());
+
+    let replaced = admin
+        .post(
+            "/api/v1/pools",
+            json!({"id": "x", "kind": "static", "provider": "local", "size": 1,
+                   "template": {"command": ["sh", "-c", shell]}}),
+        )
+        .await;
+    replaced.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    assert!(replaced.body["detail"].as_str().is_some_and(|d| d.contains("command")), "{replaced:?}");
+
+    let health =
+        admin.post("/api/v1/pools", json!({"id": "y", "size": 1, "health": {"command": ["sh", "-c", shell]}})).await;
+    assert_eq!(health.status, StatusCode::UNPROCESSABLE_ENTITY, "{health:?}");
+    assert!(health.body.to_string().contains("health.command"), "{health:?}");
+    let environment = admin
+        .post("/api/v1/pools", json!({"id": "z", "size": 1, "template": {"env": {"LD_PRELOAD": "/tmp/x.so"}}}))
+        .await;
+    assert_eq!(environment.status, StatusCode::UNPROCESSABLE_ENTITY, "{environment:?}");
+    assert!(environment.body.to_string().contains("template.env"), "{environment:?}");
+
+    let pools = admin.get("/api/v1/pools").await;
+    assert_eq!(pools.body["pools"].as_array().map(Vec::len), Some(0), "nothing was created: {pools:?}");
+    assert!(!marker.exists(), "a pool spec ran a command on this host");
+}
+
+#[tokio::test]
+async fn the_local_provider_is_off_unless_enabled_and_pools_are_bounded() {
+    let database = TestDatabase::empty().await;
+    let port = free_port();
+    let server = Server::spawn_configured(&database.url, port, None, &[("HODEI_PROVIDERS_LOCAL_ENABLED", "false")]);
+    server.wait_ready(Duration::from_secs(60)).await;
+    let refused = server.admin().post("/api/v1/pools", json!({"id": "local-pool", "size": 1})).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{refused:?}");
+    assert!(refused.body.to_string().contains("unknown provider"), "{refused:?}");
+    drop(server);
+
+    let database = TestDatabase::empty().await;
+    let server = Server::spawn_configured(
+        &database.url,
+        free_port(),
+        None,
+        &[("HODEI_MAX_POOLS", "1"), ("HODEI_MAX_POOL_SIZE", "2")],
+    );
+    server.wait_ready(Duration::from_secs(60)).await;
+    let admin = server.admin();
+    let too_large = admin.post("/api/v1/pools", json!({"id": "big", "size": 3})).await;
+    assert_eq!(too_large.status, StatusCode::UNPROCESSABLE_ENTITY, "{too_large:?}");
+    assert!(too_large.body.to_string().contains("max_pool_size"), "{too_large:?}");
+    assert_eq!(admin.post("/api/v1/pools", json!({"id": "one", "size": 1})).await.status, StatusCode::CREATED);
+    admin
+        .post("/api/v1/pools", json!({"id": "two", "size": 1}))
+        .await
+        .assert_problem(StatusCode::CONFLICT, "too_many_pools");
+    assert_eq!(admin.delete("/api/v1/pools/one").await.status, StatusCode::ACCEPTED);
+}
+
+/// The worker a local pool starts sees none of the control plane's secrets (not its
+/// database URL, not its admin key: only the registration token it needs), and the jobs
+/// it runs see not even that.
+#[tokio::test]
+async fn no_control_plane_secret_reaches_a_worker_or_a_job() {
+    let database = TestDatabase::empty().await;
+    let config = std::env::temp_dir().join(format!("hodei-secrets-{}-{}.yaml", std::process::id(), free_port()));
+    std::fs::write(&config, "pools:\n  - id: local\n    size: 1\n    template: {slots: 1}\n").expect("config");
+    let server = Server::spawn_configured(&database.url, free_port(), Some(&config), &[]);
+    server.wait_ready(Duration::from_secs(60)).await;
+    let acme = server.tenant("acme").await;
+    let job = acme.submit(&["sh", "-c", "env; echo ---worker---; tr '\\0' '\\n' < /proc/$PPID/environ"]).await;
+    let id = job["id"].as_str().expect("id");
+    let done = wait_for_state(&acme, id, &["succeeded", "dead_lettered"]).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let logs = acme.get(&format!("/api/v1/jobs/{id}/logs")).await.body;
+    let output: String =
+        logs["chunks"].as_array().expect("chunks").iter().filter_map(|chunk| chunk["data"].as_str()).collect();
+    let (job_environment, worker_environment) = output.split_once("---worker---").expect("both environments");
+    assert!(job_environment.contains("PATH="), "the job's environment was printed: {output}");
+    assert!(worker_environment.contains("PATH="), "the worker's environment was printed: {output}");
+    for secret in [ADMIN_KEY, database.url.as_str(), "HODEI_DATABASE_URL", "HODEI_BOOTSTRAP_ADMIN_KEY"] {
+        assert!(!output.contains(secret), "{secret} reached the worker or its job:\n{output}");
+    }
+    for secret in [WORKER_REGISTRATION_TOKEN, "HODEI_WORKER_REGISTRATION_TOKEN"] {
+        assert!(!job_environment.contains(secret), "{secret} reached the job:\n{job_environment}");
+    }
+    let _ = std::fs::remove_file(&config);
+}
+
+#[tokio::test]
+async fn a_tenant_key_is_refused_before_its_body_is_read() {
+    let database = TestDatabase::empty().await;
+    let server = Server::start(&database.url).await;
+    let acme = server.tenant("acme").await;
+    // No body, no content type: still 403, not 415.
+    let patch = acme.send(Method::PATCH, "/api/v1/tenants/acme", None, &[]).await;
+    patch.assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    // A body that would not validate: still 403, not 422.
+    acme.post("/api/v1/pools", json!({"id": "x"})).await.assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    let garbage = acme.send(Method::POST, "/api/v1/queues", Some(b"{not json".to_vec()), &[]).await;
+    garbage.assert_problem(StatusCode::FORBIDDEN, "forbidden");
+}
+
+#[tokio::test]
+async fn a_tenant_sees_only_its_own_numbers_in_queue_status() {
+    let database = TestDatabase::empty().await;
+    let server = Server::start(&database.url).await;
+    let acme = server.tenant("acme").await;
+    let other = server.tenant("other").await;
+    for _ in 0..3 {
+        acme.submit(&["true"]).await;
+    }
+    other.submit(&["true"]).await;
+    let mine = other.get("/api/v1/queues/default/status").await.body;
+    assert_eq!((mine["length"].as_i64(), mine["submitted"].as_i64()), (Some(1), Some(1)), "{mine}");
+    assert_eq!(mine["tenants"].as_array().map(Vec::len), Some(1), "{mine}");
+    let all = server.admin().get("/api/v1/queues/default/status").await.body;
+    assert_eq!((all["length"].as_i64(), all["submitted"].as_i64()), (Some(4), Some(4)), "{all}");
+}
+
+#[tokio::test]
+async fn deleting_a_tenant_never_discards_jobs_that_have_not_ended() {
+    let database = TestDatabase::empty().await;
+    let server = Server::start(&database.url).await;
+    let admin = server.admin();
+    let tenant = server.tenant("t3").await;
+    let later =
+        tenant.post("/api/v1/jobs", json!({"command": {"argv": ["true"]}, "not_before": "2030-01-01T00:00:00Z"})).await;
+    assert_eq!(later.status, StatusCode::CREATED, "{later:?}");
+    tenant.submit(&["true"]).await;
+
+    let refused = admin.delete("/api/v1/tenants/t3").await;
+    refused.assert_problem(StatusCode::CONFLICT, "tenant_has_unfinished_jobs");
+    let detail = refused.body["detail"].as_str().expect("detail");
+    assert!(detail.contains("1 scheduled") && detail.contains("1 queued"), "{detail}");
+    let id = later.body["id"].as_str().expect("id");
+    assert_eq!(tenant.get(&format!("/api/v1/jobs/{id}")).await.body["state"], "scheduled", "the job is still there");
+
+    let db = sqlx::PgPool::connect(&database.url).await.expect("connect");
+    assert_eq!(admin.delete("/api/v1/tenants/t3?cancel_jobs=true").await.status, StatusCode::NO_CONTENT);
+    let left: i64 = sqlx::query_scalar("select count(*) from jobs").fetch_one(&db).await.expect("jobs");
+    assert_eq!(left, 0);
+    let waiting: i64 =
+        sqlx::query_scalar("select (select count(*) from ready_jobs) + (select count(*) from scheduled_jobs)")
+            .fetch_one(&db)
+            .await
+            .expect("waiting rows");
+    assert_eq!(waiting, 0, "no waiting row outlives its job");
+}
