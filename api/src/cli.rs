@@ -33,6 +33,12 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Print the URLs and keys of the running `hodei dev` again (from its profile).
+    Keys,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the API (applies pending migrations first).
     Serve,
@@ -40,7 +46,10 @@ pub enum Command {
     Migrate,
     /// Start a complete local system: an embedded Postgres under ./.hodei/ unless a
     /// database URL is configured, a dev tenant, and the API.
-    Dev,
+    Dev {
+        #[command(subcommand)]
+        command: Option<DevCommand>,
+    },
     /// Print the OpenAPI document.
     Openapi,
     /// Configuration commands.
@@ -142,7 +151,14 @@ fn check_config(file: Option<&PathBuf>) -> ExitCode {
 
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    // Colour only on a terminal: a log file or a pipe gets plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        // A closed stderr (the pipe's reader went away) must not become a panic.
+        .log_internal_errors(false)
+        .with_writer(std::io::stderr);
     // A second initialisation (in tests) is harmless and ignored.
     let _ = match config.log_format {
         LogFormat::Text => builder.try_init(),
@@ -164,9 +180,11 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Dev => dev::run(&config).await,
+        Command::Dev { command: None } => dev::run(&config).await,
+        Command::Dev { command: Some(DevCommand::Keys) } => dev::print_keys(&config),
         Command::Openapi => {
-            println!("{}", crate::http::openapi().to_pretty_json().context("rendering the OpenAPI document")?);
+            let document = crate::http::openapi().to_pretty_json().context("rendering the OpenAPI document")?;
+            print_quietly(&format!("{document}\n"));
             Ok(())
         }
         Command::Config(_) | Command::Client(_) => unreachable!("handled before the runtime starts"),
@@ -209,4 +227,12 @@ async fn run_admin(command: AdminCommand, config: &Config) -> anyhow::Result<()>
         AdminCommand::CreateKey(_) => anyhow::bail!("pass --tenant NAME or --admin"),
     }
     Ok(())
+}
+
+/// Writes to stdout; a reader that went away (`hodei openapi | head`) ends the output
+/// quietly instead of a panic.
+pub fn print_quietly(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
 }

@@ -81,6 +81,10 @@ pub struct Config {
     pub max_pools: u32,
     /// The most workers one pool may ask for.
     pub max_pool_size: u32,
+    /// Limits on what clients may hold open.
+    pub http: HttpConfig,
+    /// TLS for the API, for deployments without a load balancer that terminates it.
+    pub tls: TlsConfig,
     /// The file this configuration was read from, for reloading.
     #[serde(skip)]
     pub source_file: Option<PathBuf>,
@@ -110,10 +114,50 @@ impl Default for Config {
             providers: ProvidersConfig::default(),
             max_pools: 100,
             max_pool_size: 1000,
+            http: HttpConfig::default(),
+            tls: TlsConfig::default(),
             source_file: None,
             default_pools: Vec::new(),
         }
     }
+}
+
+/// What a client may hold open: connections, and how long it may take to send a request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub max_connections: u32,
+    pub header_read_timeout_seconds: u32,
+    pub body_read_timeout_seconds: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        let limits = crate::listener::ConnectionLimits::default();
+        Self {
+            max_connections: limits.max_connections as u32,
+            header_read_timeout_seconds: limits.header_read_timeout.as_secs() as u32,
+            body_read_timeout_seconds: limits.body_read_timeout.as_secs() as u32,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn limits(&self) -> crate::listener::ConnectionLimits {
+        crate::listener::ConnectionLimits {
+            max_connections: self.max_connections as usize,
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_seconds.into()),
+            body_read_timeout: std::time::Duration::from_secs(self.body_read_timeout_seconds.into()),
+        }
+    }
+}
+
+/// A PEM certificate chain and its private key: both, or neither.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 /// Which providers a replica may use.
@@ -160,6 +204,11 @@ pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
     ("HODEI_PROVIDERS_LOCAL_ENABLED", "providers.local.enabled"),
     ("HODEI_MAX_POOLS", "max_pools"),
     ("HODEI_MAX_POOL_SIZE", "max_pool_size"),
+    ("HODEI_HTTP_MAX_CONNECTIONS", "http.max_connections"),
+    ("HODEI_HTTP_HEADER_READ_TIMEOUT_SECONDS", "http.header_read_timeout_seconds"),
+    ("HODEI_HTTP_BODY_READ_TIMEOUT_SECONDS", "http.body_read_timeout_seconds"),
+    ("HODEI_TLS_CERT_FILE", "tls.cert_file"),
+    ("HODEI_TLS_KEY_FILE", "tls.key_file"),
 ];
 
 pub const MIN_BOOTSTRAP_ADMIN_KEY_LEN: usize = 32;
@@ -261,6 +310,25 @@ impl Config {
         if !(1..=100_000).contains(&self.max_pool_size) {
             problems.push(format!("max_pool_size: must be between 1 and 100000, got {}", self.max_pool_size));
         }
+        if !(1..=1_000_000).contains(&self.http.max_connections) {
+            problems.push(format!(
+                "http.max_connections: must be between 1 and 1000000, got {}",
+                self.http.max_connections
+            ));
+        }
+        for (field, seconds) in [
+            ("http.header_read_timeout_seconds", self.http.header_read_timeout_seconds),
+            ("http.body_read_timeout_seconds", self.http.body_read_timeout_seconds),
+        ] {
+            if !(1..=3600).contains(&seconds) {
+                problems.push(format!("{field}: must be between 1 and 3600, got {seconds}"));
+            }
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => problems.push("tls.key_file: required with tls.cert_file".to_owned()),
+            (None, Some(_)) => problems.push("tls.cert_file: required with tls.key_file".to_owned()),
+            _ => {}
+        }
         if self.pools.len() > self.max_pools as usize {
             problems.push(format!("pools: at most max_pools ({}) pools, got {}", self.max_pools, self.pools.len()));
         }
@@ -356,6 +424,9 @@ fn environment_value(field: &str, value: &str) -> serde_yaml::Value {
             | "worker_assignment_timeout_seconds"
             | "max_pools"
             | "max_pool_size"
+            | "http.max_connections"
+            | "http.header_read_timeout_seconds"
+            | "http.body_read_timeout_seconds"
     ) {
         if let Ok(number) = value.trim().parse::<u64>() {
             return serde_yaml::Value::from(number);

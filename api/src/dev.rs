@@ -99,6 +99,16 @@ async fn serve_dev(config: &Config, database_url: &str, data_dir: &Path) -> anyh
 pub const LOCAL_WORKERS: u32 = 2;
 
 /// The pool `hodei dev` runs when the configuration declares none.
+/// This machine's CPUs, in millicores.
+fn host_cpu_millis() -> u32 {
+    std::thread::available_parallelism().map_or(1000, |cpus| cpus.get() as u32 * 1000)
+}
+
+/// One local worker's share of `total`.
+fn share(total: u32) -> u32 {
+    (total / LOCAL_WORKERS).max(1)
+}
+
 pub fn local_pool() -> PoolSpec {
     PoolSpec {
         id: "local".to_owned(),
@@ -106,7 +116,14 @@ pub fn local_pool() -> PoolSpec {
         provider: "local".to_owned(),
         size: LOCAL_WORKERS,
         strategy: Strategy::BestFit,
-        template: WorkerTemplate { slots: Some(2), ..WorkerTemplate::default() },
+        // The workers share this machine: each offers its share, so together they never
+        // promise more CPU or memory than there is.
+        template: WorkerTemplate {
+            slots: Some(2),
+            cpu_millis: Some(share(host_cpu_millis())),
+            memory_mib: Some(share(crate::provider::host_memory_mib())),
+            ..WorkerTemplate::default()
+        },
         health: HealthSettings::default(),
         provisioning: ProvisioningSettings::default(),
     }
@@ -122,6 +139,17 @@ async fn create_database_if_missing(server_url: &str, database: &str) -> anyhow:
         pool.execute(format!("create database {database}").as_str()).await?;
     }
     pool.close().await;
+    Ok(())
+}
+
+/// `hodei dev keys`: the banner again, from the profile the running `hodei dev` wrote.
+pub fn print_keys(config: &Config) -> anyhow::Result<()> {
+    let path = config.dev_data_dir.join(PROFILE_FILE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (is `hodei dev` running from this directory?)", path.display()))?;
+    let profile: Profile =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a profile", path.display()))?;
+    print_banner(&profile, &path);
     Ok(())
 }
 
@@ -164,8 +192,13 @@ async fn ensure_profile(pool: &PgPool, data_dir: &Path, api_url: &str) -> anyhow
 }
 
 fn print_banner(profile: &Profile, profile_path: &Path) {
+    crate::cli::print_quietly(&banner(profile, profile_path));
+}
+
+/// What `hodei dev` prints when it is up, and `hodei dev keys` prints again.
+pub fn banner(profile: &Profile, profile_path: &Path) -> String {
     let url = &profile.api_url;
-    println!(
+    format!(
         "\nHodei is running.\n\
          \n  API        {url}/api/v1\
          \n  Docs       {url}/docs\
@@ -178,10 +211,10 @@ fn print_banner(profile: &Profile, profile_path: &Path) {
          ID=$(hodei jobs submit -- echo hello) && hodei jobs logs \"$ID\" --follow\n\
          \nor with curl:\n  curl -s -X POST {url}/api/v1/jobs -H 'Authorization: Bearer {key}' \\\n    \
          -H 'Content-Type: application/json' -d '{{\"command\": {{\"argv\": [\"echo\", \"hello\"]}}}}'\n\
-         \nPress Ctrl-C to stop.\n",
+         \nPress Ctrl-C to stop; `hodei dev keys` prints this again.\n",
         tenant = profile.tenant,
         key = profile.api_key,
         admin = profile.admin_key,
         profile_path = profile_path.display(),
-    );
+    )
 }

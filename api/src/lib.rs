@@ -15,6 +15,7 @@ pub mod dev;
 pub mod embedded_postgres;
 pub mod error;
 pub mod http;
+pub mod listener;
 pub mod loops;
 pub mod provider;
 pub mod reconcile;

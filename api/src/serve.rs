@@ -75,9 +75,13 @@ pub async fn serve_http(
         assignment: std::time::Duration::from_secs(config.worker_assignment_timeout_seconds.into()),
     };
     let reaper = tokio::spawn(LeaseReaper::new(pool, timeouts).run(shutdown.clone()));
-    tracing::info!(%address, "listening on http://{address}");
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+    let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert), Some(key)) => Some(crate::listener::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%address, "listening on {scheme}://{address}");
+    let served = crate::listener::serve(listener, app(state), tls, config.http.limits(), shutdown.clone())
         .await
         .context("serving HTTP");
     shutdown.cancel();
@@ -204,7 +208,9 @@ pub fn cancel_on_signals(token: CancellationToken) {
             _ = tokio::signal::ctrl_c() => {}
             _ = terminate => {}
         }
-        tracing::info!("shutting down");
+        // Cancel first: if logging cannot be written (its pipe closed with the terminal),
+        // the shutdown has still begun.
         token.cancel();
+        tracing::info!("shutting down");
     });
 }

@@ -16,6 +16,10 @@ struct DevRun {
 }
 
 async fn start_dev(data_dir: &Path) -> DevRun {
+    start_dev_with_stderr(data_dir, Stdio::null()).await
+}
+
+async fn start_dev_with_stderr(data_dir: &Path, stderr: Stdio) -> DevRun {
     let port = free_port();
     let child = tokio::process::Command::new(binary("hodei"))
         .arg("dev")
@@ -24,7 +28,7 @@ async fn start_dev(data_dir: &Path) -> DevRun {
         .env("HODEI_DEV_DATA_DIR", data_dir)
         .env("HODEI_LISTEN", format!("127.0.0.1:{port}"))
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .expect("start hodei dev");
@@ -102,5 +106,22 @@ async fn dev_starts_a_complete_local_system_and_stops_cleanly() {
     assert_eq!((status.body["length"].as_i64(), status.body["scheduled"].as_i64()), (Some(0), Some(1)), "{status:?}");
     assert!(interrupt_and_wait(&mut second).await.success());
 
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// `hodei dev 2>&1 | tee log`, then Ctrl-C: the terminal's Ctrl-C ends `tee` too, so
+/// everything hodei writes afterwards goes to a closed pipe. It must still shut down, and
+/// stop its Postgres.
+#[tokio::test]
+async fn dev_stops_cleanly_when_its_output_pipe_is_gone() {
+    let data_dir = std::env::temp_dir().join(format!("hodei-dev-pipe-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let mut run = start_dev_with_stderr(&data_dir, Stdio::piped()).await;
+    // The reader goes away, as `tee` does on Ctrl-C.
+    drop(run.child.stdout.take());
+    drop(run.child.stderr.take());
+    let status = interrupt_and_wait(&mut run).await;
+    assert!(status.success(), "{status:?}");
+    assert!(!data_dir.join("postgres/postmaster.pid").exists(), "the embedded Postgres was stopped");
     let _ = std::fs::remove_dir_all(&data_dir);
 }

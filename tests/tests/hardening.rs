@@ -176,3 +176,63 @@ async fn deleting_a_tenant_never_discards_jobs_that_have_not_ended() {
             .expect("waiting rows");
     assert_eq!(waiting, 0, "no waiting row outlives its job");
 }
+
+/// A client that trickles its request head is cut off at the header deadline, and the
+/// connection limit holds: at the limit a new client waits until a connection frees up.
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_connections_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let database = TestDatabase::empty().await;
+    let server = Server::spawn_configured(
+        &database.url,
+        free_port(),
+        None,
+        &[("HODEI_HTTP_HEADER_READ_TIMEOUT_SECONDS", "1"), ("HODEI_HTTP_MAX_CONNECTIONS", "2")],
+    );
+    server.wait_ready(Duration::from_secs(60)).await;
+    let address = format!("127.0.0.1:{}", server.port());
+
+    let mut trickling = tokio::net::TcpStream::connect(&address).await.expect("connect");
+    trickling.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.expect("half a head");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), trickling.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a trickled head held its connection for 10 s");
+    assert!(started.elapsed() >= Duration::from_millis(900), "cut off before the deadline: {:?}", started.elapsed());
+
+    // Two silent connections take both places; a third client is not served until one goes.
+    let first = tokio::net::TcpStream::connect(&address).await.expect("connect");
+    let _second = tokio::net::TcpStream::connect(&address).await.expect("connect");
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().expect("client");
+    let at_limit = impatient.get(format!("{}/healthz", server.url)).send().await;
+    assert!(at_limit.is_err(), "served beyond the connection limit: {at_limit:?}");
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if impatient.get(format!("{}/healthz", server.url)).send().await.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a freed connection was not given to the next client");
+    }
+}
+
+/// `hodei openapi | head -c 200`: the reader leaves early, and hodei exits quietly.
+#[tokio::test]
+async fn printing_to_a_closed_pipe_is_not_a_crash() {
+    use tokio::io::AsyncReadExt;
+    let mut child = tokio::process::Command::new(hodei_e2e::binary("hodei"))
+        .arg("openapi")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("hodei openapi");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut head = [0u8; 200];
+    stdout.read_exact(&mut head).await.expect("the first 200 bytes");
+    drop(stdout);
+    let output =
+        tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.expect("exits").expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+}

@@ -130,12 +130,25 @@ impl ApiClient {
             })
             .ok_or_else(|| ClientError::Usage("no API key: pass --api-key or set HODEI_API_KEY".to_owned()))?;
         let base_url = parse_base_url(&api_url)?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("hodei-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|error| ClientError::Usage(format!("cannot set up the HTTP client: {error}")))?;
+            .user_agent(concat!("hodei-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &options.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|error| ClientError::Usage(format!("--ca-file {}: {error}", path.display())))?;
+            let authorities = reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| {
+                ClientError::Usage(format!("--ca-file {}: not PEM certificates: {error}", path.display()))
+            })?;
+            if authorities.is_empty() {
+                return Err(ClientError::Usage(format!("--ca-file {}: holds no certificate", path.display())));
+            }
+            for authority in authorities {
+                builder = builder.add_root_certificate(authority);
+            }
+        }
+        let http =
+            builder.build().map_err(|error| ClientError::Usage(format!("cannot set up the HTTP client: {error}")))?;
         Ok(Self { http, base_url, api_key })
     }
 
@@ -224,14 +237,18 @@ fn describe(error: &reqwest::Error) -> String {
     while let Some(source) = innermost.source() {
         innermost = source;
     }
-    innermost.to_string()
+    let reason = innermost.to_string();
+    if reason.contains("certificate") {
+        return format!("{reason} (the server's TLS certificate is not trusted here: pass --ca-file with its CA)");
+    }
+    reason
 }
 
 fn parse_base_url(text: &str) -> Result<Url, ClientError> {
     let invalid = |reason: String| ClientError::Usage(format!("API URL {text:?}: {reason}"));
     let url = Url::parse(text).map_err(|error| invalid(error.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-        return Err(invalid("expected an http:// URL such as http://127.0.0.1:8080".to_owned()));
+        return Err(invalid("expected an http:// or https:// URL such as http://127.0.0.1:8080".to_owned()));
     }
     Ok(url)
 }

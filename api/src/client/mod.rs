@@ -77,6 +77,10 @@ pub struct ClientOptions {
     /// [default: .hodei/profile.json, when it exists]
     #[arg(long, global = true, env = "HODEI_PROFILE", value_name = "PATH")]
     pub profile: Option<PathBuf>,
+    /// PEM file of certificate authorities to trust for an https:// API, besides the
+    /// system's (for a private CA).
+    #[arg(long, global = true, env = "HODEI_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
     /// `table` for people, `json` (the API's own JSON) for scripts.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,

@@ -25,6 +25,13 @@ fn acceptable(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
+/// Requests that machines make all the time: the worker protocol (but registering and
+/// leaving) and the probes.
+fn is_routine(route: &str) -> bool {
+    matches!(route, "/healthz" | "/readyz" | "/metrics")
+        || (route.starts_with("/api/v1/workers/{id}/") && !route.ends_with("/deregister"))
+}
+
 pub async fn middleware(request: Request, next: Next) -> Response {
     let request_id = request
         .headers()
@@ -43,8 +50,17 @@ pub async fn middleware(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let mut response = REQUEST_ID.scope(request_id.clone(), next.run(request).instrument(span.clone())).await;
     let status = response.status().as_u16();
+    let latency_us = started.elapsed().as_micros() as u64;
     span.in_scope(|| {
-        tracing::info!(status, latency_us = started.elapsed().as_micros() as u64, "request");
+        // Heartbeats, long polls, reports and probes come every second from every worker:
+        // logged at debug unless they fail, so the log shows what people did.
+        if status < 400 && is_routine(&route) {
+            tracing::debug!(status, latency_us, "request");
+        } else if status >= 500 {
+            tracing::warn!(status, latency_us, "request");
+        } else {
+            tracing::info!(status, latency_us, "request");
+        }
     });
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
