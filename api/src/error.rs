@@ -2,7 +2,7 @@
 //! machine-readable `code`. Client errors carry a message safe to show; internal errors
 //! become an opaque 500 that names the request's trace id and are logged once, here.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -168,28 +168,84 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(request, state).await {
-            Ok(axum::Json(value)) => Ok(Json(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        if !is_json(request.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Expected request with `Content-Type: application/json`",
+            ));
         }
+        let bytes = axum::body::Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "the request body is larger than this endpoint accepts",
+                )
+            } else {
+                ApiError::bad_request("invalid_body", rejection.body_text())
+            }
+        })?;
+        parse_json_body(&bytes).map(Json)
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    let status = rejection.status();
-    let code = match &rejection {
-        JsonRejection::JsonDataError(_) => "invalid_body",
-        JsonRejection::JsonSyntaxError(_) => "malformed_json",
-        JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
-        _ if status == StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-        _ => "invalid_body",
+/// `application/json`, or any `+json` type.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(content_type) = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()) else {
+        return false;
     };
-    let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        "the request body is larger than this endpoint accepts".to_owned()
-    } else {
-        rejection.body_text()
-    };
-    ApiError::new(status, code, detail)
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses a request body: a syntax error is 400 `malformed_json`, a document of the wrong
+/// shape 422 `invalid_body` naming the field. A whole number written as a float (`399.0`)
+/// counts as that number wherever an integer is expected: JSON does not tell the two
+/// apart, and many clients write every number as a float.
+pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|error| (error.path().to_string(), error.into_inner()))
+        .and_then(|value| deserializer.end().map(|()| value).map_err(|error| (".".to_owned(), error)));
+    match parsed {
+        Ok(value) => Ok(value),
+        Err((_, first)) if first.is_data() && first.to_string().contains("floating point") => {
+            let mut document: serde_json::Value =
+                serde_json::from_slice(bytes).map_err(|error| body_error(".", &error))?;
+            whole_floats_to_integers(&mut document);
+            serde_path_to_error::deserialize(document)
+                .map_err(|error| body_error(&error.path().to_string(), error.inner()))
+        }
+        Err((path, error)) => Err(body_error(&path, &error)),
+    }
+}
+
+fn body_error(path: &str, inner: &serde_json::Error) -> ApiError {
+    if inner.is_syntax() || inner.is_eof() {
+        return ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {inner}"));
+    }
+    let detail = if path == "." { inner.to_string() } else { format!("{path}: {inner}") };
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_body",
+        format!("Failed to deserialize the JSON body into the target type: {detail}"),
+    )
+}
+
+fn whole_floats_to_integers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(number) => {
+            if let Some(float) = number.as_f64().filter(|_| number.is_f64()) {
+                if float.fract() == 0.0 && float.abs() < 9.0e15 {
+                    *value = serde_json::Value::from(float as i64);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(whole_floats_to_integers),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(whole_floats_to_integers),
+        _ => {}
+    }
 }
 
 /// `axum::extract::Query` whose rejections are problem documents.

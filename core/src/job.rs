@@ -157,6 +157,7 @@ pub struct ResourceRequest {
 pub struct JobSpec {
     /// Queue name (default `default`).
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub queue: Option<String>,
     /// 1 (lowest) to 10 (highest); default 5.
     #[serde(default)]

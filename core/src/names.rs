@@ -2,6 +2,8 @@
 
 /// Longest tenant or queue name.
 pub const MAX_NAME_LEN: usize = 63;
+/// `check_resource_name` as a regular expression, for the OpenAPI document.
+pub const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,62}$";
 
 /// A tenant or queue name: 1–63 characters of lowercase ASCII letters, digits, `-` and `_`,
 /// starting with a letter or digit. Safe in a URL path segment without escaping.

@@ -34,13 +34,16 @@ impl PoolKindName {
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {
     /// 1–63 lowercase letters, digits, `-` and `_`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub id: String,
     #[serde(default)]
     pub kind: PoolKindName,
     /// The provider that provisions its workers (`local`).
     #[serde(default = "default_provider")]
+    #[schema(value_type = ProviderName)]
     pub provider: String,
-    /// How many workers it keeps.
+    /// How many workers it keeps (at most the deployment's `max_pool_size`).
+    #[schema(minimum = 1, maximum = 1000)]
     pub size: u32,
     /// How jobs are matched to this pool's workers: `best_fit` (default), `first_fit`, `worst_fit`.
     #[serde(default)]
@@ -53,6 +56,14 @@ pub struct PoolSpec {
     pub provisioning: ProvisioningSettings,
 }
 
+/// The providers this build has (a deployment may enable fewer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderName {
+    /// `hodei-worker` processes on the control-plane host (`providers.local.enabled`).
+    Local,
+}
+
 fn default_provider() -> String {
     "local".to_owned()
 }
@@ -62,10 +73,13 @@ fn default_provider() -> String {
 #[serde(deny_unknown_fields)]
 pub struct WorkerTemplate {
     /// CPU the worker offers, in millicores (default: what the provider's machine has).
+    #[schema(minimum = 1)]
     pub cpu_millis: Option<u32>,
     /// Memory the worker offers, in MiB (default: what the provider's machine has).
+    #[schema(minimum = 1)]
     pub memory_mib: Option<u32>,
     /// Jobs each worker runs at once (default 1).
+    #[schema(minimum = 1, maximum = 256)]
     pub slots: Option<u32>,
     /// Labels jobs can require.
     #[serde(default)]
@@ -91,8 +105,10 @@ impl WorkerTemplate {
 #[serde(deny_unknown_fields, default)]
 pub struct HealthSettings {
     /// A command the worker runs before each heartbeat; a non-zero exit is a failed check.
+    #[schema(min_items = 1)]
     pub command: Option<Vec<String>>,
     /// Consecutive failed checks (or missed heartbeats) before the worker is replaced.
+    #[schema(minimum = 1, maximum = 100)]
     pub failure_threshold: u32,
 }
 
@@ -108,10 +124,13 @@ impl Default for HealthSettings {
 pub struct ProvisioningSettings {
     /// `parallel` (up to `concurrency` at once) or `sequential`.
     pub mode: ProvisioningMode,
+    #[schema(minimum = 1, maximum = 100)]
     pub concurrency: u32,
     /// How long one attempt may take, from the provider's call until the worker registers.
+    #[schema(minimum = 1, maximum = 3600)]
     pub timeout_seconds: u32,
     /// Attempts per worker before it counts as failed.
+    #[schema(minimum = 1, maximum = 20)]
     pub attempts: u32,
     /// `retry`: keep trying failed workers (with backoff); `fail_fast`: the pool fails.
     pub on_failure: FailureHandling,

@@ -14,6 +14,7 @@ use crate::http::jobs::{job_not_found, list_page, page, parse_job_id, JobList};
 use crate::http::AppState;
 use crate::store::dispatch::{self, RedriveFilter};
 use crate::store::jobs::{self, Job, JobFilter};
+use hodei_core::names::check_resource_name;
 use hodei_core::JobState;
 
 pub const MAX_REDRIVE: i64 = 1000;
@@ -26,23 +27,53 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(redrive_many))
 }
 
+/// Why a job is in the dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterReason {
+    AttemptsExhausted,
+    FatalError,
+    Evicted,
+    DeadlineExpired,
+    QueueDeleted,
+}
+
+impl DeadLetterReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::AttemptsExhausted => "attempts_exhausted",
+            DeadLetterReason::FatalError => "fatal_error",
+            DeadLetterReason::Evicted => "evicted",
+            DeadLetterReason::DeadlineExpired => "deadline_expired",
+            DeadLetterReason::QueueDeleted => "queue_deleted",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DeadLetterQuery {
+    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub queue: Option<String>,
-    /// `attempts_exhausted`, `fatal_error`, `evicted`, `deadline_expired`, `queue_deleted`.
-    pub reason: Option<String>,
+    /// Why the jobs gave up.
+    pub reason: Option<DeadLetterReason>,
+    #[param(value_type = Option<Uuid>)]
     pub cursor: Option<String>,
+    /// Page size, 1–500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedriveRequest {
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub queue: Option<String>,
-    pub reason: Option<String>,
+    /// Why the jobs gave up.
+    pub reason: Option<DeadLetterReason>,
     /// At most this many (default and maximum 1000), oldest first.
+    #[schema(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -71,11 +102,15 @@ async fn list_dead_letters(
     Query(query): Query<DeadLetterQuery>,
 ) -> Result<axum::Json<JobList>, ApiError> {
     let (before_id, limit) = page(query.cursor.as_deref(), query.limit)?;
+    if let Some(queue) = &query.queue {
+        check_resource_name(queue)
+            .map_err(|message| ApiError::bad_request("invalid_query", format!("queue: {message}")))?;
+    }
     let filter = JobFilter {
         tenant_scope: principal.tenant_scope(),
         state: Some(JobState::DeadLettered),
         queue: query.queue,
-        dead_letter_reason: query.reason,
+        dead_letter_reason: query.reason.map(|reason| reason.as_str().to_owned()),
         before_id,
         limit,
         ..JobFilter::default()
@@ -129,6 +164,9 @@ async fn redrive_many(
     principal: Principal,
     Json(request): Json<RedriveRequest>,
 ) -> Result<axum::Json<Redriven>, ApiError> {
+    if let Some(queue) = &request.queue {
+        check_resource_name(queue).map_err(|message| hodei_core::ValidationErrors::single("queue", message))?;
+    }
     let limit = request.limit.unwrap_or(MAX_REDRIVE);
     if !(1..=MAX_REDRIVE).contains(&limit) {
         return Err(
@@ -139,7 +177,7 @@ async fn redrive_many(
         tenant_scope: principal.tenant_scope(),
         job_id: None,
         queue: request.queue,
-        reason: request.reason,
+        reason: request.reason.map(|reason| reason.as_str().to_owned()),
         limit,
     };
     let mut connection = state.db.acquire().await?;

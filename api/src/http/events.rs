@@ -26,10 +26,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct EventsQuery {
     /// Return events after this position (`next_after` of the previous call); 0 or absent
     /// for the beginning. With `job_id`, the position is the job's event `version`.
+    #[param(minimum = 0)]
     pub after: Option<i64>,
     /// Only events of this job, in the order its changes committed (by `version`).
     pub job_id: Option<Uuid>,
     /// At most this many events, 1–1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 

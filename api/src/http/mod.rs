@@ -164,14 +164,123 @@ fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(health::router()).merge(metrics::router()).nest("/api/v1", api)
 }
 
+/// The router and its OpenAPI document, with the error answers every operation can give
+/// written into the document.
+fn parts() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut openapi) = routes().split_for_parts();
+    document_common_responses(&mut openapi);
+    inline_flattened_schemas(&mut openapi);
+    (router, openapi)
+}
+
+/// Request types that refuse unknown fields and flatten another type into themselves.
+const CLOSED_FLATTENED_SCHEMAS: [&str; 1] = ["CreateQueue"];
+
+/// `#[serde(flatten)]` comes out as `allOf: [$ref to the flattened type, the own fields]`.
+/// When the flattened type refuses unknown fields (`additionalProperties: false`), no
+/// document can satisfy both parts: the own fields are unknown to the first. Such schemas
+/// become one object with the properties of both; it refuses unknown fields only when the
+/// type itself does (`CLOSED_FLATTENED_SCHEMAS`).
+fn inline_flattened_schemas(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{AdditionalProperties, Object, Schema};
+    use utoipa::openapi::RefOr;
+    let Some(components) = openapi.components.as_mut() else { return };
+    let closed = |schema: &RefOr<Schema>| {
+        matches!(schema, RefOr::T(Schema::Object(object))
+            if matches!(object.additional_properties.as_deref(), Some(AdditionalProperties::FreeForm(false))))
+    };
+    let lookup = |reference: &str| reference.strip_prefix("#/components/schemas/").map(str::to_owned);
+    let names: Vec<String> = components.schemas.keys().cloned().collect();
+    for name in names {
+        let Some(RefOr::T(Schema::AllOf(all_of))) = components.schemas.get(&name) else { continue };
+        let mut parts: Vec<Object> = Vec::new();
+        let mut any_closed = false;
+        for item in &all_of.items {
+            let resolved = match item {
+                RefOr::Ref(reference) => match lookup(&reference.ref_location).and_then(|n| components.schemas.get(&n))
+                {
+                    Some(schema) => schema.clone(),
+                    None => break,
+                },
+                inline => inline.clone(),
+            };
+            any_closed |= closed(&resolved);
+            if let RefOr::T(Schema::Object(object)) = resolved {
+                parts.push(object);
+            }
+        }
+        if !any_closed || parts.len() != all_of.items.len() {
+            continue;
+        }
+        let mut merged = Object::new();
+        for part in parts {
+            merged.properties.extend(part.properties);
+            merged.required.extend(part.required);
+            if merged.description.is_none() {
+                merged.description = part.description;
+            }
+        }
+        merged.schema_type = utoipa::openapi::schema::SchemaType::Type(utoipa::openapi::schema::Type::Object);
+        if CLOSED_FLATTENED_SCHEMAS.contains(&name.as_str()) {
+            merged.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+        }
+        components.schemas.insert(name, RefOr::T(Schema::Object(merged)));
+    }
+}
+
+/// The answers that do not depend on the operation, declared on each one that can give
+/// them: 401 and 403 where a key is needed, 400 for a malformed query or body (and for an
+/// unknown query parameter), 404 for a path that names nothing, 413, 415 and 422 where a
+/// body is read.
+fn document_common_responses(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let problem = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+                )
+                .build(),
+        )
+    };
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        if !path.starts_with("/api/v1") {
+            continue;
+        }
+        let operations =
+            [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten();
+        for operation in operations {
+            let responses = &mut operation.responses.responses;
+            let mut declare = |status: &str, description: &str| {
+                responses.entry(status.to_owned()).or_insert_with(|| problem(description));
+            };
+            declare("400", "malformed request: bad JSON, a bad or unknown query parameter");
+            if operation.security.as_ref().is_some_and(|security| !security.is_empty()) {
+                declare("401", "no valid key or token");
+                declare("403", "the key may not do this");
+            }
+            if path.contains('{') {
+                declare("404", "nothing at this path");
+            }
+            if operation.request_body.is_some() {
+                declare("413", "the body is too large");
+                declare("415", "the body is not application/json");
+                declare("422", "the body does not describe a valid request");
+            }
+        }
+    }
+}
+
 /// The OpenAPI document, exactly as served and as committed under `openapi/`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+    parts().1
 }
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
-    let (router, openapi) = routes().split_for_parts();
+    let (router, openapi) = parts();
     router
         .merge(SwaggerUi::new("/docs").url(OPENAPI_PATH, openapi))
         .fallback(error::route_not_found)

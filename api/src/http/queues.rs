@@ -44,27 +44,33 @@ pub struct QueueChanges {
     #[schema(minimum = 0, maximum = 100)]
     pub tier: Option<i16>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<i64>, minimum = 1)]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 100000000)]
     pub max_size: Option<Option<i64>>,
     pub overflow: Option<OverflowPolicy>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub overflow_queue: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<i64>, minimum = 1)]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 2592000)]
     pub sla_max_wait_seconds: Option<Option<i64>>,
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 2592000)]
     pub aging_seconds: Option<i64>,
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 2592000)]
     pub starvation_after_seconds: Option<i64>,
     pub expired_deadline: Option<ExpiredDeadline>,
+    /// First retry delay, in seconds: above 0, at most 86400.
+    #[schema(exclusive_minimum = 0, maximum = 86400)]
     pub retry_base_seconds: Option<f64>,
+    /// Longest retry delay, in seconds: at least `retry_base_seconds`, at most 604800.
+    #[schema(exclusive_minimum = 0, maximum = 604800)]
     pub retry_max_seconds: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateQueue {
+    /// 1–63 characters: lowercase letters, digits, `-`, `_`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub name: String,
     #[serde(flatten)]
     pub settings: QueueChanges,
@@ -80,6 +86,7 @@ pub struct QueueList {
 #[into_params(parameter_in = Query)]
 pub struct StatusQuery {
     /// The window for rates and wait percentiles, in seconds (default 900, at most 7 days).
+    #[param(minimum = 1, maximum = 604800)]
     pub window_seconds: Option<i64>,
 }
 

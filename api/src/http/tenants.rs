@@ -30,6 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     /// 1–63 characters: lowercase letters, digits, `-`, `_`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub name: String,
     /// Fair-queuing weight, 1–1000 (default 1).
     #[schema(minimum = 1, maximum = 1000)]
@@ -53,6 +54,7 @@ pub struct TenantList {
 pub struct CreateApiKey {
     /// A label for the key, e.g. `ci`.
     #[serde(default)]
+    #[schema(max_length = 200)]
     pub name: Option<String>,
 }
 
@@ -226,11 +228,11 @@ async fn create_api_key(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, axum::Json<NewApiKey>), ApiError> {
-    // The body is optional: an empty one means "no name".
+    // The body is optional: an empty one, or `null`, means "no name".
     let request: CreateApiKey = if body.iter().all(u8::is_ascii_whitespace) {
         CreateApiKey::default()
     } else {
-        serde_json::from_slice(&body).map_err(|error| ApiError::unprocessable("invalid_body", error.to_string()))?
+        crate::error::parse_json_body::<Option<CreateApiKey>>(&body)?.unwrap_or_default()
     };
     let key_name = request.name.unwrap_or_default();
     if key_name.len() > 200 {
