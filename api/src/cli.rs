@@ -63,7 +63,7 @@ pub enum Command {
     Bench(bench::BenchCommand),
     /// Client commands that talk to a running API over HTTP.
     #[command(flatten)]
-    Client(client::ClientCommand),
+    Client(Box<client::ClientCommand>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,7 +104,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = match cli.command {
         // Clients of a running API: no server configuration, database or logging needed.
-        Command::Client(command) => return client::main(command),
+        Command::Client(command) => return client::main(*command),
         command => command,
     };
     if let Command::Config(ConfigCommand::Check { file }) = &command {

@@ -75,6 +75,8 @@ pub struct Config {
     pub local_worker_api_url: Option<String>,
     /// Where `local` workers' output goes, one file each (default: discarded).
     pub local_worker_log_dir: Option<PathBuf>,
+    /// The CA `local` workers trust for an https:// API (their `--ca-file`).
+    pub local_worker_ca_file: Option<PathBuf>,
     /// Which providers this replica may use.
     pub providers: ProvidersConfig,
     /// The most pools a deployment may have (file and API together).
@@ -111,6 +113,7 @@ impl Default for Config {
             local_worker_binary: None,
             local_worker_api_url: None,
             local_worker_log_dir: None,
+            local_worker_ca_file: None,
             providers: ProvidersConfig::default(),
             max_pools: 100,
             max_pool_size: 1000,
@@ -201,6 +204,7 @@ pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
     ("HODEI_LOCAL_WORKER_BINARY", "local_worker_binary"),
     ("HODEI_LOCAL_WORKER_API_URL", "local_worker_api_url"),
     ("HODEI_LOCAL_WORKER_LOG_DIR", "local_worker_log_dir"),
+    ("HODEI_LOCAL_WORKER_CA_FILE", "local_worker_ca_file"),
     ("HODEI_PROVIDERS_LOCAL_ENABLED", "providers.local.enabled"),
     ("HODEI_MAX_POOLS", "max_pools"),
     ("HODEI_MAX_POOL_SIZE", "max_pool_size"),

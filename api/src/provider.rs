@@ -105,6 +105,8 @@ pub struct LocalSettings {
     pub registration_token: String,
     /// Where each worker's output goes (`<dir>/<pool>-<member>.log`); discarded if unset.
     pub log_dir: Option<PathBuf>,
+    /// The CA the workers trust for an https:// API.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl LocalProvider {
@@ -125,7 +127,11 @@ impl LocalProvider {
         // Only the configured worker binary, with arguments built here: nothing in a pool
         // spec becomes a command of its own on this host.
         let mut command = tokio::process::Command::new(&self.settings.worker_binary);
-        command.args(["--api-url", &self.settings.api_urls, "run", "--pool", &request.pool.id]);
+        command.args(["--api-url", &self.settings.api_urls]);
+        if let Some(ca_file) = &self.settings.ca_file {
+            command.arg("--ca-file").arg(ca_file);
+        }
+        command.args(["run", "--pool", &request.pool.id]);
         command.args(["--name", &format!("{}-{}", request.pool.id, &member[member.len() - 8..])]);
         command.args(["--instance-id", &member, "--slots", &template.slots().to_string(), "--exit-with-parent"]);
         if let Some(cpu) = template.cpu_millis {

@@ -109,13 +109,15 @@ fn providers(config: &Config, address: SocketAddr) -> (Providers, Option<Arc<Loc
     };
     let api_urls = config.local_worker_api_url.clone().unwrap_or_else(|| {
         let host = if address.ip().is_unspecified() { "127.0.0.1".to_owned() } else { address.ip().to_string() };
-        format!("http://{host}:{}", address.port())
+        let scheme = if config.tls.cert_file.is_some() { "https" } else { "http" };
+        format!("{scheme}://{host}:{}", address.port())
     });
     let local = Arc::new(LocalProvider::new(LocalSettings {
         worker_binary: config.local_worker_binary.clone().unwrap_or_else(LocalProvider::default_worker_binary),
         api_urls,
         registration_token: token.expose().to_owned(),
         log_dir: config.local_worker_log_dir.clone(),
+        ca_file: config.local_worker_ca_file.clone(),
     }));
     (Providers::default().with("local", local.clone()), Some(local))
 }

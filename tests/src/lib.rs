@@ -277,3 +277,51 @@ pub async fn start_system() -> System {
     let server = Server::start(&database.url).await;
     System { server, database }
 }
+
+/// Like `start_worker`, with the agent's stderr in `log` (to quote when a test fails).
+pub fn start_worker_logging_to(
+    api_url: &str,
+    name: &str,
+    extra_args: &[&str],
+    log: &std::path::Path,
+) -> tokio::process::Child {
+    let log = std::fs::File::create(log).expect("create the worker log");
+    tokio::process::Command::new(binary("hodei-worker"))
+        .args(["--api-url", api_url, "run", "--name", name])
+        .args(extra_args)
+        .env("HODEI_WORKER_REGISTRATION_TOKEN", WORKER_REGISTRATION_TOKEN)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start hodei-worker")
+}
+
+/// Live processes (zombies excluded) whose command line or environment contains `marker`.
+pub fn processes_marked(marker: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let contains = |bytes: &[u8]| bytes.windows(marker.len()).any(|window| window == marker.as_bytes());
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id() && is_alive(*pid))
+        .filter(|pid| {
+            ["cmdline", "environ"]
+                .iter()
+                .any(|file| std::fs::read(format!("/proc/{pid}/{file}")).is_ok_and(|bytes| contains(&bytes)))
+        })
+        .collect()
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat.rsplit_once(')')?.1.split_whitespace().next()?.to_owned()))
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// Sends `signal` (`STOP`, `CONT`, `KILL`, ...) to process `pid`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status();
+    assert!(status.is_ok_and(|status| status.success()), "kill -{signal} {pid}");
+}

@@ -184,7 +184,14 @@ async fn a_job_on_a_killed_worker_is_requeued_and_completes_elsewhere() {
 
 #[tokio::test]
 async fn results_survive_the_api_being_down_for_twenty_seconds() {
-    let mut system = start_system().await;
+    // Workers hold their attempts for a lease without hearing from the control plane; an
+    // outage shorter than the lease costs nothing. (A longer one makes them stop their
+    // jobs: nobody could tell them apart from a worker that died.)
+    let database = hodei_e2e::TestDatabase::empty().await;
+    let lease = [("HODEI_WORKER_LEASE_SECONDS", "40")];
+    let server = hodei_e2e::Server::spawn_configured(&database.url, hodei_e2e::free_port(), None, &lease);
+    server.wait_ready(Duration::from_secs(60)).await;
+    let mut system = hodei_e2e::System { server, database };
     let acme = system.server.tenant("acme").await;
     let _worker = start_worker(&system, "w", 2000);
     let first = submit(&acme, json!({"command": {"argv": ["sleep", "5"]}})).await;
@@ -196,7 +203,7 @@ async fn results_survive_the_api_being_down_for_twenty_seconds() {
     system.server.kill().await;
     // Both jobs finish while the API is away; the worker holds on to their results.
     tokio::time::sleep(Duration::from_secs(20)).await;
-    system.server = hodei_e2e::Server::spawn_on(&system.database.url, port);
+    system.server = hodei_e2e::Server::spawn_configured(&system.database.url, port, None, &lease);
     system.server.wait_ready(Duration::from_secs(60)).await;
 
     let done = wait_for_state(&acme, &first, &["succeeded", "dead_lettered", "queued", "scheduled"]).await;

@@ -332,6 +332,7 @@ async fn provisioning_retries_failed_attempts_and_fail_fast_gives_up_with_the_re
             api_urls: server.url.clone(),
             registration_token: WORKER_REGISTRATION_TOKEN.to_owned(),
             log_dir: None,
+            ca_file: None,
         }),
         failures: 2,
         attempts: Mutex::default(),

@@ -281,7 +281,7 @@ async fn print_new_output(api: &ApiClient, id: &str, mut after: i64, format: Out
         let query = [("after", after.to_string()), ("limit", LOG_PAGE.to_string())];
         let page = api.get(&["jobs", id, "logs"], &query).await?;
         let chunks = page["chunks"].as_array().map(Vec::as_slice).unwrap_or_default();
-        write_chunks(chunks, format)?;
+        write_chunks(id, chunks, format)?;
         after = page["next_after"].as_i64().unwrap_or(after);
         if chunks.len() < LOG_PAGE {
             return Ok(after);
@@ -289,18 +289,27 @@ async fn print_new_output(api: &ApiClient, id: &str, mut after: i64, format: Out
     }
 }
 
-fn write_chunks(chunks: &[Value], format: Output) -> Result<(), ClientError> {
+/// Writes chunks as the job wrote them: their exact bytes (`data_base64`), or their text
+/// from a server that has no bytes to give.
+fn write_chunks(id: &str, chunks: &[Value], format: Output) -> Result<(), ClientError> {
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr().lock();
     for chunk in chunks {
         match format {
             Output::Json => writeln!(stdout, "{chunk}")?,
             Output::Table => {
-                let data = chunk["data"].as_str().unwrap_or_default();
+                let bytes = match chunk["data_base64"].as_str() {
+                    Some(encoded) => base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded)
+                        .map_err(|_| ClientError::Server {
+                            url: format!("output of job {id}"),
+                            reason: format!("unexpected answer: chunk {} is not valid base64", chunk["seq"]),
+                        })?,
+                    None => chunk["data"].as_str().unwrap_or_default().as_bytes().to_vec(),
+                };
                 if chunk["stream"] == "stderr" {
-                    stderr.write_all(data.as_bytes())?;
+                    stderr.write_all(&bytes)?;
                 } else {
-                    stdout.write_all(data.as_bytes())?;
+                    stdout.write_all(&bytes)?;
                 }
             }
         }

@@ -52,7 +52,8 @@ pub struct LogPage {
     pub next_after: i64,
 }
 
-/// A job's output (stdout and stderr of every attempt), read by cursor.
+/// A job's output (stdout and stderr of every attempt), read by cursor: each chunk's exact
+/// bytes (`data_base64`) and the same as text (`data`).
 #[utoipa::path(
     get, path = "/jobs/{id}/logs", tag = "jobs", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Job id"), LogsQuery),
@@ -101,16 +102,20 @@ pub struct BatchSubmitted {
 #[into_params(parameter_in = Query)]
 pub struct ListJobsQuery {
     /// Only jobs in this state.
+    #[param(value_type = Option<JobState>)]
     pub state: Option<String>,
     /// Only jobs in this queue.
+    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub queue: Option<String>,
     /// Only jobs created at or after this time (RFC 3339).
     pub created_after: Option<DateTime<Utc>>,
     /// Only jobs created before this time (RFC 3339).
     pub created_before: Option<DateTime<Utc>>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     pub cursor: Option<String>,
     /// Page size, 1–500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 

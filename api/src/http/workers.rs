@@ -17,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::auth::{bearer_token, hash_key, Principal};
+use crate::auth::{bearer_token, hash_key, Admin};
 use crate::error::{ApiError, Json, Problem, Query};
 use crate::http::AppState;
 use crate::store::assignment::{self, Assignment, AttemptResult, Recorded};
@@ -38,10 +38,13 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(ship_logs))
 }
 
-/// Most chunks, and bytes per chunk, in one shipment.
+/// Most chunks, and bytes per chunk (decoded), in one shipment. The whole request must
+/// also fit the body limit (`DEFAULT_BODY_LIMIT`), base64 and JSON included.
 pub const MAX_LOG_CHUNKS: usize = 256;
 pub const MAX_LOG_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Output of one attempt, in the order it was written. Each chunk carries its bytes in
+/// `data_base64` (exact: any bytes, NUL included) or, from older agents, in `data` as text.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogShipment {
@@ -53,7 +56,11 @@ pub struct LogShipment {
 #[utoipa::path(
     post, path = "/workers/{id}/jobs/{job_id}/logs", tag = "workers", request_body = LogShipment, security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Worker id"), ("job_id" = Uuid, Path, description = "Job id")),
-    responses((status = 204, description = "stored"), (status = 409, description = "stale attempt", body = Problem, content_type = "application/problem+json"))
+    responses(
+        (status = 204, description = "stored"),
+        (status = 409, description = "stale attempt", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")
+    )
 )]
 async fn ship_logs(
     State(state): State<AppState>,
@@ -67,16 +74,21 @@ async fn ship_logs(
     if shipment.chunks.len() > MAX_LOG_CHUNKS {
         errors.add("chunks", format!("at most {MAX_LOG_CHUNKS} chunks per shipment"));
     }
-    for (index, chunk) in shipment.chunks.iter().enumerate() {
+    let mut chunks = Vec::with_capacity(shipment.chunks.len());
+    for (index, chunk) in shipment.chunks.into_iter().enumerate() {
         if chunk.stream != "stdout" && chunk.stream != "stderr" {
             errors.add(format!("chunks[{index}].stream"), "must be stdout or stderr");
         }
-        if chunk.data.len() > MAX_LOG_CHUNK_BYTES || chunk.data.contains('\0') {
-            errors.add(format!("chunks[{index}].data"), format!("at most {MAX_LOG_CHUNK_BYTES} bytes, no NUL"));
+        match chunk.bytes() {
+            Ok(bytes) if bytes.len() > MAX_LOG_CHUNK_BYTES => {
+                errors.add(format!("chunks[{index}]"), format!("at most {MAX_LOG_CHUNK_BYTES} bytes of output"))
+            }
+            Ok(bytes) => chunks.push(crate::store::logs::OutputChunk { stream: chunk.stream, bytes }),
+            Err(message) => errors.add(format!("chunks[{index}]"), message),
         }
     }
     errors.into_result(())?;
-    if crate::store::logs::append(&state.db, id, job_id, shipment.attempt, &shipment.chunks).await? {
+    if crate::store::logs::append(&state.db, id, job_id, shipment.attempt, &chunks).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(stale_attempt())
@@ -91,6 +103,7 @@ pub const MAX_POLL_SECONDS: u64 = 60;
 #[into_params(parameter_in = Query)]
 pub struct PollQuery {
     /// Wait up to this many seconds for work (default 20, at most 60).
+    #[param(minimum = 0, maximum = 60)]
     pub wait_seconds: Option<u64>,
 }
 
@@ -197,7 +210,14 @@ async fn poll_assignments(
     Query(query): Query<PollQuery>,
 ) -> Result<axum::Json<Assignments>, ApiError> {
     let id = identity.check(&id)?;
-    let wait = std::time::Duration::from_secs(query.wait_seconds.unwrap_or(20).min(MAX_POLL_SECONDS));
+    let wait_seconds = query.wait_seconds.unwrap_or(20);
+    if wait_seconds > MAX_POLL_SECONDS {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("wait_seconds: must be at most {MAX_POLL_SECONDS}, got {wait_seconds}"),
+        ));
+    }
+    let wait = std::time::Duration::from_secs(wait_seconds);
     let deadline = tokio::time::Instant::now() + wait;
     // Made before the first look, so an assignment in between still wakes this poll.
     let mut woken = state.assigned.waiter_for(&id.to_string());
@@ -399,6 +419,9 @@ pub struct Registered {
     pub worker_id: Uuid,
     pub token: String,
     pub heartbeat_seconds: u32,
+    /// How long the worker's attempts hold without a heartbeat getting through: after
+    /// that the control plane may give them to another worker, so the worker stops them.
+    pub lease_seconds: u32,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -419,6 +442,8 @@ fn healthy_by_default() -> bool {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HeartbeatReply {
     pub heartbeat_seconds: u32,
+    /// As in the registration reply.
+    pub lease_seconds: u32,
     /// Jobs on this worker whose cancellation was requested: stop them and report.
     pub cancel: Vec<Uuid>,
     /// Stop taking work, finish the running jobs, deregister and exit.
@@ -494,7 +519,12 @@ async fn register_worker(
     tracing::info!(worker = %worker.id, name = %worker.name, pool = %worker.pool, "worker registered");
     Ok((
         StatusCode::CREATED,
-        axum::Json(Registered { worker_id: worker.id, token, heartbeat_seconds: state.workers.heartbeat_seconds }),
+        axum::Json(Registered {
+            worker_id: worker.id,
+            token,
+            heartbeat_seconds: state.workers.heartbeat_seconds,
+            lease_seconds: state.workers.lease_seconds,
+        }),
     ))
 }
 
@@ -521,6 +551,7 @@ async fn heartbeat(
     };
     Ok(axum::Json(HeartbeatReply {
         heartbeat_seconds: state.workers.heartbeat_seconds,
+        lease_seconds: state.workers.lease_seconds,
         cancel: outcome.cancel,
         drain: outcome.drain,
     }))
@@ -550,10 +581,9 @@ async fn deregister(
 )]
 async fn list_workers(
     State(state): State<AppState>,
-    principal: Principal,
+    _admin: Admin,
     Query(query): Query<WorkerQuery>,
 ) -> Result<axum::Json<WorkerList>, ApiError> {
-    principal.require_admin()?;
     let workers = workers::list(&state.db, query.pool.as_deref(), query.include_gone.unwrap_or(false)).await?;
     Ok(axum::Json(WorkerList { workers }))
 }
@@ -566,10 +596,9 @@ async fn list_workers(
 )]
 async fn get_worker(
     State(state): State<AppState>,
-    principal: Principal,
+    _admin: Admin,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Worker>, ApiError> {
-    principal.require_admin()?;
     let not_found = || ApiError::not_found(format!("no worker {id:?}"));
     let worker_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
     workers::get(&state.db, worker_id).await?.map(axum::Json).ok_or_else(not_found)
