@@ -77,6 +77,9 @@ pub struct Config {
     pub local_worker_log_dir: Option<PathBuf>,
     /// The CA `local` workers trust for an https:// API (their `--ca-file`).
     pub local_worker_ca_file: Option<PathBuf>,
+    /// When this replica stops (Ctrl-C on `hodei dev`), how long its `local` workers' jobs
+    /// get to finish before they are interrupted and left to be retried.
+    pub local_worker_drain_seconds: u32,
     /// Which providers this replica may use.
     pub providers: ProvidersConfig,
     /// The most pools a deployment may have (file and API together).
@@ -114,6 +117,7 @@ impl Default for Config {
             local_worker_api_url: None,
             local_worker_log_dir: None,
             local_worker_ca_file: None,
+            local_worker_drain_seconds: 10,
             providers: ProvidersConfig::default(),
             max_pools: 100,
             max_pool_size: 1000,
@@ -205,6 +209,7 @@ pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
     ("HODEI_LOCAL_WORKER_API_URL", "local_worker_api_url"),
     ("HODEI_LOCAL_WORKER_LOG_DIR", "local_worker_log_dir"),
     ("HODEI_LOCAL_WORKER_CA_FILE", "local_worker_ca_file"),
+    ("HODEI_LOCAL_WORKER_DRAIN_SECONDS", "local_worker_drain_seconds"),
     ("HODEI_PROVIDERS_LOCAL_ENABLED", "providers.local.enabled"),
     ("HODEI_MAX_POOLS", "max_pools"),
     ("HODEI_MAX_POOL_SIZE", "max_pool_size"),
@@ -313,6 +318,12 @@ impl Config {
         }
         if !(1..=100_000).contains(&self.max_pool_size) {
             problems.push(format!("max_pool_size: must be between 1 and 100000, got {}", self.max_pool_size));
+        }
+        if self.local_worker_drain_seconds > 3600 {
+            problems.push(format!(
+                "local_worker_drain_seconds: must be at most 3600, got {}",
+                self.local_worker_drain_seconds
+            ));
         }
         if !(1..=1_000_000).contains(&self.http.max_connections) {
             problems.push(format!(
@@ -428,6 +439,7 @@ fn environment_value(field: &str, value: &str) -> serde_yaml::Value {
             | "worker_assignment_timeout_seconds"
             | "max_pools"
             | "max_pool_size"
+            | "local_worker_drain_seconds"
             | "http.max_connections"
             | "http.header_read_timeout_seconds"
             | "http.body_read_timeout_seconds"

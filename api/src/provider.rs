@@ -107,6 +107,8 @@ pub struct LocalSettings {
     pub log_dir: Option<PathBuf>,
     /// The CA the workers trust for an https:// API.
     pub ca_file: Option<PathBuf>,
+    /// How long a draining worker's jobs get before they are interrupted (and retried).
+    pub drain_timeout: std::time::Duration,
 }
 
 impl LocalProvider {
@@ -132,6 +134,7 @@ impl LocalProvider {
             command.arg("--ca-file").arg(ca_file);
         }
         command.args(["run", "--pool", &request.pool.id]);
+        command.args(["--drain-timeout-seconds", &self.settings.drain_timeout.as_secs().to_string()]);
         command.args(["--name", &format!("{}-{}", request.pool.id, &member[member.len() - 8..])]);
         command.args(["--instance-id", &member, "--slots", &template.slots().to_string(), "--exit-with-parent"]);
         if let Some(cpu) = template.cpu_millis {

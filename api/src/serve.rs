@@ -81,15 +81,21 @@ pub async fn serve_http(
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%address, "listening on {scheme}://{address}");
-    let served = crate::listener::serve(listener, app(state), tls, config.http.limits(), shutdown.clone())
-        .await
-        .context("serving HTTP");
-    shutdown.cancel();
+    // HTTP stops last: this replica's own workers report their last results through it.
+    let stop_http = CancellationToken::new();
+    let server =
+        tokio::spawn(crate::listener::serve(listener, app(state), tls, config.http.limits(), stop_http.clone()));
+    shutdown.cancelled().await;
     let _ = tokio::join!(promoter, scheduler, reaper, reconciler, reloader);
     if let Some(local) = local {
-        local.stop_own_workers(std::time::Duration::from_secs(10)).await;
+        // The workers drain for their drain timeout, stop what is left (SIGTERM, then
+        // SIGKILL after their 10 s kill grace) and report it interrupted; only then are
+        // they killed.
+        let grace = u64::from(config.local_worker_drain_seconds) + 15;
+        local.stop_own_workers(std::time::Duration::from_secs(grace)).await;
     }
-    served
+    stop_http.cancel();
+    server.await.context("the HTTP server task")?.context("serving HTTP")
 }
 
 /// The providers this replica can use: `local` when it is enabled (`providers.local.enabled`;
@@ -118,6 +124,7 @@ fn providers(config: &Config, address: SocketAddr) -> (Providers, Option<Arc<Loc
         registration_token: token.expose().to_owned(),
         log_dir: config.local_worker_log_dir.clone(),
         ca_file: config.local_worker_ca_file.clone(),
+        drain_timeout: std::time::Duration::from_secs(config.local_worker_drain_seconds.into()),
     }));
     (Providers::default().with("local", local.clone()), Some(local))
 }

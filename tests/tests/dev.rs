@@ -20,6 +20,10 @@ async fn start_dev(data_dir: &Path) -> DevRun {
 }
 
 async fn start_dev_with_stderr(data_dir: &Path, stderr: Stdio) -> DevRun {
+    start_dev_with(data_dir, stderr, &[]).await
+}
+
+async fn start_dev_with(data_dir: &Path, stderr: Stdio, environment: &[(&str, &str)]) -> DevRun {
     let port = free_port();
     let child = tokio::process::Command::new(binary("hodei"))
         .arg("dev")
@@ -27,6 +31,7 @@ async fn start_dev_with_stderr(data_dir: &Path, stderr: Stdio) -> DevRun {
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HODEI_DEV_DATA_DIR", data_dir)
         .env("HODEI_LISTEN", format!("127.0.0.1:{port}"))
+        .envs(environment.iter().copied())
         .stdout(Stdio::piped())
         .stderr(stderr)
         .kill_on_drop(true)
@@ -123,5 +128,61 @@ async fn dev_stops_cleanly_when_its_output_pipe_is_gone() {
     let status = interrupt_and_wait(&mut run).await;
     assert!(status.success(), "{status:?}");
     assert!(!data_dir.join("postgres/postmaster.pid").exists(), "the embedded Postgres was stopped");
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// Ctrl-C on `hodei dev` with a job running: the workers drain for their bounded time,
+/// then stop the job and record its attempt as interrupted; nothing of it survives, and on
+/// the next start it runs again, once.
+#[tokio::test]
+async fn ctrl_c_interrupts_a_running_job_which_runs_again_once_on_the_next_start() {
+    let data_dir = std::env::temp_dir().join(format!("hodei-dev-interrupt-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    std::fs::create_dir_all(&data_dir).expect("data dir");
+    let runs = data_dir.join("runs");
+    let marker = format!("hodei-dev-interrupt-{}", std::process::id());
+    let script = format!("echo begin >> {runs}; sleep 15 # {marker}\necho end >> {runs}", runs = runs.display());
+    let drain = [("HODEI_LOCAL_WORKER_DRAIN_SECONDS", "1")];
+
+    let mut first = start_dev_with(&data_dir, Stdio::null(), &drain).await;
+    let dev = Client::new(&first.url, profile(&data_dir)["api_key"].as_str());
+    let job = dev.submit(&["sh", "-c", &script]).await;
+    let id = job["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(&runs).unwrap_or_default().lines().count() < 1 {
+        assert!(Instant::now() < deadline, "the job did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let interrupted_at = Instant::now();
+    assert!(interrupt_and_wait(&mut first).await.success());
+    eprintln!("hodei dev stopped {:?} after Ctrl-C", interrupted_at.elapsed());
+    let survivors: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|entry| std::fs::read(entry.ok()?.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).into_owned())
+        .filter(|cmdline| cmdline.contains(&marker))
+        .collect();
+    assert!(survivors.is_empty(), "the job outlived hodei dev: {survivors:?}");
+
+    let mut second = start_dev_with(&data_dir, Stdio::null(), &drain).await;
+    let dev = Client::new(&second.url, profile(&data_dir)["api_key"].as_str());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let done = loop {
+        let current = dev.get(&format!("/api/v1/jobs/{id}")).await.body;
+        if current["state"] == "succeeded" || current["state"] == "dead_lettered" {
+            break current;
+        }
+        assert!(Instant::now() < deadline, "the interrupted job did not run again: {current}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((done["state"].as_str(), done["attempt"].as_i64()), (Some("succeeded"), Some(2)), "{done}");
+    let events = dev.get(&format!("/api/v1/events?job_id={id}")).await.body;
+    let retried: Vec<&Value> =
+        events["events"].as_array().expect("events").iter().filter(|e| e["kind"] == "job.retry_scheduled").collect();
+    assert_eq!(retried.len(), 1, "{events}");
+    assert!(retried[0]["data"]["error"].as_str().is_some_and(|e| e.contains("interrupted")), "{events}");
+    let lines = std::fs::read_to_string(&runs).expect("runs");
+    assert_eq!(lines.lines().collect::<Vec<_>>(), ["begin", "begin", "end"], "one interrupted run, then one whole run");
+    assert!(interrupt_and_wait(&mut second).await.success());
     let _ = std::fs::remove_dir_all(&data_dir);
 }

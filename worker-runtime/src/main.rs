@@ -115,6 +115,12 @@ struct RunArgs {
     exit_with_parent: bool,
     #[arg(long, default_value_t = 30)]
     orphan_grace_seconds: u64,
+    /// When draining (SIGTERM, Ctrl-C, or the control plane's instruction), how long
+    /// running jobs get to finish; then they are stopped (SIGTERM, SIGKILL after the kill
+    /// grace) and reported interrupted, which the control plane retries. Without it,
+    /// running jobs get as long as they take.
+    #[arg(long)]
+    drain_timeout_seconds: Option<u64>,
 }
 
 /// A command line given as one JSON array.
@@ -338,6 +344,7 @@ async fn run(client: reqwest::Client, api_urls: Vec<String>, args: RunArgs) -> a
         id: registered.worker_id.clone(),
         token: registered.token.clone(),
         cancels: std::sync::Mutex::new(BTreeMap::new()),
+        interrupted: std::sync::atomic::AtomicBool::new(false),
         kill_grace: Duration::from_secs(args.kill_grace_seconds),
         reports: report_sender,
         lease: Lease::new(terms, registered_at),
@@ -414,11 +421,25 @@ async fn run(client: reqwest::Client, api_urls: Vec<String>, args: RunArgs) -> a
     let finished = async { while running.join_next().await.is_some() {} };
     tokio::pin!(finished);
     let mut orphaned_since: Option<tokio::time::Instant> = None;
+    let drain_deadline = args.drain_timeout_seconds.map(|seconds| Instant::now() + Duration::from_secs(seconds));
     loop {
         tokio::select! {
             _ = &mut finished => break,
             reason = &mut lost => return fence(&worker, &reason),
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        if drain_deadline.is_some_and(|deadline| Instant::now() >= deadline)
+            && !worker.interrupted.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            let running: Vec<Arc<tokio::sync::Notify>> =
+                worker.cancels.lock().map(|cancels| cancels.values().cloned().collect()).unwrap_or_default();
+            eprintln!(
+                "hodei-worker: the drain ran out of time; interrupting {} running job(s), which will be retried",
+                running.len()
+            );
+            for job in running {
+                job.notify_one();
+            }
         }
         if orphaned.load(std::sync::atomic::Ordering::Relaxed) {
             let since = *orphaned_since.get_or_insert_with(tokio::time::Instant::now);
@@ -488,6 +509,8 @@ struct WorkerSession {
     token: String,
     /// Running jobs, by id: notified to stop them when the API says they were cancelled.
     cancels: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Notify>>>,
+    /// Set when a drain ran out of time: jobs stopped now were interrupted, not cancelled.
+    interrupted: std::sync::atomic::AtomicBool,
     /// Between SIGTERM and SIGKILL when a job is stopped.
     kill_grace: Duration,
     /// Starts and results waiting to go to the API in the next batch.
@@ -846,7 +869,11 @@ async fn run_assignment(worker: Arc<WorkerSession>, assignment: Assignment) {
         },
         _ = cancel.notified() => {
             stop_job(&mut child, group, worker.kill_grace).await;
-            failed("cancelled".to_owned())
+            if worker.interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+                failed("interrupted: the worker shut down before the job finished".to_owned())
+            } else {
+                failed("cancelled".to_owned())
+            }
         }
     };
     if let Ok(mut cancels) = worker.cancels.lock() {
