@@ -36,6 +36,11 @@ pub enum JobsCommand {
         /// The job id.
         id: String,
     },
+    /// Run a finished job (succeeded, cancelled or dead-lettered) again, with fresh attempts.
+    Retry {
+        /// The job id.
+        id: String,
+    },
     /// Print a job's output as it was written: its stdout to stdout, its stderr to stderr.
     #[command(after_help = "With --follow, the exit code tells how the job ended: 0 succeeded, \
         5 cancelled or dead-lettered (and 1-4 as for every command).")]
@@ -99,6 +104,10 @@ pub struct LogsArgs {
     /// Keep reading until the job has finished and all its output is printed.
     #[arg(long, short = 'f')]
     follow: bool,
+    /// Only the output of this attempt (`jobs get` lists them). Without it, every
+    /// attempt's output in order, each later attempt announced on stderr.
+    #[arg(long)]
+    attempt: Option<i64>,
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {
@@ -141,6 +150,13 @@ pub async fn run(command: JobsCommand, options: &ClientOptions) -> Result<(), Cl
                 )),
             }
         }
+        JobsCommand::Retry { id } => {
+            let job = api.send(api.request(Method::POST, &["jobs", &id, "retry"])).await?;
+            match format {
+                Output::Json => output::print_json(&job),
+                Output::Table => output::print_line(&format!("{id}: queued again")),
+            }
+        }
         JobsCommand::Logs(args) => logs(&api, &args, format).await,
     }
 }
@@ -172,7 +188,13 @@ async fn submit(api: &ApiClient, args: SubmitArgs, format: Output) -> Result<(),
     let job = api.send(request).await?;
     match format {
         Output::Json => output::print_json(&job),
-        Output::Table => output::print_line(&output::text(&job["id"])),
+        Output::Table => {
+            // The id alone on stdout (for `ID=$(hodei jobs submit ...)`), warnings on stderr.
+            for warning in job["warnings"].as_array().into_iter().flatten().filter_map(|w| w.as_str()) {
+                eprintln!("warning: {warning}");
+            }
+            output::print_line(&output::text(&job["id"]))
+        }
     }
 }
 
@@ -201,7 +223,7 @@ fn print_job(job: &Value) -> Result<(), ClientError> {
         ("command", Some(output::command_line(&job["command"]["argv"]))),
         ("resources", Some(format!("{} millicores, {} MiB", resources["cpu_millis"], resources["memory_mib"]))),
         ("labels", labels),
-        ("attempt", Some(output::used_of(&job["attempt"], &job["max_attempts"]))),
+        ("attempt", Some(output::used_of(&job["run_attempt"], &job["max_attempts"]))),
         ("exit code", output::field(&job["exit_code"])),
         ("last error", output::field(&job["last_error"])),
         ("dead-letter reason", output::field(&job["dead_letter_reason"])),
@@ -210,7 +232,24 @@ fn print_job(job: &Value) -> Result<(), ClientError> {
         ("started", time("started_at")),
         ("finished", time("finished_at")),
         ("cancel requested", time("cancel_requested_at")),
-    ])
+    ])?;
+    // One line per attempt, oldest first.
+    for attempt in job["attempts"].as_array().into_iter().flatten() {
+        let at = |name: &str| if attempt[name].is_null() { "-".to_owned() } else { output::time(&attempt[name]) };
+        let mut line = format!(
+            "attempt {}: {} on worker {}, started {}, ended {}",
+            output::text(&attempt["attempt"]),
+            output::text(&attempt["outcome"]),
+            output::text(&attempt["worker_id"]),
+            at("started_at"),
+            at("ended_at"),
+        );
+        if let Some(error) = attempt["error"].as_str() {
+            line.push_str(&format!(": {error}"));
+        }
+        output::print_line(&line)?;
+    }
+    Ok(())
 }
 
 /// The columns of a job list, shared with `dead-letters list`.
@@ -219,7 +258,7 @@ pub(crate) const JOB_COLUMNS: [Column; 7] = [
     Column::new("STATE", |job| output::text(&job["state"])),
     Column::new("QUEUE", |job| output::text(&job["queue"])),
     Column::new("PRIORITY", |job| output::text(&job["priority"])),
-    Column::new("ATTEMPT", |job| output::used_of(&job["attempt"], &job["max_attempts"])),
+    Column::new("ATTEMPT", |job| output::used_of(&job["run_attempt"], &job["max_attempts"])),
     Column::new("CREATED", |job| output::time(&job["created_at"])),
     Column::new("COMMAND", |job| output::truncated(output::command_line(&job["command"]["argv"]), MAX_TEXT_WIDTH)),
 ];
@@ -253,10 +292,27 @@ pub(crate) fn print_job_page(page: &Value, columns: &[Column], format: Output) -
 /// from the worker holding a live attempt, so nothing can follow a final state.
 async fn logs(api: &ApiClient, args: &LogsArgs, format: Output) -> Result<(), ClientError> {
     let mut after = 0;
+    let mut shown = Shown { attempt: None, only: args.attempt, waiting: None };
     loop {
         // The state is read before the output, so a final state means the output is complete.
-        let state = if args.follow { Some(job_state_of(api, &args.id).await?) } else { None };
-        after = print_new_output(api, &args.id, after, format).await?;
+        let state = if args.follow {
+            let job = api.get(&["jobs", &args.id], &[]).await?;
+            // Say once why a job waits when it may wait forever.
+            let pending = job["pending"]["code"].as_str().map(str::to_owned);
+            let may_wait_forever =
+                matches!(pending.as_deref(), Some("no_workers" | "no_worker_with_labels" | "no_worker_large_enough"));
+            if may_wait_forever && shown.waiting != pending {
+                eprintln!("waiting: {}", output::text(&job["pending"]["message"]));
+            }
+            shown.waiting = pending;
+            Some(job["state"].as_str().and_then(JobState::parse).ok_or_else(|| ClientError::Server {
+                url: format!("job {}", args.id),
+                reason: format!("unexpected answer: no known state in {job}"),
+            })?)
+        } else {
+            None
+        };
+        after = print_new_output(api, &args.id, after, format, &mut shown).await?;
         match state {
             None | Some(JobState::Succeeded) => return Ok(()),
             Some(state) if state.is_terminal() => {
@@ -267,21 +323,34 @@ async fn logs(api: &ApiClient, args: &LogsArgs, format: Output) -> Result<(), Cl
     }
 }
 
-async fn job_state_of(api: &ApiClient, id: &str) -> Result<JobState, ClientError> {
-    let job = api.get(&["jobs", id], &[]).await?;
-    job["state"].as_str().and_then(JobState::parse).ok_or_else(|| ClientError::Server {
-        url: format!("job {id}"),
-        reason: format!("unexpected answer: no known state in {job}"),
-    })
+/// What `jobs logs` has shown so far.
+#[derive(Debug)]
+struct Shown {
+    /// The attempt of the last chunk written.
+    attempt: Option<i64>,
+    /// `--attempt`: only that one.
+    only: Option<i64>,
+    /// The pending reason last announced.
+    waiting: Option<String>,
 }
 
 /// Prints every chunk after `after` and returns the position of the last one printed.
-async fn print_new_output(api: &ApiClient, id: &str, mut after: i64, format: Output) -> Result<i64, ClientError> {
+async fn print_new_output(
+    api: &ApiClient,
+    id: &str,
+    mut after: i64,
+    format: Output,
+    shown: &mut Shown,
+) -> Result<i64, ClientError> {
     loop {
         let query = [("after", after.to_string()), ("limit", LOG_PAGE.to_string())];
         let page = api.get(&["jobs", id, "logs"], &query).await?;
         let chunks = page["chunks"].as_array().map(Vec::as_slice).unwrap_or_default();
-        write_chunks(id, chunks, format)?;
+        let chunks: Vec<&Value> = chunks
+            .iter()
+            .filter(|chunk| shown.only.is_none_or(|only| chunk["attempt"].as_i64() == Some(only)))
+            .collect();
+        write_chunks(id, &chunks, format, shown)?;
         after = page["next_after"].as_i64().unwrap_or(after);
         if chunks.len() < LOG_PAGE {
             return Ok(after);
@@ -291,13 +360,21 @@ async fn print_new_output(api: &ApiClient, id: &str, mut after: i64, format: Out
 
 /// Writes chunks as the job wrote them: their exact bytes (`data_base64`), or their text
 /// from a server that has no bytes to give.
-fn write_chunks(id: &str, chunks: &[Value], format: Output) -> Result<(), ClientError> {
+fn write_chunks(id: &str, chunks: &[&Value], format: Output, shown: &mut Shown) -> Result<(), ClientError> {
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr().lock();
     for chunk in chunks {
         match format {
             Output::Json => writeln!(stdout, "{chunk}")?,
             Output::Table => {
+                let attempt = chunk["attempt"].as_i64();
+                // Attempts after the first are announced on stderr, so stdout stays the
+                // job's own bytes.
+                if shown.attempt.is_some() && attempt != shown.attempt {
+                    stdout.flush()?;
+                    writeln!(stderr, "--- attempt {} ---", output::text(&chunk["attempt"]))?;
+                }
+                shown.attempt = attempt;
                 let bytes = match chunk["data_base64"].as_str() {
                     Some(encoded) => base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded)
                         .map_err(|_| ClientError::Server {

@@ -33,6 +33,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(submit_job, list_jobs))
         .routes(routes!(get_job))
         .routes(routes!(cancel_job))
+        .routes(routes!(retry_job))
+        .routes(routes!(cancel_jobs))
+        .routes(routes!(retry_jobs))
         .routes(routes!(job_logs))
 }
 
@@ -175,11 +178,22 @@ fn queue_full(queue: &str, retry_after_seconds: i64) -> ApiError {
 }
 
 /// Turns a submission's outcome into a response; `one` picks the single-job body.
-fn submission_response(outcome: SubmitOutcome, one: bool) -> Result<Response, ApiError> {
+/// A job as its submission is answered: the job, and what might keep it from running.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubmittedJob {
+    #[serde(flatten)]
+    pub job: Job,
+    /// Reasons the job may wait for a long time or forever, e.g. no worker and no pool
+    /// offers the labels it needs. Absent when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+fn submission_response(outcome: SubmitOutcome, one: bool, warnings: Vec<String>) -> Result<Response, ApiError> {
     let respond = |replayed: bool, ids: Vec<Uuid>, jobs: Vec<Job>| {
         if one {
             let job = jobs.into_iter().next().ok_or_else(|| ApiError::internal(anyhow::anyhow!("no job returned")))?;
-            Ok(submitted_response(replayed, job))
+            Ok(submitted_response(replayed, SubmittedJob { job, warnings }))
         } else {
             Ok(submitted_response(replayed, BatchSubmitted { ids }))
         }
@@ -198,8 +212,8 @@ fn submission_response(outcome: SubmitOutcome, one: bool) -> Result<Response, Ap
     post, path = "/jobs", tag = "jobs", request_body = JobSpec, security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, description = "Retrying with the same key returns the original job instead of a new one")),
     responses(
-        (status = 201, description = "queued", body = Job),
-        (status = 200, description = "replay of an earlier submission with the same Idempotency-Key", body = Job),
+        (status = 201, description = "queued", body = SubmittedJob),
+        (status = 200, description = "replay of an earlier submission with the same Idempotency-Key", body = SubmittedJob),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
@@ -217,10 +231,18 @@ async fn submit_job(
     let job = spec.validate(Utc::now())?;
     let idempotency = idempotency_from(&headers, || digest(&spec))?;
     let mut connection = state.db.acquire().await?;
+    let mut warnings = Vec::new();
+    if !job.labels.is_empty() && !crate::store::workers::labels_offered(&mut *connection, &job.labels).await? {
+        let wanted: Vec<String> = job.labels.iter().map(|(key, value)| format!("{key}={value}")).collect();
+        warnings.push(format!(
+            "no worker and no pool offers the labels {}: the job waits until one does",
+            wanted.join(", ")
+        ));
+    }
     let submitter = Submitter { tenant_id, tenant_name };
     let outcome =
         enqueue::submit(&mut connection, state.submit_context(), submitter, &[job], idempotency.as_ref(), true).await?;
-    submission_response(outcome, true)
+    submission_response(outcome, true, warnings)
 }
 
 /// Submit up to 1000 jobs in one transaction: all are queued, or none.
@@ -265,7 +287,7 @@ async fn submit_batch(
     let outcome =
         enqueue::submit(&mut connection, state.submit_context(), submitter, &valid, idempotency.as_ref(), false)
             .await?;
-    submission_response(outcome, false)
+    submission_response(outcome, false, Vec::new())
 }
 
 /// Checks a page's cursor and size: `(jobs older than this id, page size)`.
@@ -310,7 +332,8 @@ async fn get_job(
     let job = jobs::get(&mut *connection, principal.tenant_scope(), job_id).await?.ok_or_else(|| job_not_found(&id))?;
     let pending =
         if job.state == JobState::Queued { assignment::pending(&mut connection, job_id).await? } else { None };
-    Ok(axum::Json(JobDetail { job, pending }))
+    let attempts = crate::store::events::attempts(&mut *connection, job_id).await?;
+    Ok(axum::Json(JobDetail { job, pending, attempts }))
 }
 
 /// A job, and for a queued one why it is still waiting.
@@ -320,6 +343,8 @@ pub struct JobDetail {
     pub job: Job,
     /// Present while the job is queued: the scheduler's latest reason.
     pub pending: Option<Pending>,
+    /// Every attempt so far, oldest first: worker, start, end, outcome, error.
+    pub attempts: Vec<crate::store::events::AttemptRecord>,
 }
 
 /// List jobs, newest first, with filters and cursor pagination.
@@ -406,4 +431,122 @@ async fn cancel_job(
             format!("job {id} already finished in state {}; there is nothing to cancel", job.state),
         )),
     }
+}
+
+/// Run a finished job (succeeded, cancelled or dead-lettered) again, with a fresh set of
+/// attempts: it goes back to its queue; its history (attempts, events, output) is kept.
+#[utoipa::path(
+    post, path = "/jobs/{id}/retry", tag = "jobs", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "queued again", body = Job),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "the job has not finished", body = Problem, content_type = "application/problem+json")
+    )
+)]
+async fn retry_job(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Job>, ApiError> {
+    let job_id = parse_job_id(&id)?;
+    let mut connection = state.db.acquire().await?;
+    let job = jobs::get(&mut *connection, principal.tenant_scope(), job_id).await?.ok_or_else(|| job_not_found(&id))?;
+    let retried =
+        crate::store::dispatch::retry_finished(&mut connection, &state.policies, principal.tenant_scope(), &[job_id])
+            .await?;
+    if retried.is_empty() {
+        return Err(ApiError::conflict(
+            "job_not_finished",
+            format!("job {id} is {}; only a succeeded, cancelled or dead-lettered job can be run again", job.state),
+        ));
+    }
+    let job = jobs::get(&mut *connection, principal.tenant_scope(), job_id).await?.ok_or_else(|| job_not_found(&id))?;
+    Ok(axum::Json(job))
+}
+
+/// Which jobs a bulk cancel or retry acts on: the caller's own (every tenant's for an
+/// admin), by state and queue, at most `limit` (default and maximum 1000), oldest first.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobSelection {
+    pub state: Option<JobState>,
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
+    pub queue: Option<String>,
+    #[schema(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+}
+
+/// The jobs a bulk operation acted on.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkResult {
+    pub ids: Vec<Uuid>,
+}
+
+const MAX_BULK: i64 = 1000;
+
+async fn selected(
+    state: &AppState,
+    principal: &Principal,
+    selection: &JobSelection,
+    states: &[JobState],
+) -> Result<Vec<Uuid>, ApiError> {
+    let limit = selection.limit.unwrap_or(MAX_BULK);
+    if !(1..=MAX_BULK).contains(&limit) {
+        return Err(ValidationErrors::single("limit", format!("must be between 1 and {MAX_BULK}, got {limit}")).into());
+    }
+    if let Some(queue) = &selection.queue {
+        check_resource_name(queue).map_err(|message| ValidationErrors::single("queue", message))?;
+    }
+    let wanted: Vec<JobState> = match selection.state {
+        Some(wanted) if states.contains(&wanted) => vec![wanted],
+        Some(wanted) => {
+            return Err(
+                ValidationErrors::single("state", format!("this operation does not apply to {wanted} jobs")).into()
+            )
+        }
+        None => states.to_vec(),
+    };
+    Ok(jobs::select_ids(&state.db, principal.tenant_scope(), &wanted, selection.queue.as_deref(), limit).await?)
+}
+
+/// Cancel many jobs at once, by state (`scheduled`, `queued`, `assigned` or `running`;
+/// default all of them) and queue.
+#[utoipa::path(
+    post, path = "/jobs/cancel", tag = "jobs", request_body = JobSelection, security(("bearer" = [])),
+    responses((status = 200, description = "the jobs cancelled or asked to stop", body = BulkResult))
+)]
+async fn cancel_jobs(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(selection): Json<JobSelection>,
+) -> Result<axum::Json<BulkResult>, ApiError> {
+    let unfinished = [JobState::Scheduled, JobState::Queued, JobState::Assigned, JobState::Running];
+    let ids = selected(&state, &principal, &selection, &unfinished).await?;
+    let mut connection = state.db.acquire().await?;
+    let mut done = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let CancelResult::Done(_) = jobs::cancel(&mut connection, principal.tenant_scope(), id).await? {
+            done.push(id);
+        }
+    }
+    Ok(axum::Json(BulkResult { ids: done }))
+}
+
+/// Run many finished jobs again, by state (`succeeded`, `cancelled` or `dead_lettered`;
+/// default all of them) and queue.
+#[utoipa::path(
+    post, path = "/jobs/retry", tag = "jobs", request_body = JobSelection, security(("bearer" = [])),
+    responses((status = 200, description = "the jobs queued again", body = BulkResult))
+)]
+async fn retry_jobs(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(selection): Json<JobSelection>,
+) -> Result<axum::Json<BulkResult>, ApiError> {
+    let ids = selected(&state, &principal, &selection, &crate::store::dispatch::RETRYABLE_STATES).await?;
+    let mut connection = state.db.acquire().await?;
+    let ids = crate::store::dispatch::retry_finished(&mut connection, &state.policies, principal.tenant_scope(), &ids)
+        .await?;
+    Ok(axum::Json(BulkResult { ids }))
 }

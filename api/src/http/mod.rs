@@ -119,7 +119,7 @@ pub fn default_policies() -> PolicyRegistry {
 #[openapi(
     info(
         title = "Hodei",
-        description = "Job-scheduling control plane: durable fair queues in Postgres, worker pools, cost accounting.",
+        description = "Job-scheduling control plane: durable fair queues in Postgres and static pools of workers.",
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),

@@ -337,7 +337,7 @@ async fn requeue(
     registry: &PolicyRegistry,
     jobs: Vec<Requeue>,
     kind: &str,
-    from: JobState,
+    from: &[JobState],
 ) -> sqlx::Result<usize> {
     if jobs.is_empty() {
         return Ok(0);
@@ -372,7 +372,7 @@ async fn requeue(
             as i(id, queue, tenant_id, priority, rank, fair, cpu_millis, memory_mib, labels, deadline)
          ), job as (
             update jobs j set state = 'queued', queued_at = now(), run_at = null, updated_at = now()
-            from input i where j.id = i.id and j.state = $12
+            from input i where j.id = i.id and j.state = any($12)
             returning j.id, j.tenant_id, j.attempt, j.queue
          ), ready as (
             insert into ready_jobs (job_id, queue, tenant_id, priority, rank, fair, cpu_millis, memory_mib, labels,
@@ -397,7 +397,7 @@ async fn requeue(
     .bind(ready.iter().map(|(j, _, _)| &j.labels).collect::<Vec<_>>())
     .bind(ready.iter().map(|(j, _, _)| j.deadline).collect::<Vec<_>>())
     .bind(kind)
-    .bind(from.as_str())
+    .bind(from.iter().map(|state| state.as_str()).collect::<Vec<_>>())
     .execute(&mut *db)
     .await?;
     Ok(count)
@@ -414,7 +414,7 @@ pub async fn promote_due(db: &mut PgConnection, registry: &PolicyRegistry, limit
     .bind(limit)
     .fetch_all(&mut *transaction)
     .await?;
-    let promoted = requeue(&mut transaction, registry, due, "job.queued", JobState::Scheduled).await?;
+    let promoted = requeue(&mut transaction, registry, due, "job.queued", &[JobState::Scheduled]).await?;
     transaction.commit().await?;
     Ok(promoted)
 }
@@ -461,7 +461,7 @@ pub async fn redrive(
     .bind(&ids)
     .execute(&mut *transaction)
     .await?;
-    requeue(&mut transaction, registry, jobs, "job.redriven", JobState::DeadLettered).await?;
+    requeue(&mut transaction, registry, jobs, "job.redriven", &[JobState::DeadLettered]).await?;
     let redriven: Vec<Uuid> =
         sqlx::query_scalar("select id from jobs where id = any($1) and state = 'queued' order by id")
             .bind(&ids)
@@ -469,6 +469,49 @@ pub async fn redrive(
             .await?;
     transaction.commit().await?;
     Ok(redriven)
+}
+
+/// The states from which a job can be run again by hand.
+pub const RETRYABLE_STATES: [JobState; 3] = [JobState::Succeeded, JobState::Cancelled, JobState::DeadLettered];
+
+/// Runs a finished job again (succeeded, cancelled or dead-lettered), by hand: back in its
+/// queue with a fresh set of attempts, like a redrive. Returns the ids put back, in order;
+/// jobs that are not finished (or not in `tenant_scope`) are left alone.
+pub async fn retry_finished(
+    db: &mut PgConnection,
+    registry: &PolicyRegistry,
+    tenant_scope: Option<Uuid>,
+    ids: &[Uuid],
+) -> sqlx::Result<Vec<Uuid>> {
+    let mut transaction = db.begin().await?;
+    let states: Vec<&str> = RETRYABLE_STATES.iter().map(|state| state.as_str()).collect();
+    let jobs: Vec<Requeue> = sqlx::query_as(&format!(
+        "select {REQUEUE_COLUMNS} from jobs j
+         where j.id = any($1) and j.state = any($2) and ($3::uuid is null or j.tenant_id = $3)
+         order by j.id for update"
+    ))
+    .bind(ids)
+    .bind(&states)
+    .bind(tenant_scope)
+    .fetch_all(&mut *transaction)
+    .await?;
+    let locked: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+    sqlx::query(
+        "update jobs set attempt_base = attempt, dead_letter_reason = null, finished_at = null,
+             cancel_requested_at = null, last_error = null, exit_code = null
+         where id = any($1)",
+    )
+    .bind(&locked)
+    .execute(&mut *transaction)
+    .await?;
+    requeue(&mut transaction, registry, jobs, "job.retried", &RETRYABLE_STATES).await?;
+    let retried: Vec<Uuid> =
+        sqlx::query_scalar("select id from jobs where id = any($1) and state = 'queued' order by id")
+            .bind(&locked)
+            .fetch_all(&mut *transaction)
+            .await?;
+    transaction.commit().await?;
+    Ok(retried)
 }
 
 /// Every queue with ready jobs, with its tier and the queueing time of its oldest job: the

@@ -119,6 +119,45 @@ pub async fn list_after(db: impl PgExecutor<'_>, filter: &EventFilter) -> sqlx::
         .await
 }
 
+/// One attempt of a job as its events tell it.
+#[derive(Debug, Clone, PartialEq, Serialize, FromRow, ToSchema)]
+pub struct AttemptRecord {
+    /// The attempt's number (the job's `attempt` when it ran).
+    pub attempt: i32,
+    pub worker_id: Option<Uuid>,
+    pub assigned_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// `succeeded`, `failed` (retried), `dead_lettered`, `cancelled`, or `running` (not ended).
+    pub outcome: String,
+    /// Why it failed, as its worker or the control plane said (`exited with code 3`, …).
+    pub error: Option<String>,
+}
+
+/// A job's attempts, oldest first, from its events.
+pub async fn attempts(db: impl PgExecutor<'_>, job_id: Uuid) -> sqlx::Result<Vec<AttemptRecord>> {
+    sqlx::query_as(
+        "select attempt,
+                (array_agg((data->>'worker_id')::uuid) filter (where kind = 'job.assigned'))[1] as worker_id,
+                min(at) filter (where kind = 'job.assigned') as assigned_at,
+                min(at) filter (where kind = 'job.started') as started_at,
+                max(at) filter (where kind = any($2)) as ended_at,
+                coalesce((array_agg(case kind when 'job.succeeded' then 'succeeded'
+                                              when 'job.retry_scheduled' then 'failed'
+                                              when 'job.dead_lettered' then 'dead_lettered'
+                                              else 'cancelled' end order by version desc)
+                          filter (where kind = any($2)))[1], 'running') as outcome,
+                (array_agg(data->>'error' order by version desc) filter (where kind = any($2)))[1] as error
+         from job_events where job_id = $1 and attempt > 0
+         group by attempt having count(*) filter (where kind = 'job.assigned') > 0
+         order by attempt",
+    )
+    .bind(job_id)
+    .bind(["job.succeeded", "job.retry_scheduled", "job.dead_lettered", "job.cancelled"])
+    .fetch_all(db)
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,8 +26,11 @@ pub struct Job {
     pub command: JobCommand,
     pub resources: JobResources,
     pub max_attempts: i32,
-    /// Attempts started so far.
+    /// Attempts started so far, ever: the fencing number of the current (or last) attempt.
     pub attempt: i32,
+    /// Attempts started in the current run: since submission, or since the job was last
+    /// redriven or retried by hand. This is what `max_attempts` bounds.
+    pub run_attempt: i32,
     pub deadline: Option<DateTime<Utc>>,
     pub not_before: Option<DateTime<Utc>>,
     #[schema(value_type = Object)]
@@ -77,7 +80,7 @@ pub struct JobResources {
 /// Columns of a job row, as `JobRow` reads them. `tenant` must be supplied by the query.
 pub(crate) const JOB_COLUMNS: &str =
     "j.id, j.queue, j.state, j.priority, j.argv, j.env, j.working_dir, j.timeout_seconds,
-    j.cpu_millis, j.memory_mib, j.labels, j.max_attempts, j.attempt, j.deadline, j.not_before, j.metadata,
+    j.cpu_millis, j.memory_mib, j.labels, j.max_attempts, j.attempt, j.attempt_base, j.deadline, j.not_before, j.metadata,
     j.cancel_requested_at, j.created_at, j.updated_at, j.finished_at, j.idempotency_fingerprint, j.queued_at,
     j.assigned_at, j.wait_ms, j.sla_breached, j.run_at, j.dead_letter_reason, j.last_error, j.submitted_queue,
     j.worker_id, j.started_at, j.exit_code";
@@ -98,6 +101,7 @@ pub(crate) struct JobRow {
     labels: Json<BTreeMap<String, String>>,
     max_attempts: i32,
     attempt: i32,
+    attempt_base: i32,
     deadline: Option<DateTime<Utc>>,
     not_before: Option<DateTime<Utc>>,
     metadata: serde_json::Value,
@@ -146,6 +150,7 @@ impl JobRow {
             resources: JobResources { cpu_millis: self.cpu_millis, memory_mib: self.memory_mib, labels: self.labels.0 },
             max_attempts: self.max_attempts,
             attempt: self.attempt,
+            run_attempt: self.attempt - self.attempt_base,
             deadline: self.deadline,
             not_before: self.not_before,
             metadata: self.metadata,
@@ -256,6 +261,27 @@ pub async fn list(db: impl PgExecutor<'_>, filter: &JobFilter) -> sqlx::Result<(
     let has_more = rows.len() as i64 > filter.limit;
     let jobs = rows.into_iter().take(filter.limit as usize).map(JobRow::into_job).collect::<sqlx::Result<_>>()?;
     Ok((jobs, has_more))
+}
+
+/// Ids of up to `limit` jobs in one of `states` (and `queue`, when given), oldest first.
+pub async fn select_ids(
+    db: impl PgExecutor<'_>,
+    tenant_scope: Option<Uuid>,
+    states: &[JobState],
+    queue: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "select id from jobs where ($1::uuid is null or tenant_id = $1) and state = any($2)
+           and ($3::text is null or queue = $3)
+         order by id limit $4",
+    )
+    .bind(tenant_scope)
+    .bind(states.iter().map(|state| state.as_str()).collect::<Vec<_>>())
+    .bind(queue)
+    .bind(limit)
+    .fetch_all(db)
+    .await
 }
 
 /// What a cancel request found and did.

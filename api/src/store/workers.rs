@@ -206,3 +206,15 @@ pub async fn list(db: impl PgExecutor<'_>, pool: Option<&str>, include_gone: boo
     .await?;
     rows.into_iter().map(WorkerRow::into_worker).collect()
 }
+
+/// Whether any live worker carries `labels`, or any active pool's workers would: when none
+/// does, a job that needs them waits until one appears.
+pub async fn labels_offered(db: impl PgExecutor<'_>, labels: &BTreeMap<String, String>) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "select exists (select 1 from workers where gone_at is null and labels @> $1)
+             or exists (select 1 from pools where state = 'active' and spec->'template'->'labels' @> $1)",
+    )
+    .bind(Json(labels))
+    .fetch_one(db)
+    .await
+}
