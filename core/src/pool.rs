@@ -73,10 +73,10 @@ fn default_provider() -> String {
 #[serde(deny_unknown_fields)]
 pub struct WorkerTemplate {
     /// CPU the worker offers, in millicores (default: what the provider's machine has).
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 1000000)]
     pub cpu_millis: Option<u32>,
     /// Memory the worker offers, in MiB (default: what the provider's machine has).
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 4194304)]
     pub memory_mib: Option<u32>,
     /// Jobs each worker runs at once (default 1).
     #[schema(minimum = 1, maximum = 256)]
@@ -228,11 +228,11 @@ pub fn validate_pool(spec: &PoolSpec, providers: &[ProviderLimits]) -> Result<()
             }
         }
     }
-    if spec.template.cpu_millis == Some(0) {
-        errors.add("template.cpu_millis", "must be positive");
+    if let Some(cpu) = spec.template.cpu_millis.filter(|cpu| !(1..=1_000_000).contains(cpu)) {
+        errors.add("template.cpu_millis", format!("must be between 1 and 1000000, got {cpu}"));
     }
-    if spec.template.memory_mib == Some(0) {
-        errors.add("template.memory_mib", "must be positive");
+    if let Some(memory) = spec.template.memory_mib.filter(|memory| !(1..=4_194_304).contains(memory)) {
+        errors.add("template.memory_mib", format!("must be between 1 and 4194304, got {memory}"));
     }
     if !(1..=256).contains(&spec.template.slots()) {
         errors.add("template.slots", format!("must be between 1 and 256, got {}", spec.template.slots()));
