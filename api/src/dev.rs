@@ -208,13 +208,20 @@ pub fn banner(profile: &Profile, profile_path: &Path) -> String {
          \n  Admin key  {admin}\
          \n  Profile    {profile_path}\
          \n\nSubmit a job and follow its output (from this directory):\n  \
-         ID=$(hodei jobs submit -- echo hello) && hodei jobs logs \"$ID\" --follow\n\
+         ID=$({hodei} jobs submit -- echo hello) && {hodei} jobs logs \"$ID\" --follow\n\
          \nor with curl:\n  curl -s -X POST {url}/api/v1/jobs -H 'Authorization: Bearer {key}' \\\n    \
          -H 'Content-Type: application/json' -d '{{\"command\": {{\"argv\": [\"echo\", \"hello\"]}}}}'\n\
-         \nPress Ctrl-C to stop; `hodei dev keys` prints this again.\n",
+         \nPress Ctrl-C to stop; `{hodei} dev keys` prints this again.\n",
         tenant = profile.tenant,
         key = profile.api_key,
         admin = profile.admin_key,
         profile_path = profile_path.display(),
+        hodei = invoked_as(),
     )
+}
+
+/// The command as it was started (`target/debug/hodei`), so the commands printed work
+/// as they are; `hodei` when it was found on the PATH.
+fn invoked_as() -> String {
+    std::env::args().next().filter(|name| name.contains('/')).unwrap_or_else(|| "hodei".to_owned())
 }

@@ -33,6 +33,12 @@ async fn submit_and_read_back_a_job() {
     // A queued job says why it waits: here, no worker exists at all.
     let pending = fetched.body.as_object_mut().expect("object").remove("pending").expect("pending");
     assert_eq!((pending["code"].as_str(), pending["position"].as_i64()), (Some("no_workers"), Some(0)));
+    // No attempt yet; and the submission warned that nothing offers its label.
+    let attempts = fetched.body.as_object_mut().expect("object").remove("attempts").expect("attempts");
+    assert_eq!(attempts, json!([]));
+    let mut created = created;
+    let warnings = created.body.as_object_mut().expect("object").remove("warnings").expect("warnings");
+    assert!(warnings[0].as_str().is_some_and(|w| w.contains("arch=x86_64")), "{warnings}");
     assert_eq!(fetched.body, created.body);
     let job = &fetched.body;
     assert_eq!(job["tenant"], "acme");

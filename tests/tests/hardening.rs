@@ -236,3 +236,48 @@ async fn printing_to_a_closed_pipe_is_not_a_crash() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(output.status.success(), "{:?}: {stderr}", output.status);
 }
+
+/// Every error is a problem document, whoever answered it; and a whole number written as
+/// a float is that number.
+#[tokio::test]
+async fn every_error_is_a_problem_and_whole_floats_are_integers() {
+    let database = TestDatabase::empty().await;
+    let server = Server::start(&database.url).await;
+    let acme = server.tenant("acme").await;
+    let not_utf8 = acme.get("/api/v1/jobs/%FF%FE").await;
+    assert_eq!(not_utf8.header("content-type"), Some("application/problem+json"), "{not_utf8:?}");
+    assert_eq!(not_utf8.body["status"], not_utf8.status.as_u16(), "{not_utf8:?}");
+    assert!(not_utf8.status.is_client_error(), "{not_utf8:?}");
+    let docs = server.anonymous().get("/docs/no-such-page").await;
+    docs.assert_problem(StatusCode::NOT_FOUND, "not_found");
+
+    let weight =
+        server.admin().send(Method::PATCH, "/api/v1/tenants/acme", Some(br#"{"weight": 399.0}"#.to_vec()), &[]).await;
+    assert_eq!((weight.status, weight.body["weight"].as_i64()), (StatusCode::OK, Some(399)), "{weight:?}");
+    let fraction =
+        server.admin().send(Method::PATCH, "/api/v1/tenants/acme", Some(br#"{"weight": 2.5}"#.to_vec()), &[]).await;
+    fraction.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+}
+
+/// A client that sends its head but trickles its body is cut off at the body deadline.
+#[tokio::test]
+async fn a_trickled_body_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let database = TestDatabase::empty().await;
+    let server =
+        Server::spawn_configured(&database.url, free_port(), None, &[("HODEI_HTTP_BODY_READ_TIMEOUT_SECONDS", "1")]);
+    server.wait_ready(Duration::from_secs(60)).await;
+    let mut stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{}", server.port())).await.expect("connect");
+    let head = format!(
+        "POST /api/v1/tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"na"
+    );
+    stream.write_all(head.as_bytes()).await.expect("head and a little body");
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "a trickled body held its connection for 10 s");
+    assert!(started.elapsed() >= Duration::from_millis(900), "cut off early: {:?}", started.elapsed());
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{answer}");
+}
