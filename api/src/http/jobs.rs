@@ -44,8 +44,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     /// Return chunks after this position (`next_after` of the previous call).
+    #[param(minimum = 0)]
     pub after: Option<i64>,
     /// At most this many chunks, 1-1000 (default 500).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -72,6 +74,9 @@ async fn job_logs(
     // The same tenant check as reading the job: another tenant's job does not exist.
     jobs::get(&state.db, principal.tenant_scope(), job_id).await?.ok_or_else(|| job_not_found(&id))?;
     let after = query.after.unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::bad_request("invalid_query", format!("after: must not be negative, got {after}")));
+    }
     let limit = query.limit.unwrap_or(500);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("invalid_query", format!("limit: must be between 1 and 1000, got {limit}")));
@@ -465,12 +470,43 @@ async fn retry_job(
     Ok(axum::Json(job))
 }
 
-/// Which jobs a bulk cancel or retry acts on: the caller's own (every tenant's for an
-/// admin), by state and queue, at most `limit` (default and maximum 1000), oldest first.
+/// The states a job can be cancelled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UnfinishedState {
+    Scheduled,
+    Queued,
+    Assigned,
+    Running,
+}
+
+/// The states a job can be run again from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishedState {
+    Succeeded,
+    Cancelled,
+    DeadLettered,
+}
+
+/// Which jobs a bulk cancel acts on: the caller's own (every tenant's for an admin), by
+/// state (default: every state a job can be cancelled in) and queue, at most `limit`
+/// (default and maximum 1000), oldest first.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct JobSelection {
-    pub state: Option<JobState>,
+pub struct CancelSelection {
+    pub state: Option<UnfinishedState>,
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
+    pub queue: Option<String>,
+    #[schema(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+}
+
+/// Which jobs a bulk retry acts on, as for a bulk cancel, among finished jobs.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySelection {
+    pub state: Option<FinishedState>,
     #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub queue: Option<String>,
     #[schema(minimum = 1, maximum = 1000)]
@@ -485,44 +521,43 @@ pub struct BulkResult {
 
 const MAX_BULK: i64 = 1000;
 
+/// The ids a bulk operation selects: `wanted` states, in `queue`, at most `limit`.
 async fn selected(
     state: &AppState,
     principal: &Principal,
-    selection: &JobSelection,
-    states: &[JobState],
+    wanted: &[JobState],
+    queue: Option<&str>,
+    limit: Option<i64>,
 ) -> Result<Vec<Uuid>, ApiError> {
-    let limit = selection.limit.unwrap_or(MAX_BULK);
+    let limit = limit.unwrap_or(MAX_BULK);
     if !(1..=MAX_BULK).contains(&limit) {
         return Err(ValidationErrors::single("limit", format!("must be between 1 and {MAX_BULK}, got {limit}")).into());
     }
-    if let Some(queue) = &selection.queue {
+    if let Some(queue) = queue {
         check_resource_name(queue).map_err(|message| ValidationErrors::single("queue", message))?;
     }
-    let wanted: Vec<JobState> = match selection.state {
-        Some(wanted) if states.contains(&wanted) => vec![wanted],
-        Some(wanted) => {
-            return Err(
-                ValidationErrors::single("state", format!("this operation does not apply to {wanted} jobs")).into()
-            )
-        }
-        None => states.to_vec(),
-    };
-    Ok(jobs::select_ids(&state.db, principal.tenant_scope(), &wanted, selection.queue.as_deref(), limit).await?)
+    Ok(jobs::select_ids(&state.db, principal.tenant_scope(), wanted, queue, limit).await?)
 }
 
 /// Cancel many jobs at once, by state (`scheduled`, `queued`, `assigned` or `running`;
 /// default all of them) and queue.
 #[utoipa::path(
-    post, path = "/jobs/cancel", tag = "jobs", request_body = JobSelection, security(("bearer" = [])),
+    post, path = "/jobs/cancel", tag = "jobs", request_body = CancelSelection, security(("bearer" = [])),
     responses((status = 200, description = "the jobs cancelled or asked to stop", body = BulkResult))
 )]
 async fn cancel_jobs(
     State(state): State<AppState>,
     principal: Principal,
-    Json(selection): Json<JobSelection>,
+    Json(selection): Json<CancelSelection>,
 ) -> Result<axum::Json<BulkResult>, ApiError> {
-    let unfinished = [JobState::Scheduled, JobState::Queued, JobState::Assigned, JobState::Running];
-    let ids = selected(&state, &principal, &selection, &unfinished).await?;
+    let wanted: Vec<JobState> = match selection.state {
+        None => vec![JobState::Scheduled, JobState::Queued, JobState::Assigned, JobState::Running],
+        Some(UnfinishedState::Scheduled) => vec![JobState::Scheduled],
+        Some(UnfinishedState::Queued) => vec![JobState::Queued],
+        Some(UnfinishedState::Assigned) => vec![JobState::Assigned],
+        Some(UnfinishedState::Running) => vec![JobState::Running],
+    };
+    let ids = selected(&state, &principal, &wanted, selection.queue.as_deref(), selection.limit).await?;
     let mut connection = state.db.acquire().await?;
     let mut done = Vec::with_capacity(ids.len());
     for id in ids {
@@ -536,15 +571,21 @@ async fn cancel_jobs(
 /// Run many finished jobs again, by state (`succeeded`, `cancelled` or `dead_lettered`;
 /// default all of them) and queue.
 #[utoipa::path(
-    post, path = "/jobs/retry", tag = "jobs", request_body = JobSelection, security(("bearer" = [])),
+    post, path = "/jobs/retry", tag = "jobs", request_body = RetrySelection, security(("bearer" = [])),
     responses((status = 200, description = "the jobs queued again", body = BulkResult))
 )]
 async fn retry_jobs(
     State(state): State<AppState>,
     principal: Principal,
-    Json(selection): Json<JobSelection>,
+    Json(selection): Json<RetrySelection>,
 ) -> Result<axum::Json<BulkResult>, ApiError> {
-    let ids = selected(&state, &principal, &selection, &crate::store::dispatch::RETRYABLE_STATES).await?;
+    let wanted: Vec<JobState> = match selection.state {
+        None => crate::store::dispatch::RETRYABLE_STATES.to_vec(),
+        Some(FinishedState::Succeeded) => vec![JobState::Succeeded],
+        Some(FinishedState::Cancelled) => vec![JobState::Cancelled],
+        Some(FinishedState::DeadLettered) => vec![JobState::DeadLettered],
+    };
+    let ids = selected(&state, &principal, &wanted, selection.queue.as_deref(), selection.limit).await?;
     let mut connection = state.db.acquire().await?;
     let ids = crate::store::dispatch::retry_finished(&mut connection, &state.policies, principal.tenant_scope(), &ids)
         .await?;

@@ -170,7 +170,21 @@ fn parts() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut openapi) = routes().split_for_parts();
     document_common_responses(&mut openapi);
     inline_flattened_schemas(&mut openapi);
+    require_a_program(&mut openapi);
     (router, openapi)
+}
+
+/// `argv[0]` names the program and must not be empty (later arguments may be): a rule on
+/// the first item only, which the derive cannot state (`prefixItems`).
+fn require_a_program(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+    use utoipa::openapi::RefOr;
+    let Some(components) = openapi.components.as_mut() else { return };
+    let Some(RefOr::T(Schema::Object(command))) = components.schemas.get_mut("CommandSpec") else { return };
+    if let Some(RefOr::T(Schema::Array(argv))) = command.properties.get_mut("argv") {
+        argv.prefix_items =
+            vec![Schema::Object(ObjectBuilder::new().schema_type(Type::String).min_length(Some(1)).build())];
+    }
 }
 
 /// Request types that refuse unknown fields and flatten another type into themselves.
