@@ -325,3 +325,16 @@ pub fn send_signal(pid: u32, signal: &str) {
     let status = std::process::Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status();
     assert!(status.is_ok_and(|status| status.success()), "kill -{signal} {pid}");
 }
+
+/// Waits (up to 60 s) until job `id` is in one of `states`, and returns it.
+pub async fn wait_for_state(client: &Client, id: &str, states: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = client.get(&format!("/api/v1/jobs/{id}")).await.body;
+        if states.iter().any(|state| job["state"] == *state) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} never reached {states:?}: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

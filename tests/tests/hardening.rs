@@ -6,21 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use hodei_e2e::{free_port, Client, Server, TestDatabase, ADMIN_KEY, WORKER_REGISTRATION_TOKEN};
+use hodei_e2e::{free_port, wait_for_state, Server, TestDatabase, ADMIN_KEY, WORKER_REGISTRATION_TOKEN};
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
-
-async fn wait_for_state(client: &Client, id: &str, states: &[&str]) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let job = client.get(&format!("/api/v1/jobs/{id}")).await.body;
-        if states.iter().any(|state| job["state"] == *state) {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job {id} never reached {states:?}: {job}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use serde_json::json;
 
 #[tokio::test]
 async fn no_pool_spec_from_the_api_becomes_a_command_on_the_control_plane_host() {

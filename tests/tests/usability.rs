@@ -6,21 +6,9 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use hodei_e2e::{binary, start_system, Client, System};
+use hodei_e2e::{binary, start_system, wait_for_state, System};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
-
-async fn wait_for_state(client: &Client, id: &str, states: &[&str]) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let job = client.get(&format!("/api/v1/jobs/{id}")).await.body;
-        if states.iter().any(|state| job["state"] == *state) {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job {id} never reached {states:?}: {job}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use serde_json::json;
 
 /// `hodei ARGS` against the system; the client options go before a `--`, if any.
 fn cli(system: &System, key: &str, args: &[&str]) -> Output {

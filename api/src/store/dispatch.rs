@@ -452,6 +452,21 @@ pub async fn redrive(
     .bind(filter.limit)
     .fetch_all(&mut *transaction)
     .await?;
+    let redriven = start_new_run(&mut transaction, registry, jobs, "job.redriven", &[JobState::DeadLettered]).await?;
+    transaction.commit().await?;
+    Ok(redriven)
+}
+
+/// Puts locked, finished `jobs` back in their queues for a new run: a fresh set of
+/// attempts (`attempt_base` moves up; `attempt` itself never goes back, it stays the
+/// fencing token), with an event of `kind`. Returns the ids queued, in order.
+async fn start_new_run(
+    db: &mut PgConnection,
+    registry: &PolicyRegistry,
+    jobs: Vec<Requeue>,
+    kind: &str,
+    from: &[JobState],
+) -> sqlx::Result<Vec<Uuid>> {
     let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
     sqlx::query(
         "update jobs set attempt_base = attempt, dead_letter_reason = null, finished_at = null,
@@ -459,16 +474,13 @@ pub async fn redrive(
          where id = any($1)",
     )
     .bind(&ids)
-    .execute(&mut *transaction)
+    .execute(&mut *db)
     .await?;
-    requeue(&mut transaction, registry, jobs, "job.redriven", &[JobState::DeadLettered]).await?;
-    let redriven: Vec<Uuid> =
-        sqlx::query_scalar("select id from jobs where id = any($1) and state = 'queued' order by id")
-            .bind(&ids)
-            .fetch_all(&mut *transaction)
-            .await?;
-    transaction.commit().await?;
-    Ok(redriven)
+    requeue(&mut *db, registry, jobs, kind, from).await?;
+    sqlx::query_scalar("select id from jobs where id = any($1) and state = 'queued' order by id")
+        .bind(&ids)
+        .fetch_all(&mut *db)
+        .await
 }
 
 /// The states from which a job can be run again by hand.
@@ -495,21 +507,7 @@ pub async fn retry_finished(
     .bind(tenant_scope)
     .fetch_all(&mut *transaction)
     .await?;
-    let locked: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
-    sqlx::query(
-        "update jobs set attempt_base = attempt, dead_letter_reason = null, finished_at = null,
-             cancel_requested_at = null, last_error = null, exit_code = null
-         where id = any($1)",
-    )
-    .bind(&locked)
-    .execute(&mut *transaction)
-    .await?;
-    requeue(&mut transaction, registry, jobs, "job.retried", &RETRYABLE_STATES).await?;
-    let retried: Vec<Uuid> =
-        sqlx::query_scalar("select id from jobs where id = any($1) and state = 'queued' order by id")
-            .bind(&locked)
-            .fetch_all(&mut *transaction)
-            .await?;
+    let retried = start_new_run(&mut transaction, registry, jobs, "job.retried", &RETRYABLE_STATES).await?;
     transaction.commit().await?;
     Ok(retried)
 }
