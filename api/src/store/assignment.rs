@@ -293,14 +293,28 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
             select * from unnest($1::uuid[], $2::uuid[]) as p(job_id, worker_id)
          ), removed as (
             delete from ready_jobs r using pairs p where r.job_id = p.job_id
-            returning r.job_id, r.enqueued_at, r.cpu_millis, r.memory_mib, r.queue
+            returning r.job_id, r.enqueued_at, r.cpu_millis, r.memory_mib, r.queue, r.deadline
+         ), settings as (
+            -- Each job's queue decides its SLA and what a passed deadline means.
+            select r.job_id, q.sla_max_wait_seconds as sla,
+                   coalesce(r.deadline < now(), false) as past_deadline,
+                   coalesce(r.deadline < now() and q.expired_deadline = 'dead_letter', false) as expired
+            from removed r left join queues q on q.name = r.queue
          ), assigned as (
             update jobs j set state = 'assigned', attempt = j.attempt + 1, assigned_at = now(), updated_at = now(),
                 worker_id = p.worker_id,
-                wait_ms = (extract(epoch from now() - r.enqueued_at) * 1000)::bigint
-            from removed r join pairs p on p.job_id = r.job_id
-            where j.id = r.job_id and j.state = 'queued'
-            returning j.id, j.tenant_id, j.attempt, j.worker_id, j.wait_ms, j.queue, r.cpu_millis, r.memory_mib
+                wait_ms = (extract(epoch from now() - r.enqueued_at) * 1000)::bigint,
+                sla_breached = j.sla_breached
+                    or (s.sla is not null and now() - r.enqueued_at > make_interval(secs => s.sla::float8))
+            from removed r join pairs p on p.job_id = r.job_id join settings s on s.job_id = r.job_id
+            where j.id = r.job_id and j.state = 'queued' and not s.expired
+            returning j.id, j.tenant_id, j.attempt, j.worker_id, j.wait_ms, j.queue, r.cpu_millis, r.memory_mib,
+                s.sla, s.past_deadline
+         ), expired as (
+            update jobs j set state = 'dead_lettered', dead_letter_reason = 'deadline_expired',
+                last_error = 'the deadline passed while the job was queued', finished_at = now(), updated_at = now()
+            from settings s where j.id = s.job_id and j.state = 'queued' and s.expired
+            returning j.id, j.tenant_id, j.queue, j.attempt
          ), held as (
             insert into worker_jobs (job_id, worker_id, attempt, cpu_millis, memory_mib)
             select id, worker_id, attempt, cpu_millis, memory_mib from assigned
@@ -309,8 +323,21 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
             from (select worker_id, count(*) as jobs from assigned group by worker_id) u
             where w.id = u.worker_id
          ), dispatched as (
-            insert into queue_activity (queue, tenant_id, kind, jobs, waits_ms)
-            select queue, tenant_id, 'dispatched', count(*), array_agg(wait_ms) from assigned group by queue, tenant_id
+            insert into queue_activity (queue, tenant_id, kind, jobs, waits_ms, sla_breaches)
+            select queue, tenant_id, 'dispatched', count(*), array_agg(wait_ms),
+                count(*) filter (where sla is not null and wait_ms > sla::int8 * 1000)
+            from assigned group by queue, tenant_id
+         ), expiries as (
+            insert into queue_activity (queue, tenant_id, kind, job_id, reason)
+            select queue, tenant_id, 'deadline_expired', id, 'deadline passed while queued' from expired
+            union all
+            select queue, tenant_id, 'deadline_expired', id, 'deadline passed while queued; ran anyway'
+            from assigned where past_deadline
+         ), dead_lettered as (
+            insert into job_events (tenant_id, job_id, kind, state, attempt, data)
+            select tenant_id, id, 'job.dead_lettered', 'dead_lettered', attempt,
+                '{\"reason\": \"deadline_expired\"}'::jsonb
+            from expired order by id
          ), notified as (
             select pg_notify('hodei_assigned', worker_id::text) from (select distinct worker_id from assigned) w
          )
