@@ -32,6 +32,20 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jobs_failing_together_get_their_own_jitter_reproducibly() {
+        let fractions: Vec<f64> = (0..1000u128).map(|job| jitter_for(0.5, job << 64 | job, 1)).collect();
+        assert!(fractions.iter().all(|f| (0.0..1.0).contains(f)));
+        let mut distinct = fractions.clone();
+        distinct.sort_by(f64::total_cmp);
+        distinct.dedup();
+        assert_eq!(distinct.len(), fractions.len(), "every job its own delay");
+        let spread_low = fractions.iter().filter(|f| **f < 0.5).count();
+        assert!((400..600).contains(&spread_low), "spread over the range: {spread_low} of 1000 below 0.5");
+        assert_eq!(jitter_for(0.5, 7, 1), jitter_for(0.5, 7, 1), "the same inputs, the same jitter");
+        assert_ne!(jitter_for(0.5, 7, 1), jitter_for(0.5, 7, 2), "another attempt, another jitter");
+    }
     use proptest::prelude::*;
 
     #[test]
@@ -67,6 +81,20 @@ pub enum FailureDecision {
     RetryAfter(f64),
     /// Give up: the job goes to the dead-letter queue.
     DeadLetter(DeadLetterReason),
+}
+
+/// A job's own jitter, in `[0, 1)`: `seed` mixed with the job's id and attempt. Failures
+/// recorded together (a dead worker's jobs) share one seed but still spread their retries
+/// out, and the same inputs always give the same fraction.
+pub fn jitter_for(seed: f64, job: u128, attempt: i32) -> f64 {
+    let seed_bits = (seed.clamp(0.0, 1.0) * (1u64 << 53) as f64) as u64;
+    let mut x = seed_bits ^ (job as u64) ^ ((job >> 64) as u64).rotate_left(29) ^ (attempt as u64).rotate_left(47);
+    // SplitMix64's finaliser: every input bit reaches every output bit.
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Why a job ended in the dead-letter queue.

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use hodei_core::backoff::{decide_failure, FailureDecision};
+use hodei_core::backoff::{decide_failure, jitter_for, FailureDecision};
 use hodei_core::dispatch::{plan_dispatch, QueueHead};
 use hodei_core::ordering::PolicyRegistry;
 use hodei_core::JobState;
@@ -213,7 +213,8 @@ pub enum FailureResult {
 }
 
 /// Records a failed attempt: schedules a retry with backoff, or dead-letters the job.
-/// `random` in `[0, 1)` drives the backoff's jitter.
+/// `random` in `[0, 1)` seeds the backoff's jitter, which each job derives from it and its
+/// own id and attempt (`hodei_core::backoff::jitter_for`).
 pub async fn fail(db: &mut PgConnection, failure: &Failure, random: f64) -> sqlx::Result<FailureResult> {
     let mut transaction = db.begin().await?;
     let current: Option<(String, i32, i32, Uuid, bool)> = sqlx::query_as(
@@ -246,7 +247,9 @@ pub async fn fail(db: &mut PgConnection, failure: &Failure, random: f64) -> sqlx
     }
     let backoff = queues::get(&mut *transaction, &queue_name).await?.map(|q| q.backoff()).unwrap_or_default();
     let attempts_in_this_life = failure.attempt - attempt_base;
-    let decision = decide_failure(&backoff, attempts_in_this_life, max_attempts, failure.retryable, random);
+    // `random` may be shared by a whole batch of failures: each job mixes in its own id.
+    let jitter = jitter_for(random, failure.job_id.as_u128(), failure.attempt);
+    let decision = decide_failure(&backoff, attempts_in_this_life, max_attempts, failure.retryable, jitter);
     let result = match decision {
         FailureDecision::RetryAfter(seconds) => {
             // The retry time is on the database's clock, the one the promoter compares it

@@ -637,8 +637,45 @@ mod tests {
                 .await
                 .expect("scheduled");
         let queue = crate::store::queues::get(&mut *transaction, "default").await.expect("queue").expect("default");
-        let delay = queue.backoff().delay_seconds(1, 0.5);
+        let delay = queue.backoff().delay_seconds(1, hodei_core::backoff::jitter_for(0.5, job.id.as_u128(), 1));
         assert_eq!(scheduled_at, run_at);
         assert_eq!((run_at - database_now).num_microseconds(), Some((delay * 1e6).round() as i64));
+    }
+
+    /// The jobs of a worker that died together retry at different times: each job's
+    /// jitter is its own, though the batch shares one random seed.
+    #[tokio::test]
+    async fn a_dead_workers_jobs_retry_spread_out() {
+        let database = TestDatabase::migrated().await;
+        let pool = database.pool().await;
+        let mut db = pool.acquire().await.expect("connection");
+        let tenant = tenants::create(&mut *db, "acme", 1).await.expect("tenant");
+        let submitter = Submitter { tenant_id: tenant.id, tenant_name: "acme" };
+        let worker = Uuid::now_v7();
+        sqlx::query(
+            "insert into workers (id, name, pool, state, cpu_millis, memory_mib, slots, labels, token_hash)
+             values ($1, 'doomed', 'default', 'busy', 8000, 8192, 8, '{}', '\\x01')",
+        )
+        .bind(worker)
+        .execute(&mut *db)
+        .await
+        .expect("a worker");
+        for _ in 0..6 {
+            let job = submitted(&mut db, submitter).await;
+            mark_running(&mut db, job.id).await;
+            sqlx::query(
+                "insert into worker_jobs (job_id, worker_id, attempt, cpu_millis, memory_mib) values ($1, $2, 1, 1, 1)",
+            )
+            .bind(job.id)
+            .bind(worker)
+            .execute(&mut *db)
+            .await
+            .expect("held");
+        }
+        let given_up = crate::store::assignment::abandon_worker(&mut db, worker, "gone", 0.5).await.expect("abandon");
+        assert_eq!(given_up, 6);
+        let times: Vec<DateTime<Utc>> =
+            sqlx::query_scalar("select distinct run_at from scheduled_jobs").fetch_all(&mut *db).await.expect("runs");
+        assert_eq!(times.len(), 6, "six retries at six different times: {times:?}");
     }
 }
