@@ -97,12 +97,20 @@ pub fn jitter_for(seed: f64, job: u128, attempt: i32) -> f64 {
     (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Why a job ended in the dead-letter queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a job ended in the dead-letter queue (`jobs.dead_letter_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum DeadLetterReason {
     AttemptsExhausted,
     /// The failure was classified as not worth retrying.
+    #[serde(rename = "fatal_error")]
     Fatal,
+    /// Dead-lettered to make room in a full queue (`overflow: evict_lowest`).
+    Evicted,
+    /// Its deadline passed while it was queued (`expired_deadline: dead_letter`).
+    DeadlineExpired,
+    /// Its queue was deleted while it waited.
+    QueueDeleted,
 }
 
 impl DeadLetterReason {
@@ -110,6 +118,9 @@ impl DeadLetterReason {
         match self {
             DeadLetterReason::AttemptsExhausted => "attempts_exhausted",
             DeadLetterReason::Fatal => "fatal_error",
+            DeadLetterReason::Evicted => "evicted",
+            DeadLetterReason::DeadlineExpired => "deadline_expired",
+            DeadLetterReason::QueueDeleted => "queue_deleted",
         }
     }
 }

@@ -338,3 +338,16 @@ pub async fn wait_for_state(client: &Client, id: &str, states: &[&str]) -> Value
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Waits (up to 30 s) until a worker named `name` has registered, and returns its id.
+pub async fn registered_worker_id(admin: &Client, name: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = admin.get("/api/v1/workers").await;
+        if let Some(worker) = listed.body["workers"].as_array().and_then(|w| w.iter().find(|w| w["name"] == name)) {
+            return worker["id"].as_str().expect("id").to_owned();
+        }
+        assert!(Instant::now() < deadline, "worker {name} did not register");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

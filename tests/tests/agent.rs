@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use hodei_e2e::{
-    binary, is_alive, processes_marked, send_signal, start_system, start_worker_logging_to, Client, System,
+    binary, is_alive, processes_marked, registered_worker_id, send_signal, start_system, start_worker_logging_to,
+    Client, System,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -68,18 +69,6 @@ async fn wait_for_job(client: &Client, id: &str, limit: Duration, done: impl Fn(
             return job.body;
         }
         assert!(Instant::now() < deadline, "job {id}: the condition did not hold within {limit:?}: {}", job.body);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn registered_worker_id(admin: &Client, name: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let listed = admin.get("/api/v1/workers").await;
-        if let Some(worker) = listed.body["workers"].as_array().and_then(|w| w.iter().find(|w| w["name"] == name)) {
-            return worker["id"].as_str().expect("id").to_owned();
-        }
-        assert!(Instant::now() < deadline, "worker {name} did not register");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use hodei_e2e::{start_system, Client, System, WORKER_REGISTRATION_TOKEN};
+use hodei_e2e::{registered_worker_id, start_system, Client, System, WORKER_REGISTRATION_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -128,18 +128,6 @@ async fn jobs_run_on_real_workers_with_best_fit_placement() {
     let small = admin.get(&format!("/api/v1/workers/{}", id_of("small").as_str().expect("id"))).await;
     assert!(small.body["jobs_run"].as_i64().is_some_and(|n| n >= 1), "{small:?}");
     assert_eq!(small.body["used_slots"], 0);
-}
-
-async fn registered_worker_id(admin: &Client, name: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let listed = admin.get("/api/v1/workers").await;
-        if let Some(worker) = listed.body["workers"].as_array().and_then(|w| w.iter().find(|w| w["name"] == name)) {
-            return worker["id"].as_str().expect("id").to_owned();
-        }
-        assert!(Instant::now() < deadline, "worker {name} did not register");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ use crate::http::jobs::{job_not_found, list_page, page, parse_job_id, JobList};
 use crate::http::AppState;
 use crate::store::dispatch::{self, RedriveFilter};
 use crate::store::jobs::{self, Job, JobFilter};
+use hodei_core::backoff::DeadLetterReason;
 use hodei_core::names::check_resource_name;
 use hodei_core::JobState;
 
@@ -25,29 +26,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_dead_letter))
         .routes(routes!(redrive_one))
         .routes(routes!(redrive_many))
-}
-
-/// Why a job is in the dead-letter queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DeadLetterReason {
-    AttemptsExhausted,
-    FatalError,
-    Evicted,
-    DeadlineExpired,
-    QueueDeleted,
-}
-
-impl DeadLetterReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeadLetterReason::AttemptsExhausted => "attempts_exhausted",
-            DeadLetterReason::FatalError => "fatal_error",
-            DeadLetterReason::Evicted => "evicted",
-            DeadLetterReason::DeadlineExpired => "deadline_expired",
-            DeadLetterReason::QueueDeleted => "queue_deleted",
-        }
-    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
