@@ -1,6 +1,8 @@
 //! `hodei bench engine`: the queue engine measured in-process against Postgres, with no
 //! HTTP in the way, so its numbers compare directly with the bare-SQL ceiling that
-//! `shared/bench/pgbench` measures for the same shape of work.
+//! `shared/bench/pgbench` measures for the same shape of work. Jobs are dispatched by the
+//! scheduling cycle `hodei serve` runs (`loops::Scheduler`) to registered workers, and
+//! their results recorded as a worker's report is (`store::assignment::finish_many`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +19,8 @@ use uuid::Uuid;
 use crate::bench::percentile;
 use crate::config::Config;
 use crate::http::default_policies;
-use crate::store::dispatch::{self, CapacityFilter};
+use crate::loops::Scheduler;
+use crate::store::assignment::{self, AttemptResult, CycleLimits};
 use crate::store::enqueue;
 use crate::store::jobs::Submitter;
 use crate::store::queues::{self, RetrySettings};
@@ -31,7 +34,7 @@ pub struct EngineArgs {
     /// Concurrent workers (enqueuers, claimers) per phase.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
-    /// Jobs per claim.
+    /// Jobs per scheduling cycle (each cycle fills one worker with this many slots).
     #[arg(long, default_value_t = 50)]
     claim_batch: i64,
     /// Depth of the deep queue.
@@ -129,6 +132,37 @@ impl Bench {
         Ok(queues::upsert(&self.pool, &settings, retry).await?)
     }
 
+    /// Takes every job still waiting in `queue` out of it (cancelled), so that the next
+    /// phase's cycles see only their own queue.
+    async fn clear(&self, queue: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "with removed as (delete from ready_jobs where queue = $1 returning job_id)
+             update jobs j set state = 'cancelled', finished_at = now(), updated_at = now()
+             from removed r where j.id = r.job_id",
+        )
+        .bind(queue)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Registers a worker with room for one cycle's batch of jobs of any size.
+    async fn worker(&self) -> anyhow::Result<()> {
+        let (labels, token) = (Default::default(), Uuid::now_v7());
+        let worker = store::workers::NewWorker {
+            name: "bench-engine",
+            pool: "default",
+            cpu_millis: i32::MAX,
+            memory_mib: i32::MAX,
+            slots: self.args.claim_batch as i32,
+            labels: &labels,
+            instance_id: None,
+            token_hash: token.as_bytes(),
+        };
+        store::workers::register(&self.pool, &worker).await?;
+        Ok(())
+    }
+
     /// Fills `queue` to `depth` ready jobs with set-based SQL (the enqueue path is
     /// measured separately; this only builds the backlog).
     async fn seed(&self, queue: &str, depth: i64) -> anyhow::Result<()> {
@@ -200,25 +234,34 @@ pub async fn run(args: EngineArgs, config: &Config) -> anyhow::Result<()> {
         .await?;
     report.push(line("enqueue, 1000 jobs per call", tally, seconds).0);
 
-    // Claim + complete in batches from a deep queue (the pgbench cycle_batch50 shape).
-    let deep = format!("bench-deep-{suffix}");
-    let deep_queue = bench.queue(&deep).await?;
-    bench.seed(&deep, bench.args.deep).await?;
-    let rates = measure_dispatch(&bench, &deep_queue, false).await?;
-    report.push(format!(
-        "claim {} + complete, {} claimers, {} queued: {}",
-        bench.args.claim_batch, bench.args.concurrency, bench.args.deep, rates.0
-    ));
+    // Only the queue being measured holds ready jobs: the cycle serves every queue.
+    bench.clear(&enqueue_queue).await?;
+    for _ in 0..bench.args.concurrency {
+        bench.worker().await?;
+    }
 
-    // Dispatch with the depth held constant (each cycle refills what it took), shallow vs deep.
+    // Dispatch with the depth held constant (each cycle refills what it took), shallow.
     let shallow = format!("bench-shallow-{suffix}");
-    let shallow_queue = bench.queue(&shallow).await?;
+    bench.queue(&shallow).await?;
     bench.seed(&shallow, bench.args.shallow).await?;
-    let shallow_rate = measure_dispatch(&bench, &shallow_queue, true).await?;
-    let deep_rate = measure_dispatch(&bench, &deep_queue, true).await?;
-    report.push(format!("dispatch at depth {} (claim+complete+refill): {}", bench.args.shallow, shallow_rate.0));
-    report.push(format!("dispatch at depth {} (claim+complete+refill): {}", bench.args.deep, deep_rate.0));
+    let shallow_rate = measure_dispatch(&bench, &shallow, true).await?;
+    bench.clear(&shallow).await?;
+
+    // Cycle + complete in batches from a deep queue (the pgbench cycle_batch50 shape), then
+    // with refills at the same depth.
+    let deep = format!("bench-deep-{suffix}");
+    bench.queue(&deep).await?;
+    bench.seed(&deep, bench.args.deep).await?;
+    let drain_rate = measure_dispatch(&bench, &deep, false).await?;
+    report.push(format!(
+        "cycle {} + complete, {} schedulers, {} queued: {}",
+        bench.args.claim_batch, bench.args.concurrency, bench.args.deep, drain_rate.0
+    ));
+    let deep_rate = measure_dispatch(&bench, &deep, true).await?;
+    report.push(format!("dispatch at depth {} (cycle+complete+refill): {}", bench.args.shallow, shallow_rate.0));
+    report.push(format!("dispatch at depth {} (cycle+complete+refill): {}", bench.args.deep, deep_rate.0));
     report.push(format!("deep / shallow dispatch ratio: {:.2}", deep_rate.1 / shallow_rate.1));
+    bench.clear(&deep).await?;
 
     Ok(())
 }
@@ -232,46 +275,73 @@ impl Report {
     }
 }
 
-/// Claim + complete cycles for the phase's duration; with `refill`, each cycle also
-/// enqueues as many new jobs as it took, holding the depth constant. Starts from freshly
-/// vacuumed tables, as the pgbench ceiling does.
-async fn measure_dispatch(bench: &Arc<Bench>, queue: &queues::Queue, refill: bool) -> anyhow::Result<(String, f64)> {
-    sqlx::query("vacuum analyze ready_jobs, jobs, job_events").execute(&bench.pool).await?;
-    let queue = Arc::new(queue.clone());
-    let refill_jobs = Arc::new(vec![noop_job(&queue.settings.name)?; bench.args.claim_batch as usize]);
-    let claim_latencies = Arc::new(Mutex::new(Vec::new()));
+/// Scheduling cycles, each followed by its worker's report of success, for the phase's
+/// duration; with `refill`, each cycle also enqueues as many new jobs as it took, holding
+/// the depth constant. Starts from freshly vacuumed tables, as the pgbench ceiling does.
+/// A phase that finds its queue empty says so: its rate is then capped by the depth.
+async fn measure_dispatch(bench: &Arc<Bench>, queue: &str, refill: bool) -> anyhow::Result<(String, f64)> {
+    sqlx::query("vacuum analyze ready_jobs, jobs, job_events, workers, worker_jobs").execute(&bench.pool).await?;
+    let refill_jobs = Arc::new(vec![noop_job(queue)?; bench.args.claim_batch as usize]);
+    let cycle_latencies = Arc::new(Mutex::new(Vec::new()));
+    let ran_dry = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scheduler = Arc::new(Scheduler {
+        limits: CycleLimits { workers: 1, jobs: bench.args.claim_batch },
+        ..Scheduler::new(bench.pool.clone())
+    });
     let (tally, seconds) = bench
         .phase({
-            let (queue, refill_jobs, claim_latencies) = (queue.clone(), refill_jobs.clone(), claim_latencies.clone());
+            let (refill_jobs, cycle_latencies, ran_dry) =
+                (refill_jobs.clone(), cycle_latencies.clone(), ran_dry.clone());
             move |b: Arc<Bench>| {
-                let (queue, refill_jobs, claim_latencies) =
-                    (queue.clone(), refill_jobs.clone(), claim_latencies.clone());
+                let (refill_jobs, cycle_latencies, ran_dry, scheduler) =
+                    (refill_jobs.clone(), cycle_latencies.clone(), ran_dry.clone(), scheduler.clone());
                 async move {
                     let began = Instant::now();
-                    let claimed =
-                        dispatch::claim(&b.pool, &b.registry, &queue, b.args.claim_batch, &CapacityFilter::default())
-                            .await?;
-                    claim_latencies.lock().await.push(began.elapsed());
-                    let attempts: Vec<(Uuid, i32)> = claimed.iter().map(|c| (c.id, c.attempt)).collect();
-                    dispatch::complete(&b.pool, &attempts).await?;
-                    if refill && !claimed.is_empty() {
-                        b.submit(&refill_jobs[..claimed.len()]).await?;
+                    let assigned = scheduler.tick().await?.assigned;
+                    cycle_latencies.lock().await.push(began.elapsed());
+                    let Some(worker) = assigned.first().map(|a| a.worker_id) else {
+                        let left: bool =
+                            sqlx::query_scalar("select exists (select 1 from ready_jobs)").fetch_one(&b.pool).await?;
+                        if !left {
+                            ran_dry.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        return Ok(0);
+                    };
+                    let results: Vec<AttemptResult> = assigned
+                        .iter()
+                        .map(|a| AttemptResult {
+                            job_id: a.job_id,
+                            attempt: a.attempt,
+                            exit_code: Some(0),
+                            error: None,
+                        })
+                        .collect();
+                    let mut connection = b.pool.acquire().await?;
+                    assignment::finish_many(&mut connection, worker, &results, 0.5).await?;
+                    drop(connection);
+                    if refill {
+                        b.submit(&refill_jobs[..assigned.len()]).await?;
                     }
-                    Ok(claimed.len())
+                    Ok(assigned.len())
                 }
             }
         })
         .await?;
-    let mut claims = std::mem::take(&mut *claim_latencies.lock().await);
-    claims.sort();
+    let mut cycles = std::mem::take(&mut *cycle_latencies.lock().await);
+    cycles.sort();
     let rate = tally.jobs as f64 / seconds;
+    let dry = if ran_dry.load(std::sync::atomic::Ordering::Relaxed) {
+        " (the queue ran dry: the rate is capped by its depth)"
+    } else {
+        ""
+    };
     Ok((
         format!(
-            "{rate:.0} jobs/s; claim latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms ({} claims)",
-            percentile(&claims, 50.0),
-            percentile(&claims, 95.0),
-            percentile(&claims, 99.0),
-            claims.len()
+            "{rate:.0} jobs/s{dry}; cycle latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms ({} cycles)",
+            percentile(&cycles, 50.0),
+            percentile(&cycles, 95.0),
+            percentile(&cycles, 99.0),
+            cycles.len()
         ),
         rate,
     ))

@@ -1,16 +1,20 @@
 //! The queue engine against a real Postgres: ordering policies, fairness, concurrent
-//! claims, overflow, SLA, starvation, retries, dead letters and wake-ups.
+//! dispatch, overflow, SLA, starvation, retries, dead letters and wake-ups. Jobs leave
+//! their queues only as production takes them: through the scheduling cycle
+//! (`loops::Scheduler`) to a registered worker, whose results are recorded as a worker's are.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
 use hodei_api::http::default_policies;
-use hodei_api::store::dispatch::{self, CapacityFilter, ClaimedJob, Failure, FailureResult, RedriveFilter};
+use hodei_api::loops::Scheduler;
+use hodei_api::store::assignment::{self, Assigned, AttemptResult, CycleLimits, Recorded};
+use hodei_api::store::dispatch::{self, Failure, FailureResult, RedriveFilter};
 use hodei_api::store::enqueue::{self, SubmitOutcome};
 use hodei_api::store::jobs::{self, CancelResult, Submitter};
 use hodei_api::store::queues::{self, Queue, RetrySettings};
-use hodei_api::store::{queue_status, tenants};
+use hodei_api::store::{queue_status, tenants, workers};
 use hodei_api::testing::TestDatabase;
 use hodei_core::fairness::jain_index;
 use hodei_core::ordering::PolicyRegistry;
@@ -80,9 +84,19 @@ impl Engine {
         }
     }
 
-    async fn claim(&self, queue: &str, limit: i64) -> Vec<ClaimedJob> {
-        let queue = queues::get(&self.pool, queue).await.expect("get").expect("queue exists");
-        dispatch::claim(&self.pool, &self.registry, &queue, limit, &CapacityFilter::default()).await.expect("claim")
+    /// Dispatches up to `limit` ready jobs, in dispatch order, with one scheduling cycle
+    /// to a new worker with room for all of them.
+    async fn claim(&self, limit: i64) -> Vec<Assigned> {
+        register_worker(&self.pool, limit as i32).await;
+        scheduler(&self.pool, 200, limit).tick().await.expect("cycle").assigned
+    }
+
+    /// The worker reports the attempt's result, as `POST /workers/{id}/reports` records it.
+    async fn report(&self, attempt: &Assigned, exit_code: i32) -> Recorded {
+        let mut connection = self.pool.acquire().await.expect("connection");
+        let result =
+            AttemptResult { job_id: attempt.job_id, attempt: attempt.attempt, exit_code: Some(exit_code), error: None };
+        assignment::finish(&mut connection, attempt.worker_id, &result, 0.5).await.expect("finish")
     }
 
     async fn state(&self, id: Uuid) -> JobState {
@@ -94,8 +108,29 @@ impl Engine {
     }
 }
 
-fn ids(claimed: &[ClaimedJob]) -> Vec<Uuid> {
-    claimed.iter().map(|c| c.id).collect()
+fn ids(claimed: &[Assigned]) -> Vec<Uuid> {
+    claimed.iter().map(|c| c.job_id).collect()
+}
+
+/// A worker with room for `slots` jobs of any size.
+async fn register_worker(pool: &PgPool, slots: i32) -> Uuid {
+    let (labels, token) = (Default::default(), Uuid::now_v7());
+    let worker = workers::NewWorker {
+        name: "engine",
+        pool: "default",
+        cpu_millis: i32::MAX,
+        memory_mib: i32::MAX,
+        slots,
+        labels: &labels,
+        instance_id: None,
+        token_hash: token.as_bytes(),
+    };
+    workers::register(pool, &worker).await.expect("register").id
+}
+
+/// The scheduling cycle `hodei serve` runs, with these limits per cycle.
+fn scheduler(pool: &PgPool, workers: i64, jobs: i64) -> Scheduler {
+    Scheduler { limits: CycleLimits { workers, jobs }, ..Scheduler::new(pool.clone()) }
 }
 
 #[tokio::test]
@@ -106,13 +141,13 @@ async fn fifo_priority_and_edf_order_the_queue() {
     engine.queue("fifo-q", "fifo", |_| {}).await;
     let submitted =
         engine.submit_ids(acme, (1..=5).map(|p| json!({"queue": "fifo-q", "priority": 11 - p * 2})).collect()).await;
-    assert_eq!(ids(&engine.claim("fifo-q", 10).await), submitted);
+    assert_eq!(ids(&engine.claim(10).await), submitted);
 
     // Priority: higher first, FIFO within a priority.
     let priorities = [5, 9, 5, 1, 9];
     let submitted =
         engine.submit_ids(acme, priorities.iter().map(|p| json!({"queue": "default", "priority": p})).collect()).await;
-    let claimed = engine.claim("default", 10).await;
+    let claimed = engine.claim(10).await;
     assert_eq!(ids(&claimed), [submitted[1], submitted[4], submitted[0], submitted[2], submitted[3]]);
 
     // EDF: earliest deadline first, jobs without one after them.
@@ -129,7 +164,7 @@ async fn fifo_priority_and_edf_order_the_queue() {
             ],
         )
         .await;
-    assert_eq!(ids(&engine.claim("edf-q", 10).await), [submitted[2], submitted[1], submitted[3], submitted[0]]);
+    assert_eq!(ids(&engine.claim(10).await), [submitted[2], submitted[1], submitted[3], submitted[0]]);
 }
 
 #[tokio::test]
@@ -147,7 +182,7 @@ async fn the_sjf_plugin_runs_short_jobs_first() {
             ],
         )
         .await;
-    assert_eq!(ids(&engine.claim("short-first", 10).await), [submitted[1], submitted[2], submitted[0]]);
+    assert_eq!(ids(&engine.claim(10).await), [submitted[1], submitted[2], submitted[0]]);
 }
 
 #[tokio::test]
@@ -165,49 +200,82 @@ async fn an_expired_deadline_runs_or_dead_letters_as_the_queue_says() {
         .await
         .expect("age");
 
-    assert!(engine.claim("strict", 10).await.is_empty());
+    // One cycle: the lenient job runs (recorded as expired), the strict one is dead-lettered.
+    assert_eq!(ids(&engine.claim(10).await), [lenient]);
     let dead = jobs::get(&engine.pool, None, strict).await.expect("get").expect("job");
     assert_eq!((dead.state, dead.dead_letter_reason.as_deref()), (JobState::DeadLettered, Some("deadline_expired")));
-    assert_eq!(ids(&engine.claim("lenient", 10).await), [lenient]);
+    let expiries: Vec<(String, String)> =
+        sqlx::query_as("select queue, reason from queue_activity where kind = 'deadline_expired' order by queue")
+            .fetch_all(&engine.pool)
+            .await
+            .expect("activity");
+    assert_eq!(
+        expiries,
+        [
+            ("lenient".to_owned(), "deadline passed while queued; ran anyway".to_owned()),
+            ("strict".to_owned(), "deadline passed while queued".to_owned())
+        ]
+    );
 }
 
 #[tokio::test]
-async fn concurrent_claimers_take_every_job_exactly_once() {
+async fn concurrent_cycles_dispatch_every_job_exactly_once() {
     let engine = engine().await;
     let acme = engine.tenant("acme", 1).await;
-    const JOBS: usize = 100_000;
+    const JOBS: usize = 50_000;
     for _ in 0..JOBS / 1000 {
         engine.submit_ids(acme, (0..1000).map(|i| json!({"priority": 1 + i % 10})).collect()).await;
     }
-    let queue = queues::get(&engine.pool, "default").await.expect("get").expect("default");
-    let mut claimers = Vec::new();
     for _ in 0..8 {
-        let (pool, registry, queue) = (engine.pool.clone(), engine.registry.clone(), queue.clone());
-        claimers.push(tokio::spawn(async move {
+        register_worker(&engine.pool, 100).await;
+    }
+    // Eight replicas' cycles at once, each taking one worker and up to 100 jobs, and
+    // recording the results as the workers report them.
+    let mut cycles = Vec::new();
+    for _ in 0..8 {
+        let (pool, scheduler) = (engine.pool.clone(), scheduler(&engine.pool, 1, 100));
+        cycles.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let batch =
-                    dispatch::claim(&pool, &registry, &queue, 100, &CapacityFilter::default()).await.expect("claim");
+                let batch = scheduler.tick().await.expect("cycle").assigned;
+                let mut connection = pool.acquire().await.expect("connection");
                 if batch.is_empty() {
-                    return mine;
+                    let left: bool = sqlx::query_scalar("select exists (select 1 from ready_jobs)")
+                        .fetch_one(&mut *connection)
+                        .await
+                        .expect("left");
+                    if !left {
+                        return mine;
+                    }
+                    tokio::task::yield_now().await;
+                    continue;
                 }
-                mine.extend(batch.into_iter().map(|c| c.id));
+                let worker = batch[0].worker_id;
+                let results: Vec<AttemptResult> = batch
+                    .iter()
+                    .map(|a| AttemptResult { job_id: a.job_id, attempt: a.attempt, exit_code: Some(0), error: None })
+                    .collect();
+                let recorded = assignment::finish_many(&mut connection, worker, &results, 0.5).await.expect("finish");
+                assert!(recorded.iter().all(|r| *r == Recorded::Succeeded), "{recorded:?}");
+                mine.extend(batch.into_iter().map(|a| a.job_id));
             }
         }));
     }
     let mut all = Vec::with_capacity(JOBS);
-    for claimer in claimers {
-        all.extend(claimer.await.expect("claimer"));
+    for cycle in cycles {
+        all.extend(cycle.await.expect("cycle task"));
     }
     let unique: HashSet<Uuid> = all.iter().copied().collect();
-    assert_eq!(all.len(), JOBS, "every job claimed");
-    assert_eq!(unique.len(), JOBS, "no job claimed twice");
+    assert_eq!(all.len(), JOBS, "every job dispatched");
+    assert_eq!(unique.len(), JOBS, "no job dispatched twice");
     assert_eq!(engine.scalar("select count(*) from ready_jobs").await, 0);
-    assert_eq!(engine.scalar("select count(*) from jobs where state = 'assigned' and attempt = 1").await, JOBS as i64);
+    assert_eq!(engine.scalar("select count(*) from jobs where state = 'succeeded' and attempt = 1").await, JOBS as i64);
+    assert_eq!(engine.scalar("select count(*) from job_events where kind = 'job.assigned'").await, JOBS as i64);
+    assert_eq!(engine.scalar("select count(*) from worker_jobs").await, 0);
 }
 
 #[tokio::test]
-async fn the_claim_reads_the_order_index_on_a_million_queued_jobs() {
+async fn the_cycle_reads_the_order_index_on_a_million_queued_jobs() {
     let engine = engine().await;
     let acme = engine.tenant("acme", 1).await;
     // The plan is about ready_jobs alone; skip creating a million job records.
@@ -220,7 +288,7 @@ async fn the_claim_reads_the_order_index_on_a_million_queued_jobs() {
         sqlx::query(
             "insert into ready_jobs (job_id, queue, tenant_id, priority, rank, fair, cpu_millis, memory_mib, labels)
              select gen_random_uuid(), case when g % 10 = 0 then 'low' else 'default' end, $1, 1 + g % 10,
-                    g::float8, false, 1000, 512, '{}'
+                    g::float8, g % 2 = 0, 1000, 512, '{}'
              from generate_series($2 * 100000 + 1, ($2 + 1) * 100000) g",
         )
         .bind(acme.id)
@@ -231,15 +299,11 @@ async fn the_claim_reads_the_order_index_on_a_million_queued_jobs() {
     }
     sqlx::query("analyze ready_jobs").execute(&engine.pool).await.expect("analyze");
 
-    for fair in [false, true] {
-        let plan: Value = sqlx::query_scalar(&format!("explain (format json) {}", dispatch::claim_sql(fair)))
+    {
+        let fair = "half the rows tagged";
+        let plan: Value = sqlx::query_scalar(&format!("explain (format json) {}", assignment::CYCLE_CANDIDATES))
             .bind("default")
-            .bind(None::<i32>)
-            .bind(None::<i32>)
-            .bind(None::<Value>)
             .bind(50_i64)
-            .bind(None::<i32>)
-            .bind(false)
             .fetch_one(&engine.pool)
             .await
             .expect("explain");
@@ -321,7 +385,7 @@ async fn fair_queue_shares_follow_tenant_weights() {
     // 3,200 dispatches keep every tenant backlogged (w5 needs 2,000 of its 3,000).
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for _ in 0..64 {
-        for claimed in engine.claim("shared", 50).await {
+        for claimed in engine.claim(50).await {
             *counts.entry(tenant_of[&claimed.tenant_id]).or_default() += 1;
         }
     }
@@ -333,14 +397,14 @@ async fn fair_queue_shares_follow_tenant_weights() {
     let late = engine.tenant("late", 1).await;
     tenant_of.insert(late.id, "late");
     let late_job = engine.submit_ids(late, vec![json!({"queue": "shared"})]).await[0];
-    assert!(ids(&engine.claim("shared", 50).await).contains(&late_job));
+    assert!(ids(&engine.claim(50).await).contains(&late_job));
 
     // Within a tenant, its highest-priority job goes first; the shares do not move.
     let w1 = tenants_by_name["w1"];
     let urgent = engine.submit_ids(w1, vec![json!({"queue": "shared", "priority": 10})]).await[0];
     let mut next_w1 = None;
     while next_w1.is_none() {
-        next_w1 = engine.claim("shared", 8).await.into_iter().find(|c| c.tenant_id == w1.id).map(|c| c.id);
+        next_w1 = engine.claim(8).await.into_iter().find(|c| c.tenant_id == w1.id).map(|c| c.job_id);
     }
     assert_eq!(next_w1, Some(urgent));
 }
@@ -355,7 +419,7 @@ async fn a_flood_does_not_push_back_another_tenants_next_job() {
     }
     let quiet = engine.tenant("quiet", 1).await;
     let mine = engine.submit_ids(quiet, vec![json!({"queue": "shared"}), json!({"queue": "shared"})]).await;
-    let first_batch = ids(&engine.claim("shared", 10).await);
+    let first_batch = ids(&engine.claim(10).await);
     assert!(first_batch.contains(&mine[0]) && first_batch.contains(&mine[1]), "{first_batch:?}");
 }
 
@@ -390,7 +454,6 @@ async fn full_queues_reject_redirect_or_evict() {
     let sent = engine.submit_ids(acme, (0..3).map(|_| json!({"queue": "spilling"})).collect()).await;
     let moved = jobs::get(&engine.pool, None, sent[2]).await.expect("get").expect("job");
     assert_eq!((moved.queue.as_str(), moved.submitted_queue.as_deref()), ("spill", Some("spilling")));
-    assert_eq!(ids(&engine.claim("spill", 10).await), [sent[2]]);
 
     // evict_lowest: the lowest-priority waiting job is dead-lettered, the new one admitted.
     let kept = engine.submit_ids(acme, vec![json!({"queue": "evicting", "priority": 8})]).await[0];
@@ -398,7 +461,10 @@ async fn full_queues_reject_redirect_or_evict() {
     let newcomer = engine.submit_ids(acme, vec![json!({"queue": "evicting", "priority": 5})]).await[0];
     let evicted = jobs::get(&engine.pool, None, victim).await.expect("get").expect("job");
     assert_eq!((evicted.state, evicted.dead_letter_reason.as_deref()), (JobState::DeadLettered, Some("evicted")));
-    assert_eq!(ids(&engine.claim("evicting", 10).await), [kept, newcomer]);
+    let dispatched = engine.claim(20).await;
+    let from = |queue: &str| ids(&dispatched.iter().filter(|a| a.queue == queue).cloned().collect::<Vec<_>>());
+    assert_eq!(from("spill"), [sent[2]]);
+    assert_eq!(from("evicting"), [kept, newcomer]);
 
     let queue = queues::get(&engine.pool, "spilling").await.expect("get").expect("queue");
     let mut connection = engine.pool.acquire().await.expect("connection");
@@ -426,8 +492,8 @@ async fn waits_past_the_sla_are_breaches() {
     assert_eq!((before.length, before.sla_breaching_now), (2, 1));
     assert!(before.oldest_wait_seconds.is_some_and(|w| w >= 299.0), "{before:?}");
 
-    let claimed = engine.claim("timely", 10).await;
-    let breached: HashMap<Uuid, bool> = claimed.iter().map(|c| (c.id, c.sla_breached)).collect();
+    let claimed = engine.claim(10).await;
+    let breached: HashMap<Uuid, bool> = claimed.iter().map(|c| (c.job_id, c.sla_breached)).collect();
     assert_eq!((breached[&late], breached[&prompt]), (true, false));
     let after = queue_status::status(&mut connection, &queue, 600, None).await.expect("status");
     assert_eq!((after.length, after.sla_breaches, after.wait.dispatched), (0, 1, 2));
@@ -440,13 +506,7 @@ async fn a_starving_low_queue_is_served_under_a_permanent_high_backlog() {
     let acme = engine.tenant("acme", 1).await;
     engine.submit_ids(acme, (0..500).map(|_| json!({"queue": "high"})).collect()).await;
     let low = engine.submit_ids(acme, vec![json!({"queue": "low"})]).await[0];
-    let claim_ten = || async {
-        let mut connection = engine.pool.acquire().await.expect("connection");
-        let now = hodei_api::store::enqueue::unix_seconds(Utc::now());
-        dispatch::claim_across_queues(&mut connection, &engine.registry, 10, &CapacityFilter::default(), now)
-            .await
-            .expect("claim")
-    };
+    let claim_ten = || engine.claim(10);
     // Fresh: tiers in order.
     assert!(claim_ten().await.iter().all(|c| c.queue == "high"));
     // Past `starvation_after_seconds` (60 s by default) it goes first.
@@ -455,7 +515,7 @@ async fn a_starving_low_queue_is_served_under_a_permanent_high_backlog() {
         .await
         .expect("age");
     let batch = claim_ten().await;
-    assert_eq!(batch[0].id, low);
+    assert_eq!(batch[0].job_id, low);
     assert_eq!(batch.iter().filter(|c| c.queue == "high").count(), 9);
 }
 
@@ -468,51 +528,52 @@ async fn failures_retry_with_backoff_then_dead_letter_and_redrive() {
     let promoter = hodei_api::loops::Promoter::new(engine.pool.clone(), std::sync::Arc::new(engine.registry.clone()));
     let mut connection = engine.pool.acquire().await.expect("connection");
 
-    let first = engine.claim("flaky", 1).await;
+    let first = engine.claim(1).await;
     assert_eq!(first[0].attempt, 1);
-    let failure = Failure { job_id: id, attempt: 1, error: "exit 1".into(), retryable: true };
-    let retry = dispatch::fail(&mut connection, &failure, 0.5).await.expect("fail");
-    assert!(matches!(retry, FailureResult::RetryScheduled { .. }), "{retry:?}");
+    let retry = engine.report(&first[0], 1).await;
+    assert!(matches!(retry, Recorded::Failed(FailureResult::RetryScheduled { .. })), "{retry:?}");
     assert_eq!(engine.state(id).await, JobState::Scheduled);
-    assert!(engine.claim("flaky", 1).await.is_empty(), "not claimable while backing off");
+    assert!(engine.claim(1).await.is_empty(), "not dispatched while backing off");
     // The backoff (a few ms here) passes; the promoter puts it back.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while promoter.tick().await.expect("promote") == 0 {
         assert!(std::time::Instant::now() < deadline, "never promoted");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let second = engine.claim("flaky", 1).await;
-    assert_eq!((second[0].id, second[0].attempt), (id, 2));
+    let second = engine.claim(1).await;
+    assert_eq!((second[0].job_id, second[0].attempt), (id, 2));
 
-    // A late result from attempt 1 is refused.
-    let stale = dispatch::fail(&mut connection, &failure, 0.5).await.expect("fail");
-    assert_eq!(stale, FailureResult::Stale);
+    // A late result from attempt 1 is refused, by the worker's hold and by the job's attempt.
+    assert_eq!(engine.report(&first[0], 0).await, Recorded::Stale);
+    let failure = Failure { job_id: id, attempt: 1, error: "exit 1".into(), retryable: true };
+    assert_eq!(dispatch::fail(&mut connection, &failure, 0.5).await.expect("fail"), FailureResult::Stale);
     assert!(dispatch::complete(&engine.pool, &[(id, 1)]).await.expect("complete").is_empty());
 
-    let last = Failure { attempt: 2, ..failure };
-    let dead = dispatch::fail(&mut connection, &last, 0.5).await.expect("fail");
-    assert_eq!(dead, FailureResult::DeadLettered { reason: "attempts_exhausted" });
+    let dead = engine.report(&second[0], 1).await;
+    assert_eq!(dead, Recorded::Failed(FailureResult::DeadLettered { reason: "attempts_exhausted" }));
     let job = jobs::get(&engine.pool, None, id).await.expect("get").expect("job");
-    assert_eq!((job.state, job.last_error.as_deref()), (JobState::DeadLettered, Some("exit 1")));
+    assert_eq!((job.state, job.last_error.as_deref()), (JobState::DeadLettered, Some("exited with code 1")));
 
     let filter =
         RedriveFilter { tenant_scope: Some(acme.id), queue: Some("flaky".into()), limit: 10, ..Default::default() };
     assert_eq!(dispatch::redrive(&mut connection, &engine.registry, &filter).await.expect("redrive"), [id]);
-    let third = engine.claim("flaky", 1).await;
+    let third = engine.claim(1).await;
     // A fresh set of attempts, but the attempt number keeps growing: it is the fencing token.
-    assert_eq!((third[0].id, third[0].attempt), (id, 3));
+    assert_eq!((third[0].job_id, third[0].attempt), (id, 3));
     assert!(dispatch::complete(&engine.pool, &[(id, 1)]).await.expect("complete").is_empty());
-    let retry_after_redrive = Failure { job_id: id, attempt: 3, error: "flaky again".into(), retryable: true };
-    let outcome = dispatch::fail(&mut connection, &retry_after_redrive, 0.5).await.expect("fail");
-    assert!(matches!(outcome, FailureResult::RetryScheduled { .. }), "the redrive granted new attempts: {outcome:?}");
+    let outcome = engine.report(&third[0], 1).await;
+    assert!(
+        matches!(outcome, Recorded::Failed(FailureResult::RetryScheduled { .. })),
+        "the redrive granted new attempts: {outcome:?}"
+    );
     sqlx::query("update scheduled_jobs set run_at = now() - interval '1 second'")
         .execute(&engine.pool)
         .await
         .expect("due");
     promoter.tick().await.expect("promote");
-    let fourth = engine.claim("flaky", 1).await;
+    let fourth = engine.claim(1).await;
     assert_eq!(fourth[0].attempt, 4);
-    assert_eq!(dispatch::complete(&engine.pool, &[(id, 4)]).await.expect("complete"), [id]);
+    assert_eq!(engine.report(&fourth[0], 0).await, Recorded::Succeeded);
     assert_eq!(engine.state(id).await, JobState::Succeeded);
     let kinds: Vec<String> = sqlx::query_scalar("select kind from job_events where job_id = $1 order by id")
         .bind(id)
@@ -551,7 +612,7 @@ async fn delayed_jobs_wait_for_their_time_and_cancelled_jobs_leave_at_once() {
     let cancelled = jobs::cancel(&mut connection, Some(acme.id), waiting).await.expect("cancel");
     assert!(matches!(cancelled, CancelResult::Done(ref job) if job.state == JobState::Cancelled));
     assert_eq!(engine.scalar("select count(*) from ready_jobs").await, 0);
-    assert!(engine.claim("default", 10).await.is_empty(), "neither the delayed nor the cancelled job");
+    assert!(engine.claim(10).await.is_empty(), "neither the delayed nor the cancelled job");
 
     sqlx::query("update scheduled_jobs set run_at = now() - interval '1 second'")
         .execute(&engine.pool)
@@ -559,7 +620,7 @@ async fn delayed_jobs_wait_for_their_time_and_cancelled_jobs_leave_at_once() {
         .expect("due");
     let promoter = hodei_api::loops::Promoter::new(engine.pool.clone(), std::sync::Arc::new(engine.registry.clone()));
     assert_eq!(promoter.tick().await.expect("promote"), 1);
-    assert_eq!(ids(&engine.claim("default", 10).await), [delayed]);
+    assert_eq!(ids(&engine.claim(10).await), [delayed]);
 
     let queue = queues::get(&engine.pool, "default").await.expect("get").expect("queue");
     let status = queue_status::status(&mut connection, &queue, 600, None).await.expect("status");
@@ -597,15 +658,14 @@ async fn a_cancelled_running_job_is_not_retried() {
     let engine = engine().await;
     let acme = engine.tenant("acme", 1).await;
     let id = engine.submit_ids(acme, vec![json!({"max_attempts": 5})]).await[0];
-    let claimed = engine.claim("default", 1).await;
+    let claimed = engine.claim(1).await;
     let mut connection = engine.pool.acquire().await.expect("connection");
     let requested = jobs::cancel(&mut connection, Some(acme.id), id).await.expect("cancel");
     assert!(
         matches!(requested, CancelResult::Done(ref job) if job.state == JobState::Assigned && job.cancel_requested_at.is_some())
     );
     // The worker stops the process and reports the failure that the stop caused.
-    let failure = Failure { job_id: id, attempt: claimed[0].attempt, error: "terminated".into(), retryable: true };
-    assert_eq!(dispatch::fail(&mut connection, &failure, 0.5).await.expect("fail"), FailureResult::Cancelled);
+    assert_eq!(engine.report(&claimed[0], 143).await, Recorded::Failed(FailureResult::Cancelled));
     assert_eq!(engine.state(id).await, JobState::Cancelled);
     assert_eq!(engine.scalar("select count(*) from scheduled_jobs").await, 0);
 }
@@ -616,17 +676,12 @@ async fn a_retry_into_a_deleted_queue_is_dead_lettered_once() {
     let acme = engine.tenant("acme", 1).await;
     engine.queue("short-lived", "fifo", |_| {}).await;
     let id = engine.submit_ids(acme, vec![json!({"queue": "short-lived"})]).await[0];
-    let claimed = engine.claim("short-lived", 1).await;
-    let mut connection = engine.pool.acquire().await.expect("connection");
+    let claimed = engine.claim(1).await;
     let mut transaction = engine.pool.begin().await.expect("begin");
     assert_eq!(queues::delete(&mut transaction, "short-lived").await.expect("delete"), queues::DeleteOutcome::Deleted);
     transaction.commit().await.expect("commit");
 
-    let failure = Failure { job_id: id, attempt: claimed[0].attempt, error: "exit 1".into(), retryable: true };
-    assert!(matches!(
-        dispatch::fail(&mut connection, &failure, 0.5).await.expect("fail"),
-        FailureResult::RetryScheduled { .. }
-    ));
+    assert!(matches!(engine.report(&claimed[0], 1).await, Recorded::Failed(FailureResult::RetryScheduled { .. })));
     sqlx::query("update scheduled_jobs set run_at = now() - interval '1 second'")
         .execute(&engine.pool)
         .await
@@ -653,7 +708,7 @@ async fn jobs_queued_before_a_queue_became_fair_are_still_dispatched() {
     let before = engine.submit_ids(acme, (0..3).map(|_| json!({"queue": "switching"})).collect()).await;
     engine.queue("switching", "fair", |_| {}).await;
     let after = engine.submit_ids(acme, vec![json!({"queue": "switching"})]).await;
-    let claimed: HashSet<Uuid> = ids(&engine.claim("switching", 10).await).into_iter().collect();
+    let claimed: HashSet<Uuid> = ids(&engine.claim(10).await).into_iter().collect();
     let expected: HashSet<Uuid> = before.into_iter().chain(after).collect();
     assert_eq!(claimed, expected);
 }

@@ -6,6 +6,12 @@
 //! submission. Dispatching in tag order then gives each backlogged tenant a share of
 //! dispatches proportional to its weight; a tenant that was idle starts at `V` and is
 //! served within one round; and a tenant's flood only lengthens its own tail.
+//!
+//! Also the dispatch side of the `fair` policy (`slot_order`, `retags`): in a batch, each
+//! tenant's highest-priority jobs take the slots its tags earned, and tags move so its
+//! share is unchanged.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The virtual finish tag of a tenant's `position`-th job in one submission.
 pub fn wfq_tag(virtual_time: f64, tenant_last_tag: Option<f64>, weight: f64, position: u32) -> f64 {
@@ -23,9 +29,111 @@ pub fn jain_index(values: &[f64]) -> f64 {
     sum * sum / (values.len() as f64 * sum_of_squares)
 }
 
+/// One row of a queue's head as a scheduling step locked it, for the `fair` policy's
+/// within-tenant order. `slot`: among the queue's next rows in tag order (the slots say
+/// how many jobs each tenant gets now). `candidate`: offered to placement (every row
+/// without a tag, and each tenant's own best jobs, as many as its slots).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadRow<J, T> {
+    pub job: J,
+    pub tenant: T,
+    /// The row's tag (its rank in the queue's index).
+    pub rank: f64,
+    pub priority: i16,
+    pub seq: i64,
+    /// Tagged by the `fair` policy (rows queued before the queue became fair are not).
+    pub fair: bool,
+    pub slot: bool,
+    pub candidate: bool,
+}
+
+/// The order in which a step's rows are offered to placement, as indices into `rows`:
+/// each tenant's best jobs take its slots in priority order, so a tenant's
+/// highest-priority job goes first at the place of its earliest tag; rows without a tag
+/// keep their own place.
+pub fn slot_order<J: Ord, T: Ord>(rows: &[HeadRow<J, T>]) -> Vec<usize> {
+    let mut slot_ranks: BTreeMap<&T, Vec<f64>> = BTreeMap::new();
+    for row in rows.iter().filter(|r| r.fair && r.slot) {
+        slot_ranks.entry(&row.tenant).or_default().push(row.rank);
+    }
+    slot_ranks.values_mut().for_each(|ranks| ranks.sort_by(f64::total_cmp));
+    let mut best: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].fair && rows[i].candidate).collect();
+    best.sort_by_key(|&i| (std::cmp::Reverse(rows[i].priority), rows[i].seq));
+    let mut place_of: Vec<f64> = rows.iter().map(|r| r.rank).collect();
+    let mut used: BTreeMap<&T, usize> = BTreeMap::new();
+    for i in best {
+        let index = used.entry(&rows[i].tenant).or_default();
+        if let Some(rank) = slot_ranks.get(&rows[i].tenant).and_then(|ranks| ranks.get(*index)) {
+            place_of[i] = *rank;
+        }
+        *index += 1;
+    }
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by(|&a, &b| place_of[a].total_cmp(&place_of[b]).then(rows[a].seq.cmp(&rows[b].seq)));
+    order
+}
+
+/// Tags of a `fair` queue after placement: each tenant used as many of its earliest slot
+/// tags as it had jobs placed. A remaining row that holds one of those tags takes, in
+/// order, the later tag of a placed job that was not a slot, so the tenant's remaining
+/// tags are exactly the ones it has not used (priorities reorder work within a tenant,
+/// never the shares between tenants). Returns (row to retag, its new tag).
+pub fn retags<J: Ord + Clone, T: Ord>(rows: &[HeadRow<J, T>], placed: &BTreeSet<J>) -> Vec<(J, f64)> {
+    let mut retags = Vec::new();
+    let tenants: BTreeSet<&T> = rows.iter().filter(|r| r.fair).map(|r| &r.tenant).collect();
+    for tenant in tenants {
+        let mine = || rows.iter().filter(move |r| r.fair && &r.tenant == tenant);
+        let mut slots: Vec<&HeadRow<J, T>> = mine().filter(|r| r.slot).collect();
+        slots.sort_by(|a, b| a.rank.total_cmp(&b.rank));
+        let used = mine().filter(|r| placed.contains(&r.job)).count();
+        let used_slots = &slots[..used.min(slots.len())];
+        let mut freed: Vec<&HeadRow<J, T>> = used_slots.iter().copied().filter(|r| !placed.contains(&r.job)).collect();
+        let mut taken: Vec<&HeadRow<J, T>> =
+            mine().filter(|r| placed.contains(&r.job)).filter(|r| !used_slots.iter().any(|s| s.job == r.job)).collect();
+        freed.sort_by(|a, b| a.rank.total_cmp(&b.rank));
+        taken.sort_by(|a, b| a.rank.total_cmp(&b.rank));
+        retags.extend(freed.iter().zip(&taken).map(|(row, by)| (row.job.clone(), by.rank)));
+    }
+    retags
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn head(job: u32, tenant: u32, rank: f64, priority: i16, slot: bool, candidate: bool) -> HeadRow<u32, u32> {
+        HeadRow { job, tenant, rank, priority, seq: job.into(), fair: true, slot, candidate }
+    }
+
+    #[test]
+    fn a_tenants_best_job_takes_its_earliest_slot_and_leaves_its_later_tag_behind() {
+        // Tenant 1 holds the two earliest tags with low-priority jobs; its priority-9 job
+        // (tag 5) is its best; tenant 2 holds tag 2.
+        let rows = vec![
+            head(1, 1, 1.0, 1, true, true),
+            head(2, 2, 2.0, 5, true, true),
+            head(3, 1, 3.0, 1, true, false),
+            head(4, 1, 5.0, 9, false, true),
+        ];
+        let order: Vec<u32> = slot_order(&rows).into_iter().map(|i| rows[i].job).collect();
+        assert_eq!(order, [4, 2, 1, 3], "job 4 goes at tag 1, job 1 at tag 3");
+
+        // Only job 4 is placed: tenant 1 used its earliest tag (1.0), so job 1, which holds
+        // it, takes job 4's tag (5.0); tenant 2 is untouched.
+        assert_eq!(retags(&rows, &BTreeSet::from([4])), [(1, 5.0)]);
+        // Placing jobs that hold their own slots changes no tag.
+        assert!(retags(&rows, &BTreeSet::from([1, 2])).is_empty());
+    }
+
+    #[test]
+    fn rows_without_a_tag_keep_their_place() {
+        let mut untagged = head(7, 3, 1.5, 9, true, true);
+        untagged.fair = false;
+        let rows = vec![head(1, 1, 1.0, 1, true, true), untagged, head(2, 1, 2.0, 1, true, true)];
+        let order: Vec<u32> = slot_order(&rows).into_iter().map(|i| rows[i].job).collect();
+        assert_eq!(order, [1, 7, 2]);
+        assert!(retags(&rows, &BTreeSet::from([7])).is_empty());
+    }
     use proptest::prelude::*;
 
     /// A queue of (tenant, tag) kept in tag order, as the index keeps it.

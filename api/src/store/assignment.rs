@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use hodei_core::dispatch::plan_dispatch;
+use hodei_core::fairness::{retags, slot_order, HeadRow};
 use hodei_core::placement::{place, Demand, FreeWorker, PoolKind, Strategy, TotalCapacity, Unplaced};
 use serde::Serialize;
 use sqlx::types::Json;
@@ -74,88 +75,74 @@ struct CandidateRow {
 /// The next rows of a queue, for the scheduling cycle. In tag order they are slots: how
 /// many jobs each tenant of a `fair` queue gets now. Each such tenant's own
 /// highest-priority jobs, as many as its slots, are the candidates (as in the `fair`
-/// claim); rows without a tag are candidates as they are. All of them are locked.
-const CYCLE_CANDIDATES: &str = "with slots as (
-        select job_id, tenant_id, fair from ready_jobs
+/// claim); rows without a tag are candidates as they are. All of them are locked. The
+/// cycle orders them itself (`in_slot_order`), so the statement sorts nothing. Parameters:
+/// `$1` queue, `$2` how many slots.
+pub const CYCLE_CANDIDATES: &str = "with slots as (
+        select job_id, cpu_millis, memory_mib, labels, tenant_id, rank, priority, seq, fair from ready_jobs
         where queue = $1 order by rank, seq limit $2 for update skip locked
     ), per_tenant as (
         select tenant_id, count(*) as slots from slots where fair group by tenant_id
     ), best as (
-        select b.job_id from per_tenant p cross join lateral (
-            select r.job_id from ready_jobs r
+        select b.* from per_tenant p cross join lateral (
+            select r.job_id, r.cpu_millis, r.memory_mib, r.labels, r.tenant_id, r.rank, r.priority, r.seq, r.fair
+            from ready_jobs r
             where r.queue = $1 and r.fair and r.tenant_id = p.tenant_id
             order by r.priority desc, r.seq limit p.slots
             for update skip locked
         ) b
     )
-    select r.job_id, r.cpu_millis, r.memory_mib, r.labels, r.tenant_id, r.rank, r.priority, r.seq, r.fair,
-           exists (select 1 from slots s where s.job_id = r.job_id) as slot,
-           (not r.fair or exists (select 1 from best b where b.job_id = r.job_id)) as candidate
-    from ready_jobs r
-    where r.job_id in (select job_id from slots union select job_id from best)
-    order by r.rank, r.seq";
+    select s.*, true as slot, (not s.fair or exists (select 1 from best b where b.job_id = s.job_id)) as candidate
+    from slots s
+    union all
+    select b.*, false as slot, true as candidate
+    from best b where not exists (select 1 from slots s where s.job_id = b.job_id)";
 
-/// The order in which a step's candidates are offered to placement: each tenant's best
-/// jobs take its slots in priority order, so a tenant's highest-priority job goes first
-/// at the place of its earliest tag; rows without a tag keep their own place.
-fn in_slot_order(rows: Vec<CandidateRow>) -> Vec<CandidateRow> {
-    let mut slot_ranks: HashMap<Uuid, Vec<f64>> = HashMap::new();
-    for row in rows.iter().filter(|r| r.fair && r.slot) {
-        slot_ranks.entry(row.tenant_id).or_default().push(row.rank);
+impl CandidateRow {
+    fn head(&self) -> HeadRow<Uuid, Uuid> {
+        HeadRow {
+            job: self.job_id,
+            tenant: self.tenant_id,
+            rank: self.rank,
+            priority: self.priority,
+            seq: self.seq,
+            fair: self.fair,
+            slot: self.slot,
+            candidate: self.candidate,
+        }
     }
-    slot_ranks.values_mut().for_each(|ranks| ranks.sort_by(f64::total_cmp));
-    let mut best: Vec<&CandidateRow> = rows.iter().filter(|r| r.fair && r.candidate).collect();
-    best.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.seq));
-    let mut place_of: HashMap<Uuid, f64> = HashMap::new();
-    let mut used: HashMap<Uuid, usize> = HashMap::new();
-    for row in best {
-        let index = used.entry(row.tenant_id).or_default();
-        let rank = slot_ranks.get(&row.tenant_id).and_then(|ranks| ranks.get(*index)).copied().unwrap_or(row.rank);
-        *index += 1;
-        place_of.insert(row.job_id, rank);
-    }
-    let mut rows = rows;
-    rows.sort_by(|a, b| {
-        let key = |r: &CandidateRow| place_of.get(&r.job_id).copied().unwrap_or(r.rank);
-        key(a).total_cmp(&key(b)).then(a.seq.cmp(&b.seq))
-    });
-    rows
 }
 
-/// Tags of a `fair` queue after placement: each tenant used as many of its earliest slot
-/// tags as it had jobs placed. A remaining row that holds one of those tags takes, in
-/// order, the later tag of a placed job that was not a slot, so the tenant's remaining
-/// tags are exactly the ones it has not used (priorities reorder work within a tenant,
-/// never the shares between tenants). Returns (row to retag, its new tag).
-fn fair_retags(rows: &[CandidateRow], placed: &HashSet<Uuid>) -> Vec<(Uuid, f64)> {
-    let mut retags = Vec::new();
-    let tenants: BTreeSet<Uuid> = rows.iter().filter(|r| r.fair).map(|r| r.tenant_id).collect();
-    for tenant in tenants {
-        let mut slots: Vec<&CandidateRow> = rows.iter().filter(|r| r.fair && r.slot && r.tenant_id == tenant).collect();
-        slots.sort_by(|a, b| a.rank.total_cmp(&b.rank));
-        let used = rows.iter().filter(|r| r.fair && r.tenant_id == tenant && placed.contains(&r.job_id)).count();
-        let used_slots = &slots[..used.min(slots.len())];
-        let mut freed: Vec<&CandidateRow> =
-            used_slots.iter().copied().filter(|r| !placed.contains(&r.job_id)).collect();
-        let mut taken: Vec<&CandidateRow> = rows
-            .iter()
-            .filter(|r| r.fair && r.tenant_id == tenant && placed.contains(&r.job_id))
-            .filter(|r| !used_slots.iter().any(|s| s.job_id == r.job_id))
-            .collect();
-        freed.sort_by(|a, b| a.rank.total_cmp(&b.rank));
-        taken.sort_by(|a, b| a.rank.total_cmp(&b.rank));
-        retags.extend(freed.iter().zip(&taken).map(|(row, by)| (row.job_id, by.rank)));
-    }
-    retags
+/// A step's rows in the order they are offered to placement (`hodei_core::fairness::slot_order`).
+fn in_slot_order(rows: Vec<CandidateRow>) -> Vec<CandidateRow> {
+    let heads: Vec<HeadRow<Uuid, Uuid>> = rows.iter().map(CandidateRow::head).collect();
+    let mut rows: Vec<Option<CandidateRow>> = rows.into_iter().map(Some).collect();
+    slot_order(&heads).into_iter().filter_map(|i| rows[i].take()).collect()
 }
 
 /// What one scheduling cycle did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CycleOutcome {
-    pub assigned: usize,
+    /// The attempts it started, in dispatch order.
+    pub assigned: Vec<Assigned>,
     /// It ran into its own limits (workers or jobs per cycle): run again at once, as more
     /// may be placeable. Otherwise the next cycle waits for new jobs or freed capacity.
     pub more: bool,
+}
+
+/// An attempt a scheduling cycle started.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct Assigned {
+    pub job_id: Uuid,
+    pub worker_id: Uuid,
+    /// The attempt number: the fencing token for the attempt's start and result.
+    pub attempt: i32,
+    pub tenant_id: Uuid,
+    pub queue: String,
+    /// How long the job waited in its queue, in milliseconds.
+    pub wait_ms: i64,
+    /// It waited past its queue's SLA (now or in an earlier attempt).
+    pub sla_breached: bool,
 }
 
 /// One scheduling cycle.
@@ -268,9 +255,10 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
         .collect();
     let placement = place(strategy, &demands, &workers);
     record_pending_reasons(&mut transaction, &placement.unplaced).await?;
-    let placed: HashSet<Uuid> = placement.assigned.iter().map(|(job, _)| *job).collect();
+    let placed: BTreeSet<Uuid> = placement.assigned.iter().map(|(job, _)| *job).collect();
     locked_rows.extend(candidates);
-    let retags = fair_retags(&locked_rows, &placed);
+    let heads: Vec<HeadRow<Uuid, Uuid>> = locked_rows.iter().map(CandidateRow::head).collect();
+    let retags = retags(&heads, &placed);
     if !retags.is_empty() {
         sqlx::query(
             "update ready_jobs r set rank = t.rank from unnest($1::uuid[], $2::float8[]) as t(job_id, rank)
@@ -287,8 +275,7 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
     }
     let job_ids: Vec<Uuid> = placement.assigned.iter().map(|(job, _)| *job).collect();
     let worker_ids: Vec<Uuid> = placement.assigned.iter().map(|(_, worker)| *worker).collect();
-    let assigned = job_ids.len();
-    sqlx::query(
+    let mut assigned: Vec<Assigned> = sqlx::query_as(
         "with pairs as (
             select * from unnest($1::uuid[], $2::uuid[]) as p(job_id, worker_id)
          ), removed as (
@@ -308,8 +295,8 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
                     or (s.sla is not null and now() - r.enqueued_at > make_interval(secs => s.sla::float8))
             from removed r join pairs p on p.job_id = r.job_id join settings s on s.job_id = r.job_id
             where j.id = r.job_id and j.state = 'queued' and not s.expired
-            returning j.id, j.tenant_id, j.attempt, j.worker_id, j.wait_ms, j.queue, r.cpu_millis, r.memory_mib,
-                s.sla, s.past_deadline
+            returning j.id, j.tenant_id, j.attempt, j.worker_id, j.wait_ms, j.queue, j.sla_breached,
+                r.cpu_millis, r.memory_mib, s.sla, s.past_deadline
          ), expired as (
             update jobs j set state = 'dead_lettered', dead_letter_reason = 'deadline_expired',
                 last_error = 'the deadline passed while the job was queued', finished_at = now(), updated_at = now()
@@ -340,17 +327,21 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
             from expired order by id
          ), notified as (
             select pg_notify('hodei_assigned', worker_id::text) from (select distinct worker_id from assigned) w
+         ), events as (
+            insert into job_events (tenant_id, job_id, kind, state, attempt, data)
+            select tenant_id, id, 'job.assigned', 'assigned', attempt,
+                jsonb_build_object('worker_id', worker_id, 'wait_ms', wait_ms)
+            from assigned cross join (select count(*) from notified) n order by id
          )
-         insert into job_events (tenant_id, job_id, kind, state, attempt, data)
-         select tenant_id, id, 'job.assigned', 'assigned', attempt,
-             jsonb_build_object('worker_id', worker_id, 'wait_ms', wait_ms)
-         from assigned cross join (select count(*) from notified) n order by id",
+         select id as job_id, worker_id, attempt, tenant_id, queue, wait_ms, sla_breached from assigned",
     )
     .bind(&job_ids)
     .bind(&worker_ids)
-    .execute(&mut *transaction)
+    .fetch_all(&mut *transaction)
     .await?;
     transaction.commit().await?;
+    let position: HashMap<Uuid, usize> = job_ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    assigned.sort_by_key(|a| position.get(&a.job_id).copied());
     Ok(CycleOutcome { assigned, more: workers_full || jobs_full })
 }
 
@@ -713,53 +704,4 @@ pub async fn expire_leases(db: &mut PgConnection, timeouts: Timeouts, random: f6
     }
     transaction.commit().await?;
     Ok(expired.len())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(job: u128, tenant: u128, rank: f64, priority: i16, slot: bool, candidate: bool) -> CandidateRow {
-        CandidateRow {
-            job_id: Uuid::from_u128(job),
-            cpu_millis: 1,
-            memory_mib: 1,
-            labels: Json(BTreeMap::new()),
-            tenant_id: Uuid::from_u128(tenant),
-            rank,
-            priority,
-            seq: job as i64,
-            fair: true,
-            slot,
-            candidate,
-        }
-    }
-
-    #[test]
-    fn a_tenants_best_job_takes_its_earliest_slot_and_leaves_its_later_tag_behind() {
-        // Tenant 1 holds the two earliest tags with low-priority jobs; its priority-9 job
-        // (tag 5) is its best; tenant 2 holds tag 2.
-        let rows = vec![
-            row(1, 1, 1.0, 1, true, true),
-            row(2, 2, 2.0, 5, true, true),
-            row(3, 1, 3.0, 1, true, false),
-            row(4, 1, 5.0, 9, false, true),
-        ];
-        let order: Vec<u128> = in_slot_order(rows).iter().map(|r| r.job_id.as_u128()).collect();
-        assert_eq!(order, [4, 2, 1, 3], "job 4 goes at tag 1, job 1 at tag 3");
-
-        // Only job 4 is placed: tenant 1 used its earliest tag (1.0), so job 1, which holds
-        // it, takes job 4's tag (5.0); tenant 2 is untouched.
-        let rows = vec![
-            row(1, 1, 1.0, 1, true, true),
-            row(2, 2, 2.0, 5, true, true),
-            row(3, 1, 3.0, 1, true, false),
-            row(4, 1, 5.0, 9, false, true),
-        ];
-        let placed = [Uuid::from_u128(4)].into_iter().collect();
-        assert_eq!(fair_retags(&rows, &placed), [(Uuid::from_u128(1), 5.0)]);
-        // Placing a job that holds its own slot changes no tag.
-        let placed = [Uuid::from_u128(1), Uuid::from_u128(2)].into_iter().collect();
-        assert!(fair_retags(&rows, &placed).is_empty());
-    }
 }

@@ -1,163 +1,21 @@
-//! Taking jobs out of their queues and back in: the batched claim, finishing an attempt
-//! (success, retry with backoff, dead letter), promoting scheduled jobs when their time
-//! comes, and redriving dead letters. Every state change appends its event in the same
+//! Jobs after their attempts: finishing an attempt (success, retry with backoff, dead
+//! letter), promoting scheduled jobs when their time comes, and redriving dead letters.
+//! Taking jobs out of their queues is the scheduling cycle's alone (`store::assignment`). Every state change appends its event in the same
 //! statement or transaction, and every change of an attempt is fenced by the attempt
 //! number, so a late result from an old attempt can never overwrite a newer one.
 
-use std::collections::{BTreeMap, HashMap};
-
 use chrono::{DateTime, Utc};
 use hodei_core::backoff::{decide_failure, jitter_for, FailureDecision};
-use hodei_core::dispatch::{plan_dispatch, QueueHead};
+use hodei_core::dispatch::QueueHead;
 use hodei_core::ordering::PolicyRegistry;
 use hodei_core::JobState;
-use serde::Serialize;
-use sqlx::types::Json;
 use sqlx::{Acquire, FromRow, PgConnection, PgExecutor};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::store::enqueue::{RankableJob, Ranker};
-use crate::store::queues::{self, Queue};
+use crate::store::queues;
 
-/// What a claimer can run: jobs needing more, or labels it lacks, are left in the queue.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CapacityFilter {
-    pub max_cpu_millis: Option<i32>,
-    pub max_memory_mib: Option<i32>,
-    /// The claimer's labels; a job's required labels must all be among them.
-    pub labels: Option<BTreeMap<String, String>>,
-}
-
-/// A job taken from its queue for one attempt.
-#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize, ToSchema)]
-pub struct ClaimedJob {
-    pub id: Uuid,
-    pub tenant_id: Uuid,
-    pub queue: String,
-    /// The attempt number this claim started: the fencing token for its result.
-    pub attempt: i32,
-    pub priority: i16,
-    /// How long the job waited in its queue, in milliseconds.
-    pub wait_ms: i64,
-    pub sla_breached: bool,
-}
-
-/// Rows the claim takes, for an ordinary queue: the head of the index, skipping rows
-/// other claimers hold.
-const PICK_IN_RANK_ORDER: &str = "picked as (
-        select job_id from ready_jobs
-        where queue = $1 and ($2::int4 is null or cpu_millis <= $2) and ($3::int4 is null or memory_mib <= $3)
-          and ($4::jsonb is null or labels <@ $4)
-        order by rank, seq limit $5
-        for update skip locked
-    )";
-
-/// Rows the claim takes, for a `fair` queue. The `limit` lowest tags are slots: they say
-/// how many jobs each tenant gets in this batch. Each tenant then receives its own
-/// highest-priority jobs for its slots, and any slot row left behind inherits the tag of
-/// the job that took its place, so a tenant's remaining tags are exactly the ones it has
-/// not yet used: priorities reorder work within a tenant, never the shares between tenants.
-/// Rows queued before the queue's policy became `fair` have no tag and are dispatched as
-/// the slots they occupy.
-const PICK_FAIR: &str = "slots as (
-        select job_id, tenant_id, rank, fair from ready_jobs
-        where queue = $1 and ($2::int4 is null or cpu_millis <= $2) and ($3::int4 is null or memory_mib <= $3)
-          and ($4::jsonb is null or labels <@ $4)
-        order by rank, seq limit $5
-        for update skip locked
-    ), per_tenant as (
-        select tenant_id, count(*) as slots from slots where fair group by tenant_id
-    ), best as (
-        select b.job_id, b.tenant_id, b.rank from per_tenant p cross join lateral (
-            select r.job_id, r.tenant_id, r.rank from ready_jobs r
-            where r.queue = $1 and r.fair and r.tenant_id = p.tenant_id
-              and ($2::int4 is null or r.cpu_millis <= $2) and ($3::int4 is null or r.memory_mib <= $3)
-              and ($4::jsonb is null or r.labels <@ $4)
-            order by r.priority desc, r.seq limit p.slots
-            for update skip locked
-        ) b
-    ), freed as (
-        select s.job_id, s.tenant_id, row_number() over (partition by s.tenant_id order by s.rank, s.job_id) as n
-        from slots s where s.fair and not exists (select 1 from best b where b.job_id = s.job_id)
-    ), taken as (
-        select b.tenant_id, b.rank, row_number() over (partition by b.tenant_id order by b.rank, b.job_id) as n
-        from best b where not exists (select 1 from slots s where s.job_id = b.job_id)
-    ), retag as (
-        update ready_jobs r set rank = t.rank
-        from freed f join taken t on t.tenant_id = f.tenant_id and t.n = f.n
-        where r.job_id = f.job_id
-    ), picked as (
-        -- Rows queued before the queue became fair carry no tag: they go as they are.
-        select job_id from best union all select job_id from slots where not fair
-    )";
-
-/// Takes up to `limit` jobs from `queue` in its policy's order and marks them assigned,
-/// starting a new attempt; returns them in that order. One statement: safe with any number
-/// of concurrent claimers.
-pub async fn claim(
-    db: impl PgExecutor<'_>,
-    registry: &PolicyRegistry,
-    queue: &Queue,
-    limit: i64,
-    filter: &CapacityFilter,
-) -> sqlx::Result<Vec<ClaimedJob>> {
-    let fair = registry.get(&queue.settings.policy).is_some_and(|policy| policy.orders_within_tenant_by_priority());
-    sqlx::query_as(&claim_sql(fair))
-        .bind(&queue.settings.name)
-        .bind(filter.max_cpu_millis)
-        .bind(filter.max_memory_mib)
-        .bind(filter.labels.as_ref().map(Json))
-        .bind(limit)
-        .bind(queue.settings.sla_max_wait_seconds.map(|s| s as i32))
-        .bind(queue.settings.expired_deadline == hodei_core::queue::ExpiredDeadline::DeadLetter)
-        .fetch_all(db)
-        .await
-}
-
-/// The claim statement. Parameters: `$1` queue, `$2` max CPU, `$3` max memory, `$4` the
-/// claimer's labels, `$5` limit, `$6` SLA seconds, `$7` dead-letter expired deadlines.
-pub fn claim_sql(fair: bool) -> String {
-    let pick = if fair { PICK_FAIR } else { PICK_IN_RANK_ORDER };
-    format!(
-        "with {pick}, removed as (
-            delete from ready_jobs r using picked p where r.job_id = p.job_id
-            returning r.job_id, r.enqueued_at, r.rank, r.seq,
-                (r.deadline is not null and r.deadline < now() and $7) as expired
-         ), assigned as (
-            update jobs j set state = 'assigned', attempt = j.attempt + 1, assigned_at = now(), updated_at = now(),
-                wait_ms = (extract(epoch from now() - r.enqueued_at) * 1000)::bigint,
-                sla_breached = j.sla_breached
-                    or ($6::int4 is not null and now() - r.enqueued_at > make_interval(secs => $6))
-            from removed r where j.id = r.job_id and not r.expired and j.state = 'queued'
-            returning j.id, j.tenant_id, j.queue, j.attempt, j.priority, j.wait_ms, j.sla_breached
-         ), expired as (
-            update jobs j set state = 'dead_lettered', dead_letter_reason = 'deadline_expired',
-                last_error = 'the deadline passed while the job was queued', finished_at = now(), updated_at = now()
-            from removed r where j.id = r.job_id and r.expired
-            returning j.id, j.tenant_id, j.queue, j.attempt
-         ), events as (
-            insert into job_events (tenant_id, job_id, kind, state, attempt, data)
-            select tenant_id, id, 'job.assigned', 'assigned', attempt, jsonb_build_object('wait_ms', wait_ms)
-            from assigned
-            union all
-            select tenant_id, id, 'job.dead_lettered', 'dead_lettered', attempt, '{{\"reason\": \"deadline_expired\"}}'
-            from expired
-         ), activity as (
-            insert into queue_activity (queue, tenant_id, kind, job_id, reason)
-            select queue, tenant_id, 'deadline_expired', id, 'deadline passed while queued' from expired
-         ), dispatched as (
-            insert into queue_activity (queue, tenant_id, kind, jobs, waits_ms, sla_breaches)
-            select $1, tenant_id, 'dispatched', count(*), array_agg(wait_ms),
-                count(*) filter (where $6::int4 is not null and wait_ms > $6::int8 * 1000)
-            from assigned group by tenant_id
-         )
-         select a.id, a.tenant_id, a.queue, a.attempt, a.priority, a.wait_ms, a.sla_breached
-         from assigned a join removed r on r.job_id = a.id order by r.rank, r.seq"
-    )
-}
-
-/// Marks claimed attempts succeeded. Attempts that are no longer current are skipped;
+/// Marks attempts succeeded. Attempts that are no longer current are skipped;
 /// returns the ids that were finished.
 pub async fn complete(db: impl PgExecutor<'_>, attempts: &[(Uuid, i32)]) -> sqlx::Result<Vec<Uuid>> {
     let ids: Vec<Uuid> = attempts.iter().map(|(id, _)| *id).collect();
@@ -538,34 +396,4 @@ pub(crate) async fn queue_heads(db: &mut PgConnection) -> sqlx::Result<(Vec<Queu
         })
         .collect();
     Ok((heads, now))
-}
-
-/// Takes up to `batch` jobs across all queues: tiers in order, with the anti-starvation
-/// rule of `hodei_core::dispatch`. `now` is Unix seconds.
-pub async fn claim_across_queues(
-    db: &mut PgConnection,
-    registry: &PolicyRegistry,
-    batch: i64,
-    filter: &CapacityFilter,
-    now: f64,
-) -> sqlx::Result<Vec<ClaimedJob>> {
-    let (heads, _) = queue_heads(&mut *db).await?;
-    let steps = plan_dispatch(&heads, now, batch.max(0) as usize);
-    let mut settings: HashMap<String, Queue> = HashMap::new();
-    let mut claimed = Vec::new();
-    for step in steps {
-        let remaining = batch - claimed.len() as i64;
-        if remaining <= 0 {
-            break;
-        }
-        if !settings.contains_key(&step.queue) {
-            if let Some(queue) = queues::get(&mut *db, &step.queue).await? {
-                settings.insert(step.queue.clone(), queue);
-            }
-        }
-        let Some(queue) = settings.get(&step.queue) else { continue };
-        let take = remaining.min(step.max_jobs as i64);
-        claimed.extend(claim(&mut *db, registry, queue, take, filter).await?);
-    }
-    Ok(claimed)
 }
