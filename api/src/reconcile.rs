@@ -8,7 +8,10 @@
 //! nothing (and provisions nothing: an attempt is recorded, fenced, before the provider
 //! is called). Times are read from the database, the clock every replica shares.
 //!
-//! Each tick, for each pool, member by member:
+//! Each tick, for each pool: read the pool's members, what the provider says of their
+//! instances and their workers' rows; ask `hodei_core::pool_plan::plan` (pure) for the
+//! actions; carry them out in order (fenced writes, provider calls). The plan, member by
+//! member:
 //! - `provisioning`: becomes `ready` when its worker registers; an attempt whose instance
 //!   died or that ran past the provisioning timeout is terminated and retried with backoff
 //!   up to the pool's attempts; then `retry` marks the member `failed` (it is replaced
@@ -22,13 +25,19 @@
 //! - `draining`: once the worker has left (or its instance is gone) it is terminated.
 //!
 //! Then members are added or drained (idle ones first) to match the size, and pending
-//! attempts start, up to the pool's provisioning concurrency at once.
+//! attempts start, up to the pool's provisioning concurrency at once. A pool being
+//! deleted drains its workers and goes once empty; a failed pool ends its workers.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hodei_core::pool::{members_to_drain, provisioning_backoff_seconds, FailureHandling, MemberView, PoolSpec};
+use hodei_core::pool::PoolSpec;
+use hodei_core::pool_plan::{
+    self, Action, AttemptFailure, DrainReason, InstanceStatus, MemberFacts, MemberStatus, PendingAttempt, PlanContext,
+    PoolState, WorkerFacts,
+};
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -176,12 +185,7 @@ impl Reconciler {
                 continue;
             };
             let pool = PoolReconciler { reconciler: self, spec: &spec, provider: provider.clone(), leading_for, lease };
-            let result = match state.as_str() {
-                "active" => pool.reconcile().await,
-                "deleting" => pool.wind_down(true).await,
-                _ => pool.wind_down(false).await,
-            };
-            if let Err(error) = result {
+            if let Err(error) = pool.reconcile(state).await {
                 if let Some(lost) = error.downcast_ref::<LostLeadership>() {
                     return Err(anyhow::anyhow!("{lost}; this tick stops"));
                 }
@@ -198,6 +202,14 @@ struct PoolReconciler<'a> {
     provider: Arc<dyn Provider>,
     leading_for: Duration,
     lease: Lease,
+}
+
+/// How carrying out a plan ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carried {
+    Done,
+    /// A provider refused an attempt for the last time and the pool failed (`fail_fast`).
+    PoolFailed,
 }
 
 impl PoolReconciler<'_> {
@@ -226,11 +238,113 @@ impl PoolReconciler<'_> {
             .ok_or_else(|| LostLeadership { term: self.lease.term }.into())
     }
 
-    async fn describe(&self, member: &Member) -> InstanceState {
-        match &member.instance {
-            Some(instance) => self.provider.describe(instance).await.unwrap_or(InstanceState::Gone),
-            None => InstanceState::Gone,
+    /// Reads the pool, asks for its plan and carries it out; a pool that fails while its
+    /// attempts run is then wound down the same way (read, plan, carry out).
+    async fn reconcile(&self, state: PoolState) -> anyhow::Result<()> {
+        if self.plan_and_carry_out(state).await? == Carried::PoolFailed {
+            self.plan_and_carry_out(PoolState::Failed).await?;
         }
+        Ok(())
+    }
+
+    async fn plan_and_carry_out(&self, state: PoolState) -> anyhow::Result<Carried> {
+        // Provisioning times and retry times were written by the database: the plan
+        // compares them with its clock.
+        let now = self.still_leading().await?;
+        let members = pools::members(self.db(), &self.spec.id).await?;
+        let mut facts = Vec::with_capacity(members.len());
+        for member in &members {
+            facts.push(self.facts(member).await);
+        }
+        let context = PlanContext {
+            now,
+            leading_for: self.leading_for,
+            heartbeat: self.reconciler.heartbeat,
+            lease: self.reconciler.lease,
+        };
+        let actions = pool_plan::plan(self.spec, state, &facts, &context);
+        self.carry_out(&members, actions).await
+    }
+
+    /// A member as the plan sees it: with what the provider says of its instance.
+    async fn facts(&self, member: &Member) -> MemberFacts<Uuid> {
+        let instance = match &member.instance {
+            Some(instance) => Some(match self.provider.describe(instance).await {
+                Ok(InstanceState::Running) => InstanceStatus::Running,
+                Ok(InstanceState::Gone) | Err(_) => InstanceStatus::Gone,
+            }),
+            None => None,
+        };
+        MemberFacts {
+            id: member.id,
+            status: member.status,
+            attempts: u32::try_from(member.attempts).unwrap_or(0),
+            instance,
+            attempt_started_at: member.attempt_started_at,
+            retry_at: member.retry_at,
+            worker: member.worker_id.map(|_| WorkerFacts {
+                busy: member.worker_used_slots.unwrap_or(0) > 0,
+                heartbeat_age_seconds: member.heartbeat_age_seconds,
+                health_failures: u32::try_from(member.worker_health_failures.unwrap_or(0)).unwrap_or(0),
+            }),
+        }
+    }
+
+    /// Carries out a plan's actions in order; the first error stops the rest.
+    async fn carry_out(&self, members: &[Member], actions: Vec<Action<Uuid>>) -> anyhow::Result<Carried> {
+        let by_id: HashMap<Uuid, &Member> = members.iter().map(|member| (member.id, member)).collect();
+        let read = |id: Uuid| {
+            by_id.get(&id).copied().ok_or_else(|| anyhow::anyhow!("the plan names member {id}, which was not read"))
+        };
+        let mut added: Vec<Uuid> = Vec::new();
+        for action in actions {
+            match action {
+                Action::MarkReady { member } => {
+                    self.write(async |db| pools::set_status(db, member, MemberStatus::Ready).await).await?;
+                }
+                Action::FailAttempt { member, terminate_instance, failure } => {
+                    if terminate_instance {
+                        self.terminate(read(member)?).await;
+                    }
+                    self.record_attempt_failure(member, &failure).await?;
+                }
+                Action::Replace { member, reason } => self.replace(read(member)?, reason.as_str()).await?,
+                Action::Drain { member, reason } => {
+                    if reason == DrainReason::Unhealthy {
+                        tracing::info!(pool = %self.spec.id, %member, "draining an unhealthy worker");
+                    }
+                    self.drain(read(member)?).await?;
+                }
+                Action::Discard { member } => {
+                    let member = read(member)?;
+                    self.still_leading().await?;
+                    self.terminate(member).await;
+                    self.write(async |db| pools::remove_member(db, member.id).await).await?;
+                }
+                Action::RemoveFailed { member } => {
+                    self.write(async |db| pools::remove_member(db, member).await).await?;
+                }
+                Action::AddMembers { count } => {
+                    for _ in 0..count {
+                        added.push(self.write(async |db| pools::add_member(db, &self.spec.id).await).await?);
+                    }
+                }
+                Action::StartAttempts { members: pending, added: count } => {
+                    let mut attempts: Vec<PendingAttempt<Uuid>> = pending;
+                    attempts
+                        .extend(added.iter().take(count).map(|&member| PendingAttempt { member, attempts_so_far: 0 }));
+                    if self.start_attempts(attempts).await? == Carried::PoolFailed {
+                        return Ok(Carried::PoolFailed);
+                    }
+                }
+                Action::RemovePoolIfEmpty => {
+                    if self.write(async |db| pools::remove_if_empty(db, &self.spec.id).await).await? {
+                        tracing::info!(pool = %self.spec.id, "pool deleted");
+                    }
+                }
+            }
+        }
+        Ok(Carried::Done)
     }
 
     async fn terminate(&self, member: &Member) {
@@ -257,190 +371,59 @@ impl PoolReconciler<'_> {
         .await
     }
 
-    /// A provisioning attempt failed. Returns false when the pool failed (fail-fast).
-    async fn attempt_failed(&self, member: &Member, error: &str) -> anyhow::Result<bool> {
-        let attempts = member.attempts.max(1) as u32;
-        let allowed = self.spec.provisioning.attempts;
-        let message = format!("attempt {attempts}/{allowed}: {error}");
-        tracing::warn!(pool = %self.spec.id, member = %member.id, %message, "provisioning a worker failed");
-        let retry_in = provisioning_backoff_seconds(attempts);
-        if attempts < allowed {
-            self.write(async |db| pools::attempt_failed(db, member.id, &message, false, retry_in).await).await?;
-            return Ok(true);
-        }
-        // Attempts used up: the member is given up. With `retry` a fresh one replaces it
-        // once the backoff has passed; with `fail_fast` the pool fails.
-        let fail_fast = self.spec.provisioning.on_failure == FailureHandling::FailFast;
-        let reason = format!("provisioning worker {} failed: {message}", member.id);
+    /// Records a failed attempt: retried later, or the member failed, and with
+    /// `fail_fast` the pool too, in the same write.
+    async fn record_attempt_failure(&self, member: Uuid, failure: &AttemptFailure) -> anyhow::Result<()> {
+        let message = &failure.message;
+        tracing::warn!(pool = %self.spec.id, %member, %message, "provisioning a worker failed");
         self.write(async |db| {
-            pools::attempt_failed(&mut *db, member.id, &message, true, retry_in).await?;
-            if fail_fast {
-                pools::fail_pool(&mut *db, &self.spec.id, &reason).await?;
+            pools::attempt_failed(&mut *db, member, message, failure.give_up, failure.retry_in_seconds).await?;
+            if let Some(reason) = &failure.pool_failure {
+                pools::fail_pool(&mut *db, &self.spec.id, reason).await?;
             }
             Ok(())
         })
-        .await?;
-        Ok(!fail_fast)
-    }
-
-    async fn reconcile(&self) -> anyhow::Result<()> {
-        let threshold = self.spec.health.failure_threshold.max(1);
-        let silence_limit = self.reconciler.heartbeat.as_secs_f64() * f64::from(threshold) + 1.0;
-        let timeout = chrono::Duration::seconds(self.spec.provisioning.timeout_seconds.into());
-        // Provisioning times and retry times were written by the database: compare them
-        // with its clock.
-        let now = self.still_leading().await?;
-        let mut views: Vec<MemberView<Uuid>> = Vec::new();
-        let mut pending: Vec<Member> = Vec::new();
-        let mut in_flight = 0usize;
-        let members = pools::members(self.db(), &self.spec.id).await?;
-        for member in &members {
-            match member.status.as_str() {
-                "provisioning" => {
-                    if member.worker_id.is_some() {
-                        self.write(async |db| pools::set_status(db, member.id, "ready").await).await?;
-                        views.push(MemberView { id: member.id, live: true, busy: busy(member) });
-                        continue;
-                    }
-                    views.push(MemberView { id: member.id, live: true, busy: false });
-                    if member.instance.is_some() {
-                        let timed_out = member.attempt_started_at.is_some_and(|started| now - started > timeout);
-                        let died = self.describe(member).await == InstanceState::Gone;
-                        if timed_out || died {
-                            self.terminate(member).await;
-                            let error = if died {
-                                "the worker exited before registering".to_owned()
-                            } else {
-                                format!("the worker did not register within {} s", timeout.num_seconds())
-                            };
-                            if !self.attempt_failed(member, &error).await? {
-                                return self.wind_down(false).await;
-                            }
-                        } else {
-                            in_flight += 1;
-                        }
-                    } else if let (Some(started), None) = (member.attempt_started_at, member.retry_at) {
-                        // An attempt was recorded but its instance never was: the provider
-                        // call is still running, or the leader that made it lost its term
-                        // or died. Re-provisioning now could launch a second instance for
-                        // the member; only once the attempt is well past its timeout is it
-                        // counted as failed (and retried).
-                        let abandoned_after = timeout
-                            + chrono::Duration::from_std(self.reconciler.lease).unwrap_or(chrono::Duration::zero());
-                        if now - started > abandoned_after {
-                            let error = format!("the provider reported no instance within {} s", timeout.num_seconds());
-                            if !self.attempt_failed(member, &error).await? {
-                                return self.wind_down(false).await;
-                            }
-                        } else {
-                            in_flight += 1;
-                        }
-                    } else if member.retry_at.is_none_or(|at| at <= now) {
-                        pending.push(member.clone());
-                    }
-                }
-                "ready" => {
-                    let Some(worker) = member.worker_id else {
-                        // The worker left (deregistered, or silent past its lease).
-                        self.replace(member, "the worker left").await?;
-                        continue;
-                    };
-                    if self.describe(member).await == InstanceState::Gone {
-                        self.replace(member, "the worker's instance is gone").await?;
-                    } else if self.leading_for.as_secs_f64() > silence_limit
-                        && member.heartbeat_age_seconds.is_some_and(|age| age > silence_limit)
-                    {
-                        self.replace(member, "the worker stopped heartbeating").await?;
-                    } else if member.worker_health_failures.unwrap_or(0) >= threshold as i32 {
-                        tracing::info!(pool = %self.spec.id, member = %member.id, "draining an unhealthy worker");
-                        self.drain(member, worker).await?;
-                    } else {
-                        views.push(MemberView { id: member.id, live: true, busy: busy(member) });
-                    }
-                }
-                "draining" | "terminating" => {
-                    let left = member.worker_id.is_none() || self.describe(member).await == InstanceState::Gone;
-                    if left || member.status == "terminating" {
-                        self.replace(member, "drained").await?;
-                    }
-                }
-                "failed" => {
-                    if member.retry_at.is_none_or(|at| at <= now) {
-                        self.write(async |db| pools::remove_member(db, member.id).await).await?;
-                    } else {
-                        // Holds its place until the backoff has passed.
-                        views.push(MemberView { id: member.id, live: true, busy: false });
-                    }
-                }
-                _ => {}
-            }
-        }
-
-        let size = self.spec.size as usize;
-        let live = views.iter().filter(|view| view.live).count();
-        for _ in live..size {
-            let id = self.write(async |db| pools::add_member(db, &self.spec.id).await).await?;
-            pending.push(new_member(id, &self.spec.id, now));
-        }
-        let excess = members_to_drain(&views, size);
-        pending.retain(|member| !excess.contains(&member.id));
-        for member in members.iter().filter(|member| excess.contains(&member.id)) {
-            self.shrink(member).await?;
-        }
-
-        let room = self.spec.provisioning.parallelism().saturating_sub(in_flight);
-        self.start_attempts(pending.into_iter().take(room).collect()).await
-    }
-
-    /// Removes one member to shrink the pool: drained if it has a worker, else ended.
-    async fn shrink(&self, member: &Member) -> anyhow::Result<()> {
-        match member.worker_id {
-            Some(worker) => self.drain(member, worker).await,
-            None => {
-                self.still_leading().await?;
-                self.terminate(member).await;
-                self.write(async |db| pools::remove_member(db, member.id).await).await
-            }
-        }
+        .await
     }
 
     /// The worker finishes its jobs and leaves; then the member is terminated.
-    async fn drain(&self, member: &Member, worker: Uuid) -> anyhow::Result<()> {
+    async fn drain(&self, member: &Member) -> anyhow::Result<()> {
+        let worker = member.worker_id.ok_or_else(|| anyhow::anyhow!("member {} has no worker to drain", member.id))?;
         self.write(async |db| {
             assignment::drain_worker(&mut *db, worker).await?;
-            pools::set_status(&mut *db, member.id, "draining").await
+            pools::set_status(&mut *db, member.id, MemberStatus::Draining).await
         })
         .await
     }
 
     /// Starts provisioning attempts in parallel; each records its instance or its failure.
-    async fn start_attempts(&self, members: Vec<Member>) -> anyhow::Result<()> {
+    async fn start_attempts(&self, members: Vec<PendingAttempt<Uuid>>) -> anyhow::Result<Carried> {
         let mut attempts = tokio::task::JoinSet::new();
-        for member in members {
+        for pending in members {
             // Recorded (and fenced) before the provider is called: a deposed leader never
             // provisions, and the next leader sees the attempt.
-            self.write(async |db| pools::attempt_started(db, member.id).await).await?;
+            self.write(async |db| pools::attempt_started(db, pending.member).await).await?;
             let provider = self.provider.clone();
-            let request = ProvisionRequest { member: member.id, pool: self.spec.clone() };
+            let request = ProvisionRequest { member: pending.member, pool: self.spec.clone() };
             let limit = Duration::from_secs(self.spec.provisioning.timeout_seconds.into());
             attempts.spawn(async move {
                 let result = match tokio::time::timeout(limit, provider.provision(&request)).await {
                     Ok(result) => result.map_err(|error| error.to_string()),
                     Err(_) => Err(format!("the provider did not answer within {} s", limit.as_secs())),
                 };
-                (member, result)
+                (pending, result)
             });
         }
         let mut unrecorded: Option<anyhow::Error> = None;
         while let Some(joined) = attempts.join_next().await {
-            let (mut member, result) = joined?;
-            member.attempts += 1;
+            let (pending, result) = joined?;
+            let member = pending.member;
             match result {
                 Ok(instance) => {
-                    let recorded = self.write(async |db| pools::set_instance(db, member.id, &instance).await).await;
+                    let recorded = self.write(async |db| pools::set_instance(db, member, &instance).await).await;
                     if let Err(error) = recorded {
                         // Nobody knows of this instance: end it rather than leak it.
-                        tracing::warn!(pool = %self.spec.id, member = %member.id, %instance,
+                        tracing::warn!(pool = %self.spec.id, %member, %instance,
                             "terminating an instance whose launch could not be recorded");
                         if let Err(terminate) = self.provider.terminate(&instance).await {
                             tracing::warn!(%instance, %terminate, "terminating an unrecorded instance failed");
@@ -450,52 +433,17 @@ impl PoolReconciler<'_> {
                     }
                 }
                 Err(error) => {
-                    if unrecorded.is_none() && !self.attempt_failed(&member, &error).await? {
-                        return self.wind_down(false).await;
+                    if unrecorded.is_none() {
+                        let failure =
+                            pool_plan::attempt_failure(self.spec, &member, pending.attempts_so_far + 1, &error);
+                        self.record_attempt_failure(member, &failure).await?;
+                        if failure.pool_failure.is_some() {
+                            return Ok(Carried::PoolFailed);
+                        }
                     }
                 }
             }
         }
-        unrecorded.map_or(Ok(()), Err)
-    }
-
-    /// A pool being deleted drains its workers, then goes; a failed pool ends them all.
-    async fn wind_down(&self, deleting: bool) -> anyhow::Result<()> {
-        for member in pools::members(self.db(), &self.spec.id).await? {
-            match (member.status.as_str(), member.worker_id) {
-                ("ready", Some(worker)) if deleting => self.drain(&member, worker).await?,
-                ("draining", Some(_)) if deleting && self.describe(&member).await == InstanceState::Running => {}
-                ("failed", _) if !deleting => {}
-                _ => self.replace(&member, if deleting { "the pool is deleted" } else { "the pool failed" }).await?,
-            }
-        }
-        if deleting && self.write(async |db| pools::remove_if_empty(db, &self.spec.id).await).await? {
-            tracing::info!(pool = %self.spec.id, "pool deleted");
-        }
-        Ok(())
-    }
-}
-
-fn busy(member: &Member) -> bool {
-    member.worker_used_slots.unwrap_or(0) > 0
-}
-
-fn new_member(id: Uuid, pool: &str, now: DateTime<Utc>) -> Member {
-    Member {
-        id,
-        pool_id: pool.to_owned(),
-        status: "provisioning".to_owned(),
-        attempts: 0,
-        instance: None,
-        last_error: None,
-        attempt_started_at: None,
-        retry_at: None,
-        created_at: now,
-        worker_id: None,
-        worker_state: None,
-        worker_used_slots: None,
-        worker_last_heartbeat_at: None,
-        worker_health_failures: None,
-        heartbeat_age_seconds: None,
+        unrecorded.map_or(Ok(Carried::Done), Err)
     }
 }

@@ -12,6 +12,7 @@ pub mod names;
 pub mod ordering;
 pub mod placement;
 pub mod pool;
+pub mod pool_plan;
 pub mod queue;
 pub mod validation;
 

@@ -1,6 +1,6 @@
 //! Pools: what a group of workers should look like (size, worker template, matching
-//! strategy, health and provisioning settings), its validation, and the pure decisions of
-//! the reconcile loop (which members to add, drain, retry or give up on).
+//! strategy, health and provisioning settings), its validation, and the policies the
+//! pool's plan (`pool_plan`) builds on: provisioning backoff, which members to drain.
 
 use std::collections::BTreeMap;
 

@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use hodei_core::pool::PoolSpec;
+use hodei_core::pool_plan::{MemberStatus, PoolState};
 use serde::Serialize;
 use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgExecutor};
@@ -44,7 +45,8 @@ pub struct Pool {
     pub spec: PoolSpec,
     pub source: Source,
     /// `active`, `deleting` (its workers drain, then it goes) or `failed` (see `state_reason`).
-    pub state: String,
+    #[schema(value_type = String)]
+    pub state: PoolState,
     pub state_reason: Option<String>,
     pub workers: MemberCounts,
     pub created_at: DateTime<Utc>,
@@ -55,7 +57,8 @@ pub struct Pool {
 struct PoolRow {
     spec: Json<PoolSpec>,
     source: String,
-    state: String,
+    #[sqlx(try_from = "String")]
+    state: PoolState,
     state_reason: Option<String>,
     provisioning: i64,
     ready: i64,
@@ -166,11 +169,12 @@ pub async fn update(db: &mut PgConnection, spec: &PoolSpec) -> sqlx::Result<Chan
         .bind(&spec.id)
         .fetch_optional(&mut *db)
         .await?;
-    match current.as_ref().map(|(source, state)| (source.as_str(), state.as_str())) {
-        None => return Ok(Change::NotFound),
-        Some(("file", _)) => return Ok(Change::FromFile),
-        Some((_, "deleting")) => return Ok(Change::Deleting),
-        Some(_) => {}
+    let Some((source, state)) = current else { return Ok(Change::NotFound) };
+    if source == Source::File.as_str() {
+        return Ok(Change::FromFile);
+    }
+    if decode_pool_state(state)? == PoolState::Deleting {
+        return Ok(Change::Deleting);
     }
     put(db, spec, Source::Api).await?;
     Ok(Change::Done)
@@ -226,7 +230,9 @@ pub struct Member {
     pub id: Uuid,
     pub pool_id: String,
     /// `provisioning`, `ready`, `draining`, `terminating` or `failed`.
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    #[schema(value_type = String)]
+    pub status: MemberStatus,
     /// Provisioning attempts so far.
     pub attempts: i32,
     /// The provider's handle for the instance.
@@ -263,10 +269,14 @@ pub async fn members(db: impl PgExecutor<'_>, pool_id: &str) -> sqlx::Result<Vec
 }
 
 /// Pool specs the reconciler works through, with their state.
-pub async fn specs(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(PoolSpec, String)>> {
+pub async fn specs(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(PoolSpec, PoolState)>> {
     let rows: Vec<(Json<PoolSpec>, String)> =
         sqlx::query_as("select spec, state from pools order by id").fetch_all(db).await?;
-    Ok(rows.into_iter().map(|(spec, state)| (spec.0, state)).collect())
+    rows.into_iter().map(|(spec, state)| Ok((spec.0, decode_pool_state(state)?))).collect()
+}
+
+fn decode_pool_state(state: String) -> sqlx::Result<PoolState> {
+    PoolState::try_from(state).map_err(|error| sqlx::Error::Decode(error.into()))
 }
 
 pub async fn add_member(db: impl PgExecutor<'_>, pool_id: &str) -> sqlx::Result<Uuid> {
@@ -325,10 +335,10 @@ pub async fn attempt_failed(
     Ok(())
 }
 
-pub async fn set_status(db: impl PgExecutor<'_>, member: Uuid, status: &str) -> sqlx::Result<()> {
+pub async fn set_status(db: impl PgExecutor<'_>, member: Uuid, status: MemberStatus) -> sqlx::Result<()> {
     sqlx::query("update pool_members set status = $2, updated_at = now() where id = $1")
         .bind(member)
-        .bind(status)
+        .bind(status.as_str())
         .execute(db)
         .await?;
     Ok(())
