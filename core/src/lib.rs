@@ -4,6 +4,7 @@
 //! database, no network, no clock, no randomness. Callers pass `now` (and any random
 //! input) as arguments, so every decision can be reproduced exactly in a test.
 
+pub mod admission;
 pub mod backoff;
 pub mod dispatch;
 pub mod fairness;

@@ -84,15 +84,28 @@ async fn evicted_jobs_are_dead_letters_that_can_be_redriven() {
     b.get(&format!("/api/v1/dead-letters/{low_id}")).await.assert_problem(StatusCode::NOT_FOUND, "not_found");
     assert_eq!(a.get(&format!("/api/v1/dead-letters/{low_id}")).await.body["state"], "dead_lettered");
 
+    // A redrive must fit: it never evicts, and the queue is full with `high`.
+    let refused = a.post(&format!("/api/v1/dead-letters/{low_id}/redrive"), json!({})).await;
+    refused.assert_problem(StatusCode::TOO_MANY_REQUESTS, "queue_full");
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    assert_eq!(a.post("/api/v1/dead-letters/redrive", json!({"queue": "bounded"})).await.body["ids"], json!([]));
+    assert_eq!(a.get(&format!("/api/v1/dead-letters/{low_id}")).await.body["state"], "dead_lettered");
+
+    let high_id = high.body["id"].as_str().expect("id");
+    assert_eq!(a.post(&format!("/api/v1/jobs/{high_id}/cancel"), json!({})).await.status, StatusCode::OK);
     let redriven = a.post(&format!("/api/v1/dead-letters/{low_id}/redrive"), json!({})).await;
     assert_eq!(redriven.status, StatusCode::OK, "{redriven:?}");
     assert_eq!((redriven.body["state"].as_str(), redriven.body["attempt"].as_i64()), (Some("queued"), Some(0)));
     let nothing_left = a.post("/api/v1/dead-letters/redrive", json!({"queue": "bounded"})).await;
     assert_eq!(nothing_left.body["ids"], json!([]));
+    // Running the cancelled job again by hand meets the same limit.
+    let retry = a.post(&format!("/api/v1/jobs/{high_id}/retry"), json!({})).await;
+    retry.assert_problem(StatusCode::TOO_MANY_REQUESTS, "queue_full");
+    assert_eq!(a.get(&format!("/api/v1/jobs/{high_id}")).await.body["state"], "cancelled");
 
     let metrics = server.anonymous().get("/metrics").await;
     assert_eq!(metrics.status, StatusCode::OK);
     let text = metrics.body.as_str().expect("text");
-    assert!(text.contains("hodei_queue_length{queue=\"bounded\"} 2"), "{text}");
+    assert!(text.contains("hodei_queue_length{queue=\"bounded\"} 1"), "{text}");
     assert!(text.contains("# TYPE hodei_queue_overflow_ratio gauge"), "{text}");
 }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, Json, Problem, Query};
-use crate::http::jobs::{job_not_found, list_page, page, parse_job_id, JobList};
+use crate::http::jobs::{job_not_found, list_page, page, parse_job_id, queue_full, JobList};
 use crate::http::AppState;
 use crate::store::dispatch::{self, RedriveFilter};
 use crate::store::jobs::{self, Job, JobFilter};
@@ -111,10 +111,17 @@ async fn get_dead_letter(
 }
 
 /// Put one dead-lettered job back in its queue with a fresh set of attempts.
+///
+/// A full queue refuses it (429, whatever the queue's overflow policy): the job stays
+/// dead-lettered.
 #[utoipa::path(
     post, path = "/dead-letters/{id}/redrive", tag = "dead-letters", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Job id")),
-    responses((status = 200, description = "queued again", body = Job), (status = 404, body = Problem, content_type = "application/problem+json"))
+    responses(
+        (status = 200, description = "queued again", body = Job),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "the job's queue is full (see Retry-After); the job stays dead-lettered", body = Problem, content_type = "application/problem+json")
+    )
 )]
 async fn redrive_one(
     State(state): State<AppState>,
@@ -125,7 +132,10 @@ async fn redrive_one(
     let mut connection = state.db.acquire().await?;
     let filter =
         RedriveFilter { tenant_scope: principal.tenant_scope(), job_id: Some(job.id), limit: 1, ..Default::default() };
-    dispatch::redrive(&mut connection, &state.policies, &filter).await?;
+    let redriven = dispatch::redrive_dead_letters(&mut connection, &state.policies, &filter).await?;
+    if let Some(refused) = redriven.refused.first() {
+        return Err(queue_full(&refused.queue, refused.retry_after_seconds));
+    }
     jobs::get(&mut *connection, principal.tenant_scope(), job.id)
         .await?
         .map(axum::Json)
@@ -133,6 +143,8 @@ async fn redrive_one(
 }
 
 /// Put a filtered set of dead-lettered jobs back in their queues.
+///
+/// Jobs whose queue is full stay dead-lettered: the answer lists the jobs queued again.
 #[utoipa::path(
     post, path = "/dead-letters/redrive", tag = "dead-letters", request_body = RedriveRequest, security(("bearer" = [])),
     responses((status = 200, body = Redriven), (status = 422, body = Problem, content_type = "application/problem+json"))

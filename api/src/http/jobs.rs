@@ -173,7 +173,7 @@ fn unknown_queues(queues: Vec<String>) -> ApiError {
     ApiError::unprocessable("unknown_queue", format!("no queue named {}", queues.join(", ")))
 }
 
-fn queue_full(queue: &str, retry_after_seconds: i64) -> ApiError {
+pub(crate) fn queue_full(queue: &str, retry_after_seconds: i64) -> ApiError {
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "queue_full",
@@ -440,13 +440,17 @@ async fn cancel_job(
 
 /// Run a finished job (succeeded, cancelled or dead-lettered) again, with a fresh set of
 /// attempts: it goes back to its queue; its history (attempts, events, output) is kept.
+///
+/// A full queue refuses it (429, whatever the queue's overflow policy): the job stays as
+/// it was.
 #[utoipa::path(
     post, path = "/jobs/{id}/retry", tag = "jobs", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Job id")),
     responses(
         (status = 200, description = "queued again", body = Job),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "the job has not finished", body = Problem, content_type = "application/problem+json")
+        (status = 409, description = "the job has not finished", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "the job's queue is full (see Retry-After); the job is left as it was", body = Problem, content_type = "application/problem+json")
     )
 )]
 async fn retry_job(
@@ -460,7 +464,10 @@ async fn retry_job(
     let retried =
         crate::store::dispatch::retry_finished(&mut connection, &state.policies, principal.tenant_scope(), &[job_id])
             .await?;
-    if retried.is_empty() {
+    if let Some(refused) = retried.refused.first() {
+        return Err(queue_full(&refused.queue, refused.retry_after_seconds));
+    }
+    if retried.ids.is_empty() {
         return Err(ApiError::conflict(
             "job_not_finished",
             format!("job {id} is {}; only a succeeded, cancelled or dead-lettered job can be run again", job.state),
@@ -570,6 +577,8 @@ async fn cancel_jobs(
 
 /// Run many finished jobs again, by state (`succeeded`, `cancelled` or `dead_lettered`;
 /// default all of them) and queue.
+///
+/// Jobs whose queue is full stay as they were: the answer lists the jobs queued again.
 #[utoipa::path(
     post, path = "/jobs/retry", tag = "jobs", request_body = RetrySelection, security(("bearer" = [])),
     responses((status = 200, description = "the jobs queued again", body = BulkResult))
@@ -587,7 +596,8 @@ async fn retry_jobs(
     };
     let ids = selected(&state, &principal, &wanted, selection.queue.as_deref(), selection.limit).await?;
     let mut connection = state.db.acquire().await?;
-    let ids = crate::store::dispatch::retry_finished(&mut connection, &state.policies, principal.tenant_scope(), &ids)
-        .await?;
-    Ok(axum::Json(BulkResult { ids }))
+    let retried =
+        crate::store::dispatch::retry_finished(&mut connection, &state.policies, principal.tenant_scope(), &ids)
+            .await?;
+    Ok(axum::Json(BulkResult { ids: retried.ids }))
 }

@@ -266,7 +266,11 @@ async fn requeue(
 
 /// Moves scheduled jobs whose time has come into their ready queues, up to `limit` at a
 /// time. Any number of replicas may run this at once: rows are taken with `skip locked`.
+/// A promotion returns a job to the queue that admitted it: it keeps its place, however
+/// full the queue (`hodei_core::admission`, `EntryKind::Return`). A scheduled job was
+/// counted against the queue's limit since its admission, so this never changes the count.
 pub async fn promote_due(db: &mut PgConnection, registry: &PolicyRegistry, limit: i64) -> sqlx::Result<usize> {
+    use hodei_core::admission::{self, Admission, Entry, EntryKind};
     let mut transaction = db.begin().await?;
     let due: Vec<Requeue> = sqlx::query_as(&format!(
         "select {REQUEUE_COLUMNS} from scheduled_jobs s join jobs j on j.id = s.job_id
@@ -275,6 +279,19 @@ pub async fn promote_due(db: &mut PgConnection, registry: &PolicyRegistry, limit
     .bind(limit)
     .fetch_all(&mut *transaction)
     .await?;
+    let entries: Vec<Entry> = due
+        .iter()
+        .map(|job| Entry { queue: job.queue.clone(), priority: job.priority, kind: EntryKind::Return })
+        .collect();
+    // Returning jobs need nothing from the queues' loads: none are read. A job the plan
+    // refused would stay scheduled, for a later pass (the decision refuses none today).
+    let plan = admission::decide(&Admission { queues: &[], entries: &entries });
+    let due: Vec<Requeue> = due
+        .into_iter()
+        .zip(&plan.decisions)
+        .filter(|(_, decision)| decision.queue().is_some())
+        .map(|(j, _)| j)
+        .collect();
     let promoted = requeue(&mut transaction, registry, due, "job.queued", &[JobState::Scheduled]).await?;
     transaction.commit().await?;
     Ok(promoted)
@@ -290,14 +307,33 @@ pub struct RedriveFilter {
     pub limit: i64,
 }
 
-/// Puts dead-lettered jobs back in their queues with a fresh set of attempts. The attempt
-/// counter keeps growing (it is the fencing token); `attempt_base` marks where the new
-/// set starts.
-pub async fn redrive(
+/// What a rerun by hand (a redrive, a retry of a finished job) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rerun {
+    /// The jobs put back in their queues, in id order.
+    pub ids: Vec<Uuid>,
+    /// The jobs a full queue refused; they are left as they were.
+    pub refused: Vec<RefusedRerun>,
+}
+
+/// A job a full queue refused to take back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedRerun {
+    pub id: Uuid,
+    pub queue: String,
+    pub retry_after_seconds: i64,
+}
+
+/// Puts dead-lettered jobs back in their queues with a fresh set of attempts, as far as
+/// their queues have room: a redrive is a rerun by hand, admitted like a submission but
+/// never redirected and never evicting (`hodei_core::admission`, `EntryKind::Rerun`); the
+/// jobs a full queue refuses stay dead-lettered. The attempt counter keeps growing (it is
+/// the fencing token); `attempt_base` marks where the new set starts.
+pub async fn redrive_dead_letters(
     db: &mut PgConnection,
     registry: &PolicyRegistry,
     filter: &RedriveFilter,
-) -> sqlx::Result<Vec<Uuid>> {
+) -> sqlx::Result<Rerun> {
     let mut transaction = db.begin().await?;
     let jobs: Vec<Requeue> = sqlx::query_as(&format!(
         "select {REQUEUE_COLUMNS} from jobs j
@@ -318,16 +354,26 @@ pub async fn redrive(
     Ok(redriven)
 }
 
-/// Puts locked, finished `jobs` back in their queues for a new run: a fresh set of
-/// attempts (`attempt_base` moves up; `attempt` itself never goes back, it stays the
-/// fencing token), with an event of `kind`. Returns the ids queued, in order.
+/// `redrive_dead_letters`, reporting only the ids put back.
+pub async fn redrive(
+    db: &mut PgConnection,
+    registry: &PolicyRegistry,
+    filter: &RedriveFilter,
+) -> sqlx::Result<Vec<Uuid>> {
+    Ok(redrive_dead_letters(db, registry, filter).await?.ids)
+}
+
+/// Puts locked, finished `jobs` back in their queues for a new run, as far as admission
+/// lets them in (`admit_reruns`): a fresh set of attempts (`attempt_base` moves up;
+/// `attempt` itself never goes back, it stays the fencing token), with an event of `kind`.
 async fn start_new_run(
     db: &mut PgConnection,
     registry: &PolicyRegistry,
     jobs: Vec<Requeue>,
     kind: &str,
     from: &[JobState],
-) -> sqlx::Result<Vec<Uuid>> {
+) -> sqlx::Result<Rerun> {
+    let (jobs, refused) = admit_reruns(&mut *db, jobs).await?;
     let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
     sqlx::query(
         "update jobs set attempt_base = attempt, dead_letter_reason = null, finished_at = null,
@@ -338,24 +384,67 @@ async fn start_new_run(
     .execute(&mut *db)
     .await?;
     requeue(&mut *db, registry, jobs, kind, from).await?;
-    sqlx::query_scalar("select id from jobs where id = any($1) and state = 'queued' order by id")
+    let ids = sqlx::query_scalar("select id from jobs where id = any($1) and state = 'queued' order by id")
         .bind(&ids)
         .fetch_all(&mut *db)
-        .await
+        .await?;
+    Ok(Rerun { ids, refused })
+}
+
+/// Splits reruns into those their queues take and those a full queue refuses, holding the
+/// bounded queues' admission locks (the ones submissions take) until the transaction ends.
+/// Jobs whose queue no longer exists pass: `requeue` dead-letters them.
+async fn admit_reruns(db: &mut PgConnection, jobs: Vec<Requeue>) -> sqlx::Result<(Vec<Requeue>, Vec<RefusedRerun>)> {
+    use crate::store::enqueue;
+    use hodei_core::admission::{self, Admission, Decision, Entry, EntryKind};
+    use hodei_core::queue::QueueSettings;
+    let mut names: Vec<String> = jobs.iter().map(|job| job.queue.clone()).collect();
+    names.sort();
+    names.dedup();
+    let queues = queues::get_many(&mut *db, &names).await?;
+    let bounded: Vec<String> = queues
+        .iter()
+        .filter(|q| q.settings.max_size.is_some())
+        .map(|q| enqueue::queue_lock(&q.settings.name))
+        .collect();
+    if bounded.is_empty() {
+        return Ok((jobs, Vec::new()));
+    }
+    enqueue::take_locks(&mut *db, bounded).await?;
+    let (known, gone): (Vec<Requeue>, Vec<Requeue>) =
+        jobs.into_iter().partition(|job| queues.iter().any(|q| q.settings.name == job.queue));
+    let entries: Vec<Entry> = known
+        .iter()
+        .map(|job| Entry { queue: job.queue.clone(), priority: job.priority, kind: EntryKind::Rerun })
+        .collect();
+    let settings: Vec<&QueueSettings> = queues.iter().map(|q| &q.settings).collect();
+    let loads = enqueue::read_loads(&mut *db, &settings, &entries).await?;
+    let plan = admission::decide(&Admission { queues: &loads.queues, entries: &entries });
+    let mut admitted = gone;
+    let mut refused = Vec::new();
+    for (job, decision) in known.into_iter().zip(plan.decisions) {
+        match decision {
+            Decision::Reject { queue, retry_after_seconds } => {
+                refused.push(RefusedRerun { id: job.id, queue, retry_after_seconds })
+            }
+            _ => admitted.push(job),
+        }
+    }
+    Ok((admitted, refused))
 }
 
 /// The states from which a job can be run again by hand.
 pub const RETRYABLE_STATES: [JobState; 3] = [JobState::Succeeded, JobState::Cancelled, JobState::DeadLettered];
 
 /// Runs a finished job again (succeeded, cancelled or dead-lettered), by hand: back in its
-/// queue with a fresh set of attempts, like a redrive. Returns the ids put back, in order;
-/// jobs that are not finished (or not in `tenant_scope`) are left alone.
+/// queue with a fresh set of attempts, like a redrive, and like a redrive refused by a full
+/// queue. Jobs that are not finished (or not in `tenant_scope`) are left alone.
 pub async fn retry_finished(
     db: &mut PgConnection,
     registry: &PolicyRegistry,
     tenant_scope: Option<Uuid>,
     ids: &[Uuid],
-) -> sqlx::Result<Vec<Uuid>> {
+) -> sqlx::Result<Rerun> {
     let mut transaction = db.begin().await?;
     let states: Vec<&str> = RETRYABLE_STATES.iter().map(|state| state.as_str()).collect();
     let jobs: Vec<Requeue> = sqlx::query_as(&format!(

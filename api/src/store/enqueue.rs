@@ -1,20 +1,28 @@
 //! Admission and enqueue: everything between "a client submitted jobs" and "they wait in
-//! their queue". Decides each job's final queue (overflow), its state (`queued`, or
-//! `scheduled` until its not-before time), and its rank under the queue's policy; then
+//! their queue". Whether each job fits, and where it goes when its queue is full, is
+//! decided by `hodei_core::admission`, purely; this module reads what the decision needs
+//! (settings, sizes, the lowest jobs an `evict_lowest` queue could displace), carries the
+//! plan out (evictions, the rejection record), places each admitted job (`queued`, or
+//! `scheduled` until its not-before time, and its rank under the queue's policy), and
 //! writes the job rows, their ready or scheduled rows, their events and the admission
-//! record in one statement. Queues with a size limit are admitted under a per-queue
-//! advisory lock, so concurrent submissions from any number of replicas cannot overrun
-//! it (a newly set limit applies within the settings cache's TTL; retries, promotions and
-//! redrives re-enter a queue without the size check). Fair queues extend a tenant's tags
-//! under a per-(queue, tenant) lock, so parallel submissions cannot share tags.
+//! record in one statement.
+//!
+//! Queues with a size limit are admitted under a per-queue advisory lock (`queue_lock`),
+//! so concurrent submissions from any number of replicas cannot overrun it (a newly set
+//! limit applies within the settings cache's TTL). Manual reruns (redrives, retries of
+//! finished jobs, in `dispatch`) take the same lock and face the same limit; a job's
+//! automatic retry and the promotion of a scheduled job keep the place the job was
+//! admitted to (see `hodei_core::admission`). Fair queues extend a tenant's tags under a
+//! per-(queue, tenant) lock, so parallel submissions cannot share tags.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use hodei_core::admission::{self, Admission, Decision, Entry, EntryKind, Plan, QueueLoad, Rejection};
 use hodei_core::ordering::{FairContext, PolicyRegistry, RankInput};
-use hodei_core::queue::OverflowPolicy;
+use hodei_core::queue::{OverflowPolicy, QueueSettings};
 use hodei_core::ValidJob;
 use sqlx::types::Json;
 use sqlx::{Acquire, FromRow, PgConnection, PgExecutor};
@@ -23,10 +31,7 @@ use uuid::Uuid;
 use crate::store::jobs::{Idempotency, Job, JobRow, Submitter, JOB_COLUMNS};
 use crate::store::queues::{Queue, QueueRow, QUEUE_COLUMNS};
 
-/// How many redirects a submission may follow before it is rejected.
-pub const MAX_REDIRECTS: usize = 4;
-/// `Retry-After` for a submission rejected by a full queue.
-pub const FULL_QUEUE_RETRY_AFTER_SECONDS: i64 = 5;
+pub use hodei_core::admission::{FULL_QUEUE_RETRY_AFTER_SECONDS, MAX_REDIRECTS};
 
 /// What a submission did.
 #[derive(Debug)]
@@ -255,7 +260,8 @@ async fn states_for(
     Ok(states)
 }
 
-/// Admits and writes `jobs` for `submitter`: all of them, or none.
+/// Admits and writes `jobs` for `submitter`: all of them, or none. Admission is decided by
+/// `hodei_core::admission`; this reads what it needs, locks, and carries out the plan.
 pub async fn submit(
     db: &mut PgConnection,
     context: SubmitContext<'_>,
@@ -265,7 +271,7 @@ pub async fn submit(
     return_jobs: bool,
 ) -> sqlx::Result<SubmitOutcome> {
     let registry = context.registry;
-    let now = Utc::now();
+    let placer = Placer { registry, tenant_id: submitter.tenant_id, now: Utc::now() };
     let mut names: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
     names.sort();
     names.dedup();
@@ -280,34 +286,26 @@ pub async fn submit(
     let bounded = names.iter().any(|name| states[name].queue.settings.max_size.is_some());
     let fair = names.iter().any(|name| needs_fair(&states[name]));
     if !bounded && !fair {
-        let placements = place_without_limits(registry, &states, submitter.tenant_id, jobs, now);
+        let placements = placer.place(&states, jobs, &as_named(jobs));
         return insert_or_replay(db, submitter, jobs, &placements, idempotency, return_jobs).await;
     }
 
-    // A size-limited or fair queue is involved: admit in one transaction, holding
-    // transaction-scoped advisory locks taken in one sorted pass (so two submissions can
-    // never wait on each other in opposite orders) on every bounded queue the jobs may
-    // reach through redirects, and on each fair (queue, tenant) whose tags they extend.
+    // A size-limited or fair queue is involved: admit in one transaction, holding the
+    // advisory locks of every bounded queue the jobs may reach through redirects, and of
+    // each fair (queue, tenant) whose tags they extend.
     let mut transaction = db.begin().await?;
     let involved = redirect_closure(&mut transaction, &mut states, &names, submitter.tenant_id).await?;
     let mut locks: Vec<String> = Vec::new();
     for name in &involved {
         let state = &states[name];
         if state.queue.settings.max_size.is_some() {
-            locks.push(format!("hodei.queue:{name}"));
+            locks.push(queue_lock(name));
         }
         if needs_fair(state) {
             locks.push(format!("hodei.fair:{name}:{}", submitter.tenant_id));
         }
     }
-    locks.sort();
-    locks.dedup();
-    for lock in &locks {
-        sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(lock)
-            .execute(&mut *transaction)
-            .await?;
-    }
+    take_locks(&mut transaction, locks).await?;
     // Tags must extend what is queued now, under the lock, not what was read before it.
     let fair_queues: Vec<String> = involved.iter().filter(|n| needs_fair(&states[*n])).cloned().collect();
     if !fair_queues.is_empty() {
@@ -316,67 +314,114 @@ pub async fn submit(
     // A retry of an earlier submission gets its jobs back even if the queue filled since.
     if let Some(idempotency) = idempotency {
         if idempotency_keys_exist(&mut transaction, submitter, idempotency, jobs.len()).await? {
-            let placements = place_without_limits(registry, &states, submitter.tenant_id, jobs, now);
+            let placements = placer.place(&states, jobs, &as_named(jobs));
             return insert_or_replay(&mut transaction, submitter, jobs, &placements, Some(idempotency), return_jobs)
                 .await;
         }
     }
 
-    let mut queue_of: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
-    let mut submitted_queue: Vec<Option<String>> = vec![None; jobs.len()];
-    let mut evictions: Vec<(String, i64)> = Vec::new();
-    for _ in 0..=MAX_REDIRECTS {
-        let mut demand: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (index, queue) in queue_of.iter().enumerate() {
-            demand.entry(queue.clone()).or_default().push(index);
-        }
-        let mut redirected_any = false;
-        for (queue, indices) in &demand {
-            let settings = states[queue].queue.settings.clone();
-            let Some(max_size) = settings.max_size else { continue };
-            let size = queue_size(&mut transaction, queue, max_size).await?;
-            let already_evicting: i64 = evictions.iter().filter(|(q, _)| q == queue).map(|(_, n)| n).sum();
-            let free = (max_size - size + already_evicting).max(0) as usize;
-            if indices.len() <= free {
-                continue;
-            }
-            let excess = &indices[free..];
-            match (settings.overflow, settings.overflow_queue.as_ref().filter(|t| states.contains_key(*t))) {
-                (OverflowPolicy::EvictLowest, _) => evictions.push((queue.clone(), excess.len() as i64)),
-                (OverflowPolicy::Redirect, Some(target)) => {
-                    for index in excess {
-                        submitted_queue[*index].get_or_insert_with(|| queue_of[*index].clone());
-                        queue_of[*index] = target.clone();
-                    }
-                    redirected_any = true;
-                }
-                // Reject, or a redirect whose target no longer exists.
-                _ => {
-                    drop(transaction);
-                    return reject(db, submitter, queue, excess.len()).await;
-                }
-            }
-        }
-        if !redirected_any {
-            let placements = place_in(registry, &states, submitter.tenant_id, jobs, &queue_of, &submitted_queue, now);
-            for (queue, count) in &evictions {
-                let evicted = evict_lowest(&mut transaction, queue, *count).await?;
-                if evicted < *count {
-                    drop(transaction);
-                    return reject(db, submitter, queue, (*count - evicted) as usize).await;
-                }
-            }
-            let outcome =
-                insert_or_replay(&mut transaction, submitter, jobs, &placements, idempotency, return_jobs).await?;
-            if matches!(outcome, SubmitOutcome::Created { .. }) {
-                transaction.commit().await?;
-            }
-            return Ok(outcome);
-        }
+    let entries: Vec<Entry> = jobs
+        .iter()
+        .map(|job| Entry { queue: job.queue.clone(), priority: job.priority, kind: EntryKind::Submission })
+        .collect();
+    let settings: Vec<&QueueSettings> = involved.iter().map(|name| &states[name].queue.settings).collect();
+    let loads = read_loads(&mut transaction, &settings, &entries).await?;
+    let plan = admission::decide(&Admission { queues: &loads.queues, entries: &entries });
+    if let Some(rejection) = plan.rejection() {
+        drop(transaction);
+        return reject(db, submitter, &rejection).await;
     }
-    drop(transaction);
-    let first = jobs.first().map(|j| j.queue.clone()).unwrap_or_default();
-    reject(db, submitter, &first, jobs.len()).await
+    evict(&mut transaction, &loads.victims(&plan)).await?;
+    let placements = placer.place(&states, jobs, &plan.decisions);
+    let outcome = insert_or_replay(&mut transaction, submitter, jobs, &placements, idempotency, return_jobs).await?;
+    if matches!(outcome, SubmitOutcome::Created { .. }) {
+        transaction.commit().await?;
+    }
+    Ok(outcome)
+}
+
+/// Each job admitted to the queue it names.
+fn as_named(jobs: &[ValidJob]) -> Vec<Decision> {
+    jobs.iter().map(|job| Decision::Accept { queue: job.queue.clone() }).collect()
+}
+
+/// The advisory lock that serializes admission to a bounded queue.
+pub(crate) fn queue_lock(queue: &str) -> String {
+    format!("hodei.queue:{queue}")
+}
+
+/// Takes transaction-scoped advisory locks in one sorted pass, so two transactions can
+/// never wait on each other in opposite orders.
+pub(crate) async fn take_locks(db: &mut PgConnection, mut locks: Vec<String>) -> sqlx::Result<()> {
+    locks.sort();
+    locks.dedup();
+    for lock in &locks {
+        sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))").bind(lock).execute(&mut *db).await?;
+    }
+    Ok(())
+}
+
+/// What admission needs to know about the queues, as read under their locks.
+#[derive(Debug)]
+pub(crate) struct Loads {
+    pub queues: Vec<QueueLoad>,
+    /// For each queue with `evictable` priorities, the ids of those jobs, in the same order.
+    evictable_ids: HashMap<String, Vec<Uuid>>,
+}
+
+impl Loads {
+    /// The jobs the plan evicts.
+    fn victims(&self, plan: &Plan) -> Vec<(String, Vec<Uuid>)> {
+        plan.evictions
+            .iter()
+            .map(|(queue, count)| {
+                let ids = self.evictable_ids.get(queue).map_or(&[][..], |ids| &ids[..(*count).min(ids.len())]);
+                (queue.clone(), ids.to_vec())
+            })
+            .collect()
+    }
+}
+
+/// How full each of `queues` is, as admission of `entries` needs it: the size of each
+/// bounded queue (counted up to its limit) and, for an `evict_lowest` queue that
+/// submissions may overflow, its lowest-priority ready jobs below the highest newcomer's
+/// priority, as many as there are entries. Those are locked (`for update`), so they are
+/// still there to evict when the plan says so; jobs other transactions hold are skipped.
+/// Call it holding the queues' locks.
+pub(crate) async fn read_loads(
+    db: &mut PgConnection,
+    queues: &[&QueueSettings],
+    entries: &[Entry],
+) -> sqlx::Result<Loads> {
+    let submissions: Vec<i16> =
+        entries.iter().filter(|e| e.kind == EntryKind::Submission).map(|e| e.priority).collect();
+    let mut loads = Loads { queues: Vec::with_capacity(queues.len()), evictable_ids: HashMap::new() };
+    for settings in queues {
+        let Some(max_size) = settings.max_size else {
+            loads.queues.push(QueueLoad::new(settings, 0, Vec::new()));
+            continue;
+        };
+        let size = queue_size(&mut *db, &settings.name, max_size).await?;
+        let may_evict = settings.overflow == OverflowPolicy::EvictLowest
+            && !submissions.is_empty()
+            && size + submissions.len() as i64 > max_size;
+        let mut evictable = Vec::new();
+        if let (true, Some(highest)) = (may_evict, submissions.iter().max()) {
+            let lowest: Vec<(Uuid, i16)> = sqlx::query_as(
+                "select job_id, priority from ready_jobs where queue = $1 and priority < $2
+                 order by priority, seq desc limit $3 for update skip locked",
+            )
+            .bind(&settings.name)
+            .bind(highest)
+            .bind(submissions.len() as i64)
+            .fetch_all(&mut *db)
+            .await?;
+            evictable = lowest.iter().map(|(_, priority)| *priority).collect();
+            loads.evictable_ids.insert(settings.name.clone(), lowest.into_iter().map(|(id, _)| id).collect());
+        }
+        loads.queues.push(QueueLoad::new(settings, size, evictable));
+    }
+    Ok(loads)
 }
 
 /// `names` plus every queue reachable from them through overflow redirects (at most
@@ -409,6 +454,8 @@ async fn redirect_closure(
     }
     involved.sort();
     involved.dedup();
+    // A redirect target that no longer exists has no state: admission treats it as gone.
+    involved.retain(|name| states.contains_key(name));
     Ok(involved)
 }
 
@@ -447,49 +494,44 @@ async fn missing_queues(db: impl PgExecutor<'_>, queues: &[String]) -> sqlx::Res
     .await
 }
 
-fn place_without_limits(
-    registry: &PolicyRegistry,
-    states: &HashMap<String, QueueState>,
+/// Places admitted jobs: their state (`queued`, or `scheduled` until their not-before
+/// time) and their rank in the queue the admission decision sent them to.
+#[derive(Debug, Clone, Copy)]
+struct Placer<'a> {
+    registry: &'a PolicyRegistry,
     tenant_id: Uuid,
-    jobs: &[ValidJob],
     now: DateTime<Utc>,
-) -> Vec<Placement> {
-    let queues: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
-    place_in(registry, states, tenant_id, jobs, &queues, &vec![None; jobs.len()], now)
 }
 
-fn place_in(
-    registry: &PolicyRegistry,
-    states: &HashMap<String, QueueState>,
-    tenant_id: Uuid,
-    jobs: &[ValidJob],
-    queues: &[String],
-    submitted_queues: &[Option<String>],
-    now: DateTime<Utc>,
-) -> Vec<Placement> {
-    let mut ranker = Ranker::new(registry);
-    jobs.iter()
-        .zip(queues.iter().zip(submitted_queues))
-        .map(|(job, (queue, submitted_queue))| {
-            let scheduled = job.not_before.is_some_and(|at| at > now);
-            let rankable = RankableJob {
-                tenant_id,
-                priority: job.priority,
-                deadline: job.deadline,
-                timeout_seconds: job.timeout_seconds,
-                metadata: &job.metadata,
-            };
-            // A scheduled job is ranked when it becomes ready, against the queue as it is then.
-            let (rank, fair) = if scheduled {
-                (0.0, false)
-            } else {
-                // Unknown policies cannot be stored (queue settings are validated), so the
-                // fallback only guards against a process started without a plugin.
-                ranker.rank(&states[queue], rankable, now).unwrap_or((unix_seconds(now), false))
-            };
-            Placement { queue: queue.clone(), submitted_queue: submitted_queue.clone(), scheduled, rank, fair }
-        })
-        .collect()
+impl Placer<'_> {
+    /// One placement per job, in the queue its (admitting) decision names.
+    fn place(&self, states: &HashMap<String, QueueState>, jobs: &[ValidJob], decisions: &[Decision]) -> Vec<Placement> {
+        let mut ranker = Ranker::new(self.registry);
+        jobs.iter()
+            .zip(decisions)
+            .map(|(job, decision)| {
+                let queue = decision.queue().unwrap_or(&job.queue).to_owned();
+                let scheduled = job.not_before.is_some_and(|at| at > self.now);
+                let rankable = RankableJob {
+                    tenant_id: self.tenant_id,
+                    priority: job.priority,
+                    deadline: job.deadline,
+                    timeout_seconds: job.timeout_seconds,
+                    metadata: &job.metadata,
+                };
+                // A scheduled job is ranked when it becomes ready, against the queue as it is then.
+                let (rank, fair) = if scheduled {
+                    (0.0, false)
+                } else {
+                    // Unknown policies cannot be stored (queue settings are validated), so the
+                    // fallback only guards against a process started without a plugin.
+                    ranker.rank(&states[&queue], rankable, self.now).unwrap_or((unix_seconds(self.now), false))
+                };
+                let submitted_queue = decision.redirected_from().map(str::to_owned);
+                Placement { queue, submitted_queue, scheduled, rank, fair }
+            })
+            .collect()
+    }
 }
 
 /// Jobs waiting in `queue` (ready or scheduled), counted up to `cap`.
@@ -504,55 +546,47 @@ async fn queue_size(db: &mut PgConnection, queue: &str, cap: i64) -> sqlx::Resul
     .await
 }
 
-/// Dead-letters up to `count` of the lowest-priority ready jobs (newest first among
-/// equals) with reason `evicted`; returns how many it moved.
-async fn evict_lowest(db: &mut PgConnection, queue: &str, count: i64) -> sqlx::Result<i64> {
-    let evicted: Vec<(Uuid, Uuid)> = sqlx::query_as(
-        "with victims as (
-            select job_id from ready_jobs where queue = $1
-            order by priority, seq desc limit $2 for update skip locked
-         ), removed as (
-            delete from ready_jobs r using victims v where r.job_id = v.job_id returning r.job_id
-         ), moved as (
-            update jobs j set state = 'dead_lettered', dead_letter_reason = 'evicted',
-                last_error = 'evicted from a full queue', finished_at = now(), updated_at = now()
-            from removed where j.id = removed.job_id
-            returning j.id, j.tenant_id, j.attempt
-         ), events as (
-            insert into job_events (tenant_id, job_id, kind, state, attempt, data)
-            select tenant_id, id, 'job.dead_lettered', 'dead_lettered', attempt, '{\"reason\": \"evicted\"}'
-            from moved order by id
-         ), activity as (
-            insert into queue_activity (queue, tenant_id, kind, job_id, reason)
-            select $1, tenant_id, 'evicted', id, 'queue full' from moved
-         )
-         select id, tenant_id from moved",
-    )
-    .bind(queue)
-    .bind(count)
-    .fetch_all(db)
-    .await?;
-    Ok(evicted.len() as i64)
+/// Dead-letters the given ready jobs of each queue with reason `evicted`. They were read
+/// and locked by `read_loads`, in the same transaction.
+async fn evict(db: &mut PgConnection, victims: &[(String, Vec<Uuid>)]) -> sqlx::Result<()> {
+    for (queue, ids) in victims.iter().filter(|(_, ids)| !ids.is_empty()) {
+        sqlx::query(
+            "with removed as (
+                delete from ready_jobs where queue = $1 and job_id = any($2) returning job_id
+             ), moved as (
+                update jobs j set state = 'dead_lettered', dead_letter_reason = 'evicted',
+                    last_error = 'evicted from a full queue', finished_at = now(), updated_at = now()
+                from removed where j.id = removed.job_id
+                returning j.id, j.tenant_id, j.attempt
+             ), events as (
+                insert into job_events (tenant_id, job_id, kind, state, attempt, data)
+                select tenant_id, id, 'job.dead_lettered', 'dead_lettered', attempt, '{\"reason\": \"evicted\"}'
+                from moved order by id
+             )
+             insert into queue_activity (queue, tenant_id, kind, job_id, reason)
+             select $1, tenant_id, 'evicted', id, 'queue full' from moved",
+        )
+        .bind(queue)
+        .bind(ids)
+        .execute(&mut *db)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Records a rejection (outside any transaction, so it survives) and reports it.
-async fn reject(
-    db: &mut PgConnection,
-    submitter: Submitter<'_>,
-    queue: &str,
-    jobs: usize,
-) -> sqlx::Result<SubmitOutcome> {
+async fn reject(db: &mut PgConnection, submitter: Submitter<'_>, rejection: &Rejection) -> sqlx::Result<SubmitOutcome> {
     sqlx::query(
         "insert into queue_activity (queue, tenant_id, kind, jobs, retry_after_seconds, reason)
          values ($1, $2, 'rejected', $3, $4, 'queue full')",
     )
-    .bind(queue)
+    .bind(&rejection.queue)
     .bind(submitter.tenant_id)
-    .bind(jobs as i32)
-    .bind(FULL_QUEUE_RETRY_AFTER_SECONDS as i32)
+    .bind(rejection.jobs as i32)
+    .bind(rejection.retry_after_seconds as i32)
     .execute(db)
     .await?;
-    Ok(SubmitOutcome::Rejected { queue: queue.to_owned(), retry_after_seconds: FULL_QUEUE_RETRY_AFTER_SECONDS })
+    Ok(SubmitOutcome::Rejected { queue: rejection.queue.clone(), retry_after_seconds: rejection.retry_after_seconds })
 }
 
 /// Writes the jobs (all or none), or finds the earlier submission with the same key.
