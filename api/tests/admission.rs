@@ -5,11 +5,13 @@
 
 use chrono::Utc;
 use hodei_api::http::default_policies;
-use hodei_api::store::dispatch::{self, Failure, FailureResult, RedriveFilter, RefusedRerun};
+use hodei_api::loops::Scheduler;
+use hodei_api::store::assignment::{self, Assigned, AttemptResult, CycleLimits, Recorded};
+use hodei_api::store::dispatch::{self, FailureResult, RedriveFilter, RefusedRerun};
 use hodei_api::store::enqueue::{self, SubmitOutcome};
 use hodei_api::store::jobs::{self, CancelResult, Submitter};
 use hodei_api::store::queues::{self, RetrySettings};
-use hodei_api::store::tenants;
+use hodei_api::store::{tenants, workers};
 use hodei_api::testing::TestDatabase;
 use hodei_core::ordering::PolicyRegistry;
 use hodei_core::queue::{OverflowPolicy, QueueSettings};
@@ -86,21 +88,34 @@ impl Store {
         .expect("waiting")
     }
 
-    /// Takes `id` out of its queue as a worker would, starting attempt 1.
-    async fn start(&self, id: Uuid) {
-        sqlx::query("delete from ready_jobs where job_id = $1").bind(id).execute(&self.pool).await.expect("unready");
-        sqlx::query("update jobs set state = 'running', attempt = attempt + 1 where id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .expect("running");
+    /// Dispatches `id`, the next job waiting, to a new one-slot worker through the
+    /// scheduling cycle `hodei serve` runs.
+    async fn start(&self, id: Uuid) -> Assigned {
+        let (labels, token) = (Default::default(), Uuid::now_v7());
+        let worker = workers::NewWorker {
+            name: "admission",
+            pool: "default",
+            cpu_millis: i32::MAX,
+            memory_mib: i32::MAX,
+            slots: 1,
+            labels: &labels,
+            instance_id: None,
+            token_hash: token.as_bytes(),
+        };
+        workers::register(&self.pool, &worker).await.expect("register");
+        let scheduler =
+            Scheduler { limits: CycleLimits { workers: 200, jobs: 1 }, ..Scheduler::new(self.pool.clone()) };
+        let assigned = scheduler.tick().await.expect("cycle").assigned;
+        assert_eq!(assigned.iter().map(|a| a.job_id).collect::<Vec<_>>(), [id]);
+        assigned[0].clone()
     }
 
-    async fn fail(&self, id: Uuid, retryable: bool) -> FailureResult {
-        let attempt = self.job(id).await.attempt;
-        let failure = Failure { job_id: id, attempt, error: "boom".into(), retryable };
+    /// The worker reports that the attempt failed.
+    async fn fail(&self, attempt: &Assigned) -> Recorded {
+        let result =
+            AttemptResult { job_id: attempt.job_id, attempt: attempt.attempt, exit_code: Some(1), error: None };
         let mut connection = self.pool.acquire().await.expect("connection");
-        dispatch::fail(&mut connection, &failure, 0.5).await.expect("fail")
+        assignment::finish(&mut connection, attempt.worker_id, &result, 0.5).await.expect("finish")
     }
 
     async fn promote_everything_due_now(&self) -> usize {
@@ -276,11 +291,11 @@ async fn an_automatic_retry_keeps_its_place_in_a_full_queue() {
     let store = store().await;
     store.queue("strict", "fifo", |q| q.max_size = Some(1)).await;
     let first = store.submit_ids(vec![json!({"queue": "strict"})]).await[0];
-    store.start(first).await;
+    let running = store.start(first).await;
     // While `first` runs it does not wait: there is room for another.
     let second = store.submit_ids(vec![json!({"queue": "strict"})]).await[0];
 
-    assert!(matches!(store.fail(first, true).await, FailureResult::RetryScheduled { .. }));
+    assert!(matches!(store.fail(&running).await, Recorded::Failed(FailureResult::RetryScheduled { .. })));
     assert_eq!(store.promote_everything_due_now().await, 1);
     assert_eq!((store.state(first).await, store.state(second).await), (JobState::Queued, JobState::Queued));
     assert_eq!(store.waiting("strict").await, 2, "one over the limit: the job in flight came back");
