@@ -20,9 +20,9 @@ openapi:
 
 # Submission benchmarks against HODEI_DATABASE_URL (a scratch database).
 bench-submit:
-    cargo build --release --bin hodei
-    ./target/release/hodei bench submit --mode single --rate 500 --duration 20
-    ./target/release/hodei bench submit --mode batch --concurrency 4 --batch-size 1000 --duration 20
+    cargo build --release --bin hodei --bin hodei-bench
+    ./target/release/hodei-bench submit --mode single --rate 500 --duration 20
+    ./target/release/hodei-bench submit --mode batch --concurrency 4 --batch-size 1000 --duration 20
 
 # Everything CI does.
 ci:

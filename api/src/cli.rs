@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::generate_key;
 use crate::config::{Config, LogFormat};
-use crate::{bench, client, db, dev, serve, store};
+use crate::{client, db, dev, serve, store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -58,9 +58,6 @@ pub enum Command {
     /// Administration straight against the database.
     #[command(subcommand)]
     Admin(AdminCommand),
-    /// Load generators that measure a running system.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
     /// Client commands that talk to a running API over HTTP.
     #[command(flatten)]
     Client(Box<client::ClientCommand>),
@@ -189,7 +186,6 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Config(_) | Command::Client(_) => unreachable!("handled before the runtime starts"),
         Command::Admin(admin) => run_admin(admin, &config).await,
-        Command::Bench(bench_command) => bench::run(bench_command, &config).await,
     }
 }
 

@@ -3,10 +3,6 @@
 //! tests drive the same functions.
 
 pub mod auth;
-pub mod bench;
-pub mod bench_engine;
-pub mod bench_pools;
-pub mod bench_workers;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -21,6 +17,8 @@ pub mod provider;
 pub mod reconcile;
 pub mod serve;
 pub mod store;
+/// Test support (a database per test); built for tests only.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use http::{app, AppState};

@@ -16,15 +16,15 @@ use sqlx::PgPool;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::bench::percentile;
-use crate::config::Config;
-use crate::http::default_policies;
-use crate::loops::Scheduler;
-use crate::store::assignment::{self, AttemptResult, CycleLimits};
-use crate::store::enqueue;
-use crate::store::jobs::Submitter;
-use crate::store::queues::{self, RetrySettings};
-use crate::{db, store};
+use crate::e2e::percentile;
+use hodei_api::config::Config;
+use hodei_api::http::default_policies;
+use hodei_api::loops::Scheduler;
+use hodei_api::store::assignment::{self, AttemptResult, CycleLimits};
+use hodei_api::store::enqueue;
+use hodei_api::store::jobs::Submitter;
+use hodei_api::store::queues::{self, RetrySettings};
+use hodei_api::{db, store};
 
 #[derive(Debug, Args)]
 pub struct EngineArgs {

@@ -1,4 +1,4 @@
-//! `hodei bench`: load generators that drive a real `hodei serve` over HTTP and report
+//! `hodei-bench`: load generators that drive a real `hodei serve` over HTTP and report
 //! throughput and latency percentiles. By default the benchmark starts its own server as
 //! a child process against the configured database (use a scratch database: the jobs it
 //! submits stay there); `--url` and `--admin-key` aim it at a running system instead.
@@ -13,30 +13,31 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::auth::generate_key;
-use crate::config::Config;
+use hodei_api::auth::generate_key;
+use hodei_api::config::Config;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Job submission: single submits at a fixed rate, or batches as fast as they go.
     Submit(SubmitArgs),
-    /// The queue engine in-process (no HTTP): enqueue, claim+complete, dispatch at depth.
+    /// The queue engine in-process (no HTTP) through the scheduling cycle: enqueue,
+    /// cycle+complete, dispatch at depth.
     /// Use a scratch database: it adds queues and millions of jobs.
-    Engine(crate::bench_engine::EngineArgs),
+    Engine(crate::engine::EngineArgs),
     /// End to end: a server, real `hodei-worker` processes, no-op jobs from batched submit
     /// to completed; throughput and submit→assigned / submit→started latency.
     E2e(E2eArgs),
     /// Submit→assigned/started latency of single no-op jobs at a steady rate, with idle
     /// capacity on real workers.
-    Latency(crate::bench_workers::LatencyArgs),
+    Latency(crate::workers::LatencyArgs),
     /// Heartbeat latency and database CPU with many simulated workers, over time.
-    Heartbeats(crate::bench_workers::HeartbeatArgs),
+    Heartbeats(crate::workers::HeartbeatArgs),
     /// Many long jobs running at once on real workers: API latency and whether the
     /// scheduler keeps assigning new work meanwhile.
-    Running(crate::bench_workers::RunningArgs),
+    Running(crate::workers::RunningArgs),
     /// A static `local` pool: time until all its workers are ready, and allocation latency
     /// of an idle pool worker to a job.
-    Pool(crate::bench_pools::PoolArgs),
+    Pool(crate::pools::PoolArgs),
 }
 
 #[derive(Debug, Args)]
@@ -86,30 +87,38 @@ pub struct SubmitArgs {
 pub async fn run(command: BenchCommand, config: &Config) -> anyhow::Result<()> {
     match command {
         BenchCommand::Submit(args) => submit(args, config).await,
-        BenchCommand::Engine(args) => crate::bench_engine::run(args, config).await,
+        BenchCommand::Engine(args) => crate::engine::run(args, config).await,
         BenchCommand::E2e(args) => end_to_end(args, config).await,
-        BenchCommand::Latency(args) => crate::bench_workers::latency(args, config).await,
-        BenchCommand::Heartbeats(args) => crate::bench_workers::heartbeats(args, config).await,
-        BenchCommand::Running(args) => crate::bench_workers::running(args, config).await,
-        BenchCommand::Pool(args) => crate::bench_pools::pool(args, config).await,
+        BenchCommand::Latency(args) => crate::workers::latency(args, config).await,
+        BenchCommand::Heartbeats(args) => crate::workers::heartbeats(args, config).await,
+        BenchCommand::Running(args) => crate::workers::running(args, config).await,
+        BenchCommand::Pool(args) => crate::pools::pool(args, config).await,
     }
+}
+
+/// A binary built beside this one (`hodei`, `hodei-worker`), with a clear error if it is
+/// missing.
+pub fn sibling_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    anyhow::ensure!(path.exists(), "{} not found: build it with `cargo build --release --bin {name}`", path.display());
+    Ok(path)
 }
 
 /// A `hodei serve` child process, killed when dropped.
 #[derive(Debug)]
-pub(crate) struct ChildServer {
+pub struct ChildServer {
     _child: tokio::process::Child,
 }
 
 impl ChildServer {
     /// The server's process id, while it runs.
-    pub(crate) fn id(&self) -> Option<u32> {
+    pub fn id(&self) -> Option<u32> {
         self._child.id()
     }
 }
 
 /// The registration token the benchmark's own server and workers share.
-pub(crate) const BENCH_REGISTRATION_TOKEN: &str = "hodei-bench-registration-token-0123456789";
+pub const BENCH_REGISTRATION_TOKEN: &str = "hodei-bench-registration-token-0123456789";
 
 async fn start_server(config: &Config) -> anyhow::Result<(ChildServer, String, String)> {
     start_server_with_env(config, &[]).await
@@ -117,14 +126,14 @@ async fn start_server(config: &Config) -> anyhow::Result<(ChildServer, String, S
 
 /// `start_server`, with extra `HODEI_*` settings for the server (they win over the
 /// benchmark's own environment, which the server otherwise inherits).
-pub(crate) async fn start_server_with_env(
+pub async fn start_server_with_env(
     config: &Config,
     extra_env: &[(&str, String)],
 ) -> anyhow::Result<(ChildServer, String, String)> {
     let database_url = config.require_database_url()?.expose().to_owned();
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let admin_key = generate_key()?.plaintext;
-    let child = tokio::process::Command::new(std::env::current_exe()?)
+    let child = tokio::process::Command::new(sibling_binary("hodei")?)
         .arg("serve")
         .env("HODEI_WORKER_REGISTRATION_TOKEN", BENCH_REGISTRATION_TOKEN)
         .env("HODEI_DATABASE_URL", database_url)
@@ -154,11 +163,7 @@ pub(crate) async fn start_server_with_env(
     Ok((ChildServer { _child: child }, url, admin_key))
 }
 
-pub(crate) async fn create_bench_tenant(
-    client: &reqwest::Client,
-    url: &str,
-    admin_key: &str,
-) -> anyhow::Result<String> {
+pub async fn create_bench_tenant(client: &reqwest::Client, url: &str, admin_key: &str) -> anyhow::Result<String> {
     let name = format!("bench-{}", uuid::Uuid::now_v7().simple());
     let response =
         client.post(format!("{url}/api/v1/tenants")).bearer_auth(admin_key).json(&json!({"name": name})).send().await?;
@@ -198,7 +203,7 @@ struct Samples {
     jobs: usize,
 }
 
-pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -338,7 +343,7 @@ async fn end_to_end(args: E2eArgs, config: &Config) -> anyhow::Result<()> {
     let spawn_rate = spawns as f64 / spawned.elapsed().as_secs_f64();
 
     let (_server, url, admin_key) = start_server(config).await?;
-    let worker_binary = std::env::current_exe()?.with_file_name("hodei-worker");
+    let worker_binary = sibling_binary("hodei-worker")?;
     let mut workers = Vec::new();
     for index in 0..args.workers {
         workers.push(
@@ -363,7 +368,7 @@ async fn end_to_end(args: E2eArgs, config: &Config) -> anyhow::Result<()> {
     }
     let client = reqwest::Client::new();
     let tenant_key = create_bench_tenant(&client, &url, &admin_key).await?;
-    let pool = crate::db::connect(config.require_database_url()?.expose(), 2).await?;
+    let pool = hodei_api::db::connect(config.require_database_url()?.expose(), 2).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while sqlx::query_scalar::<_, i64>("select count(*) from workers where gone_at is null").fetch_one(&pool).await?
         < args.workers as i64

@@ -21,9 +21,9 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::bench::{create_bench_tenant, percentile, start_server_with_env, ChildServer, BENCH_REGISTRATION_TOKEN};
-use crate::config::Config;
-use crate::store::dispatch::random_fraction;
+use crate::e2e::{create_bench_tenant, percentile, start_server_with_env, ChildServer, BENCH_REGISTRATION_TOKEN};
+use hodei_api::config::Config;
+use hodei_api::store::dispatch::random_fraction;
 
 #[derive(Debug, Args)]
 pub struct LatencyArgs {
@@ -145,7 +145,7 @@ fn http_client() -> anyhow::Result<reqwest::Client> {
 pub async fn latency(args: LatencyArgs, config: &Config) -> anyhow::Result<()> {
     ensure!(args.rate > 0.0 && args.duration > 0.0 && args.warmup >= 0.0, "--rate and --duration must be positive");
     let (server, url, admin_key) = start_server_with_env(config, &[]).await?;
-    let pool = crate::db::connect(config.require_database_url()?.expose(), 2).await?;
+    let pool = hodei_api::db::connect(config.require_database_url()?.expose(), 2).await?;
     let fleet = WorkerFleet::start(
         &url,
         FleetSpec {
@@ -379,12 +379,7 @@ struct WorkerFleet {
 
 impl WorkerFleet {
     fn start(url: &str, spec: FleetSpec) -> anyhow::Result<Self> {
-        let binary = std::env::current_exe()?.with_file_name("hodei-worker");
-        ensure!(
-            binary.exists(),
-            "{} not found: build it with `cargo build --release --bin hodei-worker`",
-            binary.display()
-        );
+        let binary = crate::e2e::sibling_binary("hodei-worker")?;
         let run_id = Uuid::now_v7().simple().to_string();
         let log_dir = std::env::temp_dir().join(format!("hodei-bench-{run_id}"));
         std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
@@ -712,7 +707,7 @@ pub async fn heartbeats(args: HeartbeatArgs, config: &Config) -> anyhow::Result<
         ],
     )
     .await?;
-    let pool = crate::db::connect(config.require_database_url()?.expose(), 2).await?;
+    let pool = hodei_api::db::connect(config.require_database_url()?.expose(), 2).await?;
     let watch = CpuWatch::new(&pool, &server, Vec::new()).await?;
     let run_id = Uuid::now_v7().simple().to_string();
 
@@ -1012,7 +1007,7 @@ pub async fn running(args: RunningArgs, config: &Config) -> anyhow::Result<()> {
     }
 
     let (server, url, admin_key) = start_server_with_env(config, &[]).await?;
-    let pool = crate::db::connect(config.require_database_url()?.expose(), 2).await?;
+    let pool = hodei_api::db::connect(config.require_database_url()?.expose(), 2).await?;
     let fleet = WorkerFleet::start(
         &url,
         FleetSpec {

@@ -8,8 +8,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::json;
 
-use crate::bench::{create_bench_tenant, start_server_with_env};
-use crate::config::Config;
+use crate::e2e::{create_bench_tenant, start_server_with_env};
+use hodei_api::config::Config;
 
 #[derive(Debug, Args)]
 pub struct PoolArgs {
@@ -70,7 +70,7 @@ pub async fn pool(args: PoolArgs, config: &Config) -> anyhow::Result<()> {
 
     // Allocation: single jobs at a slow steady rate; every one finds idle workers.
     let tenant_key = create_bench_tenant(&client, &url, &admin_key).await?;
-    let db = crate::db::connect(config.require_database_url()?.expose(), 2).await?;
+    let db = hodei_api::db::connect(config.require_database_url()?.expose(), 2).await?;
     let mut ids = Vec::with_capacity(args.jobs);
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.1));
     let start = tokio::time::Instant::now();
