@@ -74,18 +74,9 @@ pub fn local_limits() -> ProviderLimits {
     ProviderLimits { name: "local".to_owned(), max_memory_mib: host_memory_mib(), max_cpu_millis: u32::MAX }
 }
 
-/// This machine's memory in MiB.
+/// This machine's memory in MiB, as the workers it starts detect it (no limit if unknown).
 pub fn host_memory_mib() -> u32 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|line| line.strip_prefix("MemTotal:"))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|kib| kib.parse::<u64>().ok())
-        })
-        .map(|kib| u32::try_from(kib / 1024).unwrap_or(u32::MAX))
-        .unwrap_or(u32::MAX)
+    hodei_worker_runtime::machine::total_memory_mib().map_or(u32::MAX, |mib| u32::try_from(mib).unwrap_or(u32::MAX))
 }
 
 /// Runs `hodei-worker` processes on this machine and reaps them when they exit.

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use serde_json::json;
+use hodei_protocol::{LogShipment, NewChunk, MAX_LOG_CHUNKS};
 
-use crate::{Delivery, WorkerSession};
+use crate::session::{Delivery, Session};
 
 /// How much of a pipe one read takes.
 const READ_SIZE: usize = 16 * 1024;
-/// Most chunks in one shipment (the API takes up to 256).
-const MAX_SHIPMENT_CHUNKS: usize = 256;
+/// Most chunks in one shipment: as many as the API takes.
+const MAX_SHIPMENT_CHUNKS: usize = MAX_LOG_CHUNKS;
 /// Largest shipment body, as sent: well inside the API's 1 MiB limit.
 const MAX_SHIPMENT_BYTES: usize = 512 * 1024;
 /// A chunk's JSON around its base64: `{"stream":"stdout","data_base64":""},`.
@@ -93,7 +93,7 @@ pub async fn read_pipe<R: tokio::io::AsyncRead + Unpin>(
 /// One shipment being filled: chunks already encoded, and the size of the body so far.
 #[derive(Debug, Default)]
 pub struct Batch {
-    chunks: Vec<serde_json::Value>,
+    chunks: Vec<NewChunk>,
     bytes: usize,
     encoded: usize,
 }
@@ -114,7 +114,7 @@ impl Batch {
         let data = base64::engine::general_purpose::STANDARD.encode(&chunk.bytes);
         self.encoded += Self::encoded_size(chunk);
         self.bytes += chunk.bytes.len();
-        self.chunks.push(json!({"stream": chunk.stream.as_str(), "data_base64": data}));
+        self.chunks.push(NewChunk { stream: chunk.stream.as_str().to_owned(), data: None, data_base64: Some(data) });
     }
 
     /// Bytes of output in it.
@@ -122,8 +122,8 @@ impl Batch {
         self.bytes
     }
 
-    pub fn into_body(self, attempt: i32) -> serde_json::Value {
-        json!({"attempt": attempt, "chunks": self.chunks})
+    pub fn into_body(self, attempt: i32) -> LogShipment {
+        LogShipment { attempt, chunks: self.chunks }
     }
 }
 
@@ -143,7 +143,7 @@ pub struct Capture {
 impl Capture {
     /// Starts reading the job's pipes and shipping what they give to `path`.
     pub fn start(
-        worker: &Arc<WorkerSession>,
+        session: &Arc<Session>,
         path: String,
         attempt: i32,
         stdout: Option<tokio::process::ChildStdout>,
@@ -153,10 +153,10 @@ impl Capture {
         let mut readers = tokio::task::JoinSet::new();
         readers.spawn(read_pipe(stdout, Stream::Stdout, chunks.clone()));
         readers.spawn(read_pipe(stderr, Stream::Stderr, chunks));
-        let worker = worker.clone();
-        let send = move |body: serde_json::Value| {
-            let (worker, path) = (worker.clone(), path.clone());
-            async move { worker.report(&path, &body).await }
+        let session = session.clone();
+        let send = move |body: LogShipment| {
+            let (session, path) = (session.clone(), path.clone());
+            async move { session.report(&path, &body).await }
         };
         let shipper = tokio::spawn(ship(send, attempt, shipped));
         Self { readers, shipper }
@@ -179,7 +179,7 @@ impl Capture {
 /// dropped (never left unread: the job would block writing it).
 async fn ship<Send, Sent>(send: Send, attempt: i32, mut shipped: tokio::sync::mpsc::Receiver<Chunk>)
 where
-    Send: Fn(serde_json::Value) -> Sent,
+    Send: Fn(LogShipment) -> Sent,
     Sent: std::future::Future<Output = Delivery>,
 {
     use tokio::sync::mpsc::error::TryRecvError;
@@ -286,8 +286,8 @@ mod tests {
             sender.send(Chunk { stream: Stream::Stdout, bytes: bytes.to_vec() }).await.expect("queued");
         }
         drop(sender);
-        let send = |body: serde_json::Value| {
-            sent.lock().expect("sent").push(body);
+        let send = |body: LogShipment| {
+            sent.lock().expect("sent").push(serde_json::to_value(&body).expect("serializes"));
             let answer = answers.lock().expect("answers").pop_front().unwrap_or(Delivery::Taken(None));
             async move { answer }
         };
@@ -341,7 +341,7 @@ mod tests {
         while batch.fits(&chunk) {
             batch.push(&chunk);
         }
-        let body = batch.into_body(1).to_string();
+        let body = serde_json::to_string(&batch.into_body(1)).expect("serializes");
         assert!(body.len() <= MAX_SHIPMENT_BYTES, "{}", body.len());
         assert!(body.len() > MAX_SHIPMENT_BYTES - 2 * READ_SIZE, "{}", body.len());
         assert!(!body.contains("\\u0001"));
@@ -352,7 +352,8 @@ mod tests {
             batch.push(&tiny);
         }
         assert_eq!((batch.chunks.len(), batch.bytes()), (MAX_SHIPMENT_CHUNKS, MAX_SHIPMENT_CHUNKS));
-        let first = &batch.into_body(3)["chunks"][0];
+        let body = serde_json::to_value(batch.into_body(3)).expect("serializes");
+        let first = &body["chunks"][0];
         assert_eq!((first["stream"].as_str(), first["data_base64"].as_str()), (Some("stderr"), Some("eA==")));
     }
 }

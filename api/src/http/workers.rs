@@ -2,8 +2,10 @@
 //! registry (admin). Agents register with the registration token and then use the
 //! worker-scoped token they receive; neither token is an API key, and an API key is not a
 //! worker token.
-
-use std::collections::BTreeMap;
+//!
+//! The protocol's requests and replies, and its limits, are `hodei_protocol`'s, shared
+//! with the agent (a change one side misses does not compile); a log shipment must also
+//! fit the body limit (`DEFAULT_BODY_LIMIT`), base64 and JSON included.
 
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
@@ -11,6 +13,11 @@ use axum::http::StatusCode;
 use hodei_core::names::check_resource_name;
 use hodei_core::validation::check_range;
 use hodei_core::ValidationErrors;
+use hodei_protocol::{
+    Assignment, Assignments, FinishReply, FinishReport, Heartbeat, HeartbeatReply, LogShipment, Outcome, PollQuery,
+    RegisterWorker, Registered, ReportOutcome, Reports, ReportsReply, StartReport, DEFAULT_POLL_SECONDS,
+    MAX_LOG_CHUNKS, MAX_LOG_CHUNK_BYTES, MAX_POLL_SECONDS, MAX_REPORTS,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -20,7 +27,7 @@ use uuid::Uuid;
 use crate::auth::{bearer_token, hash_key, Admin};
 use crate::error::{ApiError, Json, Problem, Query};
 use crate::http::AppState;
-use crate::store::assignment::{self, Assignment, AttemptResult, Recorded};
+use crate::store::assignment::{self, AttemptResult, Recorded};
 use crate::store::dispatch::FailureResult;
 use crate::store::workers::{self, NewWorker, Worker, WorkerState};
 
@@ -36,20 +43,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(finish_job))
         .routes(routes!(post_reports))
         .routes(routes!(ship_logs))
-}
-
-/// Most chunks, and bytes per chunk (decoded), in one shipment. The whole request must
-/// also fit the body limit (`DEFAULT_BODY_LIMIT`), base64 and JSON included.
-pub const MAX_LOG_CHUNKS: usize = 256;
-pub const MAX_LOG_CHUNK_BYTES: usize = 64 * 1024;
-
-/// Output of one attempt, in the order it was written. Each chunk carries its bytes in
-/// `data_base64` (exact: any bytes, NUL included) or, from older agents, in `data` as text.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LogShipment {
-    pub attempt: i32,
-    pub chunks: Vec<crate::store::logs::NewChunk>,
 }
 
 /// Append job output (stdout/stderr chunks) for an attempt this worker holds.
@@ -79,7 +72,7 @@ async fn ship_logs(
         if chunk.stream != "stdout" && chunk.stream != "stderr" {
             errors.add(format!("chunks[{index}].stream"), "must be stdout or stderr");
         }
-        match chunk.bytes() {
+        match crate::store::logs::chunk_bytes(&chunk) {
             Ok(bytes) if bytes.len() > MAX_LOG_CHUNK_BYTES => {
                 errors.add(format!("chunks[{index}]"), format!("at most {MAX_LOG_CHUNK_BYTES} bytes of output"))
             }
@@ -95,96 +88,25 @@ async fn ship_logs(
     }
 }
 
-/// Longest a long poll may wait.
-pub const MAX_POLL_SECONDS: u64 = 60;
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct PollQuery {
-    /// Wait up to this many seconds for work (default 20, at most 60).
-    #[param(minimum = 0, maximum = 60)]
-    pub wait_seconds: Option<u64>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Assignments {
-    pub assignments: Vec<Assignment>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StartReport {
-    pub attempt: i32,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FinishReport {
-    pub attempt: i32,
-    /// The process's exit code; absent when it did not exit on its own (killed, failed to start).
-    pub exit_code: Option<i32>,
-    /// What went wrong, if anything (a timeout, a failure to start).
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct FinishReply {
-    /// `succeeded`, `retry_scheduled`, `dead_lettered` or `cancelled`.
-    pub outcome: String,
-}
-
-/// Most starts, and most results, in one batch of reports.
-pub const MAX_REPORTS: usize = 1000;
-
-/// Starts and results of several attempts at once; starts are recorded first.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Reports {
-    #[serde(default)]
-    pub started: Vec<StartedAttempt>,
-    #[serde(default)]
-    pub finished: Vec<FinishedAttempt>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StartedAttempt {
-    pub job_id: Uuid,
-    pub attempt: i32,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FinishedAttempt {
-    pub job_id: Uuid,
-    pub attempt: i32,
-    pub exit_code: Option<i32>,
-    pub error: Option<String>,
-}
-
-/// What became of each report, in the order sent.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReportsReply {
-    pub started: Vec<ReportOutcome>,
-    pub finished: Vec<ReportOutcome>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReportOutcome {
-    pub job_id: Uuid,
-    /// Starts: `recorded` or `stale`. Results: `succeeded`, `retry_scheduled`,
-    /// `dead_lettered`, `cancelled` or `stale` (refused; drop it).
-    pub outcome: String,
-}
-
-fn outcome(recorded: &Recorded) -> &'static str {
+fn outcome(recorded: &Recorded) -> Outcome {
     match recorded {
-        Recorded::Stale | Recorded::Failed(FailureResult::Stale) => "stale",
-        Recorded::Succeeded => "succeeded",
-        Recorded::Failed(FailureResult::RetryScheduled { .. }) => "retry_scheduled",
-        Recorded::Failed(FailureResult::DeadLettered { .. }) => "dead_lettered",
-        Recorded::Failed(FailureResult::Cancelled) => "cancelled",
+        Recorded::Stale | Recorded::Failed(FailureResult::Stale) => Outcome::Stale,
+        Recorded::Succeeded => Outcome::Succeeded,
+        Recorded::Failed(FailureResult::RetryScheduled { .. }) => Outcome::RetryScheduled,
+        Recorded::Failed(FailureResult::DeadLettered { .. }) => Outcome::DeadLettered,
+        Recorded::Failed(FailureResult::Cancelled) => Outcome::Cancelled,
+    }
+}
+
+/// The assignment as the worker receives it, from the row the store delivered.
+fn to_assignment(row: assignment::Assignment) -> Assignment {
+    Assignment {
+        job_id: row.job_id,
+        attempt: row.attempt,
+        argv: row.argv.0,
+        env: row.env.0.into_iter().collect(),
+        working_dir: row.working_dir,
+        timeout_seconds: row.timeout_seconds,
     }
 }
 
@@ -210,7 +132,7 @@ async fn poll_assignments(
     Query(query): Query<PollQuery>,
 ) -> Result<axum::Json<Assignments>, ApiError> {
     let id = identity.check(&id)?;
-    let wait_seconds = query.wait_seconds.unwrap_or(20);
+    let wait_seconds = query.wait_seconds.unwrap_or(DEFAULT_POLL_SECONDS);
     if wait_seconds > MAX_POLL_SECONDS {
         return Err(ApiError::bad_request(
             "invalid_query",
@@ -227,7 +149,7 @@ async fn poll_assignments(
         drop(connection);
         let now = tokio::time::Instant::now();
         if !assignments.is_empty() || now >= deadline {
-            return Ok(axum::Json(Assignments { assignments }));
+            return Ok(axum::Json(Assignments { assignments: assignments.into_iter().map(to_assignment).collect() }));
         }
         // Woken by the scheduler's notification; the timeout is the polling fallback. A
         // shutting-down server answers at once, with no work.
@@ -278,8 +200,8 @@ async fn finish_job(
     let random = crate::store::dispatch::random_fraction()?;
     let mut connection = state.db.acquire().await?;
     match outcome(&assignment::finish(&mut connection, id, &result, random).await?) {
-        "stale" => Err(stale_attempt()),
-        outcome => Ok(axum::Json(FinishReply { outcome: outcome.to_owned() })),
+        Outcome::Stale => Err(stale_attempt()),
+        outcome => Ok(axum::Json(FinishReply { outcome })),
     }
 }
 
@@ -312,7 +234,7 @@ async fn post_reports(
         .iter()
         .map(|(job_id, _)| ReportOutcome {
             job_id: *job_id,
-            outcome: if recorded.contains(job_id) { "recorded" } else { "stale" }.to_owned(),
+            outcome: if recorded.contains(job_id) { Outcome::Recorded } else { Outcome::Stale },
         })
         .collect();
     let results: Vec<AttemptResult> = reports
@@ -328,7 +250,7 @@ async fn post_reports(
         results
             .iter()
             .zip(&recorded)
-            .map(|(result, recorded)| ReportOutcome { job_id: result.job_id, outcome: outcome(recorded).to_owned() })
+            .map(|(result, recorded)| ReportOutcome { job_id: result.job_id, outcome: outcome(recorded) })
             .collect()
     };
     Ok(axum::Json(ReportsReply { started, finished }))
@@ -392,62 +314,6 @@ impl WorkerIdentity {
             _ => Err(ApiError::not_found(format!("no worker {path_id:?} for this token"))),
         }
     }
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterWorker {
-    pub name: String,
-    /// The pool the worker belongs to (default `default`).
-    pub pool: Option<String>,
-    #[schema(minimum = 1)]
-    pub cpu_millis: i64,
-    #[schema(minimum = 1)]
-    pub memory_mib: i64,
-    /// Jobs it runs at once (default 1).
-    #[schema(minimum = 1, maximum = 1024)]
-    pub slots: Option<i64>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// The cloud instance it runs on, if any.
-    pub instance_id: Option<String>,
-}
-
-/// A registered worker's credentials: `token` is shown once.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Registered {
-    pub worker_id: Uuid,
-    pub token: String,
-    pub heartbeat_seconds: u32,
-    /// How long the worker's attempts hold without a heartbeat getting through: after
-    /// that the control plane may give them to another worker, so the worker stops them.
-    pub lease_seconds: u32,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Heartbeat {
-    /// `idle`, `busy` or `draining`.
-    pub state: WorkerState,
-    /// The result of the pool's health command, if it has one (default true).
-    #[serde(default = "healthy_by_default")]
-    pub healthy: bool,
-}
-
-fn healthy_by_default() -> bool {
-    true
-}
-
-/// What the control plane asks of the worker.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct HeartbeatReply {
-    pub heartbeat_seconds: u32,
-    /// As in the registration reply.
-    pub lease_seconds: u32,
-    /// Jobs on this worker whose cancellation was requested: stop them and report.
-    pub cancel: Vec<Uuid>,
-    /// Stop taking work, finish the running jobs, deregister and exit.
-    pub drain: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -523,7 +389,7 @@ async fn register_worker(
             worker_id: worker.id,
             token,
             heartbeat_seconds: state.workers.heartbeat_seconds,
-            lease_seconds: state.workers.lease_seconds,
+            lease_seconds: Some(state.workers.lease_seconds),
         }),
     ))
 }
@@ -551,7 +417,7 @@ async fn heartbeat(
     };
     Ok(axum::Json(HeartbeatReply {
         heartbeat_seconds: state.workers.heartbeat_seconds,
-        lease_seconds: state.workers.lease_seconds,
+        lease_seconds: Some(state.workers.lease_seconds),
         cancel: outcome.cancel,
         drain: outcome.drain,
     }))

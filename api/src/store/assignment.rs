@@ -407,15 +407,13 @@ pub async fn pending(db: &mut PgConnection, job_id: Uuid) -> sqlx::Result<Option
     }))
 }
 
-/// What a worker needs to run one attempt.
-#[derive(Debug, Clone, PartialEq, Serialize, FromRow, ToSchema)]
+/// What a worker needs to run one attempt, as stored (`hodei_protocol::Assignment` on the wire).
+#[derive(Debug, Clone, PartialEq, FromRow)]
 pub struct Assignment {
     pub job_id: Uuid,
     /// Report the start and the result with this attempt number.
     pub attempt: i32,
-    #[schema(value_type = Vec<String>)]
     pub argv: Json<Vec<String>>,
-    #[schema(value_type = Object)]
     pub env: Json<HashMap<String, String>>,
     pub working_dir: Option<String>,
     pub timeout_seconds: i32,

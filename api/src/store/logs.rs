@@ -4,7 +4,7 @@
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::{FromRow, PgExecutor};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -25,27 +25,13 @@ pub struct LogChunk {
     pub at: DateTime<Utc>,
 }
 
-/// A chunk as a worker sends it: its bytes in `data_base64` (exact), or in `data` as text
-/// (older agents); exactly one of the two.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewChunk {
-    /// `stdout` or `stderr`.
-    pub stream: String,
-    /// The output as text.
-    pub data: Option<String>,
-    /// The output's exact bytes, standard base64 (RFC 4648, padded).
-    pub data_base64: Option<String>,
-}
-
-impl NewChunk {
-    /// The chunk's bytes, or why they cannot be read.
-    pub fn bytes(&self) -> Result<Vec<u8>, &'static str> {
-        match (&self.data, &self.data_base64) {
-            (Some(text), None) => Ok(text.as_bytes().to_vec()),
-            (None, Some(encoded)) => BASE64.decode(encoded).map_err(|_| "data_base64 is not standard padded base64"),
-            _ => Err("exactly one of data and data_base64 is required"),
-        }
+/// A chunk's bytes as a worker sent them (`hodei_protocol::NewChunk`: exactly one of
+/// `data_base64` and, from older agents, `data`), or why they cannot be read.
+pub fn chunk_bytes(chunk: &hodei_protocol::NewChunk) -> Result<Vec<u8>, &'static str> {
+    match (&chunk.data, &chunk.data_base64) {
+        (Some(text), None) => Ok(text.as_bytes().to_vec()),
+        (None, Some(encoded)) => BASE64.decode(encoded).map_err(|_| "data_base64 is not standard padded base64"),
+        _ => Err("exactly one of data and data_base64 is required"),
     }
 }
 

@@ -5,49 +5,15 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::types::Json;
 use sqlx::{FromRow, PgExecutor};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// Where a worker is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum WorkerState {
-    Registering,
-    Idle,
-    Busy,
-    Draining,
-    Unhealthy,
-    Gone,
-}
-
-impl WorkerState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkerState::Registering => "registering",
-            WorkerState::Idle => "idle",
-            WorkerState::Busy => "busy",
-            WorkerState::Draining => "draining",
-            WorkerState::Unhealthy => "unhealthy",
-            WorkerState::Gone => "gone",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        [
-            WorkerState::Registering,
-            WorkerState::Idle,
-            WorkerState::Busy,
-            WorkerState::Draining,
-            WorkerState::Unhealthy,
-            WorkerState::Gone,
-        ]
-        .into_iter()
-        .find(|state| state.as_str() == text)
-    }
-}
+/// Where a worker is in its life: the worker protocol's (`idle`, `busy`, `draining` in
+/// heartbeats), shared with the agent.
+pub use hodei_protocol::WorkerState;
 
 /// A worker as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
