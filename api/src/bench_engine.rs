@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::Utc;
 use clap::Args;
+use hodei_core::ordering::PolicyRegistry;
 use hodei_core::queue::QueueSettings;
 use hodei_core::{JobSpec, ValidJob};
 use sqlx::PgPool;
@@ -18,7 +19,6 @@ use uuid::Uuid;
 
 use crate::bench::percentile;
 use crate::config::Config;
-use crate::http::default_policies;
 use crate::loops::Scheduler;
 use crate::store::assignment::{self, AttemptResult, CycleLimits};
 use crate::store::enqueue;
@@ -47,7 +47,7 @@ pub struct EngineArgs {
 
 struct Bench {
     pool: PgPool,
-    registry: Arc<hodei_core::ordering::PolicyRegistry>,
+    registry: Arc<PolicyRegistry>,
     tenant_id: Uuid,
     tenant_name: String,
     settings: enqueue::QueueSettingsCache,
@@ -205,7 +205,7 @@ pub async fn run(args: EngineArgs, config: &Config) -> anyhow::Result<()> {
     let tenant = store::tenants::create(&pool, &tenant_name, 1).await.context("creating the bench tenant")?;
     let bench = Arc::new(Bench {
         pool,
-        registry: Arc::new(default_policies()),
+        registry: Arc::new(PolicyRegistry::shipped()),
         tenant_id: tenant.id,
         tenant_name,
         settings: enqueue::QueueSettingsCache::new(enqueue::QUEUE_SETTINGS_TTL),

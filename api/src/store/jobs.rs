@@ -407,6 +407,7 @@ mod tests {
     use super::*;
     use crate::store::tenants;
     use crate::testing::TestDatabase;
+    use hodei_core::ordering::PolicyRegistry;
     use hodei_core::{JobSpec, ValidJob};
 
     fn valid_job() -> ValidJob {
@@ -415,7 +416,7 @@ mod tests {
     }
 
     async fn submitted(db: &mut PgConnection, submitter: Submitter<'_>) -> Job {
-        let registry = crate::http::default_policies();
+        let registry = PolicyRegistry::shipped();
         let settings = crate::store::enqueue::QueueSettingsCache::disabled();
         let context = crate::store::enqueue::SubmitContext { registry: &registry, settings: &settings };
         match crate::store::enqueue::submit(db, context, submitter, &[valid_job()], None, true).await.expect("submit") {
@@ -545,7 +546,7 @@ mod tests {
             .expect("scheduled rows");
         assert_eq!(leftover, 0, "the retry's scheduled row must go with the cancel");
         sqlx::query("update scheduled_jobs set run_at = now()").execute(&mut *db).await.expect("make due");
-        let registry = crate::http::default_policies();
+        let registry = PolicyRegistry::shipped();
         crate::store::dispatch::promote_due(&mut db, &registry, 100).await.expect("promote");
         assert_eq!(state_of(&mut *db, job.id).await, "cancelled");
         assert_eq!(event_kinds(&mut *db, job.id).await.last().map(String::as_str), Some("job.cancelled"));
@@ -571,7 +572,7 @@ mod tests {
         .execute(&mut *db)
         .await
         .expect("a cancelled job with a stray scheduled row");
-        let registry = crate::http::default_policies();
+        let registry = PolicyRegistry::shipped();
         crate::store::dispatch::promote_due(&mut db, &registry, 100).await.expect("promote");
         assert_eq!(state_of(&mut *db, scheduled.id).await, "cancelled");
         let rows: i64 = sqlx::query_scalar(
