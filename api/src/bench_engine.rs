@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::bench::percentile;
+use crate::bench_support::percentile;
 use crate::config::Config;
 use crate::loops::Scheduler;
 use crate::store::assignment::{self, AttemptResult, CycleLimits};

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::json;
 
-use crate::bench::{create_bench_tenant, start_server_with_env};
+use crate::bench_support::{create_bench_tenant, start_server_with_env};
 use crate::config::Config;
 
 #[derive(Debug, Args)]

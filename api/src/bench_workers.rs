@@ -21,7 +21,9 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::bench::{create_bench_tenant, percentile, start_server_with_env, ChildServer, BENCH_REGISTRATION_TOKEN};
+use crate::bench_support::{
+    create_bench_tenant, percentile, start_server_with_env, ChildServer, BENCH_REGISTRATION_TOKEN,
+};
 use crate::config::Config;
 use crate::store::dispatch::random_fraction;
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod bench;
 pub mod bench_engine;
 pub mod bench_pools;
+pub mod bench_support;
 pub mod bench_workers;
 pub mod cli;
 pub mod client;
