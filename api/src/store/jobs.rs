@@ -6,16 +6,14 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use hodei_core::job::CancelOutcome;
 use hodei_core::JobState;
-use serde::Serialize;
 use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgExecutor};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::store::events;
 
-/// A job as the API returns it.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+/// A job: its row, with its tenant's name.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Job {
     pub id: Uuid,
     /// Name of the owning tenant.
@@ -33,7 +31,6 @@ pub struct Job {
     pub run_attempt: i32,
     pub deadline: Option<DateTime<Utc>>,
     pub not_before: Option<DateTime<Utc>>,
-    #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     /// When a cancel was requested for a job already on a worker.
     pub cancel_requested_at: Option<DateTime<Utc>>,
@@ -62,7 +59,7 @@ pub struct Job {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobCommand {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -70,7 +67,7 @@ pub struct JobCommand {
     pub timeout_seconds: i32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobResources {
     pub cpu_millis: i32,
     pub memory_mib: i32,
