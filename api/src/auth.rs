@@ -4,16 +4,15 @@
 //! stored, so a database dump reveals no usable key; keys carry enough entropy that a
 //! fast hash is the right one. Every request resolves its key to a `Principal`: an admin,
 //! or exactly one tenant. A tenant principal can reach nothing outside its tenant.
+//!
+//! Nothing here knows about HTTP: `http::auth` reads the bearer key of a request and
+//! resolves it to a `Principal`.
 
-use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::error::ApiError;
-use crate::http::AppState;
-use crate::store;
+/// Read by `http::auth`; reachable here as well for the callers that import it from here.
+pub use crate::http::auth::bearer_token;
 
 pub const KEY_PREFIX: &str = "hodei_";
 /// Characters of a key kept in clear to tell keys apart (`hodei_` and 8 more).
@@ -26,20 +25,24 @@ pub enum Principal {
     Tenant { id: Uuid, name: String },
 }
 
+/// A principal asked for something its key may not do; the reason is safe to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forbidden(pub &'static str);
+
 impl Principal {
     /// Admin only: tenants and keys are managed by admins.
-    pub fn require_admin(&self) -> Result<(), ApiError> {
+    pub fn require_admin(&self) -> Result<(), Forbidden> {
         match self {
             Principal::Admin => Ok(()),
-            Principal::Tenant { .. } => Err(ApiError::forbidden("this endpoint requires an admin key")),
+            Principal::Tenant { .. } => Err(Forbidden("this endpoint requires an admin key")),
         }
     }
 
     /// The tenant a request acts for; admins have none and cannot submit jobs.
-    pub fn require_tenant(&self) -> Result<(Uuid, &str), ApiError> {
+    pub fn require_tenant(&self) -> Result<(Uuid, &str), Forbidden> {
         match self {
             Principal::Tenant { id, name } => Ok((*id, name)),
-            Principal::Admin => Err(ApiError::forbidden("this endpoint acts within a tenant: use a tenant key")),
+            Principal::Admin => Err(Forbidden("this endpoint acts within a tenant: use a tenant key")),
         }
     }
 
@@ -75,45 +78,10 @@ pub fn visible_prefix(plaintext: &str) -> String {
     plaintext.chars().take(VISIBLE_PREFIX_LEN).collect()
 }
 
-/// The token of an `Authorization: Bearer <token>` header: API keys, worker tokens and the
-/// worker registration token all arrive this way.
-pub fn bearer_token(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
-    let header = headers
-        .get(AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token> header"))?;
-    header
-        .to_str()
-        .ok()
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|token| !token.is_empty())
-        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be 'Bearer <token>'"))
-}
-
-impl FromRequestParts<AppState> for Principal {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let key = bearer_token(&parts.headers)?;
-        store::api_keys::resolve(&state.db, &hash_key(key))
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))
-    }
-}
-
-/// An admin caller. As an extractor it runs before the body is read, so a tenant key is
-/// refused (403) before anything it sent is looked at.
+/// An admin caller. As an extractor (`http::auth`) it runs before the body is read, so a
+/// tenant key is refused (403) before anything it sent is looked at.
 #[derive(Debug, Clone, Copy)]
 pub struct Admin;
-
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        Principal::from_request_parts(parts, state).await?.require_admin()?;
-        Ok(Admin)
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,7 @@ use crate::error::{self, Problem};
 use crate::loops::Wakeup;
 use crate::store::enqueue::{QueueSettingsCache, SubmitContext, QUEUE_SETTINGS_TTL};
 
+pub mod auth;
 pub mod dead_letters;
 pub mod events;
 pub mod health;
