@@ -5,14 +5,11 @@
 //! fast hash is the right one. Every request resolves its key to a `Principal`: an admin,
 //! or exactly one tenant. A tenant principal can reach nothing outside its tenant.
 //!
-//! Nothing here knows about HTTP: `http::auth` reads the bearer key of a request and
-//! resolves it to a `Principal`.
+//! Nothing here knows about HTTP: `http::auth` hands a request's headers to
+//! `bearer_token` and resolves the key to a `Principal`.
 
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
-
-/// Read by `http::auth`; reachable here as well for the callers that import it from here.
-pub use crate::http::auth::bearer_token;
 
 pub const KEY_PREFIX: &str = "hodei_";
 /// Characters of a key kept in clear to tell keys apart (`hodei_` and 8 more).
@@ -53,6 +50,31 @@ impl Principal {
             Principal::Admin => None,
         }
     }
+}
+
+/// Where a request's `Authorization` header is read from (`http::auth` implements it for
+/// the HTTP header map).
+pub trait AuthorizationHeader {
+    /// The header's value, if the request has one.
+    fn authorization(&self) -> Option<&[u8]>;
+}
+
+/// A request without a usable key; the reason is safe to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unauthenticated(pub &'static str);
+
+/// The token of an `Authorization: Bearer <token>` header: API keys, worker tokens and the
+/// worker registration token all arrive this way. The value must be header text (visible
+/// ASCII and tabs).
+pub fn bearer_token<H: AuthorizationHeader + ?Sized>(headers: &H) -> Result<&str, Unauthenticated> {
+    let header = headers.authorization().ok_or(Unauthenticated("missing Authorization: Bearer <token> header"))?;
+    Some(header)
+        .filter(|value| value.iter().all(|&byte| byte == b'\t' || (32..127).contains(&byte)))
+        .and_then(|value| std::str::from_utf8(value).ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or(Unauthenticated("the Authorization header must be 'Bearer <token>'"))
 }
 
 /// A freshly generated key: shown to its owner once, stored only as `hash`.
@@ -96,5 +118,26 @@ mod tests {
         assert_eq!(first.plaintext.len(), KEY_PREFIX.len() + 48);
         assert_eq!(first.hash, hash_key(&first.plaintext));
         assert_eq!(first.prefix, &first.plaintext[..VISIBLE_PREFIX_LEN]);
+    }
+
+    struct Header(Option<&'static [u8]>);
+
+    impl AuthorizationHeader for Header {
+        fn authorization(&self) -> Option<&[u8]> {
+            self.0
+        }
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_from_header_text_only() {
+        assert_eq!(bearer_token(&Header(Some(b"Bearer hodei_abc"))), Ok("hodei_abc"));
+        assert_eq!(bearer_token(&Header(Some(b"Bearer  hodei_abc\t"))), Ok("hodei_abc"));
+        assert!(bearer_token(&Header(None)).is_err_and(|refused| refused.0.starts_with("missing")));
+        for refused in [&b"Basic hodei_abc"[..], b"Bearer ", b"bearer hodei_abc", "Bearer hodéi".as_bytes()] {
+            assert_eq!(
+                bearer_token(&Header(Some(refused))),
+                Err(Unauthenticated("the Authorization header must be 'Bearer <token>'"))
+            );
+        }
     }
 }

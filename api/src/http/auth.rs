@@ -4,31 +4,29 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue};
 
-use crate::auth::{hash_key, Admin, Forbidden, Principal};
+use crate::auth::{bearer_token, hash_key, Admin, AuthorizationHeader, Forbidden, Principal, Unauthenticated};
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::store;
+
+impl AuthorizationHeader for HeaderMap {
+    fn authorization(&self) -> Option<&[u8]> {
+        self.get(AUTHORIZATION).map(HeaderValue::as_bytes)
+    }
+}
+
+impl From<Unauthenticated> for ApiError {
+    fn from(Unauthenticated(detail): Unauthenticated) -> Self {
+        ApiError::unauthorized(detail)
+    }
+}
 
 impl From<Forbidden> for ApiError {
     fn from(Forbidden(detail): Forbidden) -> Self {
         ApiError::forbidden(detail)
     }
-}
-
-/// The token of an `Authorization: Bearer <token>` header: API keys, worker tokens and the
-/// worker registration token all arrive this way.
-pub fn bearer_token(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
-    let header = headers
-        .get(AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token> header"))?;
-    header
-        .to_str()
-        .ok()
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|token| !token.is_empty())
-        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be 'Bearer <token>'"))
 }
 
 impl FromRequestParts<AppState> for Principal {
