@@ -4,16 +4,12 @@
 //! stored, so a database dump reveals no usable key; keys carry enough entropy that a
 //! fast hash is the right one. Every request resolves its key to a `Principal`: an admin,
 //! or exactly one tenant. A tenant principal can reach nothing outside its tenant.
+//!
+//! Nothing here knows about HTTP: `http::auth` hands a request's headers to
+//! `bearer_token` and resolves the key to a `Principal`.
 
-use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
-
-use crate::error::ApiError;
-use crate::http::AppState;
-use crate::store;
 
 pub const KEY_PREFIX: &str = "hodei_";
 /// Characters of a key kept in clear to tell keys apart (`hodei_` and 8 more).
@@ -26,20 +22,24 @@ pub enum Principal {
     Tenant { id: Uuid, name: String },
 }
 
+/// A principal asked for something its key may not do; the reason is safe to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forbidden(pub &'static str);
+
 impl Principal {
     /// Admin only: tenants and keys are managed by admins.
-    pub fn require_admin(&self) -> Result<(), ApiError> {
+    pub fn require_admin(&self) -> Result<(), Forbidden> {
         match self {
             Principal::Admin => Ok(()),
-            Principal::Tenant { .. } => Err(ApiError::forbidden("this endpoint requires an admin key")),
+            Principal::Tenant { .. } => Err(Forbidden("this endpoint requires an admin key")),
         }
     }
 
     /// The tenant a request acts for; admins have none and cannot submit jobs.
-    pub fn require_tenant(&self) -> Result<(Uuid, &str), ApiError> {
+    pub fn require_tenant(&self) -> Result<(Uuid, &str), Forbidden> {
         match self {
             Principal::Tenant { id, name } => Ok((*id, name)),
-            Principal::Admin => Err(ApiError::forbidden("this endpoint acts within a tenant: use a tenant key")),
+            Principal::Admin => Err(Forbidden("this endpoint acts within a tenant: use a tenant key")),
         }
     }
 
@@ -50,6 +50,31 @@ impl Principal {
             Principal::Admin => None,
         }
     }
+}
+
+/// Where a request's `Authorization` header is read from (`http::auth` implements it for
+/// the HTTP header map).
+pub trait AuthorizationHeader {
+    /// The header's value, if the request has one.
+    fn authorization(&self) -> Option<&[u8]>;
+}
+
+/// A request without a usable key; the reason is safe to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unauthenticated(pub &'static str);
+
+/// The token of an `Authorization: Bearer <token>` header: API keys, worker tokens and the
+/// worker registration token all arrive this way. The value must be header text (visible
+/// ASCII and tabs).
+pub fn bearer_token<H: AuthorizationHeader + ?Sized>(headers: &H) -> Result<&str, Unauthenticated> {
+    let header = headers.authorization().ok_or(Unauthenticated("missing Authorization: Bearer <token> header"))?;
+    Some(header)
+        .filter(|value| value.iter().all(|&byte| byte == b'\t' || (32..127).contains(&byte)))
+        .and_then(|value| std::str::from_utf8(value).ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or(Unauthenticated("the Authorization header must be 'Bearer <token>'"))
 }
 
 /// A freshly generated key: shown to its owner once, stored only as `hash`.
@@ -75,45 +100,10 @@ pub fn visible_prefix(plaintext: &str) -> String {
     plaintext.chars().take(VISIBLE_PREFIX_LEN).collect()
 }
 
-/// The token of an `Authorization: Bearer <token>` header: API keys, worker tokens and the
-/// worker registration token all arrive this way.
-pub fn bearer_token(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
-    let header = headers
-        .get(AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token> header"))?;
-    header
-        .to_str()
-        .ok()
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|token| !token.is_empty())
-        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be 'Bearer <token>'"))
-}
-
-impl FromRequestParts<AppState> for Principal {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let key = bearer_token(&parts.headers)?;
-        store::api_keys::resolve(&state.db, &hash_key(key))
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))
-    }
-}
-
-/// An admin caller. As an extractor it runs before the body is read, so a tenant key is
-/// refused (403) before anything it sent is looked at.
+/// An admin caller. As an extractor (`http::auth`) it runs before the body is read, so a
+/// tenant key is refused (403) before anything it sent is looked at.
 #[derive(Debug, Clone, Copy)]
 pub struct Admin;
-
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        Principal::from_request_parts(parts, state).await?.require_admin()?;
-        Ok(Admin)
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -128,5 +118,26 @@ mod tests {
         assert_eq!(first.plaintext.len(), KEY_PREFIX.len() + 48);
         assert_eq!(first.hash, hash_key(&first.plaintext));
         assert_eq!(first.prefix, &first.plaintext[..VISIBLE_PREFIX_LEN]);
+    }
+
+    struct Header(Option<&'static [u8]>);
+
+    impl AuthorizationHeader for Header {
+        fn authorization(&self) -> Option<&[u8]> {
+            self.0
+        }
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_from_header_text_only() {
+        assert_eq!(bearer_token(&Header(Some(b"Bearer hodei_abc"))), Ok("hodei_abc"));
+        assert_eq!(bearer_token(&Header(Some(b"Bearer  hodei_abc\t"))), Ok("hodei_abc"));
+        assert!(bearer_token(&Header(None)).is_err_and(|refused| refused.0.starts_with("missing")));
+        for refused in [&b"Basic hodei_abc"[..], b"Bearer ", b"bearer hodei_abc", "Bearer hodéi".as_bytes()] {
+            assert_eq!(
+                bearer_token(&Header(Some(refused))),
+                Err(Unauthenticated("the Authorization header must be 'Bearer <token>'"))
+            );
+        }
     }
 }

@@ -181,7 +181,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Dev { command: Some(DevCommand::Keys) } => dev::print_keys(&config),
         Command::Openapi => {
             let document = crate::http::openapi().to_pretty_json().context("rendering the OpenAPI document")?;
-            print_quietly(&format!("{document}\n"));
+            client::print_quietly(&format!("{document}\n"));
             Ok(())
         }
         Command::Config(_) | Command::Client(_) => unreachable!("handled before the runtime starts"),
@@ -223,12 +223,4 @@ async fn run_admin(command: AdminCommand, config: &Config) -> anyhow::Result<()>
         AdminCommand::CreateKey(_) => anyhow::bail!("pass --tenant NAME or --admin"),
     }
     Ok(())
-}
-
-/// Writes to stdout; a reader that went away (`hodei openapi | head`) ends the output
-/// quietly instead of a panic.
-pub fn print_quietly(text: &str) {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
 }

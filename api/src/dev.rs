@@ -11,12 +11,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
 use sqlx::{Executor, PgPool};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{generate_key, hash_key};
+use crate::client::{print_quietly, Profile, PROFILE_FILE};
 use crate::config::{Config, Secret};
 use crate::embedded_postgres::{EmbeddedCluster, PostgresInstallation};
 use crate::{serve, store};
@@ -24,17 +24,7 @@ use hodei_core::placement::Strategy;
 use hodei_core::pool::{HealthSettings, PoolKindName, PoolSpec, ProvisioningSettings, WorkerTemplate};
 
 pub const DEV_TENANT: &str = "dev";
-pub const PROFILE_FILE: &str = "profile.json";
 const DEV_DATABASE: &str = "hodei";
-
-/// What a local client needs to talk to the dev system.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Profile {
-    pub api_url: String,
-    pub tenant: String,
-    pub api_key: String,
-    pub admin_key: String,
-}
 
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     let data_dir = config.dev_data_dir.clone();
@@ -192,7 +182,7 @@ async fn ensure_profile(pool: &PgPool, data_dir: &Path, api_url: &str) -> anyhow
 }
 
 fn print_banner(profile: &Profile, profile_path: &Path) {
-    crate::cli::print_quietly(&banner(profile, profile_path));
+    print_quietly(&banner(profile, profile_path));
 }
 
 /// What `hodei dev` prints when it is up, and `hodei dev keys` prints again.

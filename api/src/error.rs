@@ -2,6 +2,8 @@
 //! machine-readable `code`. Client errors carry a message safe to show; internal errors
 //! become an opaque 500 that names the request's trace id and are logged once, here.
 
+use std::future::Future;
+
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -12,9 +14,22 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::http::request_context;
-
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// Runs `answer` (a request's handling) with `request_id` as the id its error bodies
+/// quote; `http::request_context` calls it for every request.
+pub async fn with_request_id<F: Future>(request_id: String, answer: F) -> F::Output {
+    REQUEST_ID.scope(request_id, answer).await
+}
+
+/// The current request's id, or `-` outside a request.
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| "-".to_owned())
+}
 
 /// An RFC 9457 problem document.
 #[derive(Debug, Serialize, ToSchema)]
@@ -128,7 +143,7 @@ impl From<anyhow::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let trace_id = request_context::current_request_id();
+        let trace_id = current_request_id();
         let detail = match &self.internal {
             Some(error) => {
                 tracing::error!(trace_id = %trace_id, error = format!("{error:#}"), "internal error");

@@ -8,11 +8,12 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{hash_key, visible_prefix};
 use crate::config::Config;
 use crate::http::workers::WorkerSettings;
-use crate::http::{app, default_policies, AppState};
+use crate::http::{app, AppState};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use hodei_core::ordering::PolicyRegistry;
 use hodei_core::pool::PoolSpec;
 
 use crate::loops::{LeaseReaper, Promoter, Scheduler, Wakeup, ASSIGNED_CHANNEL, READY_CHANNEL};
@@ -51,7 +52,7 @@ pub async fn serve_http(
     let assigned = Wakeup::spawn(pool.clone(), ASSIGNED_CHANNEL, shutdown.clone());
     let ready = Wakeup::spawn(pool.clone(), READY_CHANNEL, shutdown.clone());
     let (providers, local) = providers(config, address);
-    let state = AppState::new(pool.clone(), default_policies())
+    let state = AppState::new(pool.clone(), PolicyRegistry::shipped())
         .with_workers(workers, assigned)
         .with_shutdown(shutdown.clone())
         .with_provider_limits(providers.limits())

@@ -7,7 +7,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
-use hodei_api::http::default_policies;
 use hodei_api::loops::Scheduler;
 use hodei_api::store::assignment::{self, Assigned, AttemptResult, CycleLimits, Recorded};
 use hodei_api::store::dispatch::{self, Failure, FailureResult, RedriveFilter};
@@ -45,7 +44,7 @@ impl Tenant<'_> {
 async fn engine() -> Engine {
     let database = TestDatabase::migrated().await;
     let pool = database.pool().await;
-    Engine { _database: database, pool, registry: default_policies() }
+    Engine { _database: database, pool, registry: PolicyRegistry::shipped() }
 }
 
 fn job(spec: Value) -> ValidJob {

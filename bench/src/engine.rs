@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::e2e::percentile;
 use hodei_api::config::Config;
-use hodei_api::http::default_policies;
+use hodei_core::ordering::PolicyRegistry;
 use hodei_api::loops::Scheduler;
 use hodei_api::store::assignment::{self, AttemptResult, CycleLimits};
 use hodei_api::store::enqueue;
@@ -205,7 +205,7 @@ pub async fn run(args: EngineArgs, config: &Config) -> anyhow::Result<()> {
     let tenant = store::tenants::create(&pool, &tenant_name, 1).await.context("creating the bench tenant")?;
     let bench = Arc::new(Bench {
         pool,
-        registry: Arc::new(default_policies()),
+        registry: Arc::new(PolicyRegistry::shipped()),
         tenant_id: tenant.id,
         tenant_name,
         settings: enqueue::QueueSettingsCache::new(enqueue::QUEUE_SETTINGS_TTL),

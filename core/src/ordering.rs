@@ -165,6 +165,13 @@ impl PolicyRegistry {
         registry
     }
 
+    /// The built-ins and the shipped plugin `sjf`: what `hodei serve` registers.
+    pub fn shipped() -> Self {
+        let mut registry = Self::with_builtins();
+        registry.register(Arc::new(ShortestEstimatedFirst));
+        registry
+    }
+
     /// Adds (or replaces) a policy under its own name.
     pub fn register(&mut self, policy: Arc<dyn OrderingPolicy>) -> &mut Self {
         self.policies.insert(policy.name().to_owned(), policy);
@@ -282,5 +289,7 @@ mod tests {
         let names: Vec<&str> = registry.names().collect();
         assert_eq!(names, ["edf", "fair", "fifo", "priority", "sjf"]);
         assert!(registry.get("fair").is_some_and(|p| p.needs_fair_context()));
+        let shipped = PolicyRegistry::shipped();
+        assert_eq!(shipped.names().collect::<Vec<_>>(), names);
     }
 }

@@ -9,8 +9,7 @@ use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::client::ClientOptions;
-use crate::dev::{Profile, PROFILE_FILE};
+use crate::client::{ClientOptions, Profile, PROFILE_FILE};
 
 /// The directory `hodei dev` keeps its profile in, relative to where it runs.
 const DEFAULT_PROFILE_DIR: &str = ".hodei";

@@ -16,13 +16,27 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
 
 use api::ClientError;
 pub use dead_letters::DeadLettersCommand;
 pub use jobs::JobsCommand;
+pub use output::print_quietly;
 pub use pools::PoolsCommand;
 pub use queues::QueuesCommand;
 pub use workers::WorkersCommand;
+
+/// The profile's file name, in `.hodei/` or in the dev data directory.
+pub const PROFILE_FILE: &str = "profile.json";
+
+/// What a local client needs to talk to the dev system; `hodei dev` writes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Profile {
+    pub api_url: String,
+    pub tenant: String,
+    pub api_key: String,
+    pub admin_key: String,
+}
 
 /// The exit codes of the client commands, as `--help` shows them.
 pub const EXIT_CODES_HELP: &str = "\

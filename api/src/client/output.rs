@@ -26,6 +26,13 @@ impl Column {
     }
 }
 
+/// Writes to stdout; a reader that went away (`hodei openapi | head`) ends the output
+/// quietly instead of a panic.
+pub fn print_quietly(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+}
+
 /// Writes `text` and a newline to stdout.
 pub fn print_line(text: &str) -> Result<(), ClientError> {
     let mut stdout = std::io::stdout().lock();

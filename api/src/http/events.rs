@@ -2,6 +2,7 @@
 //! tenant's events; admin keys see all.
 
 use axum::extract::State;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -11,7 +12,7 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::error::{ApiError, Problem, Query};
 use crate::http::AppState;
-use crate::store::events::{self, EventFilter, JobEvent};
+use crate::store::events::{self, EventFilter};
 
 pub const DEFAULT_EVENT_PAGE: i64 = 100;
 pub const MAX_EVENT_PAGE: i64 = 1000;
@@ -33,6 +34,33 @@ pub struct EventsQuery {
     /// At most this many events, 1–1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+}
+
+/// One entry of the job event stream.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct JobEvent {
+    /// Stream position; pass the last one seen as `after` to continue.
+    pub id: i64,
+    pub job_id: Uuid,
+    pub tenant: String,
+    /// What happened, e.g. `job.submitted`, `job.cancelled`, `job.cancel_requested`.
+    pub kind: String,
+    /// The job's state after the event.
+    pub state: String,
+    pub attempt: i32,
+    /// The job's own event number, 1 for `job.submitted`: the order in which its changes
+    /// committed.
+    pub version: i32,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+impl From<events::JobEvent> for JobEvent {
+    fn from(event: events::JobEvent) -> Self {
+        let events::JobEvent { id, job_id, tenant, kind, state, attempt, version, data, at } = event;
+        Self { id, job_id, tenant, kind, state, attempt, version, data, at }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -71,5 +99,5 @@ async fn list_events(
         .last()
         .map(|event| if query.job_id.is_some() { i64::from(event.version) } else { event.id })
         .unwrap_or(after);
-    Ok(axum::Json(EventPage { events, next_after }))
+    Ok(axum::Json(EventPage { events: events.into_iter().map(JobEvent::from).collect(), next_after }))
 }

@@ -1,15 +1,19 @@
 //! `/api/v1/jobs`: submit (one or a batch), get, list and cancel jobs. A tenant key sees
 //! only its own tenant's jobs: any other job is "not found", never "forbidden".
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use hodei_core::names::check_resource_name;
 use hodei_core::{JobSpec, JobState, ValidJob, ValidationErrors};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 use sha2::{Digest, Sha256};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -19,7 +23,7 @@ use crate::error::{ApiError, Json, Problem, Query};
 use crate::http::AppState;
 use crate::store::assignment::{self, Pending};
 use crate::store::enqueue::{self, SubmitOutcome};
-use crate::store::jobs::{self, CancelResult, Idempotency, Job, JobFilter, Submitter};
+use crate::store::jobs::{self, CancelResult, Idempotency, JobFilter, Submitter};
 use crate::store::logs::LogChunk;
 
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
@@ -127,6 +131,160 @@ pub struct ListJobsQuery {
     pub limit: Option<i64>,
 }
 
+/// A job as the API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Job {
+    pub id: Uuid,
+    /// Name of the owning tenant.
+    pub tenant: String,
+    pub queue: String,
+    pub state: JobState,
+    pub priority: i16,
+    pub command: JobCommand,
+    pub resources: JobResources,
+    pub max_attempts: i32,
+    /// Attempts started so far, ever: the fencing number of the current (or last) attempt.
+    pub attempt: i32,
+    /// Attempts started in the current run: since submission, or since the job was last
+    /// redriven or retried by hand. This is what `max_attempts` bounds.
+    pub run_attempt: i32,
+    pub deadline: Option<DateTime<Utc>>,
+    pub not_before: Option<DateTime<Utc>>,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    /// When a cancel was requested for a job already on a worker.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// When the job last entered its ready queue, and when it last left it.
+    pub queued_at: Option<DateTime<Utc>>,
+    pub assigned_at: Option<DateTime<Utc>>,
+    /// Milliseconds the last dispatch waited in the queue.
+    pub wait_ms: Option<i64>,
+    /// Whether any dispatch of this job waited longer than its queue's SLA.
+    pub sla_breached: bool,
+    /// For a scheduled job: when it becomes ready.
+    pub run_at: Option<DateTime<Utc>>,
+    /// Why the job is in the dead-letter queue: `attempts_exhausted`, `fatal_error`,
+    /// `evicted`, `deadline_expired`, `queue_deleted`.
+    pub dead_letter_reason: Option<String>,
+    pub last_error: Option<String>,
+    /// The queue the job was submitted to, when an overflow redirect moved it.
+    pub submitted_queue: Option<String>,
+    /// The worker holding the current (or last) attempt.
+    pub worker_id: Option<Uuid>,
+    pub started_at: Option<DateTime<Utc>>,
+    /// The last attempt's exit code.
+    pub exit_code: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct JobCommand {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub working_dir: Option<String>,
+    pub timeout_seconds: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct JobResources {
+    pub cpu_millis: i32,
+    pub memory_mib: i32,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl From<jobs::Job> for Job {
+    fn from(job: jobs::Job) -> Self {
+        let jobs::Job {
+            id,
+            tenant,
+            queue,
+            state,
+            priority,
+            command,
+            resources,
+            max_attempts,
+            attempt,
+            run_attempt,
+            deadline,
+            not_before,
+            metadata,
+            cancel_requested_at,
+            queued_at,
+            assigned_at,
+            wait_ms,
+            sla_breached,
+            run_at,
+            dead_letter_reason,
+            last_error,
+            submitted_queue,
+            worker_id,
+            started_at,
+            exit_code,
+            created_at,
+            updated_at,
+            finished_at,
+        } = job;
+        let jobs::JobCommand { argv, env, working_dir, timeout_seconds } = command;
+        let jobs::JobResources { cpu_millis, memory_mib, labels } = resources;
+        Self {
+            id,
+            tenant,
+            queue,
+            state,
+            priority,
+            command: JobCommand { argv, env, working_dir, timeout_seconds },
+            resources: JobResources { cpu_millis, memory_mib, labels },
+            max_attempts,
+            attempt,
+            run_attempt,
+            deadline,
+            not_before,
+            metadata,
+            cancel_requested_at,
+            queued_at,
+            assigned_at,
+            wait_ms,
+            sla_breached,
+            run_at,
+            dead_letter_reason,
+            last_error,
+            submitted_queue,
+            worker_id,
+            started_at,
+            exit_code,
+            created_at,
+            updated_at,
+            finished_at,
+        }
+    }
+}
+
+/// A stored job answered as it is (the dead-letter handlers do): it is documented and
+/// rendered exactly as the API's `Job`.
+impl PartialSchema for jobs::Job {
+    fn schema() -> RefOr<Schema> {
+        <Job as PartialSchema>::schema()
+    }
+}
+
+impl ToSchema for jobs::Job {
+    fn name() -> Cow<'static, str> {
+        <Job as ToSchema>::name()
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        <Job as ToSchema>::schemas(schemas)
+    }
+}
+
+impl Serialize for jobs::Job {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Job::from(self.clone()).serialize(serializer)
+    }
+}
+
 /// A page of jobs, newest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobList {
@@ -195,10 +353,10 @@ pub struct SubmittedJob {
 }
 
 fn submission_response(outcome: SubmitOutcome, one: bool, warnings: Vec<String>) -> Result<Response, ApiError> {
-    let respond = |replayed: bool, ids: Vec<Uuid>, jobs: Vec<Job>| {
+    let respond = |replayed: bool, ids: Vec<Uuid>, jobs: Vec<jobs::Job>| {
         if one {
             let job = jobs.into_iter().next().ok_or_else(|| ApiError::internal(anyhow::anyhow!("no job returned")))?;
-            Ok(submitted_response(replayed, SubmittedJob { job, warnings }))
+            Ok(submitted_response(replayed, SubmittedJob { job: job.into(), warnings }))
         } else {
             Ok(submitted_response(replayed, BatchSubmitted { ids }))
         }
@@ -338,7 +496,8 @@ async fn get_job(
     let pending =
         if job.state == JobState::Queued { assignment::pending(&mut connection, job_id).await? } else { None };
     let attempts = crate::store::events::attempts(&mut *connection, job_id).await?;
-    Ok(axum::Json(JobDetail { job, pending, attempts }))
+    let attempts = attempts.into_iter().map(AttemptRecord::from).collect();
+    Ok(axum::Json(JobDetail { job: job.into(), pending, attempts }))
 }
 
 /// A job, and for a queued one why it is still waiting.
@@ -349,7 +508,37 @@ pub struct JobDetail {
     /// Present while the job is queued: the scheduler's latest reason.
     pub pending: Option<Pending>,
     /// Every attempt so far, oldest first: worker, start, end, outcome, error.
-    pub attempts: Vec<crate::store::events::AttemptRecord>,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// One attempt of a job as its events tell it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct AttemptRecord {
+    /// The attempt's number (the job's `attempt` when it ran).
+    pub attempt: i32,
+    pub worker_id: Option<Uuid>,
+    pub assigned_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// `succeeded`, `failed` (retried), `dead_lettered`, `cancelled`, or `running` (not ended).
+    pub outcome: String,
+    /// Why it failed, as its worker or the control plane said (`exited with code 3`, …).
+    pub error: Option<String>,
+}
+
+impl From<crate::store::events::AttemptRecord> for AttemptRecord {
+    fn from(record: crate::store::events::AttemptRecord) -> Self {
+        let crate::store::events::AttemptRecord {
+            attempt,
+            worker_id,
+            assigned_at,
+            started_at,
+            ended_at,
+            outcome,
+            error,
+        } = record;
+        Self { attempt, worker_id, assigned_at, started_at, ended_at, outcome, error }
+    }
 }
 
 /// List jobs, newest first, with filters and cursor pagination.
@@ -407,7 +596,7 @@ async fn list_jobs(
 pub(crate) async fn list_page(state: &AppState, filter: &JobFilter) -> Result<JobList, ApiError> {
     let (jobs, has_more) = jobs::list(&state.db, filter).await?;
     let next_cursor = if has_more { jobs.last().map(|job| job.id.to_string()) } else { None };
-    Ok(JobList { jobs, next_cursor })
+    Ok(JobList { jobs: jobs.into_iter().map(Job::from).collect(), next_cursor })
 }
 
 /// Cancel a job. A queued job leaves its queue at once (state `cancelled`); for a job on a
@@ -429,7 +618,7 @@ async fn cancel_job(
     let job_id = parse_job_id(&id)?;
     let mut connection = state.db.acquire().await?;
     match jobs::cancel(&mut connection, principal.tenant_scope(), job_id).await? {
-        CancelResult::Done(job) => Ok(axum::Json(job)),
+        CancelResult::Done(job) => Ok(axum::Json(job.into())),
         CancelResult::NotFound => Err(job_not_found(&id)),
         CancelResult::AlreadyFinished(job) => Err(ApiError::conflict(
             "job_finished",
@@ -474,7 +663,7 @@ async fn retry_job(
         ));
     }
     let job = jobs::get(&mut *connection, principal.tenant_scope(), job_id).await?.ok_or_else(|| job_not_found(&id))?;
-    Ok(axum::Json(job))
+    Ok(axum::Json(job.into()))
 }
 
 /// The states a job can be cancelled in.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
-use hodei_core::ordering::{PolicyRegistry, ShortestEstimatedFirst};
+use hodei_core::ordering::PolicyRegistry;
 use hodei_core::pool::ProviderLimits;
 use sqlx::PgPool;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -18,6 +18,7 @@ use crate::error::{self, Problem};
 use crate::loops::Wakeup;
 use crate::store::enqueue::{QueueSettingsCache, SubmitContext, QUEUE_SETTINGS_TTL};
 
+pub mod auth;
 pub mod dead_letters;
 pub mod events;
 pub mod health;
@@ -108,11 +109,9 @@ impl AppState {
     }
 }
 
-/// The policies `hodei serve` registers at start-up: the built-ins and the shipped plugin.
+/// The policies `hodei serve` registers at start-up: `PolicyRegistry::shipped()`.
 pub fn default_policies() -> PolicyRegistry {
-    let mut registry = PolicyRegistry::with_builtins();
-    registry.register(Arc::new(ShortestEstimatedFirst));
-    registry
+    PolicyRegistry::shipped()
 }
 
 #[derive(OpenApi)]

@@ -3,6 +3,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
 use hodei_core::queue::{
     ExpiredDeadline, OverflowPolicy, QueueSettings, DEFAULT_AGING_SECONDS, DEFAULT_STARVATION_AFTER_SECONDS,
 };
@@ -16,8 +17,8 @@ use utoipa_axum::routes;
 use crate::auth::{Admin, Principal};
 use crate::error::{ApiError, Json, Problem, Query};
 use crate::http::AppState;
-use crate::store::queue_status::{self, QueueStatus};
-use crate::store::queues::{self, DeleteOutcome, Queue, RetrySettings};
+use crate::store::queue_status;
+use crate::store::queues::{self, DeleteOutcome, RetrySettings};
 
 pub const DEFAULT_STATUS_WINDOW_SECONDS: i64 = 900;
 
@@ -74,6 +75,127 @@ pub struct CreateQueue {
     pub name: String,
     #[serde(flatten)]
     pub settings: QueueChanges,
+}
+
+/// A queue as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Queue {
+    #[serde(flatten)]
+    pub settings: QueueSettings,
+    /// Delay before the first retry of a failed job (doubles per attempt, with jitter).
+    pub retry_base_seconds: f64,
+    pub retry_max_seconds: f64,
+    /// `high`, `default` and `low` always exist and cannot be deleted.
+    pub builtin: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<queues::Queue> for Queue {
+    fn from(queue: queues::Queue) -> Self {
+        let queues::Queue { settings, retry_base_seconds, retry_max_seconds, builtin, created_at, updated_at } = queue;
+        Self { settings, retry_base_seconds, retry_max_seconds, builtin, created_at, updated_at }
+    }
+}
+
+/// Wait-time percentiles over the window, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct WaitPercentiles {
+    /// Jobs dispatched in the window (the sample behind the percentiles).
+    pub dispatched: i64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// One tenant's waiting work in a queue.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct TenantBacklog {
+    pub tenant: String,
+    pub ready: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct QueueStatus {
+    pub queue: String,
+    pub policy: String,
+    pub window_seconds: i64,
+    /// Jobs ready for dispatch now.
+    pub length: i64,
+    /// Jobs waiting for a time (not-before or retry backoff).
+    pub scheduled: i64,
+    /// How long the oldest ready job has waited, in seconds.
+    pub oldest_wait_seconds: Option<f64>,
+    pub wait: WaitPercentiles,
+    pub sla_max_wait_seconds: Option<i64>,
+    /// Jobs dispatched in the window after waiting longer than the SLA.
+    pub sla_breaches: i64,
+    /// Jobs waiting now that are already past the SLA.
+    pub sla_breaching_now: i64,
+    /// Submissions admitted to this queue in the window (including redirects into it).
+    pub submitted: i64,
+    pub rejected: i64,
+    pub redirected_away: i64,
+    pub evicted: i64,
+    pub cancelled_while_queued: i64,
+    pub deadline_expired: i64,
+    /// Cancelled while queued, per job submitted.
+    pub abandonment_rate: f64,
+    /// Rejected, redirected away or evicted, per job offered.
+    pub overflow_rate: f64,
+    /// Ready jobs per tenant (a tenant key sees only its own).
+    pub tenants: Vec<TenantBacklog>,
+}
+
+impl From<queue_status::QueueStatus> for QueueStatus {
+    fn from(status: queue_status::QueueStatus) -> Self {
+        let queue_status::QueueStatus {
+            queue,
+            policy,
+            window_seconds,
+            length,
+            scheduled,
+            oldest_wait_seconds,
+            wait,
+            sla_max_wait_seconds,
+            sla_breaches,
+            sla_breaching_now,
+            submitted,
+            rejected,
+            redirected_away,
+            evicted,
+            cancelled_while_queued,
+            deadline_expired,
+            abandonment_rate,
+            overflow_rate,
+            tenants,
+        } = status;
+        let queue_status::WaitPercentiles { dispatched, p50_ms, p95_ms, p99_ms } = wait;
+        Self {
+            queue,
+            policy,
+            window_seconds,
+            length,
+            scheduled,
+            oldest_wait_seconds,
+            wait: WaitPercentiles { dispatched, p50_ms, p95_ms, p99_ms },
+            sla_max_wait_seconds,
+            sla_breaches,
+            sla_breaching_now,
+            submitted,
+            rejected,
+            redirected_away,
+            evicted,
+            cancelled_while_queued,
+            deadline_expired,
+            abandonment_rate,
+            overflow_rate,
+            tenants: tenants
+                .into_iter()
+                .map(|queue_status::TenantBacklog { tenant, ready }| TenantBacklog { tenant, ready })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -144,7 +266,7 @@ fn validate(state: &AppState, settings: &QueueSettings, retry: RetrySettings) ->
     errors.into_result(()).map_err(ApiError::from)
 }
 
-async fn save(state: &AppState, settings: &QueueSettings, retry: RetrySettings) -> Result<Queue, ApiError> {
+async fn save(state: &AppState, settings: &QueueSettings, retry: RetrySettings) -> Result<queues::Queue, ApiError> {
     match queues::upsert(&state.db, settings, retry).await {
         Ok(queue) => Ok(queue),
         Err(error) if error.as_database_error().and_then(|e| e.constraint()) == Some("queues_overflow_queue_fkey") => {
@@ -154,7 +276,7 @@ async fn save(state: &AppState, settings: &QueueSettings, retry: RetrySettings) 
     }
 }
 
-async fn find(state: &AppState, name: &str) -> Result<Queue, ApiError> {
+async fn find(state: &AppState, name: &str) -> Result<queues::Queue, ApiError> {
     queues::get(&state.db, name).await?.ok_or_else(|| ApiError::not_found(format!("no queue named {name:?}")))
 }
 
@@ -183,13 +305,13 @@ async fn create_queue(
     let default_retry = RetrySettings { retry_base_seconds: 2.0, retry_max_seconds: 600.0 };
     let (settings, retry) = request.settings.apply(defaults, default_retry);
     validate(&state, &settings, retry)?;
-    Ok((StatusCode::CREATED, axum::Json(save(&state, &settings, retry).await?)))
+    Ok((StatusCode::CREATED, axum::Json(save(&state, &settings, retry).await?.into())))
 }
 
 /// List queues in serving order.
 #[utoipa::path(get, path = "/queues", tag = "queues", security(("bearer" = [])), responses((status = 200, body = QueueList)))]
 async fn list_queues(State(state): State<AppState>, _principal: Principal) -> Result<axum::Json<QueueList>, ApiError> {
-    Ok(axum::Json(QueueList { queues: queues::list(&state.db).await? }))
+    Ok(axum::Json(QueueList { queues: queues::list(&state.db).await?.into_iter().map(Queue::from).collect() }))
 }
 
 /// Get a queue.
@@ -203,7 +325,7 @@ async fn get_queue(
     _principal: Principal,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Queue>, ApiError> {
-    Ok(axum::Json(find(&state, &name).await?))
+    Ok(axum::Json(find(&state, &name).await?.into()))
 }
 
 /// Change a queue's settings. Jobs already queued keep their place; new ones are ordered
@@ -228,7 +350,7 @@ async fn update_queue(
         RetrySettings { retry_base_seconds: current.retry_base_seconds, retry_max_seconds: current.retry_max_seconds };
     let (settings, retry) = changes.apply(current.settings, retry);
     validate(&state, &settings, retry)?;
-    Ok(axum::Json(save(&state, &settings, retry).await?))
+    Ok(axum::Json(save(&state, &settings, retry).await?.into()))
 }
 
 /// Delete a queue. Refused for built-in queues, for queues with waiting jobs, and for a
@@ -285,5 +407,5 @@ async fn queue_status(
     }
     let queue = find(&state, &name).await?;
     let mut connection = state.db.acquire().await?;
-    Ok(axum::Json(queue_status::status(&mut connection, &queue, window, principal.tenant_scope()).await?))
+    Ok(axum::Json(queue_status::status(&mut connection, &queue, window, principal.tenant_scope()).await?.into()))
 }

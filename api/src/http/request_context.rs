@@ -1,6 +1,6 @@
-//! The request id: taken from a valid incoming `x-request-id` or made fresh, kept in a
-//! task-local for the request's lifetime (so error bodies can quote it), attached to the
-//! request's tracing span, and returned on every response.
+//! The request id: taken from a valid incoming `x-request-id` or made fresh, kept for the
+//! request's lifetime (`error::with_request_id`, so error bodies can quote it), attached to
+//! the request's tracing span, and returned on every response.
 
 use std::time::Instant;
 
@@ -11,15 +11,6 @@ use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
-tokio::task_local! {
-    static REQUEST_ID: String;
-}
-
-/// The current request's id, or `-` outside a request.
-pub fn current_request_id() -> String {
-    REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| "-".to_owned())
-}
 
 fn acceptable(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
@@ -86,7 +77,7 @@ pub async fn middleware(request: Request, next: Next) -> Response {
     let span = tracing::info_span!("request", request_id = %request_id, %method, route = %route);
     let started = Instant::now();
     let answered = async { as_problem(next.run(request).await).await };
-    let mut response = REQUEST_ID.scope(request_id.clone(), answered.instrument(span.clone())).await;
+    let mut response = crate::error::with_request_id(request_id.clone(), answered.instrument(span.clone())).await;
     let status = response.status().as_u16();
     let latency_us = started.elapsed().as_micros() as u64;
     span.in_scope(|| {

@@ -15,8 +15,8 @@ use uuid::Uuid;
 use crate::auth::{generate_key, Admin};
 use crate::error::{ApiError, Json, Problem, Query};
 use crate::http::AppState;
-use crate::store::api_keys::{self, ApiKeyInfo};
-use crate::store::tenants::{self, DeleteOutcome, Tenant, DEFAULT_WEIGHT, MAX_WEIGHT};
+use crate::store::api_keys;
+use crate::store::tenants::{self, DeleteOutcome, DEFAULT_WEIGHT, MAX_WEIGHT};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -44,6 +44,23 @@ pub struct UpdateTenant {
     pub weight: i64,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub name: String,
+    /// Share of contended queue capacity relative to other tenants (1–1000).
+    pub weight: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<tenants::Tenant> for Tenant {
+    fn from(tenant: tenants::Tenant) -> Self {
+        let tenants::Tenant { id, name, weight, created_at, updated_at } = tenant;
+        Self { id, name, weight, created_at, updated_at }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TenantList {
     pub tenants: Vec<Tenant>,
@@ -69,6 +86,24 @@ pub struct NewApiKey {
     pub created_at: DateTime<Utc>,
 }
 
+/// A key as listed: never the key itself.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ApiKeyInfo {
+    pub id: Uuid,
+    /// The key's first characters, to tell keys apart.
+    pub prefix: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<api_keys::ApiKeyInfo> for ApiKeyInfo {
+    fn from(key: api_keys::ApiKeyInfo) -> Self {
+        let api_keys::ApiKeyInfo { id, prefix, name, created_at, revoked_at } = key;
+        Self { id, prefix, name, created_at, revoked_at }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ApiKeyList {
     pub api_keys: Vec<ApiKeyInfo>,
@@ -78,7 +113,7 @@ fn check_weight(errors: &mut ValidationErrors, weight: i64) {
     check_range(errors, "weight", weight, 1, MAX_WEIGHT as i64);
 }
 
-async fn find_tenant(state: &AppState, name: &str) -> Result<Tenant, ApiError> {
+async fn find_tenant(state: &AppState, name: &str) -> Result<tenants::Tenant, ApiError> {
     tenants::get(&state.db, name).await?.ok_or_else(|| ApiError::not_found(format!("no tenant named {name:?}")))
 }
 
@@ -105,13 +140,13 @@ async fn create_tenant(
     errors.into_result(())?;
     let tenant = tenants::create(&state.db, &request.name, weight as i32).await?;
     tracing::info!(tenant = %tenant.name, weight, "tenant created");
-    Ok((StatusCode::CREATED, axum::Json(tenant)))
+    Ok((StatusCode::CREATED, axum::Json(tenant.into())))
 }
 
 /// List tenants.
 #[utoipa::path(get, path = "/tenants", tag = "tenants", security(("bearer" = [])), responses((status = 200, body = TenantList)))]
 async fn list_tenants(State(state): State<AppState>, _admin: Admin) -> Result<axum::Json<TenantList>, ApiError> {
-    Ok(axum::Json(TenantList { tenants: tenants::list(&state.db).await? }))
+    Ok(axum::Json(TenantList { tenants: tenants::list(&state.db).await?.into_iter().map(Tenant::from).collect() }))
 }
 
 /// Get a tenant.
@@ -125,7 +160,7 @@ async fn get_tenant(
     _admin: Admin,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Tenant>, ApiError> {
-    Ok(axum::Json(find_tenant(&state, &name).await?))
+    Ok(axum::Json(find_tenant(&state, &name).await?.into()))
 }
 
 /// Change a tenant's fair-queuing weight.
@@ -149,7 +184,7 @@ async fn update_tenant(
     errors.into_result(())?;
     tenants::set_weight(&state.db, &name, request.weight as i32)
         .await?
-        .map(axum::Json)
+        .map(|tenant| axum::Json(tenant.into()))
         .ok_or_else(|| ApiError::not_found(format!("no tenant named {name:?}")))
 }
 
@@ -267,7 +302,8 @@ async fn list_api_keys(
     Path(name): Path<String>,
 ) -> Result<axum::Json<ApiKeyList>, ApiError> {
     let tenant = find_tenant(&state, &name).await?;
-    Ok(axum::Json(ApiKeyList { api_keys: api_keys::list_for_tenant(&state.db, tenant.id).await? }))
+    let api_keys = api_keys::list_for_tenant(&state.db, tenant.id).await?.into_iter().map(ApiKeyInfo::from).collect();
+    Ok(axum::Json(ApiKeyList { api_keys }))
 }
 
 /// Revoke a tenant's key. Requests with it fail from now on.

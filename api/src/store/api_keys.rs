@@ -1,15 +1,13 @@
 //! The `api_keys` table: hashes of admin and tenant keys, and their revocation.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{FromRow, PgExecutor};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::{NewKey, Principal};
 
 /// A key as listed: never the key itself.
-#[derive(Debug, Clone, Serialize, FromRow, ToSchema)]
+#[derive(Debug, Clone, FromRow)]
 pub struct ApiKeyInfo {
     pub id: Uuid,
     /// The key's first characters, to tell keys apart.

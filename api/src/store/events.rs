@@ -12,13 +12,11 @@
 //! the cursor.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{FromRow, PgExecutor};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// One entry of the job event stream.
-#[derive(Debug, Clone, PartialEq, Serialize, FromRow, ToSchema)]
+#[derive(Debug, Clone, PartialEq, FromRow)]
 pub struct JobEvent {
     /// Stream position; pass the last one seen as `after` to continue.
     pub id: i64,
@@ -32,7 +30,6 @@ pub struct JobEvent {
     /// The job's own event number, 1 for `job.submitted`: the order in which its changes
     /// committed.
     pub version: i32,
-    #[schema(value_type = Object)]
     pub data: serde_json::Value,
     pub at: DateTime<Utc>,
 }
@@ -120,7 +117,7 @@ pub async fn list_after(db: impl PgExecutor<'_>, filter: &EventFilter) -> sqlx::
 }
 
 /// One attempt of a job as its events tell it.
-#[derive(Debug, Clone, PartialEq, Serialize, FromRow, ToSchema)]
+#[derive(Debug, Clone, PartialEq, FromRow)]
 pub struct AttemptRecord {
     /// The attempt's number (the job's `attempt` when it ran).
     pub attempt: i32,

@@ -6,16 +6,14 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use hodei_core::job::CancelOutcome;
 use hodei_core::JobState;
-use serde::Serialize;
 use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgExecutor};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::store::events;
 
-/// A job as the API returns it.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+/// A job: its row, with its tenant's name.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Job {
     pub id: Uuid,
     /// Name of the owning tenant.
@@ -33,7 +31,6 @@ pub struct Job {
     pub run_attempt: i32,
     pub deadline: Option<DateTime<Utc>>,
     pub not_before: Option<DateTime<Utc>>,
-    #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     /// When a cancel was requested for a job already on a worker.
     pub cancel_requested_at: Option<DateTime<Utc>>,
@@ -62,7 +59,7 @@ pub struct Job {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobCommand {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -70,7 +67,7 @@ pub struct JobCommand {
     pub timeout_seconds: i32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobResources {
     pub cpu_millis: i32,
     pub memory_mib: i32,
@@ -407,6 +404,7 @@ mod tests {
     use super::*;
     use crate::store::tenants;
     use crate::testing::TestDatabase;
+    use hodei_core::ordering::PolicyRegistry;
     use hodei_core::{JobSpec, ValidJob};
 
     fn valid_job() -> ValidJob {
@@ -415,7 +413,7 @@ mod tests {
     }
 
     async fn submitted(db: &mut PgConnection, submitter: Submitter<'_>) -> Job {
-        let registry = crate::http::default_policies();
+        let registry = PolicyRegistry::shipped();
         let settings = crate::store::enqueue::QueueSettingsCache::disabled();
         let context = crate::store::enqueue::SubmitContext { registry: &registry, settings: &settings };
         match crate::store::enqueue::submit(db, context, submitter, &[valid_job()], None, true).await.expect("submit") {
@@ -545,7 +543,7 @@ mod tests {
             .expect("scheduled rows");
         assert_eq!(leftover, 0, "the retry's scheduled row must go with the cancel");
         sqlx::query("update scheduled_jobs set run_at = now()").execute(&mut *db).await.expect("make due");
-        let registry = crate::http::default_policies();
+        let registry = PolicyRegistry::shipped();
         crate::store::dispatch::promote_due(&mut db, &registry, 100).await.expect("promote");
         assert_eq!(state_of(&mut *db, job.id).await, "cancelled");
         assert_eq!(event_kinds(&mut *db, job.id).await.last().map(String::as_str), Some("job.cancelled"));
@@ -571,7 +569,7 @@ mod tests {
         .execute(&mut *db)
         .await
         .expect("a cancelled job with a stray scheduled row");
-        let registry = crate::http::default_policies();
+        let registry = PolicyRegistry::shipped();
         crate::store::dispatch::promote_due(&mut db, &registry, 100).await.expect("promote");
         assert_eq!(state_of(&mut *db, scheduled.id).await, "cancelled");
         let rows: i64 = sqlx::query_scalar(

@@ -3,15 +3,13 @@
 //! ready queue and the queue's activity log (admissions, and one row per dispatch with its
 //! waits), over a recent window. Read-only.
 
-use serde::Serialize;
 use sqlx::PgConnection;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::store::queues::Queue;
 
 /// Wait-time percentiles over the window, in milliseconds.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WaitPercentiles {
     /// Jobs dispatched in the window (the sample behind the percentiles).
     pub dispatched: i64,
@@ -21,13 +19,13 @@ pub struct WaitPercentiles {
 }
 
 /// One tenant's waiting work in a queue.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TenantBacklog {
     pub tenant: String,
     pub ready: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueueStatus {
     pub queue: String,
     pub policy: String,

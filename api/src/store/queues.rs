@@ -3,14 +3,11 @@
 use chrono::{DateTime, Utc};
 use hodei_core::backoff::Backoff;
 use hodei_core::queue::{ExpiredDeadline, OverflowPolicy, QueueSettings};
-use serde::Serialize;
 use sqlx::{FromRow, PgExecutor};
-use utoipa::ToSchema;
 
-/// A queue as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+/// A queue: its settings, retry delays and timestamps.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Queue {
-    #[serde(flatten)]
     pub settings: QueueSettings,
     /// Delay before the first retry of a failed job (doubles per attempt, with jitter).
     pub retry_base_seconds: f64,

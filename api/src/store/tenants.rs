@@ -1,15 +1,13 @@
 //! The `tenants` table: who may submit work, and each tenant's weight for fair queuing.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{FromRow, PgExecutor};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 pub const DEFAULT_WEIGHT: i32 = 1;
 pub const MAX_WEIGHT: i32 = 1000;
 
-#[derive(Debug, Clone, PartialEq, Serialize, FromRow, ToSchema)]
+#[derive(Debug, Clone, PartialEq, FromRow)]
 pub struct Tenant {
     pub id: Uuid,
     pub name: String,
