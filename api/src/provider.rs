@@ -68,10 +68,13 @@ impl Providers {
     }
 }
 
-/// The limits of the `local` provider on this machine, for validation where no provider
-/// is running (`hodei config check`).
+/// The limits of the `local` provider, also for validation where no provider is running
+/// (`hodei config check`). None beyond the schema's: a local worker's capacity is a budget
+/// it offers the scheduler, not a reservation, and local workers share the machine (as
+/// `hodei dev`'s do), so a pool may declare more than this machine has. Cloud providers
+/// state their largest instance.
 pub fn local_limits() -> ProviderLimits {
-    ProviderLimits { name: "local".to_owned(), max_memory_mib: host_memory_mib(), max_cpu_millis: u32::MAX }
+    ProviderLimits { name: "local".to_owned(), max_memory_mib: u32::MAX, max_cpu_millis: u32::MAX }
 }
 
 /// This machine's memory in MiB, as the workers it starts detect it (no limit if unknown).

@@ -170,7 +170,9 @@ pub struct JobSpec {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<i64>,
-    /// The job should finish by this time; must be in the future.
+    /// The job should finish by this time. One already past (or earlier than `not_before`)
+    /// is accepted and is expired when it is dispatched: its queue's `expired_deadline`
+    /// decides whether it is dead-lettered or runs (recorded as expired).
     #[serde(default)]
     pub deadline: Option<DateTime<Utc>>,
     /// Do not start before this time (a delayed job).
@@ -198,6 +200,8 @@ pub struct ValidJob {
     pub deadline: Option<DateTime<Utc>>,
     pub not_before: Option<DateTime<Utc>>,
     pub metadata: serde_json::Value,
+    /// What the submitter should know although the job is valid (a deadline already past).
+    pub warnings: Vec<String>,
 }
 
 impl JobSpec {
@@ -227,17 +231,6 @@ impl JobSpec {
         let max_attempts = self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
         check_range(&mut errors, "max_attempts", max_attempts, 1, MAX_MAX_ATTEMPTS);
 
-        if let Some(deadline) = self.deadline {
-            if deadline <= now {
-                errors.add("deadline", format!("must be in the future, got {}", deadline.to_rfc3339()));
-            }
-            if let Some(not_before) = self.not_before {
-                if not_before >= deadline {
-                    errors.add("not_before", "must be earlier than deadline");
-                }
-            }
-        }
-
         let metadata = self.metadata.clone().unwrap_or_else(|| serde_json::json!({}));
         if !metadata.is_object() {
             errors.add("metadata", "must be a JSON object");
@@ -246,6 +239,20 @@ impl JobSpec {
         }
 
         errors.into_result(())?;
+        let mut warnings = Vec::new();
+        if let Some(deadline) = self.deadline {
+            if deadline <= now {
+                warnings.push(format!(
+                    "the deadline {} has passed: the job expires when it is dispatched (its queue's \
+                     expired_deadline decides whether it is dead-lettered or runs)",
+                    deadline.to_rfc3339()
+                ));
+            } else if self.not_before.is_some_and(|not_before| not_before >= deadline) {
+                warnings.push(
+                    "not_before is not earlier than the deadline: the job expires when it is dispatched".to_owned(),
+                );
+            }
+        }
         // The ranges above were checked, so these conversions cannot fail.
         Ok(ValidJob {
             queue,
@@ -261,6 +268,7 @@ impl JobSpec {
             deadline: self.deadline,
             not_before: self.not_before,
             metadata,
+            warnings,
         })
     }
 }
@@ -378,7 +386,6 @@ mod tests {
             "resources.memory_mib",
             "resources.labels.bad key",
             "max_attempts",
-            "deadline",
             "metadata",
         ] {
             assert!(fields.contains(&expected), "missing {expected} in {fields:?}");
@@ -388,15 +395,30 @@ mod tests {
     }
 
     #[test]
-    fn not_before_must_precede_deadline() {
-        let errors = spec(serde_json::json!({
+    fn a_deadline_that_cannot_be_met_is_accepted_with_a_warning() {
+        let late = spec(serde_json::json!({
             "command": {"argv": ["true"]},
-            "deadline": "2026-01-02T00:00:00Z",
-            "not_before": "2026-01-03T00:00:00Z"
+            "deadline": "2099-01-02T00:00:00Z",
+            "not_before": "2099-01-03T00:00:00Z"
         }))
         .validate(now())
-        .expect_err("invalid");
-        assert_eq!(errors.errors()[0].field, "not_before");
+        .expect("valid");
+        assert_eq!(
+            late.warnings,
+            ["not_before is not earlier than the deadline: the job expires when it is dispatched"]
+        );
+        let past = spec(serde_json::json!({"command": {"argv": ["true"]}, "deadline": "2000-01-01T00:00:00Z"}))
+            .validate(now())
+            .expect("valid");
+        assert!(
+            past.warnings[0].starts_with("the deadline 2000-01-01T00:00:00+00:00 has passed"),
+            "{:?}",
+            past.warnings
+        );
+        let fine = spec(serde_json::json!({"command": {"argv": ["true"]}, "deadline": "2099-01-01T00:00:00Z"}))
+            .validate(now())
+            .expect("valid");
+        assert!(fine.warnings.is_empty());
     }
 
     #[test]

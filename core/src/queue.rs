@@ -73,7 +73,7 @@ pub struct QueueSettings {
     /// Most jobs waiting (queued or delayed) at once; unbounded when absent.
     pub max_size: Option<i64>,
     pub overflow: OverflowPolicy,
-    /// Target of `redirect`.
+    /// Target of `redirect` (required with it; kept but unused with the other policies).
     pub overflow_queue: Option<String>,
     /// Longest a job should wait before dispatch; waits beyond it are SLA breaches.
     pub sla_max_wait_seconds: Option<i64>,
@@ -119,9 +119,6 @@ impl QueueSettings {
             (OverflowPolicy::Redirect, None) => errors.add("overflow_queue", "required when overflow is redirect"),
             (OverflowPolicy::Redirect, Some(target)) if target == &self.name => {
                 errors.add("overflow_queue", "must name another queue")
-            }
-            (OverflowPolicy::Reject | OverflowPolicy::EvictLowest, Some(_)) => {
-                errors.add("overflow_queue", "only allowed when overflow is redirect")
             }
             _ => {}
         }

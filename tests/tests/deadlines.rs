@@ -63,3 +63,23 @@ async fn sla_breaches_and_expired_deadlines_are_kept_by_the_scheduling_cycle() {
         assert_eq!(status["deadline_expired"], 1, "{queue}: {status}");
     }
 }
+
+#[tokio::test]
+async fn a_deadline_already_past_is_accepted_with_a_warning_and_expires_at_dispatch() {
+    let system = start_system().await;
+    let admin = system.server.admin();
+    let acme = system.server.tenant("acme").await;
+    let queue = json!({"name": "expiring", "policy": "edf", "expired_deadline": "dead_letter"});
+    assert_eq!(admin.post("/api/v1/queues", queue).await.status, StatusCode::CREATED);
+    let past = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    let reply =
+        acme.post("/api/v1/jobs", json!({"queue": "expiring", "deadline": past, "command": {"argv": ["true"]}})).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+    let warning = reply.body["warnings"][0].as_str().unwrap_or_default();
+    assert!(warning.contains("has passed: the job expires when it is dispatched"), "{reply:?}");
+    let id = reply.body["id"].as_str().expect("id").to_owned();
+
+    let _worker = start_worker(&system.server.url, "w", &[]);
+    let dead = wait_for_state(&acme, &id, &["dead_lettered", "succeeded"]).await;
+    assert_eq!(dead["dead_letter_reason"], "deadline_expired", "{dead}");
+}

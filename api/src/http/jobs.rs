@@ -346,8 +346,9 @@ pub(crate) fn queue_full(queue: &str, retry_after_seconds: i64) -> ApiError {
 pub struct SubmittedJob {
     #[serde(flatten)]
     pub job: Job,
-    /// Reasons the job may wait for a long time or forever, e.g. no worker and no pool
-    /// offers the labels it needs. Absent when there are none.
+    /// Reasons the job may wait for a long time or forever (no worker and no pool offers
+    /// the labels it needs), or may not run (its deadline has passed). Absent when there
+    /// are none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }
@@ -394,7 +395,7 @@ async fn submit_job(
     let job = spec.validate(Utc::now())?;
     let idempotency = idempotency_from(&headers, || digest(&spec))?;
     let mut connection = state.db.acquire().await?;
-    let mut warnings = Vec::new();
+    let mut warnings = job.warnings.clone();
     if !job.labels.is_empty() && !crate::store::workers::labels_offered(&mut *connection, &job.labels).await? {
         let wanted: Vec<String> = job.labels.iter().map(|(key, value)| format!("{key}={value}")).collect();
         warnings.push(format!(

@@ -259,8 +259,9 @@ fn validate(state: &AppState, settings: &QueueSettings, retry: RetrySettings) ->
     if !(retry.retry_base_seconds > 0.0 && retry.retry_base_seconds <= 86_400.0) {
         errors.add("retry_base_seconds", "must be above 0 and at most 86400");
     }
-    if !(retry.retry_max_seconds >= retry.retry_base_seconds && retry.retry_max_seconds <= 7.0 * 86_400.0) {
-        errors.add("retry_max_seconds", "must be at least retry_base_seconds and at most 604800");
+    // A maximum below the base is allowed: every delay is then the maximum.
+    if !(retry.retry_max_seconds > 0.0 && retry.retry_max_seconds <= 7.0 * 86_400.0) {
+        errors.add("retry_max_seconds", "must be above 0 and at most 604800");
     }
     check_range(&mut errors, "tier", settings.tier.into(), 0, 100);
     errors.into_result(()).map_err(ApiError::from)
