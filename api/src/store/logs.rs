@@ -121,7 +121,7 @@ mod tests {
         let tenant = tenants::create(&mut *db, "acme", 1).await.expect("tenant");
         let spec: hodei_core::JobSpec =
             serde_json::from_value(serde_json::json!({"command": {"argv": ["true"]}})).expect("spec");
-        let registry = crate::http::default_policies();
+        let registry = hodei_core::ordering::PolicyRegistry::shipped();
         let settings = enqueue::QueueSettingsCache::disabled();
         let context = enqueue::SubmitContext { registry: &registry, settings: &settings };
         let submitter = crate::store::jobs::Submitter { tenant_id: tenant.id, tenant_name: "acme" };
