@@ -1,7 +1,6 @@
 //! `/api/v1/jobs`: submit (one or a batch), get, list and cancel jobs. A tenant key sees
 //! only its own tenant's jobs: any other job is "not found", never "forbidden".
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
@@ -10,10 +9,9 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use hodei_core::names::check_resource_name;
 use hodei_core::{JobSpec, JobState, ValidJob, ValidationErrors};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use utoipa::openapi::{RefOr, Schema};
-use utoipa::{IntoParams, PartialSchema, ToSchema};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -258,30 +256,6 @@ impl From<jobs::Job> for Job {
             updated_at,
             finished_at,
         }
-    }
-}
-
-/// A stored job answered as it is (the dead-letter handlers do): it is documented and
-/// rendered exactly as the API's `Job`.
-impl PartialSchema for jobs::Job {
-    fn schema() -> RefOr<Schema> {
-        <Job as PartialSchema>::schema()
-    }
-}
-
-impl ToSchema for jobs::Job {
-    fn name() -> Cow<'static, str> {
-        <Job as ToSchema>::name()
-    }
-
-    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
-        <Job as ToSchema>::schemas(schemas)
-    }
-}
-
-impl Serialize for jobs::Job {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        Job::from(self.clone()).serialize(serializer)
     }
 }
 
