@@ -18,13 +18,13 @@ use uuid::Uuid;
 
 use crate::e2e::percentile;
 use hodei_api::config::Config;
-use hodei_core::ordering::PolicyRegistry;
 use hodei_api::loops::Scheduler;
 use hodei_api::store::assignment::{self, AttemptResult, CycleLimits};
 use hodei_api::store::enqueue;
 use hodei_api::store::jobs::Submitter;
 use hodei_api::store::queues::{self, RetrySettings};
 use hodei_api::{db, store};
+use hodei_core::ordering::PolicyRegistry;
 
 #[derive(Debug, Args)]
 pub struct EngineArgs {
