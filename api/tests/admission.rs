@@ -4,7 +4,6 @@
 //! automatic retry and the promotion of a scheduled job keep the place it was admitted to.
 
 use chrono::Utc;
-use hodei_api::http::default_policies;
 use hodei_api::loops::Scheduler;
 use hodei_api::store::assignment::{self, Assigned, AttemptResult, CycleLimits, Recorded};
 use hodei_api::store::dispatch::{self, FailureResult, RedriveFilter, RefusedRerun};
@@ -31,7 +30,7 @@ async fn store() -> Store {
     let database = TestDatabase::migrated().await;
     let pool = database.pool().await;
     let tenant_id = tenants::create(&pool, "acme", 1).await.expect("tenant").id;
-    Store { _database: database, pool, registry: default_policies(), tenant_id }
+    Store { _database: database, pool, registry: PolicyRegistry::shipped(), tenant_id }
 }
 
 fn job(spec: Value) -> ValidJob {

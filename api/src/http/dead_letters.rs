@@ -10,10 +10,10 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, Json, Problem, Query};
-use crate::http::jobs::{job_not_found, list_page, page, parse_job_id, queue_full, JobList};
+use crate::http::jobs::{job_not_found, list_page, page, parse_job_id, queue_full, Job, JobList};
 use crate::http::AppState;
 use crate::store::dispatch::{self, RedriveFilter};
-use crate::store::jobs::{self, Job, JobFilter};
+use crate::store::jobs::{self, JobFilter};
 use hodei_core::backoff::DeadLetterReason;
 use hodei_core::names::check_resource_name;
 use hodei_core::JobState;
@@ -61,7 +61,7 @@ pub struct Redriven {
     pub ids: Vec<Uuid>,
 }
 
-async fn find(state: &AppState, principal: &Principal, id: &str) -> Result<Job, ApiError> {
+async fn find(state: &AppState, principal: &Principal, id: &str) -> Result<jobs::Job, ApiError> {
     let job_id = parse_job_id(id)?;
     jobs::get(&state.db, principal.tenant_scope(), job_id)
         .await?
@@ -107,7 +107,7 @@ async fn get_dead_letter(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Job>, ApiError> {
-    Ok(axum::Json(find(&state, &principal, &id).await?))
+    Ok(axum::Json(Job::from(find(&state, &principal, &id).await?)))
 }
 
 /// Put one dead-lettered job back in its queue with a fresh set of attempts.
@@ -138,7 +138,7 @@ async fn redrive_one(
     }
     jobs::get(&mut *connection, principal.tenant_scope(), job.id)
         .await?
-        .map(axum::Json)
+        .map(|row| axum::Json(Job::from(row)))
         .ok_or_else(|| job_not_found(&id))
 }
 

@@ -1,7 +1,6 @@
 //! `/api/v1/jobs`: submit (one or a batch), get, list and cancel jobs. A tenant key sees
 //! only its own tenant's jobs: any other job is "not found", never "forbidden".
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
@@ -10,10 +9,9 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use hodei_core::names::check_resource_name;
 use hodei_core::{JobSpec, JobState, ValidJob, ValidationErrors};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use utoipa::openapi::{RefOr, Schema};
-use utoipa::{IntoParams, PartialSchema, ToSchema};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -21,10 +19,10 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::error::{ApiError, Json, Problem, Query};
 use crate::http::AppState;
-use crate::store::assignment::{self, Pending};
+use crate::store::assignment;
 use crate::store::enqueue::{self, SubmitOutcome};
 use crate::store::jobs::{self, CancelResult, Idempotency, JobFilter, Submitter};
-use crate::store::logs::LogChunk;
+use crate::store::logs;
 
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -61,6 +59,29 @@ pub struct LogPage {
     pub next_after: i64,
 }
 
+/// One chunk of output.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct LogChunk {
+    /// Position; pass the last one seen as `after` to continue.
+    pub seq: i64,
+    pub attempt: i32,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The chunk as text: its bytes decoded as UTF-8, each invalid sequence shown as U+FFFD.
+    /// Workers split output only between whole characters, so valid UTF-8 reads back whole.
+    pub data: String,
+    /// The exact bytes the job wrote, standard base64 (RFC 4648, padded).
+    pub data_base64: String,
+    pub at: DateTime<Utc>,
+}
+
+impl From<logs::LogChunk> for LogChunk {
+    fn from(chunk: logs::LogChunk) -> Self {
+        let logs::LogChunk { seq, attempt, stream, data, data_base64, at } = chunk;
+        Self { seq, attempt, stream, data, data_base64, at }
+    }
+}
+
 /// A job's output (stdout and stderr of every attempt), read by cursor: each chunk's exact
 /// bytes (`data_base64`) and the same as text (`data`).
 #[utoipa::path(
@@ -85,7 +106,8 @@ async fn job_logs(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("invalid_query", format!("limit: must be between 1 and 1000, got {limit}")));
     }
-    let chunks = crate::store::logs::read(&state.db, job_id, after, limit).await?;
+    let chunks: Vec<LogChunk> =
+        logs::read(&state.db, job_id, after, limit).await?.into_iter().map(LogChunk::from).collect();
     let next_after = chunks.last().map_or(after, |chunk| chunk.seq);
     Ok(axum::Json(LogPage { chunks, next_after }))
 }
@@ -258,30 +280,6 @@ impl From<jobs::Job> for Job {
             updated_at,
             finished_at,
         }
-    }
-}
-
-/// A stored job answered as it is (the dead-letter handlers do): it is documented and
-/// rendered exactly as the API's `Job`.
-impl PartialSchema for jobs::Job {
-    fn schema() -> RefOr<Schema> {
-        <Job as PartialSchema>::schema()
-    }
-}
-
-impl ToSchema for jobs::Job {
-    fn name() -> Cow<'static, str> {
-        <Job as ToSchema>::name()
-    }
-
-    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
-        <Job as ToSchema>::schemas(schemas)
-    }
-}
-
-impl Serialize for jobs::Job {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        Job::from(self.clone()).serialize(serializer)
     }
 }
 
@@ -496,6 +494,7 @@ async fn get_job(
     let job = jobs::get(&mut *connection, principal.tenant_scope(), job_id).await?.ok_or_else(|| job_not_found(&id))?;
     let pending =
         if job.state == JobState::Queued { assignment::pending(&mut connection, job_id).await? } else { None };
+    let pending = pending.map(Pending::from);
     let attempts = crate::store::events::attempts(&mut *connection, job_id).await?;
     let attempts = attempts.into_iter().map(AttemptRecord::from).collect();
     Ok(axum::Json(JobDetail { job: job.into(), pending, attempts }))
@@ -510,6 +509,24 @@ pub struct JobDetail {
     pub pending: Option<Pending>,
     /// Every attempt so far, oldest first: worker, start, end, outcome, error.
     pub attempts: Vec<AttemptRecord>,
+}
+
+/// Why a queued job waits, from the scheduler's last decision and the queue ahead of it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Pending {
+    /// `no_workers`, `no_worker_with_labels`, `no_worker_large_enough`,
+    /// `waiting_for_capacity` or `queued`.
+    pub code: String,
+    pub message: String,
+    /// Jobs ahead of it in its queue.
+    pub position: i64,
+}
+
+impl From<assignment::Pending> for Pending {
+    fn from(pending: assignment::Pending) -> Self {
+        let assignment::Pending { code, message, position } = pending;
+        Self { code, message, position }
+    }
 }
 
 /// One attempt of a job as its events tell it.

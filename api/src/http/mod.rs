@@ -109,11 +109,6 @@ impl AppState {
     }
 }
 
-/// The policies `hodei serve` registers at start-up: `PolicyRegistry::shipped()`.
-pub fn default_policies() -> PolicyRegistry {
-    PolicyRegistry::shipped()
-}
-
 #[derive(OpenApi)]
 #[openapi(
     info(

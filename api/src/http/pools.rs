@@ -3,23 +3,145 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
 use hodei_core::pool::{validate_pool, PoolSpec};
+use hodei_core::pool_plan::{MemberStatus, PoolState};
 use hodei_core::ValidationErrors;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use uuid::Uuid;
 
 use crate::auth::Admin;
 use crate::error::{ApiError, Json, Problem};
 use crate::http::AppState;
-use crate::store::pools::{self, Change, Member, Pool};
+use crate::store::pools::{self, Change};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_pool, list_pools))
         .routes(routes!(get_pool, update_pool, delete_pool))
         .routes(routes!(pool_workers))
+}
+
+/// Where a pool's spec comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    File,
+    Api,
+}
+
+impl From<pools::Source> for Source {
+    fn from(source: pools::Source) -> Self {
+        match source {
+            pools::Source::File => Source::File,
+            pools::Source::Api => Source::Api,
+        }
+    }
+}
+
+/// How many of a pool's members are in each status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct MemberCounts {
+    pub provisioning: i64,
+    pub ready: i64,
+    pub draining: i64,
+    pub terminating: i64,
+    pub failed: i64,
+}
+
+impl From<pools::MemberCounts> for MemberCounts {
+    fn from(counts: pools::MemberCounts) -> Self {
+        let pools::MemberCounts { provisioning, ready, draining, terminating, failed } = counts;
+        Self { provisioning, ready, draining, terminating, failed }
+    }
+}
+
+/// A pool as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Pool {
+    #[serde(flatten)]
+    pub spec: PoolSpec,
+    pub source: Source,
+    /// `active`, `deleting` (its workers drain, then it goes) or `failed` (see `state_reason`).
+    #[schema(value_type = String)]
+    pub state: PoolState,
+    pub state_reason: Option<String>,
+    pub workers: MemberCounts,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<pools::Pool> for Pool {
+    fn from(pool: pools::Pool) -> Self {
+        let pools::Pool { spec, source, state, state_reason, workers, created_at, updated_at } = pool;
+        Self { spec, source: source.into(), state, state_reason, workers: workers.into(), created_at, updated_at }
+    }
+}
+
+/// One member and, once it registered, its worker.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Member {
+    pub id: Uuid,
+    pub pool_id: String,
+    /// `provisioning`, `ready`, `draining`, `terminating` or `failed`.
+    #[schema(value_type = String)]
+    pub status: MemberStatus,
+    /// Provisioning attempts so far.
+    pub attempts: i32,
+    /// The provider's handle for the instance.
+    pub instance: Option<String>,
+    pub last_error: Option<String>,
+    pub attempt_started_at: Option<DateTime<Utc>>,
+    pub retry_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub worker_id: Option<Uuid>,
+    /// The worker's own state (`idle`, `busy`, `draining`, …).
+    pub worker_state: Option<String>,
+    pub worker_used_slots: Option<i32>,
+    pub worker_last_heartbeat_at: Option<DateTime<Utc>>,
+    pub worker_health_failures: Option<i32>,
+}
+
+impl From<pools::Member> for Member {
+    fn from(member: pools::Member) -> Self {
+        let pools::Member {
+            id,
+            pool_id,
+            status,
+            attempts,
+            instance,
+            last_error,
+            attempt_started_at,
+            retry_at,
+            created_at,
+            worker_id,
+            worker_state,
+            worker_used_slots,
+            worker_last_heartbeat_at,
+            worker_health_failures,
+            // Not shown: the last heartbeat's time says it.
+            heartbeat_age_seconds: _,
+        } = member;
+        Self {
+            id,
+            pool_id,
+            status,
+            attempts,
+            instance,
+            last_error,
+            attempt_started_at,
+            retry_at,
+            created_at,
+            worker_id,
+            worker_state,
+            worker_used_slots,
+            worker_last_heartbeat_at,
+            worker_health_failures,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -59,7 +181,10 @@ fn validate(state: &AppState, spec: &PoolSpec) -> Result<(), ApiError> {
 }
 
 async fn find(state: &AppState, id: &str) -> Result<Pool, ApiError> {
-    pools::get(&state.db, id).await?.ok_or_else(|| ApiError::not_found(format!("no pool with id {id:?}")))
+    pools::get(&state.db, id)
+        .await?
+        .map(Pool::from)
+        .ok_or_else(|| ApiError::not_found(format!("no pool with id {id:?}")))
 }
 
 fn refuse(change: Change, id: &str) -> Result<(), ApiError> {
@@ -105,7 +230,7 @@ async fn create_pool(
 /// List pools.
 #[utoipa::path(get, path = "/pools", tag = "pools", security(("bearer" = [])), responses((status = 200, body = PoolList)))]
 async fn list_pools(State(state): State<AppState>, _admin: Admin) -> Result<axum::Json<PoolList>, ApiError> {
-    Ok(axum::Json(PoolList { pools: pools::list(&state.db).await? }))
+    Ok(axum::Json(PoolList { pools: pools::list(&state.db).await?.into_iter().map(Pool::from).collect() }))
 }
 
 /// Get a pool.
@@ -182,5 +307,6 @@ async fn pool_workers(
     Path(id): Path<String>,
 ) -> Result<axum::Json<PoolWorkers>, ApiError> {
     find(&state, &id).await?;
-    Ok(axum::Json(PoolWorkers { workers: pools::members(&state.db, &id).await? }))
+    let workers = pools::members(&state.db, &id).await?.into_iter().map(Member::from).collect();
+    Ok(axum::Json(PoolWorkers { workers }))
 }

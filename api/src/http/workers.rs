@@ -7,9 +7,12 @@
 //! with the agent (a change one side misses does not compile); a log shipment must also
 //! fit the body limit (`DEFAULT_BODY_LIMIT`), base64 and JSON included.
 
+use std::collections::BTreeMap;
+
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
 use hodei_core::names::check_resource_name;
 use hodei_core::validation::check_range;
 use hodei_core::ValidationErrors;
@@ -29,7 +32,7 @@ use crate::error::{ApiError, Json, Problem, Query};
 use crate::http::AppState;
 use crate::store::assignment::{self, AttemptResult, Recorded};
 use crate::store::dispatch::FailureResult;
-use crate::store::workers::{self, NewWorker, Worker, WorkerState};
+use crate::store::workers::{self, NewWorker, WorkerState};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -316,6 +319,73 @@ impl WorkerIdentity {
     }
 }
 
+/// A worker as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Worker {
+    pub id: Uuid,
+    pub name: String,
+    pub pool: String,
+    pub state: WorkerState,
+    pub cpu_millis: i32,
+    pub memory_mib: i32,
+    pub slots: i32,
+    pub labels: BTreeMap<String, String>,
+    pub instance_id: Option<String>,
+    pub used_cpu_millis: i32,
+    pub used_memory_mib: i32,
+    pub used_slots: i32,
+    /// Jobs run so far (reuse).
+    pub jobs_run: i64,
+    /// Consecutive failed health checks.
+    pub health_failures: i32,
+    pub registered_at: DateTime<Utc>,
+    pub last_heartbeat_at: DateTime<Utc>,
+    pub gone_at: Option<DateTime<Utc>>,
+}
+
+impl From<workers::Worker> for Worker {
+    fn from(worker: workers::Worker) -> Self {
+        let workers::Worker {
+            id,
+            name,
+            pool,
+            state,
+            cpu_millis,
+            memory_mib,
+            slots,
+            labels,
+            instance_id,
+            used_cpu_millis,
+            used_memory_mib,
+            used_slots,
+            jobs_run,
+            health_failures,
+            registered_at,
+            last_heartbeat_at,
+            gone_at,
+        } = worker;
+        Self {
+            id,
+            name,
+            pool,
+            state,
+            cpu_millis,
+            memory_mib,
+            slots,
+            labels,
+            instance_id,
+            used_cpu_millis,
+            used_memory_mib,
+            used_slots,
+            jobs_run,
+            health_failures,
+            registered_at,
+            last_heartbeat_at,
+            gone_at,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WorkerList {
     pub workers: Vec<Worker>,
@@ -451,7 +521,7 @@ async fn list_workers(
     Query(query): Query<WorkerQuery>,
 ) -> Result<axum::Json<WorkerList>, ApiError> {
     let workers = workers::list(&state.db, query.pool.as_deref(), query.include_gone.unwrap_or(false)).await?;
-    Ok(axum::Json(WorkerList { workers }))
+    Ok(axum::Json(WorkerList { workers: workers.into_iter().map(Worker::from).collect() }))
 }
 
 /// Get a worker (admin).
@@ -467,5 +537,5 @@ async fn get_worker(
 ) -> Result<axum::Json<Worker>, ApiError> {
     let not_found = || ApiError::not_found(format!("no worker {id:?}"));
     let worker_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    workers::get(&state.db, worker_id).await?.map(axum::Json).ok_or_else(not_found)
+    workers::get(&state.db, worker_id).await?.map(|row| axum::Json(Worker::from(row))).ok_or_else(not_found)
 }

@@ -10,10 +10,8 @@ use std::time::Duration;
 use hodei_core::dispatch::plan_dispatch;
 use hodei_core::fairness::{retags, slot_order, HeadRow};
 use hodei_core::placement::{place, Demand, FreeWorker, PoolKind, Strategy, TotalCapacity, Unplaced};
-use serde::Serialize;
 use sqlx::types::Json;
 use sqlx::{Acquire, FromRow, PgConnection};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::store::dispatch::{self, Failure, FailureResult};
@@ -376,7 +374,7 @@ async fn record_pending_reasons(db: &mut PgConnection, unplaced: &[(Uuid, Unplac
 }
 
 /// Why a queued job waits, from the scheduler's last decision and the queue ahead of it.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pending {
     /// `no_workers`, `no_worker_with_labels`, `no_worker_large_enough`,
     /// `waiting_for_capacity` or `queued`.

@@ -4,13 +4,11 @@
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{FromRow, PgExecutor};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// One chunk of output.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogChunk {
     /// Position; pass the last one seen as `after` to continue.
     pub seq: i64,
@@ -121,7 +119,7 @@ mod tests {
         let tenant = tenants::create(&mut *db, "acme", 1).await.expect("tenant");
         let spec: hodei_core::JobSpec =
             serde_json::from_value(serde_json::json!({"command": {"argv": ["true"]}})).expect("spec");
-        let registry = crate::http::default_policies();
+        let registry = hodei_core::ordering::PolicyRegistry::shipped();
         let settings = enqueue::QueueSettingsCache::disabled();
         let context = enqueue::SubmitContext { registry: &registry, settings: &settings };
         let submitter = crate::store::jobs::Submitter { tenant_id: tenant.id, tenant_name: "acme" };

@@ -5,15 +5,12 @@
 use chrono::{DateTime, Utc};
 use hodei_core::pool::PoolSpec;
 use hodei_core::pool_plan::{MemberStatus, PoolState};
-use serde::Serialize;
 use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgExecutor};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Where a pool's spec comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     File,
     Api,
@@ -29,7 +26,7 @@ impl Source {
 }
 
 /// How many of a pool's members are in each status.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemberCounts {
     pub provisioning: i64,
     pub ready: i64,
@@ -38,14 +35,12 @@ pub struct MemberCounts {
     pub failed: i64,
 }
 
-/// A pool as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+/// A pool: its spec, where the spec comes from, its state, and its members by status.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pool {
-    #[serde(flatten)]
     pub spec: PoolSpec,
     pub source: Source,
     /// `active`, `deleting` (its workers drain, then it goes) or `failed` (see `state_reason`).
-    #[schema(value_type = String)]
     pub state: PoolState,
     pub state_reason: Option<String>,
     pub workers: MemberCounts,
@@ -225,13 +220,12 @@ pub async fn sync_file_pools(db: &mut PgConnection, specs: &[PoolSpec]) -> sqlx:
 }
 
 /// One member and, once it registered, its worker.
-#[derive(Debug, Clone, PartialEq, Serialize, FromRow, ToSchema)]
+#[derive(Debug, Clone, PartialEq, FromRow)]
 pub struct Member {
     pub id: Uuid,
     pub pool_id: String,
     /// `provisioning`, `ready`, `draining`, `terminating` or `failed`.
     #[sqlx(try_from = "String")]
-    #[schema(value_type = String)]
     pub status: MemberStatus,
     /// Provisioning attempts so far.
     pub attempts: i32,
@@ -248,7 +242,6 @@ pub struct Member {
     pub worker_last_heartbeat_at: Option<DateTime<Utc>>,
     pub worker_health_failures: Option<i32>,
     /// Seconds since the worker's last heartbeat.
-    #[serde(skip)]
     pub heartbeat_age_seconds: Option<f64>,
 }
 

@@ -5,18 +5,16 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::types::Json;
 use sqlx::{FromRow, PgExecutor};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Where a worker is in its life: the worker protocol's (`idle`, `busy`, `draining` in
 /// heartbeats), shared with the agent.
 pub use hodei_protocol::WorkerState;
 
-/// A worker as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+/// A worker: its row, with the capacity its held attempts use.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Worker {
     pub id: Uuid,
     pub name: String,
