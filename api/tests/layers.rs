@@ -34,15 +34,46 @@ fn module_of(file: &Path) -> String {
     first.trim_end_matches(".rs").to_owned()
 }
 
-/// The top-level modules a file names as `crate::<module>`.
+/// The top-level modules a file names as `crate::<module>` or in a group
+/// `crate::{<module>, <module>::…}`.
 fn imports(text: &str) -> BTreeSet<String> {
-    text.match_indices("crate::")
-        .filter(|(at, _)| !text[..*at].ends_with("hodei_api::") && !text[..*at].ends_with('_'))
-        .map(|(at, _)| {
-            text[at + "crate::".len()..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
-        })
-        .filter(|module: &String| !module.is_empty())
-        .collect()
+    let name = |rest: &str| -> String { rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect() };
+    let mut modules = BTreeSet::new();
+    for (at, _) in text.match_indices("crate::") {
+        if text[..at].ends_with("hodei_api::") || text[..at].ends_with('_') {
+            continue;
+        }
+        let rest = &text[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // Only the group's top level: `{a, b::{c, d}}` names a and b.
+            let mut depth = 0;
+            let mut item_start = true;
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => item_start = true,
+                    c if item_start && !c.is_whitespace() => {
+                        modules.insert(name(&group[i..]));
+                        item_start = false;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            modules.insert(name(rest));
+        }
+    }
+    modules.remove("");
+    modules.remove("self");
+    modules
+}
+
+#[test]
+fn grouped_imports_are_seen() {
+    let found = imports("use crate::{serve, store::{jobs, queues}};\nuse crate::http::AppState;");
+    assert_eq!(found, BTreeSet::from(["http".to_owned(), "serve".to_owned(), "store".to_owned()]));
 }
 
 #[test]
