@@ -711,3 +711,38 @@ async fn jobs_queued_before_a_queue_became_fair_are_still_dispatched() {
     let expected: HashSet<Uuid> = before.into_iter().chain(after).collect();
     assert_eq!(claimed, expected);
 }
+
+#[tokio::test]
+async fn fair_tags_move_only_within_their_own_queue() {
+    let engine = engine().await;
+    let acme = engine.tenant("acme", 1).await;
+    // One tenant in two fair queues; the first is served first (tier 0).
+    engine.queue("first", "fair", |q| q.tier = 0).await;
+    engine.queue("second", "fair", |q| q.tier = 1).await;
+    engine.submit_ids(acme, (0..3).map(|_| json!({"queue": "first"})).collect()).await;
+    engine.submit_ids(acme, (0..3).map(|_| json!({"queue": "second"})).collect()).await;
+    let ranks = |queue: &'static str| {
+        let pool = engine.pool.clone();
+        async move {
+            let ranks: Vec<f64> = sqlx::query_scalar("select rank from ready_jobs where queue = $1 order by job_id")
+                .bind(queue)
+                .fetch_all(&pool)
+                .await
+                .expect("ranks");
+            ranks
+        }
+    };
+    // Tags of different queues are different scales: here the second's are all lower.
+    sqlx::query("update ready_jobs set rank = rank / 10 where queue = 'second'")
+        .execute(&engine.pool)
+        .await
+        .expect("rescale");
+    let second_before = ranks("second").await;
+    // A worker with one slot; the cycle locks rows of both queues and places one job of
+    // the first.
+    register_worker(&engine.pool, 1).await;
+    let placed = scheduler(&engine.pool, 200, 10).tick().await.expect("cycle").assigned;
+    assert_eq!(placed.len(), 1);
+    assert_eq!(placed[0].queue, "first");
+    assert_eq!(ranks("second").await, second_before, "the second queue's tags are its own");
+}

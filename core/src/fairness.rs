@@ -73,7 +73,8 @@ pub fn slot_order<J: Ord, T: Ord>(rows: &[HeadRow<J, T>]) -> Vec<usize> {
     order
 }
 
-/// Tags of a `fair` queue after placement: each tenant used as many of its earliest slot
+/// Tags of a `fair` queue after placement, given that queue's rows (tags of different
+/// queues are different scales and never move between them): each tenant used as many of its earliest slot
 /// tags as it had jobs placed. A remaining row that holds one of those tags takes, in
 /// order, the later tag of a placed job that was not a slot, so the tenant's remaining
 /// tags are exactly the ones it has not used (priorities reorder work within a tenant,

@@ -56,6 +56,7 @@ struct FreeRow {
 #[derive(Debug, FromRow)]
 struct CandidateRow {
     job_id: Uuid,
+    queue: String,
     cpu_millis: i32,
     memory_mib: i32,
     labels: Json<BTreeMap<String, String>>,
@@ -77,13 +78,14 @@ struct CandidateRow {
 /// cycle orders them itself (`in_slot_order`), so the statement sorts nothing. Parameters:
 /// `$1` queue, `$2` how many slots.
 pub const CYCLE_CANDIDATES: &str = "with slots as (
-        select job_id, cpu_millis, memory_mib, labels, tenant_id, rank, priority, seq, fair from ready_jobs
+        select job_id, queue, cpu_millis, memory_mib, labels, tenant_id, rank, priority, seq, fair from ready_jobs
         where queue = $1 order by rank, seq limit $2 for update skip locked
     ), per_tenant as (
         select tenant_id, count(*) as slots from slots where fair group by tenant_id
     ), best as (
         select b.* from per_tenant p cross join lateral (
-            select r.job_id, r.cpu_millis, r.memory_mib, r.labels, r.tenant_id, r.rank, r.priority, r.seq, r.fair
+            select r.job_id, r.queue, r.cpu_millis, r.memory_mib, r.labels, r.tenant_id, r.rank, r.priority, r.seq,
+                r.fair
             from ready_jobs r
             where r.queue = $1 and r.fair and r.tenant_id = p.tenant_id
             order by r.priority desc, r.seq limit p.slots
@@ -255,8 +257,12 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
     record_pending_reasons(&mut transaction, &placement.unplaced).await?;
     let placed: BTreeSet<Uuid> = placement.assigned.iter().map(|(job, _)| *job).collect();
     locked_rows.extend(candidates);
-    let heads: Vec<HeadRow<Uuid, Uuid>> = locked_rows.iter().map(CandidateRow::head).collect();
-    let retags = retags(&heads, &placed);
+    // Tags are per queue: each queue's rows move only among themselves.
+    let mut by_queue: BTreeMap<&str, Vec<HeadRow<Uuid, Uuid>>> = BTreeMap::new();
+    for row in &locked_rows {
+        by_queue.entry(row.queue.as_str()).or_default().push(row.head());
+    }
+    let retags: Vec<(Uuid, f64)> = by_queue.values().flat_map(|heads| retags(heads, &placed)).collect();
     if !retags.is_empty() {
         sqlx::query(
             "update ready_jobs r set rank = t.rank from unnest($1::uuid[], $2::float8[]) as t(job_id, rank)
