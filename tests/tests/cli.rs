@@ -180,6 +180,21 @@ async fn scripts_drive_jobs_through_the_cli_with_documented_exit_codes() {
     assert_exit(&hodei.run(&["jobs", "get", &Uuid::now_v7().to_string()]).await, 3, "not found");
     assert_exit(&hodei.run(&["jobs", "submit", "--priority", "11", "--", "true"]).await, 4, "validation_failed");
     assert_exit(&hodei.run(&["jobs", "cancel", &echo]).await, 4, "job_finished");
+    assert_exit(&hodei.run(&["jobs", "cancel"]).await, 2, "<ID>");
+
+    // By filter: every job waiting in a queue no worker serves, then all of them again.
+    let mut stuck = Vec::new();
+    for _ in 0..2 {
+        stuck.push(hodei.submit(&["--queue", "low", "--label", "gpu=none", "--", "true"]).await);
+    }
+    let cancelled = hodei.json(&["jobs", "cancel", "--queue", "low", "--state", "queued"]).await;
+    let mut ids: Vec<&str> = cancelled["ids"].as_array().expect("ids").iter().filter_map(|id| id.as_str()).collect();
+    ids.sort_unstable();
+    let mut expected: Vec<&str> = stuck.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "{cancelled}");
+    let retried = hodei.stdout(&["jobs", "retry", "--queue", "low", "--state", "cancelled"]).await;
+    assert!(stuck.iter().all(|id| retried.contains(id.as_str())), "{retried}");
     let nowhere = format!("http://127.0.0.1:{}", free_port());
     let unreachable = hodei.run(&["jobs", "list", "--api-url", &nowhere]).await;
     assert_exit(&unreachable, 1, &format!("cannot reach {nowhere}"));

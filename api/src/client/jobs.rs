@@ -31,20 +31,71 @@ pub enum JobsCommand {
     },
     /// List jobs, newest first.
     List(ListArgs),
-    /// Cancel a job: a queued job at once, a job on a worker as soon as its worker hears.
-    Cancel {
-        /// The job id.
-        id: String,
-    },
-    /// Run a finished job (succeeded, cancelled or dead-lettered) again, with fresh attempts.
-    Retry {
-        /// The job id.
-        id: String,
-    },
+    /// Cancel a job, or the unfinished jobs a filter selects: a queued job at once, a job
+    /// on a worker as soon as its worker hears.
+    Cancel(BulkArgs),
+    /// Run a finished job (succeeded, cancelled or dead-lettered) again, with fresh
+    /// attempts; or the finished jobs a filter selects.
+    Retry(BulkArgs),
     /// Print a job's output as it was written: its stdout to stdout, its stderr to stderr.
     #[command(after_help = "With --follow, the exit code tells how the job ended: 0 succeeded, \
         5 cancelled or dead-lettered (and 1-4 as for every command).")]
     Logs(LogsArgs),
+}
+
+/// One job by id, or many by filter (`--all` when there is no filter, so that a bare
+/// command never acts on every job).
+#[derive(Debug, Args)]
+pub struct BulkArgs {
+    /// The job id; without it, the jobs the filters select.
+    #[arg(required_unless_present_any = ["queue", "state", "all"])]
+    id: Option<String>,
+    /// Only jobs in this queue.
+    #[arg(long, conflicts_with = "id")]
+    queue: Option<String>,
+    /// Only jobs in this state (cancel: scheduled, queued, assigned, running; retry:
+    /// succeeded, cancelled, dead_lettered).
+    #[arg(long, conflicts_with = "id")]
+    state: Option<String>,
+    /// Every job the command can act on, in no particular queue or state.
+    #[arg(long, conflicts_with = "id")]
+    all: bool,
+    /// At most this many jobs, oldest first (1-1000) [default: 1000]
+    #[arg(long, conflicts_with = "id")]
+    limit: Option<i64>,
+}
+
+impl BulkArgs {
+    /// The selection as the bulk endpoints take it.
+    fn selection(&self) -> Value {
+        let mut selection = serde_json::Map::new();
+        for (field, value) in [
+            ("queue", self.queue.clone().map(Value::from)),
+            ("state", self.state.clone().map(Value::from)),
+            ("limit", self.limit.map(Value::from)),
+        ] {
+            if let Some(value) = value {
+                selection.insert(field.to_owned(), value);
+            }
+        }
+        Value::Object(selection)
+    }
+}
+
+/// `POST /jobs/cancel` or `/jobs/retry`: what it did, as ids (JSON) or a count and ids.
+async fn bulk(api: &ApiClient, action: &str, done: &str, args: &BulkArgs, format: Output) -> Result<(), ClientError> {
+    let result = api.send(api.request(Method::POST, &["jobs", action]).json(&args.selection())).await?;
+    match format {
+        Output::Json => output::print_json(&result)?,
+        Output::Table => {
+            let ids: Vec<String> = result["ids"].as_array().into_iter().flatten().map(output::text).collect();
+            eprintln!("{} job(s) {done}", ids.len());
+            for id in ids {
+                output::print_line(&id)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -137,7 +188,15 @@ pub async fn run(command: JobsCommand, options: &ClientOptions) -> Result<(), Cl
             }
         }
         JobsCommand::List(args) => list(&api, args, format).await,
-        JobsCommand::Cancel { id } => {
+        JobsCommand::Cancel(BulkArgs { id: None, .. }) | JobsCommand::Retry(BulkArgs { id: None, .. }) => {
+            let (action, done, args) = match &command {
+                JobsCommand::Cancel(args) => ("cancel", "cancelled or asked to stop", args),
+                JobsCommand::Retry(args) => ("retry", "queued again", args),
+                _ => return Ok(()),
+            };
+            bulk(&api, action, done, args, format).await
+        }
+        JobsCommand::Cancel(BulkArgs { id: Some(id), .. }) => {
             let job = api.send(api.request(Method::POST, &["jobs", &id, "cancel"])).await?;
             match format {
                 Output::Json => output::print_json(&job),
@@ -150,7 +209,7 @@ pub async fn run(command: JobsCommand, options: &ClientOptions) -> Result<(), Cl
                 )),
             }
         }
-        JobsCommand::Retry { id } => {
+        JobsCommand::Retry(BulkArgs { id: Some(id), .. }) => {
             let job = api.send(api.request(Method::POST, &["jobs", &id, "retry"])).await?;
             match format {
                 Output::Json => output::print_json(&job),
