@@ -316,3 +316,16 @@ async fn a_scheduled_job_holds_its_place_until_it_is_promoted() {
     assert_eq!(store.state(scheduled).await, JobState::Queued);
     assert_eq!(store.waiting("strict").await, 1);
 }
+
+#[tokio::test]
+async fn a_queue_that_redirects_to_itself_can_be_deleted() {
+    let store = store().await;
+    store
+        .queue("loop", "fifo", |q| {
+            q.overflow = OverflowPolicy::Redirect;
+            q.overflow_queue = Some("loop".into());
+        })
+        .await;
+    let mut transaction = store.pool.begin().await.expect("begin");
+    assert_eq!(queues::delete(&mut transaction, "loop").await.expect("delete"), queues::DeleteOutcome::Deleted);
+}

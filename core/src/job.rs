@@ -124,9 +124,11 @@ pub struct CommandSpec {
     pub argv: Vec<String>,
     /// Extra environment variables for the process.
     #[serde(default)]
+    #[schema(schema_with = env_schema)]
     pub env: BTreeMap<String, String>,
     /// Absolute working directory on the worker; the worker's own default when absent.
     #[serde(default)]
+    #[schema(pattern = "^/")]
     pub working_dir: Option<String>,
     /// Wall-clock limit in seconds (default 3600, at most 604800).
     #[serde(default)]
@@ -148,7 +150,33 @@ pub struct ResourceRequest {
     pub memory_mib: Option<i64>,
     /// Labels the worker must carry with exactly these values, e.g. `{"gpu": "a100"}`.
     #[serde(default)]
+    #[schema(schema_with = label_schema)]
     pub labels: BTreeMap<String, String>,
+}
+
+/// The schema of a job's environment: what `CommandSpec::check` accepts, but for the
+/// size of argv and env together, which no schema keyword states.
+fn env_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some("Extra environment variables for the process."))
+        .property_names(Some(ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[A-Za-z_][A-Za-z0-9_]*$"))))
+        .additional_properties(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .max_properties(Some(MAX_ENV_ENTRIES))
+        .build()
+}
+
+/// The schema of a job's labels: what `check_labels` accepts.
+fn label_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some("Labels the worker must carry with exactly these values, e.g. `{\"gpu\": \"a100\"}`."))
+        .property_names(Some(ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[A-Za-z0-9._/-]{1,63}$"))))
+        .additional_properties(Some(ObjectBuilder::new().schema_type(Type::String).max_length(Some(63))))
+        .max_properties(Some(MAX_LABELS))
+        .build()
 }
 
 /// A job as a client submits it. Unknown fields are rejected.

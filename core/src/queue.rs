@@ -115,12 +115,8 @@ impl QueueSettings {
         if let Some(size) = self.max_size {
             check_range(&mut errors, "max_size", size, 1, MAX_QUEUE_SIZE);
         }
-        match (self.overflow, &self.overflow_queue) {
-            (OverflowPolicy::Redirect, None) => errors.add("overflow_queue", "required when overflow is redirect"),
-            (OverflowPolicy::Redirect, Some(target)) if target == &self.name => {
-                errors.add("overflow_queue", "must name another queue")
-            }
-            _ => {}
+        if self.overflow == OverflowPolicy::Redirect && self.overflow_queue.is_none() {
+            errors.add("overflow_queue", "required when overflow is redirect");
         }
         if let Some(sla) = self.sla_max_wait_seconds {
             check_range(&mut errors, "sla_max_wait_seconds", sla, 1, 30 * 24 * 3600);

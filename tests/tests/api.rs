@@ -132,7 +132,7 @@ async fn an_idempotency_key_returns_the_original_job() {
     let other = json!({"command": {"argv": ["echo", "twice"]}});
     acme.post_with("/api/v1/jobs", other, &[("Idempotency-Key", "order-42")])
         .await
-        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused");
+        .assert_problem(StatusCode::CONFLICT, "idempotency_key_reused");
 
     // Keys are per tenant: another tenant may use the same one.
     let globex = system.server.tenant("globex").await;
@@ -178,7 +178,7 @@ async fn invalid_submissions_get_a_problem_and_write_nothing() {
 
     acme.post("/api/v1/jobs", json!({"queue": "nope", "command": {"argv": ["true"]}}))
         .await
-        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "unknown_queue");
+        .assert_problem(StatusCode::NOT_FOUND, "unknown_queue");
 
     // A batch with one bad job is refused whole, naming the job.
     let batch = json!({"jobs": [{"command": {"argv": ["true"]}}, {"command": {"argv": []}}]});
@@ -186,7 +186,7 @@ async fn invalid_submissions_get_a_problem_and_write_nothing() {
     refused.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
     assert_eq!(refused.body["errors"][0]["field"], "jobs[1].command.argv");
     let batch = json!({"jobs": [{"command": {"argv": ["true"]}}, {"queue": "nope", "command": {"argv": ["true"]}}]});
-    acme.post("/api/v1/jobs/batch", batch).await.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "unknown_queue");
+    acme.post("/api/v1/jobs/batch", batch).await.assert_problem(StatusCode::NOT_FOUND, "unknown_queue");
     let too_many: Vec<Value> = (0..1001).map(|_| json!({"command": {"argv": ["true"]}})).collect();
     acme.post("/api/v1/jobs/batch", json!({"jobs": too_many}))
         .await

@@ -78,6 +78,15 @@ async fn a_deadline_already_past_is_accepted_with_a_warning_and_expires_at_dispa
     let warning = reply.body["warnings"][0].as_str().unwrap_or_default();
     assert!(warning.contains("has passed: the job expires when it is dispatched"), "{reply:?}");
     let id = reply.body["id"].as_str().expect("id").to_owned();
+    let batch = json!({"jobs": [
+        {"queue": "expiring", "command": {"argv": ["true"]}},
+        {"queue": "expiring", "deadline": past, "command": {"argv": ["true"]}}
+    ]});
+    let reply = acme.post("/api/v1/jobs/batch", batch).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+    let warnings = reply.body["warnings"].as_array().cloned().unwrap_or_default();
+    assert_eq!(warnings.len(), 1, "{reply:?}");
+    assert!(warnings[0].as_str().is_some_and(|w| w.starts_with("jobs[1]: the deadline")), "{reply:?}");
 
     let _worker = start_worker(&system.server.url, "w", &[]);
     let dead = wait_for_state(&acme, &id, &["dead_lettered", "succeeded"]).await;

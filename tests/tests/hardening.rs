@@ -30,12 +30,12 @@ async fn no_pool_spec_from_the_api_becomes_a_command_on_the_control_plane_host()
 
     let health =
         admin.post("/api/v1/pools", json!({"id": "y", "size": 1, "health": {"command": ["sh", "-c", shell]}})).await;
-    assert_eq!(health.status, StatusCode::UNPROCESSABLE_ENTITY, "{health:?}");
+    assert_eq!(health.status, StatusCode::FORBIDDEN, "{health:?}");
     assert!(health.body.to_string().contains("health.command"), "{health:?}");
     let environment = admin
         .post("/api/v1/pools", json!({"id": "z", "size": 1, "template": {"env": {"LD_PRELOAD": "/tmp/x.so"}}}))
         .await;
-    assert_eq!(environment.status, StatusCode::UNPROCESSABLE_ENTITY, "{environment:?}");
+    assert_eq!(environment.status, StatusCode::FORBIDDEN, "{environment:?}");
     assert!(environment.body.to_string().contains("template.env"), "{environment:?}");
 
     let pools = admin.get("/api/v1/pools").await;

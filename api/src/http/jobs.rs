@@ -129,6 +129,10 @@ pub struct BatchSubmit {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BatchSubmitted {
     pub ids: Vec<Uuid>,
+    /// What might keep a job from running, as `jobs[INDEX]: …` (a deadline already past).
+    /// Absent when there is nothing to say.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -298,7 +302,8 @@ fn idempotency_from(
     let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else {
         return Ok(None);
     };
-    let key = value.to_str().ok().filter(|key| !key.is_empty() && key.len() <= 255).ok_or_else(|| {
+    let visible = |key: &&str| (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic());
+    let key = value.to_str().ok().filter(visible).ok_or_else(|| {
         ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1-255 visible ASCII characters")
     })?;
     Ok(Some(Idempotency { key: key.to_owned(), fingerprint: body_digest() }))
@@ -318,15 +323,18 @@ fn submitted_response<T: Serialize>(replayed: bool, body: T) -> Response {
     }
 }
 
+/// 409: the key is bound to another request (the state of the server, not this request's
+/// form, is in the way).
 fn key_reused() -> ApiError {
-    ApiError::unprocessable(
+    ApiError::conflict(
         "idempotency_key_reused",
         "this Idempotency-Key was already used for a different request; use a new key",
     )
 }
 
+/// 404: a queue the request names does not exist.
 fn unknown_queues(queues: Vec<String>) -> ApiError {
-    ApiError::unprocessable("unknown_queue", format!("no queue named {}", queues.join(", ")))
+    ApiError::new(StatusCode::NOT_FOUND, "unknown_queue", format!("no queue named {}", queues.join(", ")))
 }
 
 pub(crate) fn queue_full(queue: &str, retry_after_seconds: i64) -> ApiError {
@@ -357,7 +365,7 @@ fn submission_response(outcome: SubmitOutcome, one: bool, warnings: Vec<String>)
             let job = jobs.into_iter().next().ok_or_else(|| ApiError::internal(anyhow::anyhow!("no job returned")))?;
             Ok(submitted_response(replayed, SubmittedJob { job: job.into(), warnings }))
         } else {
-            Ok(submitted_response(replayed, BatchSubmitted { ids }))
+            Ok(submitted_response(replayed, BatchSubmitted { ids, warnings }))
         }
     };
     match outcome {
@@ -372,12 +380,14 @@ fn submission_response(outcome: SubmitOutcome, one: bool, warnings: Vec<String>)
 /// Submit a job. It is acknowledged only once it is committed.
 #[utoipa::path(
     post, path = "/jobs", tag = "jobs", request_body = JobSpec, security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retrying with the same key returns the original job instead of a new one")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retrying with the same key returns the original job instead of a new one", pattern = "^[!-~]{1,255}$")),
     responses(
         (status = 201, description = "queued", body = SubmittedJob),
         (status = 200, description = "replay of an earlier submission with the same Idempotency-Key", body = SubmittedJob),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "the job names a queue that does not exist", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "the Idempotency-Key was used for a different request", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "the queue is full (see Retry-After)", body = Problem, content_type = "application/problem+json")
@@ -410,10 +420,12 @@ async fn submit_job(
 /// Submit up to 1000 jobs in one transaction: all are queued, or none.
 #[utoipa::path(
     post, path = "/jobs/batch", tag = "jobs", request_body = BatchSubmit, security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retrying with the same key returns the original ids")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retrying with the same key returns the original ids", pattern = "^[!-~]{1,255}$")),
     responses(
         (status = 201, description = "queued", body = BatchSubmitted),
         (status = 200, description = "replay of an earlier batch with the same Idempotency-Key", body = BatchSubmitted),
+        (status = 404, description = "a job names a queue that does not exist", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "the Idempotency-Key was used for a different request", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "a queue is full (see Retry-After)", body = Problem, content_type = "application/problem+json")
@@ -449,7 +461,12 @@ async fn submit_batch(
     let outcome =
         enqueue::submit(&mut connection, state.submit_context(), submitter, &valid, idempotency.as_ref(), false)
             .await?;
-    submission_response(outcome, false, Vec::new())
+    let warnings = valid
+        .iter()
+        .enumerate()
+        .flat_map(|(index, job)| job.warnings.iter().map(move |warning| format!("jobs[{index}]: {warning}")))
+        .collect();
+    submission_response(outcome, false, warnings)
 }
 
 /// Checks a page's cursor and size: `(jobs older than this id, page size)`.

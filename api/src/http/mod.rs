@@ -165,7 +165,44 @@ fn parts() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     document_common_responses(&mut openapi);
     inline_flattened_schemas(&mut openapi);
     require_a_program(&mut openapi);
+    require_a_redirect_target(&mut openapi);
+    only_static_pools(&mut openapi);
     (router, openapi)
+}
+
+/// This build has no autoscaling provider, so a pool's `kind` can only be `static`.
+fn only_static_pools(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::Schema;
+    use utoipa::openapi::RefOr;
+    let Some(components) = openapi.components.as_mut() else { return };
+    if let Some(RefOr::T(Schema::Object(kind))) = components.schemas.get_mut("PoolKindName") {
+        kind.enum_values = Some(vec!["static".into()]);
+        kind.description = Some("Static pools keep a fixed size (this build has no autoscaling provider).".into());
+    }
+}
+
+/// `overflow: redirect` needs an `overflow_queue`: a rule across two fields, which the
+/// derive cannot write. On create only: an update keeps what it does not name, so there
+/// the rule applies to the merged settings (a 409 when they break it). Stated as
+/// `allOf: [the object, anyOf: [overflow is not redirect, overflow_queue is a string]]`.
+fn require_a_redirect_target(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, SchemaType, Type};
+    use utoipa::openapi::RefOr;
+    let Some(components) = openapi.components.as_mut() else { return };
+    let Some(RefOr::T(create)) = components.schemas.get("CreateQueue").cloned() else { return };
+    let not_redirect = ObjectBuilder::new().property(
+        "overflow",
+        ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::String, Type::Null])).enum_values(Some(vec![
+            serde_json::Value::from("reject"),
+            serde_json::Value::from("evict_lowest"),
+            serde_json::Value::Null,
+        ])),
+    );
+    let with_target = ObjectBuilder::new()
+        .property("overflow_queue", ObjectBuilder::new().schema_type(Type::String))
+        .required("overflow_queue");
+    let rule = AnyOfBuilder::new().item(not_redirect).item(with_target);
+    components.schemas.insert("CreateQueue".to_owned(), RefOr::T(AllOfBuilder::new().item(create).item(rule).into()));
 }
 
 /// `argv[0]` names the program and must not be empty (later arguments may be): a rule on

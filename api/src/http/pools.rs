@@ -168,16 +168,22 @@ fn validate(state: &AppState, spec: &PoolSpec) -> Result<(), ApiError> {
             format!("must be at most {} (max_pool_size), got {}", state.pool_limits.max_pool_size, spec.size),
         );
     }
+    errors.into_result(()).map_err(ApiError::from)?;
+    // Not invalid, but not the API's to set: a 403 names the field.
     if spec.provider == "local" {
         const HOST: &str = "local workers run on the control-plane host: set it in the configuration file";
         if spec.health.command.is_some() {
-            errors.add("health.command", format!("not allowed through the API for the local provider ({HOST})"));
+            return Err(ApiError::forbidden(format!(
+                "health.command: not allowed through the API for the local provider ({HOST})"
+            )));
         }
         if !spec.template.env.is_empty() {
-            errors.add("template.env", format!("not allowed through the API for the local provider ({HOST})"));
+            return Err(ApiError::forbidden(format!(
+                "template.env: not allowed through the API for the local provider ({HOST})"
+            )));
         }
     }
-    errors.into_result(()).map_err(ApiError::from)
+    Ok(())
 }
 
 async fn find(state: &AppState, id: &str) -> Result<Pool, ApiError> {
@@ -254,7 +260,7 @@ async fn get_pool(
     responses(
         (status = 200, body = Pool),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "defined in the file, or being deleted", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "defined in the file, being deleted, or the body names another pool", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")
     )
 )]
@@ -264,8 +270,14 @@ async fn update_pool(
     Path(id): Path<String>,
     Json(spec): Json<PoolSpec>,
 ) -> Result<axum::Json<Pool>, ApiError> {
+    // A pool that does not exist is 404 whatever the body says.
+    find(&state, &id).await?;
     if spec.id != id {
-        return Err(ValidationErrors::single("id", format!("must match the path ({id:?})")).into());
+        // Both parts are well-formed; they name two different pools.
+        return Err(ApiError::conflict(
+            "id_mismatch",
+            format!("the body names pool {:?}, the path {id:?}: a PUT replaces the pool its path names", spec.id),
+        ));
     }
     validate(&state, &spec)?;
     let mut transaction = state.db.begin().await?;

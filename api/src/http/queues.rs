@@ -34,12 +34,27 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> R
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
+/// The policies this server registers (`PolicyRegistry::shipped`), as the schema of a
+/// request's `policy`.
+fn policy_names() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    let mut names: Vec<serde_json::Value> =
+        hodei_core::ordering::PolicyRegistry::shipped().names().map(serde_json::Value::from).collect();
+    names.push(serde_json::Value::Null);
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .enum_values(Some(names))
+        .description(Some("`fifo`, `priority`, `fair`, `edf`, or a registered custom policy such as `sjf`."))
+        .build()
+}
+
 /// Queue settings in a request. On create, absent fields take their defaults; on update,
 /// absent fields keep their value and `null` clears an optional one.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueChanges {
     /// `fifo`, `priority`, `fair`, `edf`, or a registered custom policy such as `sjf`.
+    #[schema(schema_with = policy_names)]
     pub policy: Option<String>,
     /// Serving order between queues: lower first (`high` 0, `default` 1, `low` 2).
     #[schema(minimum = 0, maximum = 100)]
@@ -271,7 +286,12 @@ async fn save(state: &AppState, settings: &QueueSettings, retry: RetrySettings) 
     match queues::upsert(&state.db, settings, retry).await {
         Ok(queue) => Ok(queue),
         Err(error) if error.as_database_error().and_then(|e| e.constraint()) == Some("queues_overflow_queue_fkey") => {
-            Err(ValidationErrors::single("overflow_queue", "no queue with this name").into())
+            // A queue the request names does not exist: 404, as for a job's queue.
+            Err(ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "unknown_queue",
+                format!("overflow_queue: no queue named {:?}", settings.overflow_queue.as_deref().unwrap_or_default()),
+            ))
         }
         Err(error) => Err(error.into()),
     }
@@ -286,6 +306,7 @@ async fn find(state: &AppState, name: &str) -> Result<queues::Queue, ApiError> {
     post, path = "/queues", tag = "queues", request_body = CreateQueue, security(("bearer" = [])),
     responses(
         (status = 201, body = Queue),
+        (status = 404, description = "overflow_queue names a queue that does not exist", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "exists", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")
     )
@@ -337,6 +358,7 @@ async fn get_queue(
     responses(
         (status = 200, body = Queue),
         (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "the queue would redirect without an overflow_queue", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")
     )
 )]
@@ -350,6 +372,13 @@ async fn update_queue(
     let retry =
         RetrySettings { retry_base_seconds: current.retry_base_seconds, retry_max_seconds: current.retry_max_seconds };
     let (settings, retry) = changes.apply(current.settings, retry);
+    if settings.overflow == OverflowPolicy::Redirect && settings.overflow_queue.is_none() {
+        // The change is well-formed; the queue it would leave has nowhere to redirect to.
+        return Err(ApiError::conflict(
+            "no_overflow_queue",
+            format!("queue {name:?} would redirect without an overflow_queue: name one in the same change"),
+        ));
+    }
     validate(&state, &settings, retry)?;
     Ok(axum::Json(save(&state, &settings, retry).await?.into()))
 }
@@ -384,7 +413,7 @@ async fn delete_queue(
         }
         DeleteOutcome::RedirectTarget => Err(ApiError::conflict(
             "queue_is_redirect_target",
-            format!("another queue redirects its overflow to {name:?}"),
+            format!("another queue names {name:?} as its overflow_queue"),
         )),
     }
 }

@@ -143,7 +143,7 @@ pub enum DeleteOutcome {
     Builtin,
     /// It still holds waiting jobs, or jobs reference it.
     NotEmpty,
-    /// Another queue redirects its overflow here.
+    /// Another queue names this one as its `overflow_queue`.
     RedirectTarget,
 }
 
@@ -161,7 +161,7 @@ pub async fn delete(db: &mut sqlx::PgConnection, name: &str) -> sqlx::Result<Del
     let (waiting, redirected_here): (bool, bool) = sqlx::query_as(
         "select exists (select 1 from ready_jobs where queue = $1)
                 or exists (select 1 from scheduled_jobs where queue = $1),
-                exists (select 1 from queues where overflow_queue = $1)",
+                exists (select 1 from queues where overflow_queue = $1 and name <> $1)",
     )
     .bind(name)
     .fetch_one(&mut *db)
