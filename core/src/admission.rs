@@ -170,12 +170,17 @@ struct Room<'a> {
     load: &'a QueueLoad,
     size: i64,
     evicted: usize,
+    /// Priorities of the entries admitted by evicting, lowest first.
+    evicting: Vec<i16>,
 }
 
 /// Decides each entry in turn, each seeing the room the ones before it took.
 pub fn decide(admission: &Admission<'_>) -> Plan {
-    let mut rooms: HashMap<&str, Room<'_>> =
-        admission.queues.iter().map(|load| (load.name.as_str(), Room { load, size: load.size, evicted: 0 })).collect();
+    let mut rooms: HashMap<&str, Room<'_>> = admission
+        .queues
+        .iter()
+        .map(|load| (load.name.as_str(), Room { load, size: load.size, evicted: 0, evicting: Vec::new() }))
+        .collect();
     let decisions = admission.entries.iter().map(|entry| decide_one(&mut rooms, entry)).collect();
     let evictions = rooms
         .into_iter()
@@ -212,9 +217,16 @@ fn decide_one(rooms: &mut HashMap<&str, Room<'_>>, entry: &Entry) -> Decision {
         match room.load.overflow {
             OverflowPolicy::Reject => return Decision::reject(current),
             OverflowPolicy::EvictLowest => {
-                // In eviction order: if the next one is not lower than the newcomer, none is.
-                let lowest = room.load.evictable.get(room.evicted);
-                if lowest.is_some_and(|&priority| priority < entry.priority) {
+                // The newcomers that evict displace the lowest jobs: it works when, both
+                // sorted, each newcomer outranks the job it displaces (so a batch [9, 1]
+                // facing [0, 3] fits: 1 displaces 0, 9 displaces 3).
+                let mut evicting = room.evicting.clone();
+                let at = evicting.partition_point(|&p| p <= entry.priority);
+                evicting.insert(at, entry.priority);
+                let fits = evicting.len() <= room.load.evictable.len()
+                    && evicting.iter().zip(&room.load.evictable).all(|(newcomer, victim)| victim < newcomer);
+                if fits {
+                    room.evicting = evicting;
                     room.evicted += 1;
                     return admitted(current, true, hops);
                 }
@@ -362,6 +374,17 @@ mod tests {
         let plan = decide_for(&queues, &entries(EntryKind::Submission, "e", &[5, 3]));
         assert_eq!(plan.decisions, [evict("e"), evict("e")]);
         assert_eq!(plan.evictions, BTreeMap::from([("e".to_owned(), 2)]));
+    }
+
+    #[test]
+    fn newcomers_are_paired_with_the_jobs_they_outrank_whatever_their_order() {
+        let queues = [evicting("e", 2, &[0, 3])];
+        let plan = decide_for(&queues, &entries(EntryKind::Submission, "e", &[9, 1]));
+        assert_eq!(plan.decisions, [evict("e"), evict("e")]);
+        assert_eq!(plan.evictions, BTreeMap::from([("e".to_owned(), 2)]));
+        // [1, 1] cannot both go: only the job of priority 0 is below them.
+        let plan = decide_for(&queues, &entries(EntryKind::Submission, "e", &[1, 1]));
+        assert_eq!(plan.decisions, [evict("e"), reject("e")]);
     }
 
     #[test]

@@ -299,6 +299,10 @@ pub enum Outcome {
     Cancelled,
     /// Refused: the attempt is no longer this worker's current one. Drop the report.
     Stale,
+    // Not sent by this API: an outcome a newer API added, which an older agent reads as
+    // taken (only `stale` asks it to act), instead of failing to read the whole reply.
+    #[serde(other)]
+    Unknown,
 }
 
 impl Outcome {
@@ -310,12 +314,21 @@ impl Outcome {
             Outcome::DeadLettered => "dead_lettered",
             Outcome::Cancelled => "cancelled",
             Outcome::Stale => "stale",
+            Outcome::Unknown => "unknown",
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_outcome_from_a_newer_api_is_read_not_refused() {
+        let read: super::Outcome = serde_json::from_str("\"postponed\"").expect("readable");
+        assert_eq!(read, super::Outcome::Unknown);
+        let stale: super::Outcome = serde_json::from_str("\"stale\"").expect("readable");
+        assert_eq!(stale, super::Outcome::Stale);
+    }
+
     use super::*;
     use serde_json::json;
 
