@@ -4,7 +4,9 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use hodei_e2e::{binary, free_port, start_system, Client, Server, TestDatabase, WORKER_REGISTRATION_TOKEN};
+use hodei_e2e::{
+    binary, free_port, start_system, wait_for_state, Client, Server, TestDatabase, WORKER_REGISTRATION_TOKEN,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -206,4 +208,39 @@ async fn a_fair_queue_gives_each_tenant_its_highest_priority_job_first_through_w
         assert!(Instant::now() < deadline, "jobs were not assigned: {order:?}");
     }
     assert_eq!(order, [high, low]);
+}
+
+#[tokio::test]
+async fn the_noop_executor_is_for_benchmarks_only_and_runs_nothing() {
+    let system = start_system().await;
+    let acme = system.server.tenant("acme").await;
+    // Without the setting that allows it, the worker refuses to start.
+    let refused = tokio::process::Command::new(binary("hodei-worker"))
+        .args(["--api-url", &system.server.url, "run", "--executor", "noop"])
+        .env("HODEI_WORKER_REGISTRATION_TOKEN", WORKER_REGISTRATION_TOKEN)
+        .env_remove("HODEI_WORKER_NOOP_EXECUTOR")
+        .output()
+        .await
+        .expect("run hodei-worker");
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("HODEI_WORKER_NOOP_EXECUTOR=allow"), "{refused:?}");
+
+    // Allowed: a job that would fail if it ran succeeds, and it printed nothing.
+    let marker = std::env::temp_dir().join(format!("hodei-noop-{}", uuid::Uuid::now_v7()));
+    let _worker = tokio::process::Command::new(binary("hodei-worker"))
+        .args(["--api-url", &system.server.url, "run", "--name", "noop", "--executor", "noop"])
+        .env("HODEI_WORKER_REGISTRATION_TOKEN", WORKER_REGISTRATION_TOKEN)
+        .env("HODEI_WORKER_NOOP_EXECUTOR", "allow")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start hodei-worker");
+    let touch = format!("touch {} && exit 1", marker.display());
+    let job = acme.post("/api/v1/jobs", json!({"command": {"argv": ["sh", "-c", touch]}})).await;
+    assert_eq!(job.status, StatusCode::CREATED, "{job:?}");
+    let id = job.body["id"].as_str().expect("id").to_owned();
+    let done = wait_for_state(&acme, &id, &["succeeded", "dead_lettered"]).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(!marker.exists(), "the noop executor ran the job");
 }

@@ -37,6 +37,8 @@ pub struct Agent {
     pub(crate) reports: Reporter,
     /// The keeper, told of every job's process group.
     pub(crate) supervisor: Supervisor,
+    /// Benchmarks only (`--executor noop`): report each assignment succeeded, run nothing.
+    pub(crate) noop: bool,
 }
 
 /// The `run` command: until drained (`Ok`), or until the lease is lost or the API
@@ -95,6 +97,7 @@ pub async fn run(client: reqwest::Client, api_urls: Vec<String>, args: RunArgs) 
         kill_grace: Duration::from_secs(args.kill_grace_seconds),
         reports,
         supervisor,
+        noop: args.executor == crate::cli::Executor::Noop,
     });
     // The registration counts as the first heartbeat.
     let remaining = session.lease.fence_at().saturating_duration_since(Instant::now());

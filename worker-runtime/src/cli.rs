@@ -87,7 +87,23 @@ pub struct RunArgs {
     /// running jobs get as long as they take.
     #[arg(long)]
     pub drain_timeout_seconds: Option<u64>,
+    /// How assignments run: `process` (the job's argv, the only choice in production) or
+    /// `noop`, for benchmarks of the control plane only: every assignment is reported
+    /// started and succeeded at once and nothing runs. `noop` is refused unless
+    /// `HODEI_WORKER_NOOP_EXECUTOR=allow` is set, so no worker skips real jobs by mistake.
+    #[arg(long, value_enum, default_value_t = Executor::Process)]
+    pub executor: Executor,
 }
+
+/// How a worker runs its assignments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Executor {
+    Process,
+    Noop,
+}
+
+/// The setting that allows `--executor noop`, and its one accepted value.
+pub const NOOP_EXECUTOR_SETTING: (&str, &str) = ("HODEI_WORKER_NOOP_EXECUTOR", "allow");
 
 /// A command line given as one JSON array.
 #[derive(Debug, Clone)]
@@ -134,6 +150,18 @@ pub fn main(cli: Cli) -> ExitCode {
             Err(error) => Err(error),
             Ok(client) => match command {
                 Command::Check => runtime.block_on(session::check(&client, &api_urls[0])),
+                Command::Run(args)
+                    if args.executor == Executor::Noop
+                        && std::env::var(NOOP_EXECUTOR_SETTING.0).ok().as_deref() != Some(NOOP_EXECUTOR_SETTING.1) =>
+                {
+                    eprintln!(
+                        "hodei-worker: --executor noop runs no job and reports each succeeded; it is for \
+                         benchmarks only: set {}={} to allow it",
+                        NOOP_EXECUTOR_SETTING.0, NOOP_EXECUTOR_SETTING.1
+                    );
+                    runtime.shutdown_background();
+                    return ExitCode::from(2);
+                }
                 Command::Run(args) => runtime.block_on(agent::run(client, api_urls, *args)),
                 Command::Keeper { .. } => unreachable!("handled above"),
             },

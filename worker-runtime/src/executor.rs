@@ -37,6 +37,11 @@ async fn stop_job(child: &mut tokio::process::Child, group: u32, grace: Duration
 /// Runs one attempt and reports it.
 pub async fn run_assignment(agent: Arc<Agent>, assignment: Assignment) {
     let (job_id, attempt) = (assignment.job_id, assignment.attempt);
+    if agent.noop {
+        agent.reports.started(job_id, attempt);
+        agent.reports.finished(FinishedAttempt { job_id, attempt, exit_code: Some(0), error: None }).await;
+        return;
+    }
     let failed = |error: String| FinishedAttempt { job_id, attempt, exit_code: None, error: Some(error) };
     let Some((program, args)) = assignment.argv.split_first() else {
         agent.reports.finished(failed("empty argv".to_owned())).await;
