@@ -268,7 +268,8 @@ impl PoolReconciler<'_> {
 
     /// A member as the plan sees it: with what the provider says of its instance.
     async fn facts(&self, member: &Member) -> MemberFacts<Uuid> {
-        let instance = match &member.instance {
+        // A failed member's instance does not enter the plan (it waits for its backoff).
+        let instance = match member.instance.as_ref().filter(|_| member.status != MemberStatus::Failed) {
             Some(instance) => Some(match self.provider.describe(instance).await {
                 Ok(InstanceState::Running) => InstanceStatus::Running,
                 Ok(InstanceState::Gone) | Err(_) => InstanceStatus::Gone,

@@ -4,13 +4,12 @@
 //! automatic retry and the promotion of a scheduled job keep the place it was admitted to.
 
 use chrono::Utc;
-use hodei_api::loops::Scheduler;
-use hodei_api::store::assignment::{self, Assigned, AttemptResult, CycleLimits, Recorded};
+use hodei_api::store::assignment::{self, Assigned, AttemptResult, Recorded};
 use hodei_api::store::dispatch::{self, FailureResult, RedriveFilter, RefusedRerun};
 use hodei_api::store::enqueue::{self, SubmitOutcome};
 use hodei_api::store::jobs::{self, CancelResult, Submitter};
 use hodei_api::store::queues::{self, RetrySettings};
-use hodei_api::store::{tenants, workers};
+use hodei_api::store::tenants;
 use hodei_api::testing::TestDatabase;
 use hodei_core::ordering::PolicyRegistry;
 use hodei_core::queue::{OverflowPolicy, QueueSettings};
@@ -18,6 +17,9 @@ use hodei_core::{JobSpec, JobState, ValidJob};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
+
+mod support;
+use support::{register_worker, scheduler};
 
 struct Store {
     _database: TestDatabase,
@@ -90,21 +92,8 @@ impl Store {
     /// Dispatches `id`, the next job waiting, to a new one-slot worker through the
     /// scheduling cycle `hodei serve` runs.
     async fn start(&self, id: Uuid) -> Assigned {
-        let (labels, token) = (Default::default(), Uuid::now_v7());
-        let worker = workers::NewWorker {
-            name: "admission",
-            pool: "default",
-            cpu_millis: i32::MAX,
-            memory_mib: i32::MAX,
-            slots: 1,
-            labels: &labels,
-            instance_id: None,
-            token_hash: token.as_bytes(),
-        };
-        workers::register(&self.pool, &worker).await.expect("register");
-        let scheduler =
-            Scheduler { limits: CycleLimits { workers: 200, jobs: 1 }, ..Scheduler::new(self.pool.clone()) };
-        let assigned = scheduler.tick().await.expect("cycle").assigned;
+        register_worker(&self.pool, 1).await;
+        let assigned = scheduler(&self.pool, 200, 1).tick().await.expect("cycle").assigned;
         assert_eq!(assigned.iter().map(|a| a.job_id).collect::<Vec<_>>(), [id]);
         assigned[0].clone()
     }
@@ -125,7 +114,7 @@ impl Store {
 
     async fn redrive(&self, filter: RedriveFilter) -> dispatch::Rerun {
         let mut connection = self.pool.acquire().await.expect("connection");
-        dispatch::redrive_dead_letters(&mut connection, &self.registry, &filter).await.expect("redrive")
+        dispatch::redrive(&mut connection, &self.registry, &filter).await.expect("redrive")
     }
 }
 
@@ -254,7 +243,8 @@ async fn a_redrive_into_a_full_queue_is_refused_and_the_job_stays_dead_lettered(
     assert_eq!(
         dispatch::redrive(&mut connection, &store.registry, &RedriveFilter { limit: 10, ..Default::default() })
             .await
-            .expect("redrive"),
+            .expect("redrive")
+            .ids,
         Vec::<Uuid>::new()
     );
 

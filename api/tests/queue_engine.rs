@@ -7,13 +7,12 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
-use hodei_api::loops::Scheduler;
-use hodei_api::store::assignment::{self, Assigned, AttemptResult, CycleLimits, Recorded};
+use hodei_api::store::assignment::{self, Assigned, AttemptResult, Recorded};
 use hodei_api::store::dispatch::{self, Failure, FailureResult, RedriveFilter};
 use hodei_api::store::enqueue::{self, SubmitOutcome};
 use hodei_api::store::jobs::{self, CancelResult, Submitter};
 use hodei_api::store::queues::{self, Queue, RetrySettings};
-use hodei_api::store::{queue_status, tenants, workers};
+use hodei_api::store::{queue_status, tenants};
 use hodei_api::testing::TestDatabase;
 use hodei_core::fairness::jain_index;
 use hodei_core::ordering::PolicyRegistry;
@@ -22,6 +21,9 @@ use hodei_core::{JobSpec, JobState, ValidJob};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
+
+mod support;
+use support::{register_worker, scheduler};
 
 struct Engine {
     _database: TestDatabase,
@@ -109,27 +111,6 @@ impl Engine {
 
 fn ids(claimed: &[Assigned]) -> Vec<Uuid> {
     claimed.iter().map(|c| c.job_id).collect()
-}
-
-/// A worker with room for `slots` jobs of any size.
-async fn register_worker(pool: &PgPool, slots: i32) -> Uuid {
-    let (labels, token) = (Default::default(), Uuid::now_v7());
-    let worker = workers::NewWorker {
-        name: "engine",
-        pool: "default",
-        cpu_millis: i32::MAX,
-        memory_mib: i32::MAX,
-        slots,
-        labels: &labels,
-        instance_id: None,
-        token_hash: token.as_bytes(),
-    };
-    workers::register(pool, &worker).await.expect("register").id
-}
-
-/// The scheduling cycle `hodei serve` runs, with these limits per cycle.
-fn scheduler(pool: &PgPool, workers: i64, jobs: i64) -> Scheduler {
-    Scheduler { limits: CycleLimits { workers, jobs }, ..Scheduler::new(pool.clone()) }
 }
 
 #[tokio::test]
@@ -555,7 +536,7 @@ async fn failures_retry_with_backoff_then_dead_letter_and_redrive() {
 
     let filter =
         RedriveFilter { tenant_scope: Some(acme.id), queue: Some("flaky".into()), limit: 10, ..Default::default() };
-    assert_eq!(dispatch::redrive(&mut connection, &engine.registry, &filter).await.expect("redrive"), [id]);
+    assert_eq!(dispatch::redrive(&mut connection, &engine.registry, &filter).await.expect("redrive").ids, [id]);
     let third = engine.claim(1).await;
     // A fresh set of attempts, but the attempt number keeps growing: it is the fencing token.
     assert_eq!((third[0].job_id, third[0].attempt), (id, 3));

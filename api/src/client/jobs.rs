@@ -188,13 +188,11 @@ pub async fn run(command: JobsCommand, options: &ClientOptions) -> Result<(), Cl
             }
         }
         JobsCommand::List(args) => list(&api, args, format).await,
-        JobsCommand::Cancel(BulkArgs { id: None, .. }) | JobsCommand::Retry(BulkArgs { id: None, .. }) => {
-            let (action, done, args) = match &command {
-                JobsCommand::Cancel(args) => ("cancel", "cancelled or asked to stop", args),
-                JobsCommand::Retry(args) => ("retry", "queued again", args),
-                _ => return Ok(()),
-            };
-            bulk(&api, action, done, args, format).await
+        JobsCommand::Cancel(args @ BulkArgs { id: None, .. }) => {
+            bulk(&api, "cancel", "cancelled or asked to stop", &args, format).await
+        }
+        JobsCommand::Retry(args @ BulkArgs { id: None, .. }) => {
+            bulk(&api, "retry", "queued again", &args, format).await
         }
         JobsCommand::Cancel(BulkArgs { id: Some(id), .. }) => {
             let job = api.send(api.request(Method::POST, &["jobs", &id, "cancel"])).await?;

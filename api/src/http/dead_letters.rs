@@ -132,7 +132,7 @@ async fn redrive_one(
     let mut connection = state.db.acquire().await?;
     let filter =
         RedriveFilter { tenant_scope: principal.tenant_scope(), job_id: Some(job.id), limit: 1, ..Default::default() };
-    let redriven = dispatch::redrive_dead_letters(&mut connection, &state.policies, &filter).await?;
+    let redriven = dispatch::redrive(&mut connection, &state.policies, &filter).await?;
     if let Some(refused) = redriven.refused.first() {
         return Err(queue_full(&refused.queue, refused.retry_after_seconds));
     }
@@ -171,5 +171,5 @@ async fn redrive_many(
         limit,
     };
     let mut connection = state.db.acquire().await?;
-    Ok(axum::Json(Redriven { ids: dispatch::redrive(&mut connection, &state.policies, &filter).await? }))
+    Ok(axum::Json(Redriven { ids: dispatch::redrive(&mut connection, &state.policies, &filter).await?.ids }))
 }

@@ -56,6 +56,8 @@ struct FreeRow {
 #[derive(Debug, FromRow)]
 struct CandidateRow {
     job_id: Uuid,
+    /// The queue of the step that read it (the statement reads one queue).
+    #[sqlx(skip)]
     queue: String,
     cpu_millis: i32,
     memory_mib: i32,
@@ -78,14 +80,13 @@ struct CandidateRow {
 /// cycle orders them itself (`in_slot_order`), so the statement sorts nothing. Parameters:
 /// `$1` queue, `$2` how many slots.
 pub const CYCLE_CANDIDATES: &str = "with slots as (
-        select job_id, queue, cpu_millis, memory_mib, labels, tenant_id, rank, priority, seq, fair from ready_jobs
+        select job_id, cpu_millis, memory_mib, labels, tenant_id, rank, priority, seq, fair from ready_jobs
         where queue = $1 order by rank, seq limit $2 for update skip locked
     ), per_tenant as (
         select tenant_id, count(*) as slots from slots where fair group by tenant_id
     ), best as (
         select b.* from per_tenant p cross join lateral (
-            select r.job_id, r.queue, r.cpu_millis, r.memory_mib, r.labels, r.tenant_id, r.rank, r.priority, r.seq,
-                r.fair
+            select r.job_id, r.cpu_millis, r.memory_mib, r.labels, r.tenant_id, r.rank, r.priority, r.seq, r.fair
             from ready_jobs r
             where r.queue = $1 and r.fair and r.tenant_id = p.tenant_id
             order by r.priority desc, r.seq limit p.slots
@@ -201,11 +202,12 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
         if room <= 0 {
             break;
         }
-        let rows: Vec<CandidateRow> = sqlx::query_as(CYCLE_CANDIDATES)
+        let mut rows: Vec<CandidateRow> = sqlx::query_as(CYCLE_CANDIDATES)
             .bind(&step.queue)
             .bind(room.min(step.max_jobs as i64))
             .fetch_all(&mut *transaction)
             .await?;
+        rows.iter_mut().for_each(|row| row.queue.clone_from(&step.queue));
         // A queue listed twice (starving, then in tier order) must not repeat a job.
         for row in in_slot_order(rows) {
             if !seen.insert(row.job_id) {

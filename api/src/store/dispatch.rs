@@ -329,11 +329,7 @@ pub struct RefusedRerun {
 /// never redirected and never evicting (`hodei_core::admission`, `EntryKind::Rerun`); the
 /// jobs a full queue refuses stay dead-lettered. The attempt counter keeps growing (it is
 /// the fencing token); `attempt_base` marks where the new set starts.
-pub async fn redrive_dead_letters(
-    db: &mut PgConnection,
-    registry: &PolicyRegistry,
-    filter: &RedriveFilter,
-) -> sqlx::Result<Rerun> {
+pub async fn redrive(db: &mut PgConnection, registry: &PolicyRegistry, filter: &RedriveFilter) -> sqlx::Result<Rerun> {
     let mut transaction = db.begin().await?;
     let jobs: Vec<Requeue> = sqlx::query_as(&format!(
         "select {REQUEUE_COLUMNS} from jobs j
@@ -352,15 +348,6 @@ pub async fn redrive_dead_letters(
     let redriven = start_new_run(&mut transaction, registry, jobs, "job.redriven", &[JobState::DeadLettered]).await?;
     transaction.commit().await?;
     Ok(redriven)
-}
-
-/// `redrive_dead_letters`, reporting only the ids put back.
-pub async fn redrive(
-    db: &mut PgConnection,
-    registry: &PolicyRegistry,
-    filter: &RedriveFilter,
-) -> sqlx::Result<Vec<Uuid>> {
-    Ok(redrive_dead_letters(db, registry, filter).await?.ids)
 }
 
 /// Puts locked, finished `jobs` back in their queues for a new run, as far as admission
