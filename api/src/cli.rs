@@ -52,6 +52,23 @@ pub enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Replay a demand trace through a pool's autoscaler with a virtual clock and print
+    /// cost, waits, launches and busy workers interrupted (JSON).
+    Simulate {
+        /// The trace: a JSON array of `{"at": seconds, "duration": seconds}`, or
+        /// `builtin:bursty-day` for a deterministic bursty day.
+        #[arg(long)]
+        trace: String,
+        /// The pool spec (YAML or JSON), as in the configuration file's `pools`.
+        #[arg(long)]
+        pool: std::path::PathBuf,
+        /// Seconds from a launch until its worker registers.
+        #[arg(long, default_value_t = 30)]
+        launch_seconds: u32,
+        /// Price of one instance per hour.
+        #[arg(long, default_value_t = 0.10)]
+        price_per_hour: f64,
+    },
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -106,6 +123,18 @@ pub fn main() -> ExitCode {
     };
     if let Command::Config(ConfigCommand::Check { file }) = &command {
         return check_config(file.as_ref().or(cli.config.as_ref()));
+    }
+    if let Command::Simulate { trace, pool, launch_seconds, price_per_hour } = &command {
+        return match simulate(trace, pool, *launch_seconds, *price_per_hour) {
+            Ok(report) => {
+                client::print_quietly(&format!("{report}\n"));
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("hodei: {error:#}");
+                ExitCode::from(2)
+            }
+        };
     }
     let config = match Config::from_process_environment(cli.config.as_deref()) {
         Ok(config) => config,
@@ -184,7 +213,9 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             client::print_quietly(&format!("{document}\n"));
             Ok(())
         }
-        Command::Config(_) | Command::Client(_) => unreachable!("handled before the runtime starts"),
+        Command::Config(_) | Command::Client(_) | Command::Simulate { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
         Command::Admin(admin) => run_admin(admin, &config).await,
     }
 }
@@ -223,4 +254,28 @@ async fn run_admin(command: AdminCommand, config: &Config) -> anyhow::Result<()>
         AdminCommand::CreateKey(_) => anyhow::bail!("pass --tenant NAME or --admin"),
     }
     Ok(())
+}
+
+/// `hodei simulate`: the pool spec is validated as the configuration file's pools are.
+fn simulate(trace: &str, pool: &std::path::Path, launch_seconds: u32, price_per_hour: f64) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use hodei_core::simulate::{self, Arrival, Machine};
+    let text = std::fs::read_to_string(pool).with_context(|| format!("reading {}", pool.display()))?;
+    let spec: hodei_core::pool::PoolSpec =
+        serde_yaml::from_str(&text).with_context(|| format!("{}: not a pool spec", pool.display()))?;
+    hodei_core::pool::validate_pool(&spec, &[crate::provider::local_limits()])
+        .map_err(|errors| anyhow::anyhow!("{}: {errors}", pool.display()))?;
+    let arrivals: Vec<Arrival> = match trace {
+        "builtin:bursty-day" => simulate::bursty_day(1),
+        path => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+            serde_json::from_str(&text).with_context(|| format!("{path}: not a JSON array of {{at, duration}}"))?
+        }
+    };
+    if !(price_per_hour.is_finite() && price_per_hour >= 0.0) {
+        anyhow::bail!("--price-per-hour: must be a number of at least 0");
+    }
+    let machine = Machine { launch_seconds, price_per_hour, start: simulate::a_wednesday() };
+    let report = simulate::replay(&spec, &arrivals, &machine);
+    Ok(serde_json::to_string_pretty(&report)?)
 }

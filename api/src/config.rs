@@ -351,10 +351,12 @@ impl Config {
             problems.extend(errors.errors().iter().map(|e| format!("{}: {}", e.field, e.message)));
         }
         for (index, pool) in self.pools.iter().enumerate() {
-            if pool.size > self.max_pool_size {
+            if pool.max_workers() > self.max_pool_size {
                 problems.push(format!(
-                    "pools[{index}].size: must be at most max_pool_size ({}), got {}",
-                    self.max_pool_size, pool.size
+                    "pools[{index}].{}: must be at most max_pool_size ({}), got {}",
+                    pool.size_field(),
+                    self.max_pool_size,
+                    pool.max_workers()
                 ));
             }
             if pool.provider == "local" && self.providers.local.enabled == Some(false) {
@@ -516,7 +518,7 @@ mod tests {
         let file = write("pools:\n  - id: local\n    size: 3\n    strategy: first-fit\n    template: {slots: 2}\n");
         let config = Config::load(Some(file.path()), &BTreeMap::new()).expect("valid");
         assert_eq!(config.pools.len(), 1);
-        assert_eq!(config.pools[0].size, 3);
+        assert_eq!(config.pools[0].size, Some(3));
         assert_eq!(config.source_file.as_deref(), Some(file.path()));
 
         let file = write("pools:\n  - {id: a, size: 0}\n  - {id: a, size: 1, provider: moon}\n");

@@ -20,6 +20,7 @@ use crate::client::{print_quietly, Profile, PROFILE_FILE};
 use crate::config::{Config, Secret};
 use crate::embedded_postgres::{EmbeddedCluster, PostgresInstallation};
 use crate::{serve, store};
+use hodei_core::autoscale::{Cooldown, ScalingSpec};
 use hodei_core::placement::Strategy;
 use hodei_core::pool::{HealthSettings, PoolKindName, PoolSpec, ProvisioningSettings, WorkerTemplate};
 
@@ -85,8 +86,8 @@ async fn serve_dev(config: &Config, database_url: &str, data_dir: &Path) -> anyh
     served
 }
 
-/// Workers in `hodei dev`'s local pool.
-pub const LOCAL_WORKERS: u32 = 2;
+/// The most workers `hodei dev`'s local pool scales out to.
+pub const LOCAL_WORKERS: u32 = 4;
 
 /// The pool `hodei dev` runs when the configuration declares none.
 /// This machine's CPUs, in millicores.
@@ -94,7 +95,7 @@ fn host_cpu_millis() -> u32 {
     std::thread::available_parallelism().map_or(1000, |cpus| cpus.get() as u32 * 1000)
 }
 
-/// One local worker's share of `total`.
+/// One local worker's share of `total` (when the pool is at its largest).
 fn share(total: u32) -> u32 {
     (total / LOCAL_WORKERS).max(1)
 }
@@ -102,9 +103,19 @@ fn share(total: u32) -> u32 {
 pub fn local_pool() -> PoolSpec {
     PoolSpec {
         id: "local".to_owned(),
-        kind: PoolKindName::Static,
+        // Dynamic: one worker waits; a burst of jobs scales the pool out to four, and
+        // workers idle for 30 s are scaled back in.
+        kind: PoolKindName::Dynamic,
         provider: "local".to_owned(),
-        size: LOCAL_WORKERS,
+        size: None,
+        min_size: Some(1),
+        max_size: Some(LOCAL_WORKERS),
+        scaling: ScalingSpec {
+            idle_seconds: 30,
+            cooldown: Cooldown { scale_out_seconds: 0, scale_in_seconds: 10, scale_in_step: None },
+            ..ScalingSpec::default()
+        },
+        cloud: None,
         strategy: Strategy::BestFit,
         // The workers share this machine: each offers its share, so together they never
         // promise more CPU or memory than there is.

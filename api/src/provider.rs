@@ -1,50 +1,14 @@
-//! Providers bring workers into being and take them away: `provision` starts an instance
-//! that runs a `hodei-worker` for one pool member, `terminate` ends it, `describe` says
-//! whether it still exists. The reconcile loop is their only caller. The `local` provider
-//! runs worker processes on this machine; cloud providers implement the same trait.
+//! The providers this process has, and the `local` provider, which runs worker processes
+//! on this machine. The contract every provider implements is `hodei_provider`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Debug;
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use hodei_core::pool::{PoolSpec, ProviderLimits};
+use hodei_core::pool::ProviderLimits;
+pub use hodei_provider::{BoxFuture, InstanceState, ListedInstance, Provider, ProviderError, ProvisionRequest};
 use uuid::Uuid;
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// What to start: one worker for one member of a pool.
-#[derive(Debug, Clone)]
-pub struct ProvisionRequest {
-    pub member: Uuid,
-    pub pool: PoolSpec,
-}
-
-/// Whether an instance still exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InstanceState {
-    /// Starting or running.
-    Running,
-    /// Ended or never existed.
-    Gone,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ProviderError(pub String);
-
-pub trait Provider: Send + Sync + Debug {
-    fn limits(&self) -> ProviderLimits;
-    /// Starts an instance for the member; returns the provider's handle for it. The worker
-    /// it runs registers with the member id as its instance id.
-    fn provision<'a>(&'a self, request: &'a ProvisionRequest) -> BoxFuture<'a, Result<String, ProviderError>>;
-    /// Ends the instance (and whatever it runs). Ending a gone instance succeeds.
-    fn terminate<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<(), ProviderError>>;
-    fn describe<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<InstanceState, ProviderError>>;
-}
 
 /// The providers this process can use, by name.
 #[derive(Debug, Clone, Default)]
@@ -156,11 +120,12 @@ impl LocalProvider {
         command.envs(&template.env).env("HODEI_WORKER_REGISTRATION_TOKEN", &self.settings.registration_token);
         let output = match &self.settings.log_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| ProviderError(format!("creating {}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| ProviderError::new(format!("creating {}: {e}", dir.display())))?;
                 let path = dir.join(format!("{}-{member}.log", request.pool.id));
                 let file = std::fs::File::create(&path)
-                    .map_err(|e| ProviderError(format!("creating {}: {e}", path.display())))?;
-                let copy = file.try_clone().map_err(|e| ProviderError(e.to_string()))?;
+                    .map_err(|e| ProviderError::new(format!("creating {}: {e}", path.display())))?;
+                let copy = file.try_clone().map_err(|e| ProviderError::new(e.to_string()))?;
                 (Stdio::from(file), Stdio::from(copy))
             }
             None => (Stdio::null(), Stdio::null()),
@@ -182,8 +147,8 @@ impl Provider for LocalProvider {
             let mut child = self
                 .command(request)?
                 .spawn()
-                .map_err(|e| ProviderError(format!("starting {}: {e}", self.settings.worker_binary.display())))?;
-            let pid = child.id().ok_or_else(|| ProviderError("the worker exited at once".into()))?;
+                .map_err(|e| ProviderError::new(format!("starting {}: {e}", self.settings.worker_binary.display())))?;
+            let pid = child.id().ok_or_else(|| ProviderError::new("the worker exited at once"))?;
             if let Ok(mut children) = self.children.lock() {
                 children.insert(pid, request.member);
             }
@@ -214,7 +179,8 @@ impl Provider for LocalProvider {
 
     fn describe<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<InstanceState, ProviderError>> {
         Box::pin(async move {
-            let pid = parse_pid(instance).ok_or_else(|| ProviderError(format!("not a local instance: {instance}")))?;
+            let pid =
+                parse_pid(instance).ok_or_else(|| ProviderError::new(format!("not a local instance: {instance}")))?;
             Ok(process_state(pid))
         })
     }

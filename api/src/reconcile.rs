@@ -33,7 +33,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hodei_core::pool::PoolSpec;
+use hodei_core::autoscale::{self, Capacity, ScalingAction, ScalingState};
+use hodei_core::pool::{PoolKindName, PoolSpec};
 use hodei_core::pool_plan::{
     self, Action, AttemptFailure, DrainReason, InstanceStatus, MemberFacts, MemberStatus, PendingAttempt, PlanContext,
     PoolState, WorkerFacts,
@@ -46,6 +47,10 @@ use crate::provider::{InstanceState, Provider, Providers, ProvisionRequest};
 use crate::store::leases::{self, Lease};
 use crate::store::pools::{self, Member};
 use crate::store::{assignment, dispatch};
+
+/// How old an instance no member knows must be before it is terminated: a launch that is
+/// being recorded right now is not a stray.
+pub const UNKNOWN_INSTANCE_GRACE: Duration = Duration::from_secs(30);
 
 /// The lease the reconcile leader holds.
 pub const LEADER_LEASE: &str = "reconcile";
@@ -179,12 +184,19 @@ impl Reconciler {
     /// against a worker only once the leader has led for longer than the silence limit:
     /// after an outage of the whole control plane, workers had nobody to heartbeat to.
     async fn tick_leading_for(&self, lease: Lease, leading_for: Duration) -> anyhow::Result<()> {
-        for (spec, state) in pools::specs(&self.db).await? {
+        for pools::Reconciled { spec, state, scaling } in pools::specs(&self.db).await? {
             let Some(provider) = self.providers.get(&spec.provider) else {
                 tracing::debug!(pool = %spec.id, provider = %spec.provider, "no such provider here; skipping the pool");
                 continue;
             };
-            let pool = PoolReconciler { reconciler: self, spec: &spec, provider: provider.clone(), leading_for, lease };
+            let pool = PoolReconciler {
+                reconciler: self,
+                spec: &spec,
+                scaling: &scaling,
+                provider: provider.clone(),
+                leading_for,
+                lease,
+            };
             if let Err(error) = pool.reconcile(state).await {
                 if let Some(lost) = error.downcast_ref::<LostLeadership>() {
                     return Err(anyhow::anyhow!("{lost}; this tick stops"));
@@ -199,6 +211,7 @@ impl Reconciler {
 struct PoolReconciler<'a> {
     reconciler: &'a Reconciler,
     spec: &'a PoolSpec,
+    scaling: &'a pools::ScalingStatus,
     provider: Arc<dyn Provider>,
     leading_for: Duration,
     lease: Lease,
@@ -251,19 +264,113 @@ impl PoolReconciler<'_> {
         // Provisioning times and retry times were written by the database: the plan
         // compares them with its clock.
         let now = self.still_leading().await?;
+        self.end_unknown_instances(now).await?;
         let members = pools::members(self.db(), &self.spec.id).await?;
         let mut facts = Vec::with_capacity(members.len());
         for member in &members {
             facts.push(self.facts(member).await);
         }
-        let context = PlanContext {
+        let mut context = PlanContext {
             now,
             leading_for: self.leading_for,
             heartbeat: self.reconciler.heartbeat,
             lease: self.reconciler.lease,
+            size: None,
         };
-        let actions = pool_plan::plan(self.spec, state, &facts, &context);
+        let drained_spec;
+        let mut spec = self.spec;
+        if state == PoolState::Active {
+            if self.scaling.lifecycle == "drained" {
+                // Every worker drains, busy ones too (they finish their jobs), until resumed.
+                drained_spec = PoolSpec { kind: PoolKindName::Static, ..self.spec.clone() };
+                spec = &drained_spec;
+                context.size = Some(0);
+            } else if self.spec.kind == PoolKindName::Dynamic {
+                context.size = Some(self.autoscale(&facts, now).await?);
+            }
+        }
+        let actions = pool_plan::plan(spec, state, &facts, &context);
         self.carry_out(&members, actions).await
+    }
+
+    /// The autoscaler's decision for a dynamic pool, recorded with its inputs (fenced).
+    async fn autoscale(&self, facts: &[MemberFacts<Uuid>], now: DateTime<Utc>) -> anyhow::Result<u32> {
+        let scaling = &self.spec.scaling;
+        let demand = pools::demand(self.db(), self.spec).await?;
+        let mut capacity = Capacity { slots_per_worker: self.spec.template.slots(), ..Capacity::default() };
+        for member in facts {
+            match (member.status, &member.worker) {
+                (MemberStatus::Ready, Some(worker)) if worker.busy => capacity.busy += 1,
+                (MemberStatus::Ready, Some(worker)) => {
+                    capacity.idle += 1;
+                    if worker.idle_seconds.is_some_and(|idle| idle >= f64::from(scaling.idle_seconds)) {
+                        capacity.idle_long_enough += 1;
+                    }
+                }
+                (MemberStatus::Draining | MemberStatus::Terminating, _) => capacity.draining += 1,
+                _ => capacity.provisioning += 1,
+            }
+        }
+        let state = ScalingState {
+            last_scale_out_at: self.scaling.last_scale_out_at,
+            last_scale_in_at: self.scaling.last_scale_in_at,
+            paused: self.scaling.lifecycle == "paused",
+        };
+        let decision = autoscale::decide(
+            self.spec.min_workers(),
+            self.spec.max_workers(),
+            scaling,
+            &demand,
+            &capacity,
+            &state,
+            now,
+        );
+        let inputs = serde_json::json!({
+            "demand": demand,
+            "capacity": capacity,
+            "recommendations": decision.recommendations,
+            "schedules_active": decision.schedules_active,
+            "cooldown_until": decision.cooldown_until,
+            "last_scale_out_at": state.last_scale_out_at,
+            "last_scale_in_at": state.last_scale_in_at,
+        });
+        if decision.action != ScalingAction::Hold {
+            tracing::info!(pool = %self.spec.id, action = decision.action.as_str(), from = decision.current,
+                to = decision.desired, by = %decision.decided_by, "{}", decision.reason);
+        }
+        self.write(async |db| pools::record_decision(db, &self.spec.id, &decision, &inputs).await).await?;
+        Ok(decision.desired)
+    }
+
+    /// Cloud first: instances the provider runs for this pool that no member knows (a
+    /// launch whose record was lost, a deposed leader's launch) are terminated once older
+    /// than `UNKNOWN_INSTANCE_GRACE`, so nothing keeps billing unseen. Providers that
+    /// cannot list (the `local` provider) skip this.
+    async fn end_unknown_instances(&self, now: DateTime<Utc>) -> anyhow::Result<()> {
+        let listed = match self.provider.list(self.spec).await {
+            Ok(Some(listed)) => listed,
+            Ok(None) => return Ok(()),
+            Err(error) => {
+                tracing::warn!(pool = %self.spec.id, %error, "listing the provider's instances failed");
+                return Ok(());
+            }
+        };
+        // Read after the listing: an instance recorded in between is known.
+        let known: Vec<Option<String>> =
+            pools::members(self.db(), &self.spec.id).await?.into_iter().map(|member| member.instance).collect();
+        for instance in listed {
+            let grace = chrono::Duration::from_std(UNKNOWN_INSTANCE_GRACE).unwrap_or_default();
+            if known.contains(&Some(instance.instance.clone())) || now - instance.launched_at < grace {
+                continue;
+            }
+            self.still_leading().await?;
+            tracing::warn!(pool = %self.spec.id, instance = %instance.instance, member = ?instance.member,
+                "terminating an instance no member knows");
+            if let Err(error) = self.provider.terminate(&instance.instance).await {
+                tracing::warn!(pool = %self.spec.id, instance = %instance.instance, %error, "terminating it failed");
+            }
+        }
+        Ok(())
     }
 
     /// A member as the plan sees it: with what the provider says of its instance.
@@ -287,7 +394,10 @@ impl PoolReconciler<'_> {
                 busy: member.worker_used_slots.unwrap_or(0) > 0,
                 heartbeat_age_seconds: member.heartbeat_age_seconds,
                 health_failures: u32::try_from(member.worker_health_failures.unwrap_or(0)).unwrap_or(0),
+                idle_seconds: member.worker_idle_seconds,
+                jobs_run: u64::try_from(member.worker_jobs_run.unwrap_or(0)).unwrap_or(0),
             }),
+            age_seconds: member.age_seconds,
         }
     }
 
@@ -310,9 +420,30 @@ impl PoolReconciler<'_> {
                     self.record_attempt_failure(member, &failure).await?;
                 }
                 Action::Replace { member, reason } => self.replace(read(member)?, reason.as_str()).await?,
+                Action::Drain { member, reason: DrainReason::ScaleIn } => {
+                    // Only if it is still idle under the scheduler's lock; else it stays.
+                    let member = read(member)?;
+                    let worker =
+                        member.worker_id.ok_or_else(|| anyhow::anyhow!("member {} has no worker", member.id))?;
+                    let drained = self
+                        .write(async |db| {
+                            let drained = assignment::drain_if_idle(&mut *db, worker).await?;
+                            if drained {
+                                pools::set_status(&mut *db, member.id, MemberStatus::Draining).await?;
+                            }
+                            Ok(drained)
+                        })
+                        .await?;
+                    tracing::info!(pool = %self.spec.id, member = %member.id, drained, "scaling in an idle worker");
+                }
                 Action::Drain { member, reason } => {
-                    if reason == DrainReason::Unhealthy {
-                        tracing::info!(pool = %self.spec.id, %member, "draining an unhealthy worker");
+                    match reason {
+                        DrainReason::Unhealthy => {
+                            tracing::info!(pool = %self.spec.id, %member, "draining an unhealthy worker")
+                        }
+                        DrainReason::Recycle => tracing::info!(pool = %self.spec.id, %member,
+                            "draining a worker past its lifetime or job limit"),
+                        _ => {}
                     }
                     self.drain(read(member)?).await?;
                 }
@@ -405,7 +536,11 @@ impl PoolReconciler<'_> {
             // provisions, and the next leader sees the attempt.
             self.write(async |db| pools::attempt_started(db, pending.member).await).await?;
             let provider = self.provider.clone();
-            let request = ProvisionRequest { member: pending.member, pool: self.spec.clone() };
+            let request = ProvisionRequest {
+                member: pending.member,
+                attempt: pending.attempts_so_far + 1,
+                pool: self.spec.clone(),
+            };
             let limit = Duration::from_secs(self.spec.provisioning.timeout_seconds.into());
             attempts.spawn(async move {
                 let result = match tokio::time::timeout(limit, provider.provision(&request)).await {

@@ -5,6 +5,7 @@
 //! input) as arguments, so every decision can be reproduced exactly in a test.
 
 pub mod admission;
+pub mod autoscale;
 pub mod backoff;
 pub mod dispatch;
 pub mod fairness;
@@ -15,6 +16,7 @@ pub mod placement;
 pub mod pool;
 pub mod pool_plan;
 pub mod queue;
+pub mod simulate;
 pub mod validation;
 
 pub use job::{CommandSpec, JobSpec, JobState, ResourceRequest, ValidJob};

@@ -12,7 +12,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::pool::{members_to_drain, provisioning_backoff_seconds, FailureHandling, MemberView, PoolSpec};
+use crate::pool::{
+    members_to_drain, provisioning_backoff_seconds, FailureHandling, MemberView, PoolKindName, PoolSpec,
+};
 
 /// Where a pool member is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -137,6 +139,10 @@ pub struct WorkerFacts {
     pub heartbeat_age_seconds: Option<f64>,
     /// Consecutive failed health checks.
     pub health_failures: u32,
+    /// Seconds it has held no job (`None` while it runs one).
+    pub idle_seconds: Option<f64>,
+    /// Jobs it has been given.
+    pub jobs_run: u64,
 }
 
 /// One member with everything the plan needs to know of it.
@@ -152,6 +158,8 @@ pub struct MemberFacts<M> {
     pub retry_at: Option<DateTime<Utc>>,
     /// `None` until a worker registered for the member (or after it left).
     pub worker: Option<WorkerFacts>,
+    /// Seconds since the member was added.
+    pub age_seconds: f64,
 }
 
 /// The time and the loop's own settings.
@@ -168,6 +176,8 @@ pub struct PlanContext {
     /// How long leadership lasts without renewal: an attempt with no recorded instance is
     /// abandoned only this long after its timeout.
     pub lease: Duration,
+    /// The size the autoscaler decided for a dynamic pool (`None`: the spec's size).
+    pub size: Option<u32>,
 }
 
 /// Why a member is ended and forgotten.
@@ -201,6 +211,11 @@ pub enum DrainReason {
     Unhealthy,
     /// The pool is larger than its size.
     Shrinking,
+    /// A dynamic pool scales in: the worker is idle, and is drained only if it still is
+    /// under the scheduler's lock.
+    ScaleIn,
+    /// It reached the pool's `max_lifetime_seconds` or `max_jobs_per_instance`.
+    Recycle,
     PoolDeleted,
 }
 
@@ -409,10 +424,20 @@ where
         }
     }
 
-    let size = spec.size as usize;
+    let size = context.size.unwrap_or_else(|| spec.min_workers()) as usize;
     let added = size.saturating_sub(views.iter().filter(|view| view.live).count());
     if added > 0 {
         actions.push(Action::AddMembers { count: added });
+    }
+    if spec.kind == PoolKindName::Dynamic {
+        plan_dynamic_shrink(spec, members, &statuses, &views, size, &mut actions);
+        let room = spec.provisioning.parallelism().saturating_sub(in_flight);
+        pending.truncate(room);
+        let added_now = added.min(room - pending.len());
+        if !pending.is_empty() || added_now > 0 {
+            actions.push(Action::StartAttempts { members: pending, added: added_now });
+        }
+        return actions;
     }
     let excess = members_to_drain(&views, size);
     pending.retain(|attempt| !excess.contains(&attempt.member));
@@ -431,6 +456,65 @@ where
         actions.push(Action::StartAttempts { members: pending, added: added_now });
     }
     actions
+}
+
+/// A dynamic pool: scale-in takes only idle workers, longest idle first (the autoscaler
+/// decided how many); then workers past their lifetime or job limit are drained, within
+/// the disruption budget (workers already draining count against it).
+fn plan_dynamic_shrink<M>(
+    spec: &PoolSpec,
+    members: &[MemberFacts<M>],
+    statuses: &[Option<MemberStatus>],
+    views: &[MemberView<M>],
+    size: usize,
+    actions: &mut Vec<Action<M>>,
+) where
+    M: Clone + PartialEq + fmt::Display,
+{
+    let live: Vec<&MemberFacts<M>> =
+        members.iter().filter(|member| views.iter().any(|view| view.live && view.id == member.id)).collect();
+    let excess = live.len().saturating_sub(size);
+    let mut idle: Vec<(&MemberFacts<M>, f64)> = live
+        .iter()
+        .filter(|member| statuses_of(members, statuses, &member.id) == Some(MemberStatus::Ready))
+        .filter_map(|member| Some((*member, member.worker.as_ref()?.idle_seconds?)))
+        .collect();
+    idle.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut drained: Vec<M> = Vec::new();
+    for (member, _) in idle.into_iter().take(excess) {
+        actions.push(Action::Drain { member: member.id.clone(), reason: DrainReason::ScaleIn });
+        drained.push(member.id.clone());
+    }
+    let scaling = &spec.scaling;
+    if scaling.max_lifetime_seconds.is_none() && scaling.max_jobs_per_instance.is_none() {
+        return;
+    }
+    let draining_now = statuses.iter().filter(|status| **status == Some(MemberStatus::Draining)).count();
+    let budget = crate::autoscale::disruption_budget(&scaling.disruption_budget, spec.max_workers().max(1)) as usize;
+    let mut room = budget.saturating_sub(draining_now + drained.len());
+    for member in live {
+        if room == 0 {
+            break;
+        }
+        let Some(worker) = &member.worker else { continue };
+        if drained.contains(&member.id) || statuses_of(members, statuses, &member.id) != Some(MemberStatus::Ready) {
+            continue;
+        }
+        let old = scaling.max_lifetime_seconds.is_some_and(|limit| member.age_seconds >= f64::from(limit));
+        let used = scaling.max_jobs_per_instance.is_some_and(|limit| worker.jobs_run >= u64::from(limit));
+        if old || used {
+            actions.push(Action::Drain { member: member.id.clone(), reason: DrainReason::Recycle });
+            room -= 1;
+        }
+    }
+}
+
+fn statuses_of<M: PartialEq>(
+    members: &[MemberFacts<M>],
+    statuses: &[Option<MemberStatus>],
+    id: &M,
+) -> Option<MemberStatus> {
+    members.iter().position(|member| member.id == *id).and_then(|index| statuses[index])
 }
 
 /// After the pool failed: every member not removed and not failed is replaced.
@@ -477,12 +561,57 @@ mod tests {
             leading_for: Duration::from_secs(3600),
             heartbeat: Duration::from_secs(5),
             lease: Duration::from_secs(5),
+            size: None,
         }
     }
 
     /// Defaults: attempts 3, timeout 120 s, concurrency 5, failure threshold 3, `retry`.
     fn spec(size: u32) -> PoolSpec {
         serde_json::from_value(serde_json::json!({"id": "p", "size": size})).expect("spec")
+    }
+
+    /// A dynamic pool of up to 10 whose autoscaler decided `size`.
+    fn dynamic(scaling: serde_json::Value) -> PoolSpec {
+        serde_json::from_value(serde_json::json!({
+            "id": "d", "kind": "dynamic", "min_size": 0, "max_size": 10, "scaling": scaling
+        }))
+        .expect("spec")
+    }
+
+    fn sized(size: u32) -> PlanContext {
+        PlanContext { size: Some(size), ..context() }
+    }
+
+    #[test]
+    fn a_dynamic_pool_scales_in_idle_workers_only_longest_idle_first() {
+        let idle_for = |id, seconds| MemberFacts {
+            worker: Some(WorkerFacts { idle_seconds: Some(seconds), ..worker(false) }),
+            ..ready(id, false)
+        };
+        let members = [ready(1, true), idle_for(2, 10.0), idle_for(3, 300.0), ready(4, true), launching(5, 5)];
+        let spec = dynamic(serde_json::json!({}));
+        let scale_in = |member| Action::Drain { member, reason: DrainReason::ScaleIn };
+        assert_eq!(plan(&spec, PoolState::Active, &members, &sized(4)), vec![scale_in(3)]);
+        // Asked for less than the busy and launching workers: only the idle ones go.
+        assert_eq!(plan(&spec, PoolState::Active, &members, &sized(1)), vec![scale_in(3), scale_in(2)]);
+        // Growing: members are added and started.
+        let grown = plan(&spec, PoolState::Active, &members, &sized(7));
+        assert_eq!(grown, vec![Action::AddMembers { count: 2 }, Action::StartAttempts { members: vec![], added: 2 }]);
+    }
+
+    #[test]
+    fn old_or_worn_workers_are_recycled_within_the_disruption_budget() {
+        let spec = dynamic(serde_json::json!({"max_lifetime_seconds": 3600, "max_jobs_per_instance": 100,
+            "disruption_budget": "2"}));
+        let aged = |id, age_seconds| MemberFacts { age_seconds, ..ready(id, true) };
+        let worn = |id| MemberFacts { worker: Some(WorkerFacts { jobs_run: 100, ..worker(true) }), ..ready(id, true) };
+        let recycle = |member| Action::Drain { member, reason: DrainReason::Recycle };
+        let members = [aged(1, 4000.0), worn(2), aged(3, 5000.0), aged(4, 10.0)];
+        assert_eq!(plan(&spec, PoolState::Active, &members, &sized(4)), vec![recycle(1), recycle(2)]);
+        // One already draining leaves room for one more.
+        let draining = MemberFacts { status: MemberStatus::Draining, ..aged(5, 10.0) };
+        let members = [draining, aged(1, 4000.0), worn(2)];
+        assert_eq!(plan(&spec, PoolState::Active, &members, &sized(2)), vec![recycle(1)]);
     }
 
     fn fail_fast(size: u32) -> PoolSpec {
@@ -501,6 +630,7 @@ mod tests {
             attempt_started_at: None,
             retry_at: None,
             worker: None,
+            age_seconds: 600.0,
         }
     }
 
@@ -515,7 +645,13 @@ mod tests {
     }
 
     fn worker(busy: bool) -> WorkerFacts {
-        WorkerFacts { busy, heartbeat_age_seconds: Some(1.0), health_failures: 0 }
+        WorkerFacts {
+            busy,
+            heartbeat_age_seconds: Some(1.0),
+            health_failures: 0,
+            idle_seconds: (!busy).then_some(30.0),
+            jobs_run: 1,
+        }
     }
 
     fn ready(id: u32, busy: bool) -> MemberFacts<u32> {
@@ -824,6 +960,8 @@ mod tests {
                 busy,
                 heartbeat_age_seconds,
                 health_failures,
+                idle_seconds: (!busy).then_some(5.0),
+                jobs_run: 0,
             },
         ));
         let time = prop::option::of((800i64..1200).prop_map(at));
@@ -836,6 +974,7 @@ mod tests {
                 attempt_started_at,
                 retry_at,
                 worker,
+                age_seconds: 100.0,
             },
         )
     }

@@ -306,7 +306,7 @@ impl Provider for Flaky {
             *count
         };
         if attempt <= self.failures {
-            return Box::pin(async move { Err(ProviderError(format!("injected failure {attempt}"))) });
+            return Box::pin(async move { Err(ProviderError::new(format!("injected failure {attempt}"))) });
         }
         self.inner.provision(request)
     }
@@ -428,7 +428,7 @@ impl Provider for Gated {
     fn provision<'a>(&'a self, request: &'a ProvisionRequest) -> BoxFuture<'a, Result<String, ProviderError>> {
         self.launched.lock().expect("lock").push(request.member);
         Box::pin(async move {
-            let _pass = self.gate.acquire().await.map_err(|error| ProviderError(error.to_string()))?;
+            let _pass = self.gate.acquire().await.map_err(|error| ProviderError::new(error.to_string()))?;
             Ok(format!("instance-of-{}", request.member))
         })
     }

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod pools;
 pub mod queues;
 pub mod request_context;
+pub mod scaling;
 pub mod tenants;
 pub mod workers;
 
@@ -166,19 +167,38 @@ fn parts() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     inline_flattened_schemas(&mut openapi);
     require_a_program(&mut openapi);
     require_a_redirect_target(&mut openapi);
-    only_static_pools(&mut openapi);
+    size_by_pool_kind(&mut openapi);
     (router, openapi)
 }
 
-/// This build has no autoscaling provider, so a pool's `kind` can only be `static`.
-fn only_static_pools(openapi: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::schema::Schema;
+/// A static pool has `size` (and neither `min_size` nor `max_size`); a dynamic pool has
+/// `max_size` (and no `size`): rules across fields, which the derive cannot write. Stated
+/// as `allOf: [the object, anyOf: [static with size, dynamic with max_size]]`, with the
+/// fields a kind does not take allowed only as null. (`min_size <= max_size`, cron
+/// expressions that parse, and what a cloud account has are semantics: 422.)
+fn size_by_pool_kind(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, Type};
     use utoipa::openapi::RefOr;
     let Some(components) = openapi.components.as_mut() else { return };
-    if let Some(RefOr::T(Schema::Object(kind))) = components.schemas.get_mut("PoolKindName") {
-        kind.enum_values = Some(vec!["static".into()]);
-        kind.description = Some("Static pools keep a fixed size (this build has no autoscaling provider).".into());
-    }
+    let Some(RefOr::T(spec)) = components.schemas.get("PoolSpec").cloned() else { return };
+    let null = || ObjectBuilder::new().schema_type(Type::Null);
+    let kind = |kinds: &[&str]| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(kinds.iter().map(|kind| serde_json::Value::from(*kind)).collect::<Vec<_>>()))
+    };
+    let static_pool = ObjectBuilder::new()
+        .property("kind", kind(&["static"]))
+        .property("min_size", null())
+        .property("max_size", null())
+        .required("size");
+    let dynamic_pool = ObjectBuilder::new()
+        .property("kind", kind(&["dynamic"]))
+        .property("size", null())
+        .required("kind")
+        .required("max_size");
+    let rule = AnyOfBuilder::new().item(static_pool).item(dynamic_pool);
+    components.schemas.insert("PoolSpec".to_owned(), RefOr::T(AllOfBuilder::new().item(spec).item(rule).into()));
 }
 
 /// `overflow: redirect` needs an `overflow_queue`: a rule across two fields, which the

@@ -23,6 +23,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_pool, list_pools))
         .routes(routes!(get_pool, update_pool, delete_pool))
         .routes(routes!(pool_workers))
+        .merge(super::scaling::router())
 }
 
 /// Where a pool's spec comes from.
@@ -70,14 +71,44 @@ pub struct Pool {
     pub state: PoolState,
     pub state_reason: Option<String>,
     pub workers: MemberCounts,
+    pub scaling_status: ScalingStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 impl From<pools::Pool> for Pool {
     fn from(pool: pools::Pool) -> Self {
-        let pools::Pool { spec, source, state, state_reason, workers, created_at, updated_at } = pool;
-        Self { spec, source: source.into(), state, state_reason, workers: workers.into(), created_at, updated_at }
+        let pools::Pool { spec, source, state, state_reason, workers, scaling, created_at, updated_at } = pool;
+        Self {
+            spec,
+            source: source.into(),
+            state,
+            state_reason,
+            workers: workers.into(),
+            scaling_status: scaling.into(),
+            created_at,
+            updated_at,
+        }
+    }
+}
+
+/// Where the pool's scaling stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ScalingStatus {
+    /// `scaling` (normal), `paused` (the autoscaler holds the size) or `drained` (every
+    /// worker drains; none starts until resumed). Changed with `POST /pools/{id}/lifecycle`.
+    #[schema(pattern = "^(scaling|paused|drained)$")]
+    pub lifecycle: String,
+    /// The size the autoscaler last decided (dynamic pools).
+    pub desired_size: Option<i32>,
+    pub last_scale_out_at: Option<DateTime<Utc>>,
+    pub last_scale_in_at: Option<DateTime<Utc>>,
+}
+
+impl From<pools::ScalingStatus> for ScalingStatus {
+    fn from(status: pools::ScalingStatus) -> Self {
+        let pools::ScalingStatus { lifecycle, desired_size, last_scale_out_at, last_scale_in_at } = status;
+        Self { lifecycle, desired_size, last_scale_out_at, last_scale_in_at }
     }
 }
 
@@ -103,6 +134,10 @@ pub struct Member {
     pub worker_used_slots: Option<i32>,
     pub worker_last_heartbeat_at: Option<DateTime<Utc>>,
     pub worker_health_failures: Option<i32>,
+    /// Seconds the worker has held no job (absent while it runs one).
+    pub worker_idle_seconds: Option<f64>,
+    /// Jobs the worker has been given.
+    pub worker_jobs_run: Option<i64>,
 }
 
 impl From<pools::Member> for Member {
@@ -122,8 +157,11 @@ impl From<pools::Member> for Member {
             worker_used_slots,
             worker_last_heartbeat_at,
             worker_health_failures,
-            // Not shown: the last heartbeat's time says it.
+            worker_idle_seconds,
+            worker_jobs_run,
+            // Not shown: the last heartbeat's and the creation's times say it.
             heartbeat_age_seconds: _,
+            age_seconds: _,
         } = member;
         Self {
             id,
@@ -140,6 +178,8 @@ impl From<pools::Member> for Member {
             worker_used_slots,
             worker_last_heartbeat_at,
             worker_health_failures,
+            worker_idle_seconds,
+            worker_jobs_run,
         }
     }
 }
@@ -159,13 +199,13 @@ pub struct PoolWorkers {
 /// deployment's size bound, and — for `local`, whose workers run on the control-plane host
 /// itself — without a health command or environment of its own: those run or take effect
 /// on this host, so only the operator's configuration file may set them.
-fn validate(state: &AppState, spec: &PoolSpec) -> Result<(), ApiError> {
+pub(crate) fn validate(state: &AppState, spec: &PoolSpec) -> Result<(), ApiError> {
     validate_pool(spec, &state.provider_limits)?;
     let mut errors = ValidationErrors::default();
-    if spec.size > state.pool_limits.max_pool_size {
+    if spec.max_workers() > state.pool_limits.max_pool_size {
         errors.add(
-            "size",
-            format!("must be at most {} (max_pool_size), got {}", state.pool_limits.max_pool_size, spec.size),
+            spec.size_field(),
+            format!("must be at most {} (max_pool_size), got {}", state.pool_limits.max_pool_size, spec.max_workers()),
         );
     }
     errors.into_result(()).map_err(ApiError::from)?;
@@ -186,14 +226,14 @@ fn validate(state: &AppState, spec: &PoolSpec) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn find(state: &AppState, id: &str) -> Result<Pool, ApiError> {
+pub(crate) async fn find(state: &AppState, id: &str) -> Result<Pool, ApiError> {
     pools::get(&state.db, id)
         .await?
         .map(Pool::from)
         .ok_or_else(|| ApiError::not_found(format!("no pool with id {id:?}")))
 }
 
-fn refuse(change: Change, id: &str) -> Result<(), ApiError> {
+pub(crate) fn refuse(change: Change, id: &str) -> Result<(), ApiError> {
     match change {
         Change::Done => Ok(()),
         Change::NotFound => Err(ApiError::not_found(format!("no pool with id {id:?}"))),

@@ -312,7 +312,7 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
             insert into worker_jobs (job_id, worker_id, attempt, cpu_millis, memory_mib)
             select id, worker_id, attempt, cpu_millis, memory_mib from assigned
          ), reused as (
-            update workers w set jobs_run = w.jobs_run + u.jobs
+            update workers w set jobs_run = w.jobs_run + u.jobs, idle_since = now()
             from (select worker_id, count(*) as jobs from assigned group by worker_id) u
             where w.id = u.worker_id
          ), dispatched as (
@@ -595,6 +595,8 @@ pub async fn heartbeat(
     let alive: Option<(String, Vec<Uuid>)> = sqlx::query_as(
         "update workers set last_heartbeat_at = now(),
              state = case when $2 then 'draining' else state end,
+             idle_since = case when exists (select 1 from worker_jobs h where h.worker_id = $1)
+                 then now() else idle_since end,
              health_failures = case when $3 then 0 else health_failures + 1 end
          where id = $1 and gone_at is null
          returning state, array(
@@ -617,6 +619,37 @@ pub async fn drain_worker(db: impl sqlx::PgExecutor<'_>, worker_id: Uuid) -> sql
         .execute(db)
         .await?;
     Ok(())
+}
+
+/// Scale-in: asks a worker to drain only if it holds no job, under the row lock the
+/// scheduling cycle takes to assign to it (`for update of w`). The lock is taken first;
+/// the check that follows is a new statement whose snapshot sees every assignment a cycle
+/// committed while holding it. So a worker is never chosen for scale-in and given a job at
+/// the same moment: either the cycle assigned first (the check fails, nothing changes) or
+/// the drain committed first (the cycle, which re-reads the row's state once it gets the
+/// lock, skips a draining worker). Returns whether the worker now drains.
+pub async fn drain_if_idle(db: &mut PgConnection, worker_id: Uuid) -> sqlx::Result<bool> {
+    let mut transaction = db.begin().await?;
+    let live: Option<Uuid> = sqlx::query_scalar(
+        "select id from workers where id = $1 and gone_at is null and state in ('idle', 'busy') for update",
+    )
+    .bind(worker_id)
+    .fetch_optional(&mut *transaction)
+    .await?;
+    if live.is_none() {
+        return Ok(false);
+    }
+    let drained = sqlx::query(
+        "update workers set state = 'draining'
+         where id = $1 and not exists (select 1 from worker_jobs h where h.worker_id = $1)",
+    )
+    .bind(worker_id)
+    .execute(&mut *transaction)
+    .await?
+    .rows_affected()
+        == 1;
+    transaction.commit().await?;
+    Ok(drained)
 }
 
 /// A worker is gone for good (its process died, or it was replaced): its attempts are

@@ -3,6 +3,7 @@
 //! reconcile loop changes members; the API and the configuration file change specs.
 
 use chrono::{DateTime, Utc};
+use hodei_core::autoscale::{Decision, Demand};
 use hodei_core::pool::PoolSpec;
 use hodei_core::pool_plan::{MemberStatus, PoolState};
 use sqlx::types::Json;
@@ -44,8 +45,20 @@ pub struct Pool {
     pub state: PoolState,
     pub state_reason: Option<String>,
     pub workers: MemberCounts,
+    pub scaling: ScalingStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Where a pool's scaling stands: its lifecycle and the autoscaler's last decision.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct ScalingStatus {
+    /// `scaling`, `paused` or `drained`.
+    pub lifecycle: String,
+    /// What the autoscaler last decided (dynamic pools).
+    pub desired_size: Option<i32>,
+    pub last_scale_out_at: Option<DateTime<Utc>>,
+    pub last_scale_in_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, FromRow)]
@@ -55,6 +68,8 @@ struct PoolRow {
     #[sqlx(try_from = "String")]
     state: PoolState,
     state_reason: Option<String>,
+    #[sqlx(flatten)]
+    scaling: ScalingStatus,
     provisioning: i64,
     ready: i64,
     draining: i64,
@@ -78,6 +93,7 @@ impl From<PoolRow> for Pool {
                 terminating: row.terminating,
                 failed: row.failed,
             },
+            scaling: row.scaling,
             created_at: row.created_at,
             updated_at: row.updated_at,
         }
@@ -85,6 +101,7 @@ impl From<PoolRow> for Pool {
 }
 
 const POOL_SELECT: &str = "select p.spec, p.source, p.state, p.state_reason, p.created_at, p.updated_at,
+        p.lifecycle, p.desired_size, p.last_scale_out_at, p.last_scale_in_at,
         count(m.id) filter (where m.status = 'provisioning') as provisioning,
         count(m.id) filter (where m.status = 'ready') as ready,
         count(m.id) filter (where m.status = 'draining') as draining,
@@ -129,7 +146,7 @@ fn bind_spec<'q>(
         .bind(&spec.id)
         .bind(spec.kind.as_str())
         .bind(&spec.provider)
-        .bind(spec.size as i32)
+        .bind(spec.max_workers() as i32)
         .bind(Json(spec))
         .bind(source.as_str())
 }
@@ -243,6 +260,11 @@ pub struct Member {
     pub worker_health_failures: Option<i32>,
     /// Seconds since the worker's last heartbeat.
     pub heartbeat_age_seconds: Option<f64>,
+    /// Seconds the worker has held no job (`None` while it holds one).
+    pub worker_idle_seconds: Option<f64>,
+    pub worker_jobs_run: Option<i64>,
+    /// Seconds since the member was added.
+    pub age_seconds: f64,
 }
 
 /// A pool's members, oldest first.
@@ -251,9 +273,15 @@ pub async fn members(db: impl PgExecutor<'_>, pool_id: &str) -> sqlx::Result<Vec
         "select m.id, m.pool_id, m.status, m.attempts, m.instance, m.last_error, m.attempt_started_at, m.retry_at,
                 m.created_at, w.id as worker_id, w.state as worker_state, (select count(*)::int4 from worker_jobs h where h.worker_id = w.id) as worker_used_slots,
                 w.last_heartbeat_at as worker_last_heartbeat_at, w.health_failures as worker_health_failures,
-                extract(epoch from now() - w.last_heartbeat_at)::float8 as heartbeat_age_seconds
+                extract(epoch from now() - w.last_heartbeat_at)::float8 as heartbeat_age_seconds,
+                case when not exists (select 1 from worker_jobs h where h.worker_id = w.id)
+                    then extract(epoch from now() - w.idle_since)::float8 end as worker_idle_seconds,
+                w.jobs_run as worker_jobs_run,
+                extract(epoch from now() - m.created_at)::float8 as age_seconds
          from pool_members m
-         left join workers w on w.instance_id = m.id::text and w.gone_at is null
+         -- A member's worker registers with the member id as its instance id, or (instances
+         -- of an Auto Scaling group, which cannot know their member) with the instance's id.
+         left join workers w on (w.instance_id = m.id::text or w.instance_id = m.instance) and w.gone_at is null
          where m.pool_id = $1 order by m.created_at, m.id",
     )
     .bind(pool_id)
@@ -261,11 +289,173 @@ pub async fn members(db: impl PgExecutor<'_>, pool_id: &str) -> sqlx::Result<Vec
     .await
 }
 
+/// A pool as the reconciler works on it.
+#[derive(Debug, Clone)]
+pub struct Reconciled {
+    pub spec: PoolSpec,
+    pub state: PoolState,
+    pub scaling: ScalingStatus,
+}
+
 /// Pool specs the reconciler works through, with their state.
-pub async fn specs(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(PoolSpec, PoolState)>> {
-    let rows: Vec<(Json<PoolSpec>, String)> =
-        sqlx::query_as("select spec, state from pools order by id").fetch_all(db).await?;
-    rows.into_iter().map(|(spec, state)| Ok((spec.0, decode_pool_state(state)?))).collect()
+pub async fn specs(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Reconciled>> {
+    #[derive(FromRow)]
+    struct Row {
+        spec: Json<PoolSpec>,
+        state: String,
+        #[sqlx(flatten)]
+        scaling: ScalingStatus,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "select spec, state, lifecycle, desired_size, last_scale_out_at, last_scale_in_at from pools order by id",
+    )
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|row| Ok(Reconciled { spec: row.spec.0, state: decode_pool_state(row.state)?, scaling: row.scaling }))
+        .collect()
+}
+
+/// What a dynamic pool's workers could serve now: queued jobs that fit the pool's worker
+/// shape and labels, less the free slots of workers outside dynamic pools (static pools
+/// are tried first); jobs running on its workers; the oldest fitting wait; fitting jobs
+/// within the last quarter of their queue's SLA. One statement.
+pub async fn demand(db: impl PgExecutor<'_>, spec: &PoolSpec) -> sqlx::Result<Demand> {
+    let (queued, static_free, running, oldest, at_risk): (i64, i64, i64, f64, i64) = sqlx::query_as(
+        "with fit as (
+             select r.enqueued_at, q.sla_max_wait_seconds as sla from ready_jobs r
+             join queues q on q.name = r.queue
+             where ($2::int4 is null or r.cpu_millis <= $2) and ($3::int4 is null or r.memory_mib <= $3)
+               and $4::jsonb @> r.labels
+         )
+         select (select count(*) from fit),
+                (select coalesce(sum(greatest(w.slots - (select count(*) from worker_jobs h where h.worker_id = w.id), 0)), 0)::int8
+                 from workers w where w.gone_at is null and w.state in ('idle', 'busy')
+                   and not exists (select 1 from pools p where p.id = w.pool and p.kind = 'dynamic')),
+                (select count(*) from worker_jobs h join workers w on w.id = h.worker_id
+                 where w.pool = $1 and w.gone_at is null),
+                coalesce((select extract(epoch from now() - min(enqueued_at))::float8 from fit), 0),
+                (select count(*) from fit where sla is not null
+                   and now() - enqueued_at > make_interval(secs => sla * 0.75))",
+    )
+    .bind(&spec.id)
+    .bind(spec.template.cpu_millis.map(|cpu| cpu as i32))
+    .bind(spec.template.memory_mib.map(|memory| memory as i32))
+    .bind(Json(&spec.template.labels))
+    .fetch_one(db)
+    .await?;
+    Ok(Demand {
+        queued: u64::try_from(queued - static_free).unwrap_or(0),
+        running: u64::try_from(running).unwrap_or(0),
+        oldest_wait_seconds: if queued > static_free { oldest } else { 0.0 },
+        sla_at_risk: u64::try_from(at_risk).unwrap_or(0),
+    })
+}
+
+/// Records an autoscaler decision: the pool's desired size and last scaling times, and a
+/// history row (a hold that repeats the last row only bumps its count and time).
+pub async fn record_decision(
+    db: &mut PgConnection,
+    pool_id: &str,
+    decision: &Decision,
+    inputs: &serde_json::Value,
+) -> sqlx::Result<()> {
+    let action = decision.action.as_str();
+    sqlx::query(
+        "update pools set desired_size = $2,
+             last_scale_out_at = case when $3 = 'scale_out' then now() else last_scale_out_at end,
+             last_scale_in_at = case when $3 = 'scale_in' then now() else last_scale_in_at end
+         where id = $1",
+    )
+    .bind(pool_id)
+    .bind(decision.desired as i32)
+    .bind(action)
+    .execute(&mut *db)
+    .await?;
+    let repeated = sqlx::query(
+        "update scaling_history set repeats = repeats + 1, last_decided_at = now()
+         where id = (select id from scaling_history where pool_id = $1 order by id desc limit 1)
+           and action = 'hold' and $2 = 'hold' and current_size = $3 and desired_size = $4
+           and decided_by = $5 and reason = $6",
+    )
+    .bind(pool_id)
+    .bind(action)
+    .bind(decision.current as i32)
+    .bind(decision.desired as i32)
+    .bind(&decision.decided_by)
+    .bind(&decision.reason)
+    .execute(&mut *db)
+    .await?
+    .rows_affected();
+    if repeated == 0 {
+        sqlx::query(
+            "insert into scaling_history (pool_id, action, current_size, desired_size, recommended, min_size, max_size,
+                 decided_by, reason, inputs)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(pool_id)
+        .bind(action)
+        .bind(decision.current as i32)
+        .bind(decision.desired as i32)
+        .bind(decision.recommended as i32)
+        .bind(decision.min as i32)
+        .bind(decision.max as i32)
+        .bind(&decision.decided_by)
+        .bind(&decision.reason)
+        .bind(Json(inputs))
+        .execute(&mut *db)
+        .await?;
+    }
+    Ok(())
+}
+
+/// One row of a pool's scaling history.
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct HistoryEntry {
+    pub id: i64,
+    pub decided_at: DateTime<Utc>,
+    pub last_decided_at: DateTime<Utc>,
+    pub repeats: i32,
+    pub action: String,
+    pub current_size: i32,
+    pub desired_size: i32,
+    pub recommended: i32,
+    pub min_size: i32,
+    pub max_size: i32,
+    pub decided_by: String,
+    pub reason: String,
+    pub inputs: Json<serde_json::Value>,
+}
+
+/// A pool's scaling history, newest first, before the cursor `before` (an entry id).
+pub async fn history(
+    db: impl PgExecutor<'_>,
+    pool_id: &str,
+    before: Option<i64>,
+    limit: i64,
+) -> sqlx::Result<Vec<HistoryEntry>> {
+    sqlx::query_as(
+        "select id, decided_at, last_decided_at, repeats, action, current_size, desired_size, recommended,
+                min_size, max_size, decided_by, reason, inputs
+         from scaling_history where pool_id = $1 and ($2::int8 is null or id < $2)
+         order by id desc limit $3",
+    )
+    .bind(pool_id)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Sets a pool's lifecycle (`scaling`, `paused`, `drained`); `false` if there is no such pool.
+pub async fn set_lifecycle(db: impl PgExecutor<'_>, pool_id: &str, lifecycle: &str) -> sqlx::Result<bool> {
+    let updated =
+        sqlx::query("update pools set lifecycle = $2, updated_at = now() where id = $1 and state <> 'deleting'")
+            .bind(pool_id)
+            .bind(lifecycle)
+            .execute(db)
+            .await?;
+    Ok(updated.rows_affected() == 1)
 }
 
 fn decode_pool_state(state: String) -> sqlx::Result<PoolState> {
