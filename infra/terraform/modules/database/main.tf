@@ -45,7 +45,7 @@ resource "aws_vpc_security_group_ingress_rule" "from_control_plane" {
 }
 
 resource "aws_db_parameter_group" "this" {
-  name        = "${local.identifier}-${local.parameter_family}"
+  name_prefix = "${local.identifier}-${local.parameter_family}-"
   family      = local.parameter_family
   description = "Hodei ${var.name}: a SKIP LOCKED queue (many short updates and deletes)"
   tags        = local.tags
