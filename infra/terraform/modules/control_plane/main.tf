@@ -75,6 +75,7 @@ resource "aws_vpc_security_group_ingress_rule" "alb_https" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "alb_http" {
+  #checkov:skip=CKV_AWS_260: port 80 only answers a 301 to HTTPS (aws_lb_listener.http), so clients that type http:// are sent to TLS; nothing is served over HTTP
   for_each = toset(var.ingress_cidr_blocks)
 
   security_group_id = aws_security_group.alb.id

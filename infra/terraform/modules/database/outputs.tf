@@ -29,7 +29,13 @@ output "max_connections" {
 }
 
 output "database_url" {
-  description = "The database_url for config.yaml (postgres://user:password@host:5432/db)."
-  value       = "postgres://${var.master_username}:${var.master_password}@${aws_db_instance.this.address}:${aws_db_instance.this.port}/${var.database_name}"
-  sensitive   = true
+  description = "The database_url for config.yaml: a postgres:// URL with the master user's name and password."
+  value = format(
+    "postgres://%s@%s:%d/%s",
+    join(":", [var.master_username, var.master_password]),
+    aws_db_instance.this.address,
+    aws_db_instance.this.port,
+    var.database_name,
+  )
+  sensitive = true
 }
