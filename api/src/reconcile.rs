@@ -52,6 +52,9 @@ use crate::store::{assignment, dispatch};
 /// being recorded right now is not a stray.
 pub const UNKNOWN_INSTANCE_GRACE: Duration = Duration::from_secs(30);
 
+/// The shortest time between two reconcile ticks, however often jobs become ready.
+pub const MIN_TICK_GAP: Duration = Duration::from_millis(200);
+
 /// The lease the reconcile leader holds.
 pub const LEADER_LEASE: &str = "reconcile";
 
@@ -96,15 +99,25 @@ impl Reconciler {
         }
     }
 
-    /// Competes for leadership every tick and reconciles while leading.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Competes for leadership every tick and reconciles while leading. `ready` (jobs that
+    /// became ready) wakes it early, so a dynamic pool reacts to a backlog within a
+    /// fraction of the interval; ticks are at least `MIN_TICK_GAP` apart.
+    pub async fn run(self, mut ready: Option<crate::loops::Waiter>, shutdown: CancellationToken) {
         loop {
+            let started = tokio::time::Instant::now();
             if let Err(error) = self.tick().await {
                 tracing::warn!(error = format!("{error:#}"), "reconciling pools failed; retrying");
             }
+            let woken = async {
+                match ready.as_mut() {
+                    Some(waiter) => waiter.wait(self.interval).await,
+                    None => tokio::time::sleep(self.interval).await,
+                }
+                tokio::time::sleep_until(started + MIN_TICK_GAP).await;
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(self.interval) => {}
+                _ = woken => {}
             }
         }
         let held = self.leading.lock().ok().and_then(|leading| leading.map(|(lease, _)| lease));

@@ -61,7 +61,7 @@ pub async fn serve_http(
         apply_file_pools(&pool, config.effective_pools()).await?;
     }
     let reconciler = Reconciler::new(pool.clone(), providers, workers.heartbeat());
-    let reconciler = tokio::spawn(reconciler.run(shutdown.clone()));
+    let reconciler = tokio::spawn(reconciler.run(Some(ready.waiter()), shutdown.clone()));
     let reloader = tokio::spawn(watch_config(
         config.source_file.clone(),
         config.default_pools.clone(),

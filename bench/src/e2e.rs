@@ -38,6 +38,9 @@ pub enum BenchCommand {
     /// A static `local` pool: time until all its workers are ready, and allocation latency
     /// of an idle pool worker to a job.
     Pool(crate::pools::PoolArgs),
+    /// A dynamic `local` pool at 0: from a job appearing to the provider's launch call
+    /// and to the job started on the new worker, round after round.
+    Autoscale(crate::pools::AutoscaleArgs),
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +96,7 @@ pub async fn run(command: BenchCommand, config: &Config) -> anyhow::Result<()> {
         BenchCommand::Heartbeats(args) => crate::workers::heartbeats(args, config).await,
         BenchCommand::Running(args) => crate::workers::running(args, config).await,
         BenchCommand::Pool(args) => crate::pools::pool(args, config).await,
+        BenchCommand::Autoscale(args) => crate::pools::autoscale(args, config).await,
     }
 }
 

@@ -137,3 +137,106 @@ pub async fn pool(args: PoolArgs, config: &Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&file);
     Ok(())
 }
+
+#[derive(Debug, Args)]
+pub struct AutoscaleArgs {
+    /// Rounds: each waits for the pool to be empty, submits one job and times the launch.
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+}
+
+/// Reaction of a dynamic pool: backlog → the provider's launch call (the member's attempt,
+/// on the database clock), and backlog → the job started on the new worker.
+pub async fn autoscale(args: AutoscaleArgs, config: &Config) -> anyhow::Result<()> {
+    let file = std::env::temp_dir().join(format!("hodei-bench-autoscale-{}.yaml", std::process::id()));
+    std::fs::write(
+        &file,
+        "pools:\n  - id: elastic\n    kind: dynamic\n    min_size: 0\n    max_size: 4\n    \
+         template: {slots: 1, cpu_millis: 1000, memory_mib: 256}\n    \
+         scaling: {idle_seconds: 0, cooldown: {scale_out_seconds: 0, scale_in_seconds: 0}}\n",
+    )?;
+    let environment = [("HODEI_CONFIG", file.display().to_string())];
+    let (_server, url, admin_key) = start_server_with_env(config, &environment).await?;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let tenant_key = create_bench_tenant(&client, &url, &admin_key).await?;
+    let db = hodei_api::db::connect(config.require_database_url()?.expose(), 2).await?;
+    let members = async || -> anyhow::Result<Vec<serde_json::Value>> {
+        let body: serde_json::Value = client
+            .get(format!("{url}/api/v1/pools/elastic/workers"))
+            .bearer_auth(&admin_key)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(body["workers"].as_array().cloned().unwrap_or_default())
+    };
+    let (mut to_launch, mut to_start) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !members().await?.is_empty() {
+            anyhow::ensure!(Instant::now() < deadline, "round {round}: the pool did not scale in to 0");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let body: serde_json::Value = client
+            .post(format!("{url}/api/v1/jobs"))
+            .bearer_auth(&tenant_key)
+            .json(&json!({"command": {"argv": ["true"]}, "resources": {"cpu_millis": 500, "memory_mib": 64}}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let id = body["id"].as_str().context("a job id")?.parse::<uuid::Uuid>()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let launched = loop {
+            let found = members().await?.into_iter().find_map(|m| m["attempt_started_at"].as_str().map(str::to_owned));
+            if let Some(at) = found {
+                break at;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "round {round}: no launch");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (launch_ms, start_ms): (f64, Option<f64>) = loop {
+            let row: (f64, Option<f64>) = sqlx::query_as(
+                "select extract(epoch from $2::timestamptz - created_at)::float8 * 1000,
+                        extract(epoch from started_at - created_at)::float8 * 1000
+                 from jobs where id = $1",
+            )
+            .bind(id)
+            .bind(&launched)
+            .fetch_one(&db)
+            .await?;
+            if row.1.is_some() {
+                break row;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "round {round}: the job did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        to_launch.push(launch_ms);
+        to_start.push(start_ms.unwrap_or_default());
+    }
+    let summary = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+        (at(0.5), at(0.95), values[values.len() - 1])
+    };
+    let (launch_p50, launch_p95, launch_max) = summary(&mut to_launch);
+    let (start_p50, start_p95, start_max) = summary(&mut to_start);
+    println!(
+        "dynamic local pool at 0, {rounds} rounds of one job\n  \
+         backlog → launch call        p50 {launch_p50:.0} ms  p95 {launch_p95:.0} ms  max {launch_max:.0} ms   (target p95 ≤ 1 s)\n  \
+         backlog → started on the new worker  p50 {start_p50:.0} ms  p95 {start_p95:.0} ms  max {start_max:.0} ms",
+        rounds = args.rounds,
+    );
+    println!(
+        "{}",
+        json!({"rounds": args.rounds, "launch_ms": {"p50": launch_p50, "p95": launch_p95, "max": launch_max},
+               "started_ms": {"p50": start_p50, "p95": start_p95, "max": start_max}})
+    );
+    db.close().await;
+    drop(_server);
+    let _ = std::fs::remove_file(&file);
+    Ok(())
+}

@@ -616,16 +616,18 @@ mod tests {
 
     #[test]
     fn the_largest_recommendation_wins() {
-        let mut spec = ScalingSpec::default();
-        spec.policies = vec![
-            TargetPolicy { name: "backlog".into(), metric: TargetMetric::BacklogPerSlot, target: 4.0 },
-            TargetPolicy { name: "util".into(), metric: TargetMetric::Utilization, target: 0.5 },
-        ];
-        spec.triggers = vec![StepTrigger {
-            name: "deep".into(),
-            metric: TriggerMetric::QueueDepth,
-            steps: vec![Step { at_least: 10.0, add: 2 }, Step { at_least: 100.0, add: 8 }],
-        }];
+        let spec = ScalingSpec {
+            policies: vec![
+                TargetPolicy { name: "backlog".into(), metric: TargetMetric::BacklogPerSlot, target: 4.0 },
+                TargetPolicy { name: "util".into(), metric: TargetMetric::Utilization, target: 0.5 },
+            ],
+            triggers: vec![StepTrigger {
+                name: "deep".into(),
+                metric: TriggerMetric::QueueDepth,
+                steps: vec![Step { at_least: 10.0, add: 2 }, Step { at_least: 100.0, add: 8 }],
+            }],
+            ..ScalingSpec::default()
+        };
         let slots = Capacity { slots_per_worker: 2, ..capacity(1, 1, 0) };
         // 8 queued, 2 running, 2 slots: backlog 2/2 + 8/8 = 2; util (10)/(2*0.5) = 10.
         let decision = decide(0, 50, &spec, &demand(8, 2), &slots, &Default::default(), at(NOW));
@@ -672,8 +674,10 @@ mod tests {
 
     #[test]
     fn cooldowns_hold_changes_but_not_the_minimum() {
-        let mut spec = ScalingSpec::default();
-        spec.cooldown = Cooldown { scale_out_seconds: 60, scale_in_seconds: 120, scale_in_step: Some(1) };
+        let spec = ScalingSpec {
+            cooldown: Cooldown { scale_out_seconds: 60, scale_in_seconds: 120, scale_in_step: Some(1) },
+            ..ScalingSpec::default()
+        };
         let state = ScalingState { last_scale_out_at: Some(at("2026-12-02T09:59:30Z")), ..Default::default() };
         let decision = decide(0, 10, &spec, &demand(5, 0), &capacity(0, 1, 0), &state, at(NOW));
         assert_eq!(decision.action, ScalingAction::Hold);

@@ -290,10 +290,12 @@ fn the_simulator_compares_policies_on_a_bursty_day() {
         );
     }
     let cost = |report: &Value| report["cost"].as_f64().expect("cost");
-    assert!(cost(&tuned) < cost(&fixed) / 2.0, "{tuned} vs {fixed}");
-    // Scaling in the moment a worker is idle relaunches for every burst: it waits longer.
+    let p95 = |report: &Value| report["wait_p95_seconds"].as_f64().expect("p95");
+    assert!(cost(&tuned) < cost(&fixed) / 2.0 && cost(&naive) < cost(&fixed) / 2.0, "{tuned} {naive} vs {fixed}");
+    // A pool sized for the peak never waits for a launch; the scaled pools do, in bursts.
+    assert!(p95(&fixed) <= p95(&tuned) && p95(&fixed) <= p95(&naive), "{fixed} vs {tuned} {naive}");
+    // Scaling in the moment a worker is idle relaunches more often than waiting 120 s.
     assert!(naive["launched"].as_u64() > tuned["launched"].as_u64(), "{naive} vs {tuned}");
-    assert!(naive["wait_p95_seconds"].as_f64() >= tuned["wait_p95_seconds"].as_f64(), "{naive} vs {tuned}");
 
     let bad = ConfigFile::new("id: bad\nkind: dynamic\nmin_size: 5\nmax_size: 2\n");
     let output = std::process::Command::new(hodei_e2e::binary("hodei"))
