@@ -32,6 +32,10 @@ create table scaling_history (
 );
 create index scaling_history_pool_idx on scaling_history (pool_id, id desc);
 
+-- When the worker first reported that its machine is being reclaimed (a spot interruption
+-- notice): it drains, and its pool replaces it at once.
+alter table workers add column interrupted_at timestamptz;
+
 -- When a worker last finished a job (or registered): how long it has been idle, for
 -- scale-in after `idle_seconds`. Not indexed, so updating it stays HOT.
 alter table workers add column idle_since timestamptz not null default now();

@@ -77,6 +77,10 @@ pub struct Config {
     pub local_worker_log_dir: Option<PathBuf>,
     /// The CA `local` workers trust for an https:// API (their `--ca-file`).
     pub local_worker_ca_file: Option<PathBuf>,
+    /// Where `local` workers watch for an interruption notice (their `--interruption-url`,
+    /// `{instance_id}` standing for each one's member id; a test serves one to play a
+    /// reclaimed machine).
+    pub local_worker_interruption_url: Option<String>,
     /// When this replica stops (Ctrl-C on `hodei dev`), how long its `local` workers' jobs
     /// get to finish before they are interrupted and left to be retried.
     pub local_worker_drain_seconds: u32,
@@ -117,6 +121,7 @@ impl Default for Config {
             local_worker_api_url: None,
             local_worker_log_dir: None,
             local_worker_ca_file: None,
+            local_worker_interruption_url: None,
             local_worker_drain_seconds: 10,
             providers: ProvidersConfig::default(),
             max_pools: 100,
@@ -209,6 +214,7 @@ pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
     ("HODEI_LOCAL_WORKER_API_URL", "local_worker_api_url"),
     ("HODEI_LOCAL_WORKER_LOG_DIR", "local_worker_log_dir"),
     ("HODEI_LOCAL_WORKER_CA_FILE", "local_worker_ca_file"),
+    ("HODEI_LOCAL_WORKER_INTERRUPTION_URL", "local_worker_interruption_url"),
     ("HODEI_LOCAL_WORKER_DRAIN_SECONDS", "local_worker_drain_seconds"),
     ("HODEI_PROVIDERS_LOCAL_ENABLED", "providers.local.enabled"),
     ("HODEI_MAX_POOLS", "max_pools"),

@@ -95,9 +95,12 @@ fn host_cpu_millis() -> u32 {
     std::thread::available_parallelism().map_or(1000, |cpus| cpus.get() as u32 * 1000)
 }
 
-/// One local worker's share of `total` (when the pool is at its largest).
+/// One local worker's share of `total`: half of it. Two workers together offer what the
+/// machine has; at four the pool promises twice that (a local worker's capacity is a
+/// budget it offers the scheduler, not a reservation), so a default job (1 CPU, 512 MiB)
+/// fits one worker even on a two-core machine.
 fn share(total: u32) -> u32 {
-    (total / LOCAL_WORKERS).max(1)
+    (total / 2).max(1)
 }
 
 pub fn local_pool() -> PoolSpec {
@@ -117,8 +120,7 @@ pub fn local_pool() -> PoolSpec {
         },
         cloud: None,
         strategy: Strategy::BestFit,
-        // The workers share this machine: each offers its share, so together they never
-        // promise more CPU or memory than there is.
+        // The workers share this machine: each offers half of it (see `share`).
         template: WorkerTemplate {
             slots: Some(2),
             cpu_millis: Some(share(host_cpu_millis())),

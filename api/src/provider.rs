@@ -65,6 +65,9 @@ pub struct LocalSettings {
     pub log_dir: Option<PathBuf>,
     /// The CA the workers trust for an https:// API.
     pub ca_file: Option<PathBuf>,
+    /// Where the workers watch for an interruption notice (`--interruption-url`), with
+    /// `{instance_id}` replaced by each worker's member id.
+    pub interruption_url: Option<String>,
     /// How long a draining worker's jobs get before they are interrupted (and retried).
     pub drain_timeout: std::time::Duration,
 }
@@ -92,6 +95,11 @@ impl LocalProvider {
             command.arg("--ca-file").arg(ca_file);
         }
         command.args(["run", "--pool", &request.pool.id]);
+        if let Some(url) = &self.settings.interruption_url {
+            // Each instance has its own metadata: `{instance_id}` names the member.
+            let url = url.replace("{instance_id}", &member);
+            command.args(["--interruption-url", &url, "--interruption-poll-seconds", "1"]);
+        }
         command.args(["--drain-timeout-seconds", &self.settings.drain_timeout.as_secs().to_string()]);
         command.args(["--name", &format!("{}-{}", request.pool.id, &member[member.len() - 8..])]);
         command.args(["--instance-id", &member, "--slots", &template.slots().to_string(), "--exit-with-parent"]);

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hodei_core::autoscale::{self, Capacity, ScalingAction, ScalingState};
+use hodei_core::autoscale::{self, ScalingAction, ScalingState};
 use hodei_core::pool::{PoolKindName, PoolSpec};
 use hodei_core::pool_plan::{
     self, Action, AttemptFailure, DrainReason, InstanceStatus, MemberFacts, MemberStatus, PendingAttempt, PlanContext,
@@ -310,20 +310,7 @@ impl PoolReconciler<'_> {
     async fn autoscale(&self, facts: &[MemberFacts<Uuid>], now: DateTime<Utc>) -> anyhow::Result<u32> {
         let scaling = &self.spec.scaling;
         let demand = pools::demand(self.db(), self.spec).await?;
-        let mut capacity = Capacity { slots_per_worker: self.spec.template.slots(), ..Capacity::default() };
-        for member in facts {
-            match (member.status, &member.worker) {
-                (MemberStatus::Ready, Some(worker)) if worker.busy => capacity.busy += 1,
-                (MemberStatus::Ready, Some(worker)) => {
-                    capacity.idle += 1;
-                    if worker.idle_seconds.is_some_and(|idle| idle >= f64::from(scaling.idle_seconds)) {
-                        capacity.idle_long_enough += 1;
-                    }
-                }
-                (MemberStatus::Draining | MemberStatus::Terminating, _) => capacity.draining += 1,
-                _ => capacity.provisioning += 1,
-            }
-        }
+        let capacity = pool_plan::capacity(self.spec, facts);
         let state = ScalingState {
             last_scale_out_at: self.scaling.last_scale_out_at,
             last_scale_in_at: self.scaling.last_scale_in_at,
@@ -409,6 +396,7 @@ impl PoolReconciler<'_> {
                 health_failures: u32::try_from(member.worker_health_failures.unwrap_or(0)).unwrap_or(0),
                 idle_seconds: member.worker_idle_seconds,
                 jobs_run: u64::try_from(member.worker_jobs_run.unwrap_or(0)).unwrap_or(0),
+                draining: member.worker_state.as_deref() == Some("draining"),
             }),
             age_seconds: member.age_seconds,
         }

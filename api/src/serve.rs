@@ -125,6 +125,7 @@ fn providers(config: &Config, address: SocketAddr) -> (Providers, Option<Arc<Loc
         registration_token: token.expose().to_owned(),
         log_dir: config.local_worker_log_dir.clone(),
         ca_file: config.local_worker_ca_file.clone(),
+        interruption_url: config.local_worker_interruption_url.clone(),
         drain_timeout: std::time::Duration::from_secs(config.local_worker_drain_seconds.into()),
     }));
     (Providers::default().with("local", local.clone()), Some(local))

@@ -143,6 +143,9 @@ pub struct WorkerFacts {
     pub idle_seconds: Option<f64>,
     /// Jobs it has been given.
     pub jobs_run: u64,
+    /// It drains of its own accord (SIGTERM, an interruption notice): it takes no more
+    /// work and leaves, so the pool replaces it now.
+    pub draining: bool,
 }
 
 /// One member with everything the plan needs to know of it.
@@ -395,6 +398,8 @@ where
                         statuses[index] = Some(MemberStatus::Draining);
                         None
                     }
+                    // Leaving of its own accord: not capacity; a replacement starts now.
+                    Some(worker) if worker.draining => None,
                     Some(worker) => {
                         views.push(live(member, worker.busy));
                         None
@@ -517,6 +522,28 @@ fn statuses_of<M: PartialEq>(
     members.iter().position(|member| member.id == *id).and_then(|index| statuses[index])
 }
 
+/// What a dynamic pool has, for its autoscaler: idle (and idle for `idle_seconds`), busy,
+/// provisioning (or failed and holding its place) and draining members. A worker that
+/// drains of its own accord is draining, not capacity.
+pub fn capacity<M>(spec: &PoolSpec, members: &[MemberFacts<M>]) -> crate::autoscale::Capacity {
+    let mut capacity = crate::autoscale::Capacity { slots_per_worker: spec.template.slots(), ..Default::default() };
+    for member in members {
+        match (member.status, &member.worker) {
+            (MemberStatus::Ready, Some(worker)) if worker.draining => capacity.draining += 1,
+            (MemberStatus::Ready, Some(worker)) if worker.busy => capacity.busy += 1,
+            (MemberStatus::Ready, Some(worker)) => {
+                capacity.idle += 1;
+                if worker.idle_seconds.is_some_and(|idle| idle >= f64::from(spec.scaling.idle_seconds)) {
+                    capacity.idle_long_enough += 1;
+                }
+            }
+            (MemberStatus::Draining | MemberStatus::Terminating, _) => capacity.draining += 1,
+            _ => capacity.provisioning += 1,
+        }
+    }
+    capacity
+}
+
 /// After the pool failed: every member not removed and not failed is replaced.
 fn end_all_but_failed<M: Clone>(members: &[MemberFacts<M>], statuses: &[Option<MemberStatus>]) -> Vec<Action<M>> {
     members
@@ -600,6 +627,13 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_draining_of_its_own_accord_is_replaced_at_once() {
+        let leaving = MemberFacts { worker: Some(WorkerFacts { draining: true, ..worker(true) }), ..ready(1, true) };
+        let actions = plan(&spec(2), PoolState::Active, &[leaving, ready(2, false)], &context());
+        assert_eq!(actions, vec![Action::AddMembers { count: 1 }, Action::StartAttempts { members: vec![], added: 1 }]);
+    }
+
+    #[test]
     fn old_or_worn_workers_are_recycled_within_the_disruption_budget() {
         let spec = dynamic(serde_json::json!({"max_lifetime_seconds": 3600, "max_jobs_per_instance": 100,
             "disruption_budget": "2"}));
@@ -651,6 +685,7 @@ mod tests {
             health_failures: 0,
             idle_seconds: (!busy).then_some(30.0),
             jobs_run: 1,
+            draining: false,
         }
     }
 
@@ -962,6 +997,7 @@ mod tests {
                 health_failures,
                 idle_seconds: (!busy).then_some(5.0),
                 jobs_run: 0,
+                draining: false,
             },
         ));
         let time = prop::option::of((800i64..1200).prop_map(at));

@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::autoscale::{self, Capacity, Demand, ScalingAction, ScalingState};
+use crate::autoscale::{self, Demand, ScalingAction, ScalingState};
 use crate::pool::{PoolKindName, PoolSpec};
 use crate::pool_plan::{
     self, Action, DrainReason, InstanceStatus, MemberFacts, MemberStatus, PlanContext, PoolState, WorkerFacts,
@@ -139,6 +139,7 @@ pub fn replay(spec: &PoolSpec, trace: &[Arrival], machine: &Machine) -> Report {
                         health_failures: 0,
                         idle_seconds: instance.running.is_empty().then(|| (second - instance.idle_since) as f64),
                         jobs_run: instance.jobs_run,
+                        draining: false,
                     }),
                     age_seconds: (second - instance.launched_at) as f64,
                 }
@@ -153,20 +154,7 @@ pub fn replay(spec: &PoolSpec, trace: &[Arrival], machine: &Machine) -> Report {
                 oldest_wait_seconds: queue.front().map_or(0.0, |(arrived, _)| (second - arrived) as f64),
                 sla_at_risk: 0,
             };
-            let mut capacity = Capacity { slots_per_worker: slots as u32, ..Capacity::default() };
-            for fact in &facts {
-                match (fact.status, &fact.worker) {
-                    (MemberStatus::Ready, Some(worker)) if worker.busy => capacity.busy += 1,
-                    (MemberStatus::Ready, Some(worker)) => {
-                        capacity.idle += 1;
-                        if worker.idle_seconds.is_some_and(|idle| idle >= f64::from(spec.scaling.idle_seconds)) {
-                            capacity.idle_long_enough += 1;
-                        }
-                    }
-                    (MemberStatus::Draining | MemberStatus::Terminating, _) => capacity.draining += 1,
-                    _ => capacity.provisioning += 1,
-                }
-            }
+            let capacity = pool_plan::capacity(spec, &facts);
             let decision = autoscale::decide(
                 spec.min_workers(),
                 spec.max_workers(),

@@ -119,6 +119,10 @@ pub struct Heartbeat {
     /// The result of the pool's health command, if it has one (default true).
     #[serde(default = "healthy_by_default")]
     pub healthy: bool,
+    /// The machine is being reclaimed (a spot interruption notice): the worker drains, and
+    /// its capacity should be replaced now.
+    #[serde(default)]
+    pub interruption_notice: bool,
 }
 
 fn healthy_by_default() -> bool {

@@ -306,3 +306,87 @@ fn the_simulator_compares_policies_on_a_bursty_day() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("min_size: must not be more than max_size (2), got 5"));
 }
+
+/// A metadata service per instance (`/{instance}/latest/...`) that answers 404 (no notice)
+/// until `notice` names the instance, then 200.
+async fn serve_interruption_notices(notice: std::sync::Arc<std::sync::Mutex<String>>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let notice = notice.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 4096];
+                let read = stream.read(&mut request).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&request[..read]);
+                let answer = if request.starts_with("PUT ") {
+                    "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\ntoken".to_owned()
+                } else if notice.lock().is_ok_and(|n| !n.is_empty() && request.contains(n.as_str())) {
+                    let body = r#"{"action": "terminate", "time": "2026-12-02T10:02:00Z"}"#;
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+                } else {
+                    "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
+                };
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{address}/{{instance_id}}/latest/meta-data/spot/instance-action")
+}
+
+/// A spot interruption notice: the worker drains at once, the pool starts a replacement
+/// while the old worker still drains, and the job it could not finish runs again there.
+#[tokio::test]
+async fn an_interruption_notice_drains_the_worker_and_the_pool_replaces_it_at_once() {
+    let notice = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let url = serve_interruption_notices(notice.clone()).await;
+    let database = TestDatabase::empty().await;
+    let config = ConfigFile::new(
+        "pools:\n  - id: spot\n    size: 1\n    template: {slots: 1, cpu_millis: 1000, memory_mib: 512}\n",
+    );
+    let environment =
+        [("HODEI_LOCAL_WORKER_INTERRUPTION_URL", url.as_str()), ("HODEI_LOCAL_WORKER_DRAIN_SECONDS", "2")];
+    let mut server = Server::spawn_configured(&database.url, free_port(), Some(&config.0), &environment);
+    server.wait_ready(Duration::from_secs(60)).await;
+    let admin = server.admin();
+    let acme = server.tenant("acme").await;
+    let first = wait_until("the pool's worker", Duration::from_secs(60), async || {
+        let members = members(&admin, "spot").await;
+        members.first().filter(|m| m["status"] == "ready" && m["worker_id"].is_string()).cloned()
+    })
+    .await;
+    let id = acme.submit(&["sleep", "4"]).await["id"].as_str().expect("id").to_owned();
+    wait_until("the job to run", Duration::from_secs(30), async || {
+        (acme.get(&format!("/api/v1/jobs/{id}")).await.body["state"] == "running").then_some(())
+    })
+    .await;
+
+    *notice.lock().expect("lock") = first["id"].as_str().expect("member id").to_owned();
+    // A second member starts while the first one still drains (its job has 2 s).
+    wait_until("a replacement while the interrupted worker drains", Duration::from_secs(30), async || {
+        let members = members(&admin, "spot").await;
+        let old_drains = members.iter().any(|m| m["id"] == first["id"] && m["worker_state"] == "draining");
+        (old_drains && members.len() == 2).then_some(())
+    })
+    .await;
+    let worker = admin.get(&format!("/api/v1/workers/{}", first["worker_id"].as_str().expect("id"))).await;
+    assert_eq!(worker.body["state"], "draining", "{worker:?}");
+
+    // The job was interrupted by the drain's deadline and runs again on the replacement.
+    let job = wait_until("the job to succeed", Duration::from_secs(60), async || {
+        let job = acme.get(&format!("/api/v1/jobs/{id}")).await.body;
+        (job["state"] == "succeeded").then_some(job)
+    })
+    .await;
+    assert_eq!(job["attempt"], 2, "{job}");
+    assert_ne!(job["worker_id"], first["worker_id"], "{job}");
+    wait_until("the interrupted member to go", Duration::from_secs(30), async || {
+        let members = members(&admin, "spot").await;
+        (members.len() == 1 && members[0]["id"] != first["id"]).then_some(())
+    })
+    .await;
+    assert!(server.log_text().contains("interruption notice"), "{}", server.log_text());
+    server.stop().await;
+}

@@ -333,6 +333,7 @@ async fn provisioning_retries_failed_attempts_and_fail_fast_gives_up_with_the_re
             registration_token: WORKER_REGISTRATION_TOKEN.to_owned(),
             log_dir: None,
             ca_file: None,
+            interruption_url: None,
             drain_timeout: Duration::from_secs(10),
         }),
         failures: 2,

@@ -64,6 +64,17 @@ pub async fn run(client: reqwest::Client, api_urls: Vec<String>, args: RunArgs) 
     if args.exit_with_parent {
         tokio::spawn(watch_parent(drain.clone(), orphaned.clone()));
     }
+    let interruption_notice = Arc::new(AtomicBool::new(false));
+    if let Some(url) = &args.interruption_url {
+        let every = Duration::from_secs(args.interruption_poll_seconds);
+        tokio::spawn(crate::interruption::watch(
+            client.clone(),
+            url.clone(),
+            every,
+            interruption_notice.clone(),
+            drain.clone(),
+        ));
+    }
     let mut stop = Box::pin({
         let drain = drain.clone();
         async move {
@@ -134,6 +145,7 @@ pub async fn run(client: reqwest::Client, api_urls: Vec<String>, args: RunArgs) 
                 .collect(),
         }),
         drain,
+        interruption_notice,
     ));
     let lost = session.lease.lost();
     tokio::pin!(lost);

@@ -87,6 +87,14 @@ pub struct RunArgs {
     /// running jobs get as long as they take.
     #[arg(long)]
     pub drain_timeout_seconds: Option<u64>,
+    /// Where the cloud announces that it reclaims this instance (a spot interruption):
+    /// on EC2 `http://169.254.169.254/latest/meta-data/spot/instance-action`. Polled;
+    /// a notice drains the worker at once and is reported to the control plane.
+    #[arg(long, env = "HODEI_WORKER_INTERRUPTION_URL")]
+    pub interruption_url: Option<String>,
+    /// How often to poll `--interruption-url`.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub interruption_poll_seconds: u64,
     /// How assignments run: `process` (the job's argv, the only choice in production) or
     /// `noop`, for benchmarks of the control plane only: every assignment is reported
     /// started and succeeded at once and nothing runs. `noop` is refused unless

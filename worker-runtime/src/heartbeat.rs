@@ -22,6 +22,7 @@ pub async fn heartbeat_loop(
     stopping: Arc<AtomicBool>,
     health_command: Option<HealthCheck>,
     drain: Arc<Notify>,
+    interruption_notice: Arc<AtomicBool>,
 ) {
     let session = &agent.session;
     let mut interval = Duration::from_secs(seconds.max(1));
@@ -33,7 +34,8 @@ pub async fn heartbeat_loop(
             None => true,
         };
         let sent_at = Instant::now();
-        let response = match session.post("heartbeat", &Heartbeat { state, healthy }).await {
+        let interruption_notice = interruption_notice.load(Ordering::Relaxed);
+        let response = match session.post("heartbeat", &Heartbeat { state, healthy, interruption_notice }).await {
             Ok(response) => response,
             Err(error) => {
                 eprintln!("hodei-worker: heartbeat failed: {error}");

@@ -33,6 +33,7 @@ pub mod cli;
 pub mod executor;
 pub mod health;
 pub mod heartbeat;
+pub mod interruption;
 pub mod keeper;
 pub mod lease;
 pub mod machine;

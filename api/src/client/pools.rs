@@ -19,11 +19,16 @@ pub enum PoolsCommand {
     },
 }
 
-const POOL_COLUMNS: [Column; 6] = [
+const POOL_COLUMNS: [Column; 7] = [
     Column::new("ID", |pool| output::text(&pool["id"])),
     Column::new("KIND", |pool| output::text(&pool["kind"])),
     Column::new("PROVIDER", |pool| output::text(&pool["provider"])),
-    Column::new("SIZE", |pool| output::text(&pool["size"])),
+    // A static pool's size; a dynamic pool's bounds.
+    Column::new("SIZE", |pool| match pool["kind"].as_str() {
+        Some("dynamic") => format!("{}..{}", output::text(&pool["min_size"]), output::text(&pool["max_size"])),
+        _ => output::text(&pool["size"]),
+    }),
+    Column::new("DESIRED", |pool| output::text(&pool["scaling_status"]["desired_size"])),
     Column::new("READY", |pool| output::text(&pool["workers"]["ready"])),
     Column::new("STRATEGY", |pool| output::text(&pool["strategy"])),
 ];

@@ -482,9 +482,14 @@ async fn heartbeat(
     }
     let mut connection = state.db.acquire().await?;
     let draining = request.state == WorkerState::Draining;
-    let Some(outcome) = assignment::heartbeat(&mut *connection, id, draining, request.healthy).await? else {
+    let Some(outcome) =
+        assignment::heartbeat(&mut *connection, id, draining, request.healthy, request.interruption_notice).await?
+    else {
         return Err(ApiError::unauthorized("the worker has deregistered"));
     };
+    if outcome.newly_interrupted {
+        tracing::warn!(worker = %id, "the worker's instance is being reclaimed (interruption notice): it drains and is replaced");
+    }
     Ok(axum::Json(HeartbeatReply {
         heartbeat_seconds: state.workers.heartbeat_seconds,
         lease_seconds: Some(state.workers.lease_seconds),

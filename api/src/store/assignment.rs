@@ -579,6 +579,8 @@ pub struct HeartbeatOutcome {
     pub cancel: Vec<Uuid>,
     /// The control plane asks it to drain: take no more work, finish, deregister.
     pub drain: bool,
+    /// This heartbeat brought the worker's first interruption notice.
+    pub newly_interrupted: bool,
 }
 
 /// A heartbeat: the worker is alive (which renews the lease on every attempt it holds:
@@ -590,25 +592,33 @@ pub async fn heartbeat(
     worker_id: Uuid,
     draining: bool,
     healthy: bool,
+    interruption_notice: bool,
 ) -> sqlx::Result<Option<HeartbeatOutcome>> {
     // The state is the control plane's to keep, except that a worker may start draining.
-    let alive: Option<(String, Vec<Uuid>)> = sqlx::query_as(
+    let alive: Option<(String, Vec<Uuid>, bool)> = sqlx::query_as(
         "update workers set last_heartbeat_at = now(),
-             state = case when $2 then 'draining' else state end,
+             state = case when $2 or $4 then 'draining' else state end,
+             interrupted_at = coalesce(interrupted_at, case when $4 then now() end),
              idle_since = case when exists (select 1 from worker_jobs h where h.worker_id = $1)
                  then now() else idle_since end,
              health_failures = case when $3 then 0 else health_failures + 1 end
          where id = $1 and gone_at is null
          returning state, array(
              select w.job_id from worker_jobs w join jobs j on j.id = w.job_id
-             where w.worker_id = $1 and j.cancel_requested_at is not null order by w.job_id)",
+             where w.worker_id = $1 and j.cancel_requested_at is not null order by w.job_id),
+             coalesce(interrupted_at = now(), false)",
     )
     .bind(worker_id)
     .bind(draining)
     .bind(healthy)
+    .bind(interruption_notice)
     .fetch_optional(db)
     .await?;
-    Ok(alive.map(|(state, cancel)| HeartbeatOutcome { cancel, drain: state == "draining" }))
+    Ok(alive.map(|(state, cancel, newly_interrupted)| HeartbeatOutcome {
+        cancel,
+        drain: state == "draining",
+        newly_interrupted,
+    }))
 }
 
 /// Asks a worker to drain: the scheduler gives it no more work, and its next heartbeat
