@@ -5,6 +5,7 @@
 //! input) as arguments, so every decision can be reproduced exactly in a test.
 
 pub mod admission;
+pub mod autoscale;
 pub mod backoff;
 pub mod dispatch;
 pub mod fairness;

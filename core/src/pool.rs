@@ -42,9 +42,19 @@ pub struct PoolSpec {
     #[serde(default = "default_provider")]
     #[schema(value_type = ProviderName)]
     pub provider: String,
-    /// How many workers it keeps (at most the deployment's `max_pool_size`).
+    /// How many workers a static pool keeps (at most the deployment's `max_pool_size`).
+    /// Dynamic pools give `min_size` and `max_size` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 1000)]
-    pub size: u32,
+    pub size: Option<u32>,
+    /// Dynamic pools: the fewest workers kept (0 allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 1000)]
+    pub min_size: Option<u32>,
+    /// Dynamic pools: the most workers it may have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_size: Option<u32>,
     /// How jobs are matched to this pool's workers: `best_fit` (default), `first_fit`, `worst_fit`.
     #[serde(default)]
     pub strategy: Strategy,
@@ -54,6 +64,68 @@ pub struct PoolSpec {
     pub health: HealthSettings,
     #[serde(default)]
     pub provisioning: ProvisioningSettings,
+    /// Dynamic pools: how the autoscaler sizes the pool (policies, triggers, schedules,
+    /// cooldowns, scale-in rules).
+    #[serde(default)]
+    pub scaling: crate::autoscale::ScalingSpec,
+    /// Cloud providers (`aws-ec2`, `aws-asg`): what to launch and where.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<CloudSettings>,
+}
+
+impl PoolSpec {
+    /// The fewest workers the pool keeps: a static pool's size, a dynamic pool's minimum.
+    pub fn min_workers(&self) -> u32 {
+        match self.kind {
+            PoolKindName::Static => self.size.unwrap_or(0),
+            PoolKindName::Dynamic => self.min_size.unwrap_or(0),
+        }
+    }
+
+    /// The most workers the pool may have.
+    pub fn max_workers(&self) -> u32 {
+        match self.kind {
+            PoolKindName::Static => self.size.unwrap_or(0),
+            PoolKindName::Dynamic => self.max_size.unwrap_or(0),
+        }
+    }
+}
+
+/// What a cloud provider launches for each member, and where.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloudSettings {
+    /// The region (default: the provider's).
+    pub region: Option<String>,
+    /// `aws-ec2`: a launch template id (`lt-…`) or name; its version `$Default` unless
+    /// `launch_template_version` says otherwise.
+    pub launch_template: Option<String>,
+    pub launch_template_version: Option<String>,
+    /// `aws-ec2`: instance types in order of preference; the next is tried when one has
+    /// no capacity. The first one's shape is what the scheduler plans with.
+    #[serde(default)]
+    pub instance_types: Vec<String>,
+    /// `aws-ec2`: subnets to launch into, tried in order when a zone has no capacity.
+    #[serde(default)]
+    pub subnets: Vec<String>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// `aws-ec2`: an instance profile name or ARN for the instances.
+    pub instance_profile: Option<String>,
+    /// `on_demand` (default) or `spot`.
+    #[serde(default)]
+    pub capacity_type: CapacityType,
+    /// `aws-asg`: the Auto Scaling group whose desired capacity Hodei owns.
+    pub auto_scaling_group: Option<String>,
+}
+
+/// How cloud instances are bought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CapacityType {
+    #[default]
+    OnDemand,
+    Spot,
 }
 
 /// The providers this build has (a deployment may enable fewer).
@@ -62,6 +134,12 @@ pub struct PoolSpec {
 pub enum ProviderName {
     /// `hodei-worker` processes on the control-plane host (`providers.local.enabled`).
     Local,
+    /// EC2 instances launched one per member (`RunInstances`), `providers.aws`.
+    #[serde(rename = "aws-ec2")]
+    AwsEc2,
+    /// Instances of an Auto Scaling group whose desired capacity Hodei owns, `providers.aws`.
+    #[serde(rename = "aws-asg")]
+    AwsAsg,
 }
 
 fn default_provider() -> String {
@@ -190,13 +268,33 @@ pub fn validate_pool(spec: &PoolSpec, providers: &[ProviderLimits]) -> Result<()
     if let Err(message) = check_resource_name(&spec.id) {
         errors.add("id", message);
     }
-    if spec.size == 0 {
-        errors.add("size", "must be at least 1");
-    } else if spec.size > 1000 {
-        errors.add("size", format!("must be at most 1000, got {}", spec.size));
+    match spec.kind {
+        PoolKindName::Static => {
+            match spec.size {
+                None => errors.add("size", "a static pool needs size"),
+                Some(0) => errors.add("size", "must be at least 1"),
+                Some(size) if size > 1000 => errors.add("size", format!("must be at most 1000, got {size}")),
+                Some(_) => {}
+            }
+            for (field, given) in [("min_size", spec.min_size), ("max_size", spec.max_size)] {
+                if given.is_some() {
+                    errors.add(field, "only dynamic pools have min_size and max_size; a static pool has size");
+                }
+            }
+        }
+        PoolKindName::Dynamic => {
+            if spec.size.is_some() {
+                errors.add("size", "a dynamic pool has min_size and max_size, not size");
+            }
+            crate::autoscale::validate(spec.min_size, spec.max_size, &spec.scaling, &mut errors);
+        }
     }
-    if spec.kind == PoolKindName::Dynamic {
-        errors.add("kind", "dynamic pools need an autoscaling provider, which this build does not have; use static");
+    let cloud_provider = matches!(spec.provider.as_str(), "aws-ec2" | "aws-asg");
+    match (&spec.cloud, cloud_provider) {
+        (Some(_), false) => errors.add("cloud", format!("provider {:?} takes no cloud settings", spec.provider)),
+        (None, true) => errors.add("cloud", format!("provider {:?} needs cloud settings", spec.provider)),
+        (Some(cloud), true) => validate_cloud(&spec.provider, cloud, &mut errors),
+        (None, false) => {}
     }
     match providers.iter().find(|p| p.name == spec.provider) {
         None => {
@@ -254,6 +352,45 @@ pub fn validate_pool(spec: &PoolSpec, providers: &[ProviderLimits]) -> Result<()
         errors.add("provisioning.attempts", "must be between 1 and 20");
     }
     errors.into_result(())
+}
+
+fn validate_cloud(provider: &str, cloud: &CloudSettings, errors: &mut ValidationErrors) {
+    let aws_id = |text: &str| {
+        !text.is_empty() && text.len() <= 255 && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:$".contains(&b))
+    };
+    if provider == "aws-ec2" {
+        if cloud.launch_template.is_none() && cloud.instance_types.is_empty() {
+            errors.add("cloud", "aws-ec2 needs a launch_template or instance_types");
+        }
+        if cloud.auto_scaling_group.is_some() {
+            errors.add("cloud.auto_scaling_group", "only aws-asg pools have an Auto Scaling group");
+        }
+    } else if cloud.auto_scaling_group.is_none() {
+        errors.add("cloud.auto_scaling_group", "aws-asg needs the Auto Scaling group's name");
+    }
+    if cloud.instance_types.len() > 20 {
+        errors.add("cloud.instance_types", "at most 20");
+    }
+    for (field, values) in
+        [("instance_types", &cloud.instance_types), ("subnets", &cloud.subnets), ("security_groups", &cloud.security_groups)]
+    {
+        for (index, value) in values.iter().enumerate() {
+            if !aws_id(value) {
+                errors.add(format!("cloud.{field}[{index}]"), format!("{value:?} is not a valid identifier"));
+            }
+        }
+    }
+    for (field, value) in [
+        ("region", &cloud.region),
+        ("launch_template", &cloud.launch_template),
+        ("launch_template_version", &cloud.launch_template_version),
+        ("instance_profile", &cloud.instance_profile),
+        ("auto_scaling_group", &cloud.auto_scaling_group),
+    ] {
+        if let Some(value) = value.as_deref().filter(|value| !aws_id(value)) {
+            errors.add(format!("cloud.{field}"), format!("{value:?} is not a valid identifier"));
+        }
+    }
 }
 
 /// Checks a set of pools: each one, and that no id repeats.

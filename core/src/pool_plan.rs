@@ -168,6 +168,8 @@ pub struct PlanContext {
     /// How long leadership lasts without renewal: an attempt with no recorded instance is
     /// abandoned only this long after its timeout.
     pub lease: Duration,
+    /// The size the autoscaler decided for a dynamic pool (`None`: the spec's size).
+    pub size: Option<u32>,
 }
 
 /// Why a member is ended and forgotten.
@@ -409,7 +411,7 @@ where
         }
     }
 
-    let size = spec.size as usize;
+    let size = context.size.unwrap_or_else(|| spec.min_workers()) as usize;
     let added = size.saturating_sub(views.iter().filter(|view| view.live).count());
     if added > 0 {
         actions.push(Action::AddMembers { count: added });
@@ -477,6 +479,7 @@ mod tests {
             leading_for: Duration::from_secs(3600),
             heartbeat: Duration::from_secs(5),
             lease: Duration::from_secs(5),
+            size: None,
         }
     }
 
