@@ -102,10 +102,10 @@ impl AsgProvider {
             })
             .filter_map(|instance| instance.instance_id().map(str::to_owned))
             .collect();
-        let mut instances: Vec<Instance> = describe_ids(&self.clients.ec2, &ids).await?.into_iter().filter(is_live).collect();
-        instances.sort_by(|a, b| {
-            launched_at(a).cmp(&launched_at(b)).then_with(|| a.instance_id().cmp(&b.instance_id()))
-        });
+        let mut instances: Vec<Instance> =
+            describe_ids(&self.clients.ec2, &ids).await?.into_iter().filter(is_live).collect();
+        instances
+            .sort_by(|a, b| launched_at(a).cmp(&launched_at(b)).then_with(|| a.instance_id().cmp(&b.instance_id())));
         Ok(instances)
     }
 
@@ -117,7 +117,9 @@ impl AsgProvider {
         let group = self.existing_group(name).await?;
         let instances = self.group_instances(&group).await?;
         // A retried provision of this member: it already has its instance.
-        if let Some(instance) = instances.iter().find(|instance| tag_value(instance, TAG_MEMBER) == Some(member.as_str())) {
+        if let Some(instance) =
+            instances.iter().find(|instance| tag_value(instance, TAG_MEMBER) == Some(member.as_str()))
+        {
             let id = instance.instance_id().unwrap_or_default().to_owned();
             self.protect(name, &id).await?;
             return Ok(id);
@@ -128,7 +130,10 @@ impl AsgProvider {
             if desired >= max {
                 return Err(ProviderError::coded(
                     "AutoScalingGroupAtMaxSize",
-                    format!("Auto Scaling group {name} is at its MaxSize ({max}): raise it to grow pool {}", request.pool.id),
+                    format!(
+                        "Auto Scaling group {name} is at its MaxSize ({max}): raise it to grow pool {}",
+                        request.pool.id
+                    ),
                     false,
                 ));
             }
@@ -205,8 +210,11 @@ impl AsgProvider {
             .send()
             .await
             .map_err(|error| from_sdk("DescribeAutoScalingInstances", &error))?;
-        let Some(name) =
-            found.auto_scaling_instances().first().and_then(|details| details.auto_scaling_group_name()).map(str::to_owned)
+        let Some(name) = found
+            .auto_scaling_instances()
+            .first()
+            .and_then(|details| details.auto_scaling_group_name())
+            .map(str::to_owned)
         else {
             // Not (or no longer) in a group: ended like any instance.
             return crate::ec2::terminate_instance(&self.clients.ec2, instance).await;
@@ -281,7 +289,8 @@ impl AsgProvider {
             .iter()
             .filter(|instance| {
                 tag_value(instance, TAG_MEMBER).is_some_and(|member| Uuid::parse_str(member).is_ok())
-                    && tag_value(instance, TAG_DEPLOYMENT).is_none_or(|deployment| deployment == self.settings.deployment)
+                    && tag_value(instance, TAG_DEPLOYMENT)
+                        .is_none_or(|deployment| deployment == self.settings.deployment)
                     && tag_value(instance, TAG_POOL).is_none_or(|id| id == pool.id)
             })
             .filter_map(listed)
@@ -291,7 +300,11 @@ impl AsgProvider {
 
 fn group_name(pool: &PoolSpec) -> Result<&str, ProviderError> {
     pool.cloud.as_ref().and_then(|cloud| cloud.auto_scaling_group.as_deref()).ok_or_else(|| {
-        ProviderError::coded("InvalidPoolSpec", format!("pool {}: aws-asg needs cloud.auto_scaling_group", pool.id), false)
+        ProviderError::coded(
+            "InvalidPoolSpec",
+            format!("pool {}: aws-asg needs cloud.auto_scaling_group", pool.id),
+            false,
+        )
     })
 }
 

@@ -2,6 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use aws_sdk_ec2::config::interceptors::InterceptorContext;
+use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::types::{
     Filter, IamInstanceProfileSpecification, Instance, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
     InstanceStateName, InstanceType, LaunchTemplateSpecification, MarketType, ResourceType, SpotInstanceType,
@@ -63,8 +67,11 @@ impl Ec2Provider {
         } else {
             cloud.instance_types.iter().map(|t| Some(t.as_str())).collect()
         };
-        let subnets: Vec<Option<&str>> =
-            if cloud.subnets.is_empty() { vec![None] } else { cloud.subnets.iter().map(|s| Some(s.as_str())).collect() };
+        let subnets: Vec<Option<&str>> = if cloud.subnets.is_empty() {
+            vec![None]
+        } else {
+            cloud.subnets.iter().map(|s| Some(s.as_str())).collect()
+        };
         let user_data = base64::engine::general_purpose::STANDARD.encode(render_user_data(
             &self.settings,
             pool,
@@ -136,7 +143,10 @@ impl Ec2Provider {
             .client_token(client_token)
             .user_data(user_data)
             .tag_specifications(
-                TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tag_list.clone())).build(),
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Instance)
+                    .set_tags(Some(tag_list.clone()))
+                    .build(),
             )
             .tag_specifications(
                 TagSpecification::builder().resource_type(ResourceType::Volume).set_tags(Some(tag_list)).build(),
@@ -183,7 +193,12 @@ impl Ec2Provider {
                     .build(),
             );
         }
-        let output = call.send().await.map_err(|error| from_sdk("RunInstances", &error))?;
+        let output = call
+            .customize()
+            .config_override(aws_sdk_ec2::config::Builder::default().retry_classifier(CapacityIsFinal))
+            .send()
+            .await
+            .map_err(|error| from_sdk("RunInstances", &error))?;
         output
             .instances()
             .first()
@@ -210,11 +225,20 @@ impl Ec2Provider {
         let mut errors = crate::common_errors(&self.clients.region, pool);
         let cloud = pool.cloud.clone().unwrap_or_default();
         if cloud.launch_template.is_none() && pool.template.image.is_none() {
-            errors.push(("cloud.launch_template".to_owned(), "aws-ec2 needs a launch template or template.image".to_owned()));
+            errors.push((
+                "cloud.launch_template".to_owned(),
+                "aws-ec2 needs a launch template or template.image".to_owned(),
+            ));
         }
         for (index, instance_type) in cloud.instance_types.iter().enumerate() {
             let field = format!("cloud.instance_types[{index}]");
-            let answer = self.clients.ec2.describe_instance_types().instance_types(InstanceType::from(instance_type.as_str())).send().await;
+            let answer = self
+                .clients
+                .ec2
+                .describe_instance_types()
+                .instance_types(InstanceType::from(instance_type.as_str()))
+                .send()
+                .await;
             match answer {
                 Ok(output) if !output.instance_types().is_empty() => {}
                 Ok(_) => errors.push((field, format!("no instance type {instance_type} in {}", self.clients.region))),
@@ -230,8 +254,11 @@ impl Ec2Provider {
         }
         if let Some(template) = &cloud.launch_template {
             let call = self.clients.ec2.describe_launch_templates();
-            let call =
-                if template.starts_with("lt-") { call.launch_template_ids(template) } else { call.launch_template_names(template) };
+            let call = if template.starts_with("lt-") {
+                call.launch_template_ids(template)
+            } else {
+                call.launch_template_names(template)
+            };
             match call.send().await {
                 Ok(output) if !output.launch_templates().is_empty() => {}
                 Ok(_) => errors.push(("cloud.launch_template".to_owned(), format!("no launch template {template}"))),
@@ -287,6 +314,31 @@ impl Provider for Ec2Provider {
     }
 }
 
+/// EC2 answers a capacity error with HTTP 500, which the SDK would retry as a transient
+/// error, several times with backoff; for a launch, the next instance type or subnet is the
+/// better retry, so those are not retried.
+#[derive(Debug)]
+struct CapacityIsFinal;
+
+impl ClassifyRetry for CapacityIsFinal {
+    fn classify_retry(&self, context: &InterceptorContext) -> RetryAction {
+        let Some(Err(error)) = context.output_or_error() else { return RetryAction::NoActionIndicated };
+        let code = error
+            .as_operation_error()
+            .and_then(|error| error.downcast_ref::<RunInstancesError>())
+            .and_then(|error| error.code());
+        if code.is_some_and(errors::is_capacity_code) {
+            RetryAction::RetryForbidden
+        } else {
+            RetryAction::NoActionIndicated
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "capacity errors of a launch are not retried"
+    }
+}
+
 /// Cloud providers' limits are the pools' and the account's: the caller fills in its own.
 pub(crate) fn generous_limits() -> ProviderLimits {
     // The largest EC2 instances: 448 vCPUs, 24 TiB.
@@ -303,7 +355,10 @@ pub(crate) fn tag_filter(key: &str, value: &str) -> Filter {
 }
 
 pub(crate) fn live_filter() -> Filter {
-    Filter::builder().name("instance-state-name").set_values(Some(LIVE_STATES.iter().map(|s| (*s).to_owned()).collect())).build()
+    Filter::builder()
+        .name("instance-state-name")
+        .set_values(Some(LIVE_STATES.iter().map(|s| (*s).to_owned()).collect()))
+        .build()
 }
 
 /// Every instance matching the filters, through all pages.
@@ -373,7 +428,10 @@ pub(crate) fn listed(instance: &Instance) -> Option<ListedInstance> {
     })
 }
 
-pub(crate) async fn describe_instance(ec2: &aws_sdk_ec2::Client, instance: &str) -> Result<InstanceState, ProviderError> {
+pub(crate) async fn describe_instance(
+    ec2: &aws_sdk_ec2::Client,
+    instance: &str,
+) -> Result<InstanceState, ProviderError> {
     let instances = describe_ids(ec2, &[instance.to_owned()]).await?;
     Ok(if instances.iter().any(is_live) { InstanceState::Running } else { InstanceState::Gone })
 }

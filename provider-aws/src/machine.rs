@@ -40,7 +40,12 @@ pub struct HarnessOptions {
 
 impl Default for HarnessOptions {
     fn default() -> Self {
-        Self { poll_interval: Duration::from_millis(200), kill_grace: Duration::from_secs(5), log_dir: None, env: BTreeMap::new() }
+        Self {
+            poll_interval: Duration::from_millis(200),
+            kill_grace: Duration::from_secs(5),
+            log_dir: None,
+            env: BTreeMap::new(),
+        }
     }
 }
 
@@ -275,8 +280,7 @@ impl Watcher {
             let log_err = log.try_clone().map_err(|error| error.to_string())?;
             command.stdout(log).stderr(log_err);
         }
-        let child =
-            command.spawn().map_err(|error| format!("cannot run {}: {error}", self.worker_binary.display()))?;
+        let child = command.spawn().map_err(|error| format!("cannot run {}: {error}", self.worker_binary.display()))?;
         let pid = child.id().unwrap_or_default();
         tracing::info!(%instance, pid, "machine harness: started worker");
         Ok(Some(Running { worker: MachineWorker { instance: instance.to_owned(), pid, argv, env }, child }))
@@ -305,7 +309,8 @@ impl Watcher {
             .send()
             .await
             .map_err(|error| from_sdk("DescribeAutoScalingInstances", &error))?;
-        let Some(template) = found.auto_scaling_instances().first().and_then(|details| details.launch_template()) else {
+        let Some(template) = found.auto_scaling_instances().first().and_then(|details| details.launch_template())
+        else {
             return Ok(None);
         };
         let mut call = self.clients.ec2.describe_launch_template_versions();

@@ -147,7 +147,9 @@ impl Fault {
             times: None,
             status: 500,
             code: "InsufficientInstanceCapacity".to_owned(),
-            message: format!("We currently do not have sufficient {instance_type} capacity in the Availability Zone you requested."),
+            message: format!(
+                "We currently do not have sufficient {instance_type} capacity in the Availability Zone you requested."
+            ),
         }
     }
 }
@@ -180,7 +182,9 @@ impl FaultProxy {
                 let state = shared.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| handle(state.clone(), upstream, request));
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });

@@ -75,7 +75,9 @@ pub(crate) fn region_of<'a>(settings: &'a AwsSettings, pool: &'a PoolSpec) -> &'
 /// The instance's boot script (EC2 user data, before base64).
 pub fn render_user_data(settings: &AwsSettings, pool: &PoolSpec, instance_id: InstanceIdSource) -> String {
     let (id, name) = match instance_id {
-        InstanceIdSource::Member(member) => (heredoc_literal(&member.to_string()), heredoc_literal(&worker_name(&pool.id, instance_id))),
+        InstanceIdSource::Member(member) => {
+            (heredoc_literal(&member.to_string()), heredoc_literal(&worker_name(&pool.id, instance_id)))
+        }
         InstanceIdSource::Metadata => {
             (METADATA_INSTANCE_ID.to_owned(), format!("{}-{METADATA_INSTANCE_ID}", heredoc_literal(&pool.id)))
         }
@@ -230,7 +232,8 @@ pub fn worker_argv(env: &BTreeMap<String, String>) -> Vec<String> {
 /// Whether a label key or value can go on the worker's command line as is: no whitespace
 /// (systemd splits `$HODEI_WORKER_ARGS` on it) and nothing a shell or systemd would read.
 pub(crate) fn label_is_safe(text: &str) -> bool {
-    !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/' | ':' | '@' | '+'))
+    !text.is_empty()
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/' | ':' | '@' | '+'))
 }
 
 #[cfg(test)]
@@ -250,8 +253,8 @@ mod tests {
     }
 
     fn pool() -> PoolSpec {
-        let mut pool: PoolSpec = serde_json::from_value(serde_json::json!({"id": "gpu", "provider": "aws-ec2"}))
-            .expect("a pool");
+        let mut pool: PoolSpec =
+            serde_json::from_value(serde_json::json!({"id": "gpu", "provider": "aws-ec2"})).expect("a pool");
         pool.template.slots = Some(4);
         pool.template.cpu_millis = Some(8000);
         pool.template.memory_mib = Some(32768);
@@ -266,7 +269,9 @@ mod tests {
         let script = render_user_data(&settings(), &pool(), InstanceIdSource::Member(member));
         assert!(script.starts_with("#!/bin/bash\n"));
         assert!(script.contains("set -euo pipefail\n"));
-        assert!(script.contains("aws ssm get-parameter --with-decryption --region 'eu-west-1' --name '/hodei/prod/registration-token'"));
+        assert!(script.contains(
+            "aws ssm get-parameter --with-decryption --region 'eu-west-1' --name '/hodei/prod/registration-token'"
+        ));
         assert!(script.trim_end().ends_with("systemctl enable --now hodei-worker"));
         let env = parse_worker_env(&script);
         let keys: Vec<&str> = env.keys().map(String::as_str).collect();

@@ -31,7 +31,8 @@ async fn group_with(clients: &AwsClients, name: &str, min: i32, max: i32, desire
 }
 
 async fn group(clients: &AwsClients, name: &str) -> AutoScalingGroup {
-    let output = clients.autoscaling.describe_auto_scaling_groups().auto_scaling_group_names(name).send().await.unwrap();
+    let output =
+        clients.autoscaling.describe_auto_scaling_groups().auto_scaling_group_names(name).send().await.unwrap();
     output.auto_scaling_groups()[0].clone()
 }
 
@@ -66,7 +67,10 @@ async fn provision_claims_and_terminate_decrements() {
     assert_eq!(provider.describe(&first).await.unwrap(), InstanceState::Running);
 
     // A retried provision of the same member gets its instance back.
-    assert_eq!(provider.provision(&ProvisionRequest { member: a, attempt: 1, pool: pool.clone() }).await.unwrap(), first);
+    assert_eq!(
+        provider.provision(&ProvisionRequest { member: a, attempt: 1, pool: pool.clone() }).await.unwrap(),
+        first
+    );
     assert_eq!(group(&clients, "workers").await.desired_capacity(), Some(1));
 
     let second = provider.provision(&ProvisionRequest { member: b, attempt: 1, pool: pool.clone() }).await.unwrap();
@@ -80,7 +84,8 @@ async fn provision_claims_and_terminate_decrements() {
     assert_eq!(listed, expected);
 
     // At MaxSize: refused, not retryable, nothing changed.
-    let error = provider.provision(&ProvisionRequest { member: member(), attempt: 1, pool: pool.clone() }).await.unwrap_err();
+    let error =
+        provider.provision(&ProvisionRequest { member: member(), attempt: 1, pool: pool.clone() }).await.unwrap_err();
     assert_eq!(error.code.as_deref(), Some("AutoScalingGroupAtMaxSize"));
     assert!(!error.retryable);
     assert_eq!(group(&clients, "workers").await.desired_capacity(), Some(2));
@@ -127,8 +132,11 @@ async fn concurrent_provisions_claim_different_instances() {
     let pool = group_with(&clients, "busy", 0, 4, 0).await;
     let requests: Vec<ProvisionRequest> =
         (0..3).map(|_| ProvisionRequest { member: member(), attempt: 1, pool: pool.clone() }).collect();
-    let (a, b, c) =
-        tokio::join!(provider.provision(&requests[0]), provider.provision(&requests[1]), provider.provision(&requests[2]));
+    let (a, b, c) = tokio::join!(
+        provider.provision(&requests[0]),
+        provider.provision(&requests[1]),
+        provider.provision(&requests[2])
+    );
     let mut ids = vec![a.unwrap(), b.unwrap(), c.unwrap()];
     ids.sort();
     ids.dedup();
@@ -143,7 +151,8 @@ async fn validate_names_a_missing_group() {
     let settings = settings(&moto.url());
     let clients = clients(&settings).await;
     let provider = provider(&clients, &settings);
-    let missing = pool("ghost", "aws-asg", CloudSettings { auto_scaling_group: Some("nope".into()), ..Default::default() });
+    let missing =
+        pool("ghost", "aws-asg", CloudSettings { auto_scaling_group: Some("nope".into()), ..Default::default() });
     let errors = provider.validate(&missing).await;
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].0, "cloud.auto_scaling_group");

@@ -102,7 +102,8 @@ async fn reads_an_asg_instance_script_from_its_launch_template() {
     let moto = moto().await;
     let settings = settings(&moto.url());
     let clients = clients(&settings).await;
-    let pool = pool("fleet", "aws-asg", CloudSettings { auto_scaling_group: Some("fleet".into()), ..Default::default() });
+    let pool =
+        pool("fleet", "aws-asg", CloudSettings { auto_scaling_group: Some("fleet".into()), ..Default::default() });
     let script = render_user_data(&settings, &pool, InstanceIdSource::Metadata);
     let template = launch_template(&clients, "fleet-template", Some(&script)).await;
     clients
@@ -128,7 +129,10 @@ async fn reads_an_asg_instance_script_from_its_launch_template() {
     let worker = harness.worker(&instance).unwrap();
     assert_eq!(worker.env["HODEI_INSTANCE_ID"], instance);
     assert_eq!(worker.env["HODEI_WORKER_NAME"], format!("fleet-{instance}"));
-    assert_eq!(&worker.argv[..7], ["run", "--pool", "fleet", "--instance-id", &instance, "--name", &format!("fleet-{instance}")]);
+    assert_eq!(
+        &worker.argv[..7],
+        ["run", "--pool", "fleet", "--instance-id", &instance, "--name", &format!("fleet-{instance}")]
+    );
 
     provider.terminate(&instance).await.unwrap();
     assert!(harness.wait_for_no_worker(&instance, WAIT).await);

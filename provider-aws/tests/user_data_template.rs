@@ -76,7 +76,10 @@ fn the_terraform_template_is_the_providers_script() {
     let env = parse_worker_env(&from_terraform);
     assert_eq!(env.len(), 6, "{env:?}");
     assert_eq!(env, parse_worker_env(&from_provider));
-    assert_eq!(env["HODEI_WORKER_ARGS"], "--slots 8 --cpu-millis 16000 --label gpu=a10g --label team=ml/vision --drain-timeout-seconds 600");
+    assert_eq!(
+        env["HODEI_WORKER_ARGS"],
+        "--slots 8 --cpu-millis 16000 --label gpu=a10g --label team=ml/vision --drain-timeout-seconds 600"
+    );
     assert_eq!(without_comments(&from_terraform), without_comments(&from_provider));
     bash_accepts(&from_terraform);
     bash_accepts(&from_provider);

@@ -53,7 +53,10 @@ pub async fn ec2_pool(clients: &AwsClients, id: &str, instance_types: &[&str]) -
     let mut pool = pool(
         id,
         "aws-ec2",
-        CloudSettings { instance_types: instance_types.iter().map(|t| (*t).to_owned()).collect(), ..Default::default() },
+        CloudSettings {
+            instance_types: instance_types.iter().map(|t| (*t).to_owned()).collect(),
+            ..Default::default()
+        },
     );
     pool.template.image = Some(image(clients).await);
     pool
