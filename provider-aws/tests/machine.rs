@@ -21,7 +21,7 @@ const WAIT: Duration = Duration::from_secs(15);
 fn fake_worker(dir: &Path) -> PathBuf {
     let path = dir.join("fake-worker");
     let script = format!(
-        "#!/bin/bash\nout={dir}/worker-$$\nprintf '%s\\n' \"$@\" > \"$out.argv\"\nprintf 'HODEI_API_URL=%s\\nHODEI_WORKER_REGISTRATION_TOKEN=%s\\n' \"$HODEI_API_URL\" \"$HODEI_WORKER_REGISTRATION_TOKEN\" > \"$out.env\"\ntrap 'echo term > \"$out.term\"; exit 0' TERM\nwhile true; do sleep 0.05; done\n",
+        "#!/bin/bash\nout={dir}/worker-$$\nprintf '%s\\n' \"$@\" > \"$out.argv\"\nprintf 'HODEI_API_URL=%s\\nHODEI_WORKER_REGISTRATION_TOKEN=%s\\n' \"$HODEI_API_URL\" \"$HODEI_WORKER_REGISTRATION_TOKEN\" > \"$out.env\"\ntrap 'echo term > \"$out.term\"; exit 0' TERM\nwhile true; do sleep 0.05 & wait $!; done\n",
         dir = dir.display()
     );
     std::fs::write(&path, script).unwrap();
