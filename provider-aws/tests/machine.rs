@@ -88,7 +88,7 @@ async fn runs_a_worker_per_ec2_instance_and_ends_it_with_the_instance() {
     provider.terminate(&first).await.unwrap();
     assert!(harness.wait_for_no_worker(&first, WAIT).await);
     assert_eq!(wait_file(&dir, worker.pid, "term").await, "term\n");
-    assert_eq!(harness.running(), [second.clone()]);
+    assert_eq!(harness.running(), std::slice::from_ref(&second));
     assert!(harness.problems().is_empty(), "{:?}", harness.problems());
 
     let last = harness.worker(&second).unwrap();
