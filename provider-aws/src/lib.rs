@@ -169,3 +169,24 @@ pub(crate) fn common_errors(region: &str, pool: &hodei_core::pool::PoolSpec) -> 
     }
     errors
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_have_defaults_and_refuse_unknown_keys() {
+        let settings: AwsSettings =
+            serde_json::from_value(serde_json::json!({"deployment": "prod", "api_urls": "https://hodei:8443"}))
+                .expect("settings");
+        assert_eq!(settings.region, "us-east-1");
+        assert_eq!(settings.endpoint_url, None);
+        assert_eq!(settings.registration_token_parameter, None);
+        assert_eq!(settings.worker_binary, "/usr/local/bin/hodei-worker");
+        assert_eq!(settings.drain_timeout_seconds, 300);
+        let unknown = serde_json::from_value::<AwsSettings>(
+            serde_json::json!({"deployment": "prod", "api_urls": "x", "never_registered_seconds": 60}),
+        );
+        assert!(unknown.is_err());
+    }
+}
