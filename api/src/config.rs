@@ -177,6 +177,9 @@ pub struct TlsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ProvidersConfig {
     pub local: LocalProviderConfig,
+    /// The `aws-ec2` and `aws-asg` providers, when this section is present: region,
+    /// endpoint, the deployment tag, the API URL(s) and token parameter instances boot with.
+    pub aws: Option<hodei_provider_aws::AwsSettings>,
 }
 
 /// The `local` provider starts `hodei-worker` processes on the control-plane host itself,
@@ -193,6 +196,17 @@ impl Config {
     /// command's choice: `dev` yes, `serve` no).
     pub fn local_provider_enabled(&self, default: bool) -> bool {
         self.providers.local.enabled.unwrap_or(default)
+    }
+
+    /// What the configured providers allow, for validating pools: `local`, and the AWS
+    /// providers when `providers.aws` is set (instance types and launch templates are
+    /// checked against the account when a pool is created through the API).
+    pub fn provider_limits(&self) -> Vec<hodei_core::pool::ProviderLimits> {
+        let mut limits = vec![crate::provider::local_limits()];
+        if self.providers.aws.is_some() {
+            limits.extend(crate::provider::aws_limits());
+        }
+        limits
     }
 }
 
@@ -217,6 +231,11 @@ pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
     ("HODEI_LOCAL_WORKER_INTERRUPTION_URL", "local_worker_interruption_url"),
     ("HODEI_LOCAL_WORKER_DRAIN_SECONDS", "local_worker_drain_seconds"),
     ("HODEI_PROVIDERS_LOCAL_ENABLED", "providers.local.enabled"),
+    ("HODEI_PROVIDERS_AWS_REGION", "providers.aws.region"),
+    ("HODEI_PROVIDERS_AWS_ENDPOINT_URL", "providers.aws.endpoint_url"),
+    ("HODEI_PROVIDERS_AWS_DEPLOYMENT", "providers.aws.deployment"),
+    ("HODEI_PROVIDERS_AWS_API_URLS", "providers.aws.api_urls"),
+    ("HODEI_PROVIDERS_AWS_REGISTRATION_TOKEN_PARAMETER", "providers.aws.registration_token_parameter"),
     ("HODEI_MAX_POOLS", "max_pools"),
     ("HODEI_MAX_POOL_SIZE", "max_pool_size"),
     ("HODEI_HTTP_MAX_CONNECTIONS", "http.max_connections"),
@@ -353,7 +372,7 @@ impl Config {
         if self.pools.len() > self.max_pools as usize {
             problems.push(format!("pools: at most max_pools ({}) pools, got {}", self.max_pools, self.pools.len()));
         }
-        if let Err(errors) = validate_pools(&self.pools, &[crate::provider::local_limits()]) {
+        if let Err(errors) = validate_pools(&self.pools, &self.provider_limits()) {
             problems.extend(errors.errors().iter().map(|e| format!("{}: {}", e.field, e.message)));
         }
         for (index, pool) in self.pools.iter().enumerate() {

@@ -41,6 +41,15 @@ pub fn local_limits() -> ProviderLimits {
     ProviderLimits { name: "local".to_owned(), max_memory_mib: u32::MAX, max_cpu_millis: u32::MAX }
 }
 
+/// The limits of the AWS providers: none here; what an instance type offers is checked
+/// against the account (`Provider::validate`).
+pub fn aws_limits() -> Vec<ProviderLimits> {
+    ["aws-ec2", "aws-asg"]
+        .into_iter()
+        .map(|name| ProviderLimits { name: name.to_owned(), max_memory_mib: u32::MAX, max_cpu_millis: u32::MAX })
+        .collect()
+}
+
 /// This machine's memory in MiB, as the workers it starts detect it (no limit if unknown).
 pub fn host_memory_mib() -> u32 {
     hodei_worker_runtime::machine::total_memory_mib().map_or(u32::MAX, |mib| u32::try_from(mib).unwrap_or(u32::MAX))

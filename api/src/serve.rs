@@ -51,11 +51,11 @@ pub async fn serve_http(
     );
     let assigned = Wakeup::spawn(pool.clone(), ASSIGNED_CHANNEL, shutdown.clone());
     let ready = Wakeup::spawn(pool.clone(), READY_CHANNEL, shutdown.clone());
-    let (providers, local) = providers(config, address);
+    let (providers, local) = providers(config, address).await;
     let state = AppState::new(pool.clone(), PolicyRegistry::shipped())
         .with_workers(workers, assigned)
         .with_shutdown(shutdown.clone())
-        .with_provider_limits(providers.limits())
+        .with_providers(providers.clone())
         .with_pool_limits(crate::http::PoolLimits { max_pools: config.max_pools, max_pool_size: config.max_pool_size });
     if !config.effective_pools().is_empty() || config.source_file.is_some() {
         apply_file_pools(&pool, config.effective_pools()).await?;
@@ -99,20 +99,29 @@ pub async fn serve_http(
     server.await.context("the HTTP server task")?.context("serving HTTP")
 }
 
-/// The providers this replica can use: `local` when it is enabled (`providers.local.enabled`;
-/// `hodei dev` enables it) and workers can register.
-fn providers(config: &Config, address: SocketAddr) -> (Providers, Option<Arc<LocalProvider>>) {
+/// The providers this replica can use: the AWS providers when `providers.aws` is set, and
+/// `local` when it is enabled (`providers.local.enabled`; `hodei dev` enables it) and
+/// workers can register.
+async fn providers(config: &Config, address: SocketAddr) -> (Providers, Option<Arc<LocalProvider>>) {
+    let mut providers = Providers::default();
+    if let Some(aws) = &config.providers.aws {
+        let clients = hodei_provider_aws::AwsClients::connect(aws).await;
+        providers = providers
+            .with("aws-ec2", Arc::new(hodei_provider_aws::Ec2Provider::new(clients.clone(), aws.clone())))
+            .with("aws-asg", Arc::new(hodei_provider_aws::AsgProvider::new(clients, aws.clone())));
+    }
+    let local_pools = config.effective_pools().iter().any(|pool| pool.provider == "local");
     if !config.local_provider_enabled(false) {
-        if config.effective_pools().iter().any(|pool| pool.provider == "local") {
+        if local_pools {
             tracing::warn!("the local provider is disabled (providers.local.enabled); its pools are not provisioned");
         }
-        return (Providers::default(), None);
+        return (providers, None);
     }
     let Some(token) = &config.worker_registration_token else {
-        if !config.effective_pools().is_empty() {
+        if local_pools {
             tracing::warn!("pools need worker_registration_token for their workers to register; not provisioning");
         }
-        return (Providers::default(), None);
+        return (providers, None);
     };
     let api_urls = config.local_worker_api_url.clone().unwrap_or_else(|| {
         let host = if address.ip().is_unspecified() { "127.0.0.1".to_owned() } else { address.ip().to_string() };
@@ -128,7 +137,7 @@ fn providers(config: &Config, address: SocketAddr) -> (Providers, Option<Arc<Loc
         interruption_url: config.local_worker_interruption_url.clone(),
         drain_timeout: std::time::Duration::from_secs(config.local_worker_drain_seconds.into()),
     }));
-    (Providers::default().with("local", local.clone()), Some(local))
+    (providers.with("local", local.clone()), Some(local))
 }
 
 /// Writes the configuration file's pools into the database (see `store::pools`).

@@ -53,6 +53,7 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// What each provider this process knows allows, for validating pools.
     pub provider_limits: Arc<Vec<ProviderLimits>>,
+    pub providers: crate::provider::Providers,
     /// How many pools, and how large, the deployment allows.
     pub pool_limits: PoolLimits,
 }
@@ -80,6 +81,7 @@ impl AppState {
             assigned: Wakeup::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             provider_limits: Arc::new(vec![crate::provider::local_limits()]),
+            providers: crate::provider::Providers::default(),
             pool_limits: PoolLimits::default(),
         }
     }
@@ -89,8 +91,11 @@ impl AppState {
         self
     }
 
-    pub fn with_provider_limits(mut self, limits: Vec<ProviderLimits>) -> Self {
-        self.provider_limits = Arc::new(limits);
+    /// The providers pools are validated against (their limits, and what only a provider
+    /// can check, such as an instance type existing in the account).
+    pub fn with_providers(mut self, providers: crate::provider::Providers) -> Self {
+        self.provider_limits = Arc::new(providers.limits());
+        self.providers = providers;
         self
     }
 

@@ -199,8 +199,17 @@ pub struct PoolWorkers {
 /// deployment's size bound, and — for `local`, whose workers run on the control-plane host
 /// itself — without a health command or environment of its own: those run or take effect
 /// on this host, so only the operator's configuration file may set them.
-pub(crate) fn validate(state: &AppState, spec: &PoolSpec) -> Result<(), ApiError> {
+pub(crate) async fn validate(state: &AppState, spec: &PoolSpec) -> Result<(), ApiError> {
     validate_pool(spec, &state.provider_limits)?;
+    // What only the provider can know: an instance type or launch template that does not
+    // exist in the account, an Auto Scaling group that is not there.
+    if let Some(provider) = state.providers.get(&spec.provider) {
+        let mut errors = ValidationErrors::default();
+        for (field, message) in provider.validate(spec).await {
+            errors.add(field, message);
+        }
+        errors.into_result(()).map_err(ApiError::from)?;
+    }
     let mut errors = ValidationErrors::default();
     if spec.max_workers() > state.pool_limits.max_pool_size {
         errors.add(
@@ -259,7 +268,7 @@ async fn create_pool(
     _admin: Admin,
     Json(spec): Json<PoolSpec>,
 ) -> Result<(StatusCode, axum::Json<Pool>), ApiError> {
-    validate(&state, &spec)?;
+    validate(&state, &spec).await?;
     let existing = pools::count(&state.db).await?;
     if existing >= i64::from(state.pool_limits.max_pools) {
         return Err(ApiError::conflict(
@@ -319,7 +328,7 @@ async fn update_pool(
             format!("the body names pool {:?}, the path {id:?}: a PUT replaces the pool its path names", spec.id),
         ));
     }
-    validate(&state, &spec)?;
+    validate(&state, &spec).await?;
     let mut transaction = state.db.begin().await?;
     refuse(pools::update(&mut transaction, &spec).await?, &id)?;
     transaction.commit().await?;

@@ -159,7 +159,7 @@ async fn change_scaling(state: &AppState, id: &str, change: impl FnOnce(&mut Poo
         return Err(ApiError::conflict("not_dynamic", format!("pool {id:?} is static: it does not scale")));
     }
     change(&mut spec);
-    validate(state, &spec)?;
+    validate(state, &spec).await?;
     let mut transaction = state.db.begin().await?;
     refuse(pools::update(&mut transaction, &spec).await?, id)?;
     transaction.commit().await?;
