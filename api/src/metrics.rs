@@ -22,8 +22,39 @@ use crate::store::assignment::{CycleOutcome, Recorded};
 use crate::store::dispatch::FailureResult;
 use crate::store::gauges::{PoolSize, QueueGauges, WorkerCount};
 
-/// The content type of the exposition.
+/// The content type of the exposition, for scrapers that ask for OpenMetrics (Prometheus does).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The classic Prometheus text format, for everyone else (`promtool check metrics`, curl).
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The exposition in the classic Prometheus text format (0.0.4): there, a counter's
+/// family is named with its `_total` suffix, and there is no `# EOF` or `# UNIT`. The
+/// samples are the same.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        openmetrics.lines().filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let metadata = ["# HELP ", "# TYPE "].into_iter().find(|prefix| line.starts_with(prefix));
+        match metadata {
+            Some(prefix) => {
+                let rest = &line[prefix.len()..];
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{prefix}{name}_total {tail}"));
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
 
 /// Queue status gauges aggregate this window of queue activity (as `GET
 /// /api/v1/queues/{name}/status` does by default).
@@ -627,5 +658,12 @@ mod tests {
         assert!(text.contains("hodei_db_pool_max_connections 16.0"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert_eq!(text.matches("# EOF").count(), 1);
+
+        let classic = to_prometheus_text(&text);
+        assert!(classic.contains("# TYPE hodei_jobs_submitted_total counter\n"), "{classic}");
+        assert!(classic.contains("# HELP hodei_jobs_submitted_total Jobs submitted"), "{classic}");
+        assert!(classic.contains("# TYPE hodei_dispatch_wait_seconds histogram\n"), "{classic}");
+        assert!(classic.contains("hodei_workers{pool=\"local\",state=\"idle\"} 2.0\n"), "{classic}");
+        assert!(!classic.contains("# EOF"), "{classic}");
     }
 }

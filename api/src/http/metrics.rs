@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,7 +16,9 @@ use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::http::AppState;
-use crate::metrics::{DatabasePool, Metrics, Snapshot, CONTENT_TYPE, WINDOW_SECONDS};
+use crate::metrics::{
+    to_prometheus_text, DatabasePool, Metrics, Snapshot, CONTENT_TYPE, TEXT_CONTENT_TYPE, WINDOW_SECONDS,
+};
 use crate::store::gauges;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -28,18 +30,29 @@ pub(crate) fn own_router() -> axum::Router<AppState> {
     axum::Router::new().route("/metrics", get(scrape))
 }
 
-/// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "OpenMetrics text format", body = String, content_type = "application/openmetrics-text")))]
-async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+/// Prometheus metrics: OpenMetrics text when the scraper accepts it (Prometheus does),
+/// else the classic text format 0.0.4.
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "OpenMetrics or Prometheus text format", content((String = "application/openmetrics-text"), (String = "text/plain")))))]
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     if !state.metrics_on_api_listener {
         return Err(ApiError::not_found("metrics are served on their own port (metrics.prometheus.port)"));
     }
-    scrape(State(state)).await
+    scrape(State(state), headers).await
 }
 
-async fn scrape(State(state): State<AppState>) -> Result<Response, ApiError> {
+async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let snapshot = snapshot(&state).await?;
-    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], state.metrics.render(&snapshot)).into_response())
+    let text = state.metrics.render(&snapshot);
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|accept| accept.contains("application/openmetrics-text"));
+    Ok(if openmetrics {
+        ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+    } else {
+        ([(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)], to_prometheus_text(&text)).into_response()
+    })
 }
 
 /// What this scrape reads: three statements on one connection, and the pool's use.
