@@ -57,7 +57,7 @@ pub async fn queues(db: impl PgExecutor<'_>, window_seconds: i64) -> sqlx::Resul
         "select q.name as queue, r.length, s.scheduled, r.oldest_wait_seconds, r.sla_breaching_now,
                 w.dispatched, w.wait_p50_ms, w.wait_p95_ms, w.wait_p99_ms,
                 a.sla_breaches, a.accepted, a.rejected, a.redirected_away, a.evicted, a.cancelled_while_queued,
-                i.redirected_in
+                coalesce(i.jobs, 0) as redirected_in
          from queues q
          cross join lateral (
              select count(*) as length,
@@ -84,11 +84,13 @@ pub async fn queues(db: impl PgExecutor<'_>, window_seconds: i64) -> sqlx::Resul
                     coalesce(sum(jobs) filter (where kind = 'cancelled_queued'), 0)::int8 as cancelled_while_queued
              from queue_activity where queue = q.name and at > now() - make_interval(secs => $1)
          ) a
-         cross join lateral (
-             -- Redirects into this queue are recorded on the queue they came from.
-             select coalesce(sum(jobs), 0)::int8 as redirected_in from queue_activity
-             where kind = 'redirected' and target_queue = q.name and at > now() - make_interval(secs => $1)
-         ) i
+         left join (
+             -- Redirects into a queue are recorded on the queue they came from (no index
+             -- leads to them by target: one pass over the window's redirects for all).
+             select target_queue, sum(jobs)::int8 as jobs from queue_activity
+             where kind = 'redirected' and at > now() - make_interval(secs => $1)
+             group by target_queue
+         ) i on i.target_queue = q.name
          order by q.name",
     )
     .bind(window_seconds as f64)
