@@ -94,6 +94,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// TLS for the API, for deployments without a load balancer that terminates it.
     pub tls: TlsConfig,
+    /// Where `/metrics` is served.
+    pub metrics: MetricsConfig,
     /// The file this configuration was read from, for reloading.
     #[serde(skip)]
     pub source_file: Option<PathBuf>,
@@ -128,6 +130,7 @@ impl Default for Config {
             max_pool_size: 1000,
             http: HttpConfig::default(),
             tls: TlsConfig::default(),
+            metrics: MetricsConfig::default(),
             source_file: None,
             default_pools: Vec::new(),
         }
@@ -170,6 +173,21 @@ impl HttpConfig {
 pub struct TlsConfig {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+}
+
+/// Where `/metrics` is served.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub prometheus: PrometheusConfig,
+}
+
+/// `port`: serve `/metrics` on this port of the `listen` address, on its own listener (and
+/// not on the API's); without it, on the API's listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrometheusConfig {
+    pub port: Option<u16>,
 }
 
 /// Which providers a replica may use.
@@ -243,6 +261,7 @@ pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
     ("HODEI_HTTP_BODY_READ_TIMEOUT_SECONDS", "http.body_read_timeout_seconds"),
     ("HODEI_TLS_CERT_FILE", "tls.cert_file"),
     ("HODEI_TLS_KEY_FILE", "tls.key_file"),
+    ("HODEI_PROMETHEUS_PORT", "metrics.prometheus.port"),
 ];
 
 pub const MIN_BOOTSTRAP_ADMIN_KEY_LEN: usize = 32;
@@ -364,6 +383,14 @@ impl Config {
                 problems.push(format!("{field}: must be between 1 and 3600, got {seconds}"));
             }
         }
+        match self.metrics.prometheus.port {
+            Some(0) => problems.push("metrics.prometheus.port: must be between 1 and 65535, got 0".to_owned()),
+            Some(port) if port == self.listen.port() => problems.push(format!(
+                "metrics.prometheus.port: must differ from the port of listen ({}), got {port}",
+                self.listen
+            )),
+            _ => {}
+        }
         match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(_), None) => problems.push("tls.key_file: required with tls.cert_file".to_owned()),
             (None, Some(_)) => problems.push("tls.cert_file: required with tls.key_file".to_owned()),
@@ -470,6 +497,7 @@ fn environment_value(field: &str, value: &str) -> serde_yaml::Value {
             | "http.max_connections"
             | "http.header_read_timeout_seconds"
             | "http.body_read_timeout_seconds"
+            | "metrics.prometheus.port"
     ) {
         if let Ok(number) = value.trim().parse::<u64>() {
             return serde_yaml::Value::from(number);
@@ -536,6 +564,27 @@ mod tests {
             .expect_err("invalid")
             .to_string();
         assert!(message.contains("database_max_connections"), "{message}");
+    }
+
+    #[test]
+    fn the_prometheus_port_is_read_and_checked() {
+        assert_eq!(Config::load(None, &BTreeMap::new()).expect("valid").metrics.prometheus.port, None);
+        let config = Config::load(None, &environment(&[("HODEI_PROMETHEUS_PORT", "9464")])).expect("valid");
+        assert_eq!(config.metrics.prometheus.port, Some(9464));
+        let file = write("metrics: {prometheus: {port: 9100}}\n");
+        assert_eq!(
+            Config::load(Some(file.path()), &BTreeMap::new()).expect("valid").metrics.prometheus.port,
+            Some(9100)
+        );
+        for (value, expected) in [
+            ("0", "metrics.prometheus.port: must be between 1 and 65535"),
+            ("8080", "metrics.prometheus.port: must differ from the port of listen"),
+            ("70000", "metrics.prometheus.port"),
+        ] {
+            let message =
+                Config::load(None, &environment(&[("HODEI_PROMETHEUS_PORT", value)])).expect_err("invalid").to_string();
+            assert!(message.contains(expected), "{value}: {message}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod listener;
 pub mod loops;
+pub mod metrics;
 pub mod provider;
 pub mod reconcile;
 pub mod serve;

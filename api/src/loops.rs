@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{FailureSource, Metrics};
 use crate::store::dispatch;
 
 /// The channel a statement-level trigger on `ready_jobs` notifies (once per transaction).
@@ -196,6 +197,8 @@ pub struct Scheduler {
     pub limits: crate::store::assignment::CycleLimits,
     /// Cycle at least this often when nothing wakes it.
     pub fallback: Duration,
+    /// Where each cycle's duration, batch and waits are recorded.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Scheduler {
@@ -205,13 +208,17 @@ impl Scheduler {
             strategy: hodei_core::placement::Strategy::BestFit,
             limits: crate::store::assignment::CycleLimits::default(),
             fallback: Duration::from_millis(500),
+            metrics: Arc::new(Metrics::new()),
         }
     }
 
     /// One cycle.
     pub async fn tick(&self) -> anyhow::Result<crate::store::assignment::CycleOutcome> {
+        let started = std::time::Instant::now();
         let mut connection = self.db.acquire().await?;
-        Ok(crate::store::assignment::run_cycle(&mut connection, self.strategy, self.limits).await?)
+        let outcome = crate::store::assignment::run_cycle(&mut connection, self.strategy, self.limits).await?;
+        self.metrics.record_cycle(&outcome, started.elapsed());
+        Ok(outcome)
     }
 
     pub async fn run(self, ready: Wakeup, shutdown: CancellationToken) {
@@ -242,18 +249,26 @@ pub struct LeaseReaper {
     pub db: PgPool,
     pub timeouts: crate::store::assignment::Timeouts,
     pub interval: Duration,
+    /// Where the attempts it gives up are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl LeaseReaper {
     pub fn new(db: PgPool, timeouts: crate::store::assignment::Timeouts) -> Self {
-        Self { db, timeouts, interval: Duration::from_secs(1) }
+        Self { db, timeouts, interval: Duration::from_secs(1), metrics: Arc::new(Metrics::new()) }
     }
 
     /// One pass; returns how many attempts it gave up.
     pub async fn tick(&self) -> anyhow::Result<usize> {
         let mut connection = self.db.acquire().await?;
         let random = dispatch::random_fraction()?;
-        Ok(crate::store::assignment::expire_leases(&mut connection, self.timeouts, random).await?)
+        let reaped = crate::store::assignment::expire_leases(&mut connection, self.timeouts, random).await?;
+        for attempt in &reaped {
+            let source =
+                if attempt.lease_expired { FailureSource::LeaseExpired } else { FailureSource::AssignmentTimedOut };
+            self.metrics.record_failure(source, &attempt.result);
+        }
+        Ok(reaped.len())
     }
 
     pub async fn run(self, shutdown: CancellationToken) {

@@ -43,6 +43,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::metrics::{FailureSource, Metrics};
 use crate::provider::{InstanceState, Provider, Providers, ProvisionRequest};
 use crate::store::leases::{self, Lease};
 use crate::store::pools::{self, Member};
@@ -77,6 +78,8 @@ pub struct Reconciler {
     pub lease: Duration,
     /// The lease's name: replicas reconciling the same pools share it (`LEADER_LEASE`).
     pub lease_name: String,
+    /// Where provisioning attempts, their failures and the autoscaler's decisions are counted.
+    pub metrics: Arc<Metrics>,
     holder: Uuid,
     holder_info: String,
     /// The term this replica leads in, and since when.
@@ -93,6 +96,7 @@ impl Reconciler {
             interval: Duration::from_secs(1),
             lease: Duration::from_secs(5),
             lease_name: LEADER_LEASE.to_owned(),
+            metrics: Arc::new(Metrics::new()),
             holder: Uuid::now_v7(),
             holder_info: format!("{host} pid {}", std::process::id()),
             leading: Arc::default(),
@@ -339,6 +343,7 @@ impl PoolReconciler<'_> {
                 to = decision.desired, by = %decision.decided_by, "{}", decision.reason);
         }
         self.write(async |db| pools::record_decision(db, &self.spec.id, &decision, &inputs).await).await?;
+        self.reconciler.metrics.record_autoscaler_decision(&self.spec.id, decision.action.as_str());
         Ok(decision.desired)
     }
 
@@ -495,13 +500,20 @@ impl PoolReconciler<'_> {
         self.terminate(member).await;
         let reason = format!("worker replaced: {reason}");
         let random = dispatch::random_fraction()?;
-        self.write(async |db| {
-            if let Some(worker) = member.worker_id {
-                assignment::abandon_worker(&mut *db, worker, &reason, random).await?;
-            }
-            pools::remove_member(&mut *db, member.id).await
-        })
-        .await
+        let given_up = self
+            .write(async |db| {
+                let mut given_up = Vec::new();
+                if let Some(worker) = member.worker_id {
+                    given_up = assignment::abandon_worker(&mut *db, worker, &reason, random).await?;
+                }
+                pools::remove_member(&mut *db, member.id).await?;
+                Ok(given_up)
+            })
+            .await?;
+        for result in &given_up {
+            self.reconciler.metrics.record_failure(FailureSource::WorkerGone, result);
+        }
+        Ok(())
     }
 
     /// Records a failed attempt: retried later, or the member failed, and with
@@ -509,6 +521,7 @@ impl PoolReconciler<'_> {
     async fn record_attempt_failure(&self, member: Uuid, failure: &AttemptFailure) -> anyhow::Result<()> {
         let message = &failure.message;
         tracing::warn!(pool = %self.spec.id, %member, %message, "provisioning a worker failed");
+        self.reconciler.metrics.record_provision_failure(&self.spec.id);
         self.write(async |db| {
             pools::attempt_failed(&mut *db, member, message, failure.give_up, failure.retry_in_seconds).await?;
             if let Some(reason) = &failure.pool_failure {
@@ -536,7 +549,10 @@ impl PoolReconciler<'_> {
             // Recorded (and fenced) before the provider is called: a deposed leader never
             // provisions, and the next leader sees the attempt.
             self.write(async |db| pools::attempt_started(db, pending.member).await).await?;
+            self.reconciler.metrics.record_provision_attempt(&self.spec.id);
             let provider = self.provider.clone();
+            let metrics = self.reconciler.metrics.clone();
+            let pool = self.spec.id.clone();
             let request = ProvisionRequest {
                 member: pending.member,
                 attempt: pending.attempts_so_far + 1,
@@ -544,10 +560,12 @@ impl PoolReconciler<'_> {
             };
             let limit = Duration::from_secs(self.spec.provisioning.timeout_seconds.into());
             attempts.spawn(async move {
+                let started = std::time::Instant::now();
                 let result = match tokio::time::timeout(limit, provider.provision(&request)).await {
                     Ok(result) => result.map_err(|error| error.to_string()),
                     Err(_) => Err(format!("the provider did not answer within {} s", limit.as_secs())),
                 };
+                metrics.record_provision_answer(&pool, started.elapsed());
                 (pending, result)
             });
         }

@@ -8,7 +8,8 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{hash_key, visible_prefix};
 use crate::config::Config;
 use crate::http::workers::WorkerSettings;
-use crate::http::{app, AppState};
+use crate::http::{app, metrics_app, AppState};
+use crate::metrics::Metrics;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,7 +53,12 @@ pub async fn serve_http(
     let assigned = Wakeup::spawn(pool.clone(), ASSIGNED_CHANNEL, shutdown.clone());
     let ready = Wakeup::spawn(pool.clone(), READY_CHANNEL, shutdown.clone());
     let (providers, local) = providers(config, address).await;
+    // One set of metric families for the process: the API, the loops and the reconciler
+    // record into it, and `/metrics` renders it.
+    let metrics = Arc::new(Metrics::new());
+    let metrics_port = config.metrics.prometheus.port;
     let state = AppState::new(pool.clone(), PolicyRegistry::shipped())
+        .with_metrics(metrics.clone(), metrics_port.is_none())
         .with_workers(workers, assigned)
         .with_shutdown(shutdown.clone())
         .with_providers(providers.clone())
@@ -60,7 +66,8 @@ pub async fn serve_http(
     if !config.effective_pools().is_empty() || config.source_file.is_some() {
         apply_file_pools(&pool, config.effective_pools()).await?;
     }
-    let reconciler = Reconciler::new(pool.clone(), providers, workers.heartbeat());
+    let mut reconciler = Reconciler::new(pool.clone(), providers, workers.heartbeat());
+    reconciler.metrics = metrics.clone();
     let reconciler = tokio::spawn(reconciler.run(Some(ready.waiter()), shutdown.clone()));
     let reloader = tokio::spawn(watch_config(
         config.source_file.clone(),
@@ -69,13 +76,14 @@ pub async fn serve_http(
         shutdown.clone(),
     ));
     let promoter = tokio::spawn(Promoter::new(pool.clone(), state.policies.clone()).run(shutdown.clone()));
-    let scheduler = Scheduler::new(pool.clone());
+    let scheduler = Scheduler { metrics: metrics.clone(), ..Scheduler::new(pool.clone()) };
     let scheduler = tokio::spawn(scheduler.run(ready, shutdown.clone()));
     let timeouts = Timeouts {
         lease: workers.lease(),
         assignment: std::time::Duration::from_secs(config.worker_assignment_timeout_seconds.into()),
     };
-    let reaper = tokio::spawn(LeaseReaper::new(pool, timeouts).run(shutdown.clone()));
+    let reaper = LeaseReaper { metrics: metrics.clone(), ..LeaseReaper::new(pool, timeouts) };
+    let reaper = tokio::spawn(reaper.run(shutdown.clone()));
     let tls = match (&config.tls.cert_file, &config.tls.key_file) {
         (Some(cert), Some(key)) => Some(crate::listener::tls_acceptor(cert, key)?),
         _ => None,
@@ -84,6 +92,23 @@ pub async fn serve_http(
     tracing::info!(%address, "listening on {scheme}://{address}");
     // HTTP stops last: this replica's own workers report their last results through it.
     let stop_http = CancellationToken::new();
+    let metrics_server = match metrics_port {
+        Some(port) => {
+            let metrics_address = SocketAddr::new(address.ip(), port);
+            let metrics_listener = TcpListener::bind(metrics_address)
+                .await
+                .with_context(|| format!("binding the metrics address {metrics_address} (metrics.prometheus.port)"))?;
+            tracing::info!(address = %metrics_address, "serving /metrics on {scheme}://{metrics_address}/metrics");
+            Some(tokio::spawn(crate::listener::serve(
+                metrics_listener,
+                metrics_app(state.clone()),
+                tls.clone(),
+                config.http.limits(),
+                stop_http.clone(),
+            )))
+        }
+        None => None,
+    };
     let server =
         tokio::spawn(crate::listener::serve(listener, app(state), tls, config.http.limits(), stop_http.clone()));
     shutdown.cancelled().await;
@@ -96,6 +121,9 @@ pub async fn serve_http(
         local.stop_own_workers(std::time::Duration::from_secs(grace)).await;
     }
     stop_http.cancel();
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.await.context("the metrics server task")?.context("serving /metrics")?;
+    }
     server.await.context("the HTTP server task")?.context("serving HTTP")
 }
 

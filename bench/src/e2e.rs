@@ -41,6 +41,9 @@ pub enum BenchCommand {
     /// A dynamic `local` pool at 0: from a job appearing to the provider's launch call
     /// and to the job started on the new worker, round after round.
     Autoscale(crate::pools::AutoscaleArgs),
+    /// `/metrics` on a large deployment (queues and workers written in SQL): how long a
+    /// scrape takes.
+    Scrape(crate::scrape::ScrapeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +100,7 @@ pub async fn run(command: BenchCommand, config: &Config) -> anyhow::Result<()> {
         BenchCommand::Running(args) => crate::workers::running(args, config).await,
         BenchCommand::Pool(args) => crate::pools::pool(args, config).await,
         BenchCommand::Autoscale(args) => crate::pools::autoscale(args, config).await,
+        BenchCommand::Scrape(args) => crate::scrape::scrape(args, config).await,
     }
 }
 

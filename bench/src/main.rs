@@ -6,6 +6,7 @@
 mod e2e;
 mod engine;
 mod pools;
+mod scrape;
 mod workers;
 
 use std::path::PathBuf;

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::error::{ApiError, Json, Problem, Query};
 use crate::http::AppState;
+use crate::metrics::AdmissionDecision;
 use crate::store::assignment;
 use crate::store::enqueue::{self, SubmitOutcome};
 use crate::store::jobs::{self, CancelResult, Idempotency, JobFilter, Submitter};
@@ -346,6 +347,23 @@ pub(crate) fn queue_full(queue: &str, retry_after_seconds: i64) -> ApiError {
     .with_header(axum::http::header::RETRY_AFTER, HeaderValue::from(retry_after_seconds))
 }
 
+/// Counts a submission's jobs by the queue they named and what admission decided.
+fn record_submission(state: &AppState, tenant: &str, jobs: &[ValidJob], outcome: &SubmitOutcome) {
+    let named: Vec<&str> = jobs.iter().map(|job| job.queue.as_str()).collect();
+    match outcome {
+        SubmitOutcome::Created { decisions, .. } => state.metrics.record_admission(tenant, &named, decisions),
+        SubmitOutcome::Replayed { .. } => {
+            for queue in named {
+                state.metrics.record_submitted(tenant, queue, AdmissionDecision::Replayed, 1);
+            }
+        }
+        SubmitOutcome::Rejected { queue, .. } => {
+            state.metrics.record_submitted(tenant, queue, AdmissionDecision::Rejected, jobs.len() as u64)
+        }
+        SubmitOutcome::KeyReused | SubmitOutcome::UnknownQueues(_) => {}
+    }
+}
+
 /// Turns a submission's outcome into a response; `one` picks the single-job body.
 /// A job as its submission is answered: the job, and what might keep it from running.
 #[derive(Debug, Serialize, ToSchema)]
@@ -369,7 +387,7 @@ fn submission_response(outcome: SubmitOutcome, one: bool, warnings: Vec<String>)
         }
     };
     match outcome {
-        SubmitOutcome::Created { ids, jobs } => respond(false, ids, jobs),
+        SubmitOutcome::Created { ids, jobs, .. } => respond(false, ids, jobs),
         SubmitOutcome::Replayed { ids, jobs } => respond(true, ids, jobs),
         SubmitOutcome::KeyReused => Err(key_reused()),
         SubmitOutcome::UnknownQueues(queues) => Err(unknown_queues(queues)),
@@ -412,8 +430,16 @@ async fn submit_job(
         ));
     }
     let submitter = Submitter { tenant_id, tenant_name };
-    let outcome =
-        enqueue::submit(&mut connection, state.submit_context(), submitter, &[job], idempotency.as_ref(), true).await?;
+    let outcome = enqueue::submit(
+        &mut connection,
+        state.submit_context(),
+        submitter,
+        std::slice::from_ref(&job),
+        idempotency.as_ref(),
+        true,
+    )
+    .await?;
+    record_submission(&state, tenant_name, std::slice::from_ref(&job), &outcome);
     submission_response(outcome, true, warnings)
 }
 
@@ -461,6 +487,7 @@ async fn submit_batch(
     let outcome =
         enqueue::submit(&mut connection, state.submit_context(), submitter, &valid, idempotency.as_ref(), false)
             .await?;
+    record_submission(&state, tenant_name, &valid, &outcome);
     let warnings = valid
         .iter()
         .enumerate()
@@ -653,7 +680,10 @@ async fn cancel_job(
     let job_id = parse_job_id(&id)?;
     let mut connection = state.db.acquire().await?;
     match jobs::cancel(&mut connection, principal.tenant_scope(), job_id).await? {
-        CancelResult::Done(job) => Ok(axum::Json(job.into())),
+        CancelResult::Done(job) => {
+            record_cancel(&state, &job);
+            Ok(axum::Json(job.into()))
+        }
         CancelResult::NotFound => Err(job_not_found(&id)),
         CancelResult::AlreadyFinished(job) => Err(ApiError::conflict(
             "job_finished",
@@ -770,6 +800,14 @@ async fn selected(
     Ok(jobs::select_ids(&state.db, principal.tenant_scope(), wanted, queue, limit).await?)
 }
 
+/// A job cancelled at once (rather than marked for its worker to stop) was waiting: it
+/// is abandoned.
+fn record_cancel(state: &AppState, job: &jobs::Job) {
+    if job.state == JobState::Cancelled {
+        state.metrics.record_abandoned(&job.queue);
+    }
+}
+
 /// Cancel many jobs at once, by state (`scheduled`, `queued`, `assigned` or `running`;
 /// default all of them) and queue.
 #[utoipa::path(
@@ -792,7 +830,8 @@ async fn cancel_jobs(
     let mut connection = state.db.acquire().await?;
     let mut done = Vec::with_capacity(ids.len());
     for id in ids {
-        if let CancelResult::Done(_) = jobs::cancel(&mut connection, principal.tenant_scope(), id).await? {
+        if let CancelResult::Done(job) = jobs::cancel(&mut connection, principal.tenant_scope(), id).await? {
+            record_cancel(&state, &job);
             done.push(id);
         }
     }

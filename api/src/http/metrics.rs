@@ -1,67 +1,86 @@
-//! `/metrics`: Prometheus text exposition of every queue's status (the same numbers as
-//! `GET /api/v1/queues/{name}/status`, over the same 900 s window). Open, like a probe.
+//! `/metrics`: the Prometheus exposition (OpenMetrics text) of `crate::metrics` — this
+//! process's counters and histograms, and the gauges read from the database for this
+//! scrape (one query per group: queues, workers, pools). Open, like a probe. Served on the
+//! API's listener, or on its own (`metrics.prometheus.port`); and the middleware that
+//! times every HTTP request by its matched route.
 
-use std::fmt::Write;
+use std::time::Instant;
 
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::http::AppState;
-use crate::store::{queue_status, queues};
-
-pub const METRICS_WINDOW_SECONDS: i64 = crate::http::queues::DEFAULT_STATUS_WINDOW_SECONDS;
+use crate::metrics::{
+    to_prometheus_text, DatabasePool, Metrics, Snapshot, CONTENT_TYPE, TEXT_CONTENT_TYPE, WINDOW_SECONDS,
+};
+use crate::store::gauges;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(metrics))
 }
 
-/// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", body = String)))]
-async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let mut connection = state.db.acquire().await?;
-    let mut statuses = Vec::new();
-    for queue in queues::list(&mut *connection).await? {
-        statuses.push(queue_status::status(&mut connection, &queue, METRICS_WINDOW_SECONDS, None).await?);
+/// The router of the metrics listener: `/metrics` only.
+pub(crate) fn own_router() -> axum::Router<AppState> {
+    axum::Router::new().route("/metrics", get(scrape))
+}
+
+/// Prometheus metrics: OpenMetrics text when the scraper accepts it (Prometheus does),
+/// else the classic text format 0.0.4.
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "OpenMetrics or Prometheus text format", content((String = "application/openmetrics-text"), (String = "text/plain")))))]
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if !state.metrics_on_api_listener {
+        return Err(ApiError::not_found("metrics are served on their own port (metrics.prometheus.port)"));
     }
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&queue_status::QueueStatus) -> Option<f64>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for status in &statuses {
-            if let Some(v) = value(status) {
-                let _ = writeln!(out, "{name}{{queue=\"{}\"}} {v}", status.queue);
-            }
-        }
+    scrape(State(state), headers).await
+}
+
+async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let snapshot = snapshot(&state).await?;
+    let text = state.metrics.render(&snapshot);
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|accept| accept.contains("application/openmetrics-text"));
+    Ok(if openmetrics {
+        ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+    } else {
+        ([(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)], to_prometheus_text(&text)).into_response()
+    })
+}
+
+/// What this scrape reads: three statements on one connection, and the pool's use.
+async fn snapshot(state: &AppState) -> Result<Snapshot, ApiError> {
+    // Read before a connection is taken for the scrape itself.
+    let database = DatabasePool {
+        connections: state.db.size(),
+        idle: u32::try_from(state.db.num_idle()).unwrap_or(u32::MAX),
+        max: state.db.options().get_max_connections(),
     };
-    family("hodei_queue_length", "gauge", "Jobs ready for dispatch.", &|s| Some(s.length as f64));
-    family("hodei_queue_scheduled", "gauge", "Jobs waiting for a time.", &|s| Some(s.scheduled as f64));
-    family("hodei_queue_oldest_wait_seconds", "gauge", "Wait of the oldest ready job.", &|s| s.oldest_wait_seconds);
-    family("hodei_queue_wait_p50_seconds", "gauge", "Median wait of jobs dispatched in the last 900 s.", &|s| {
-        s.wait.p50_ms.map(|ms| ms / 1000.0)
-    });
-    family("hodei_queue_wait_p95_seconds", "gauge", "95th percentile wait, last 900 s.", &|s| {
-        s.wait.p95_ms.map(|ms| ms / 1000.0)
-    });
-    family("hodei_queue_wait_p99_seconds", "gauge", "99th percentile wait, last 900 s.", &|s| {
-        s.wait.p99_ms.map(|ms| ms / 1000.0)
-    });
-    family("hodei_queue_dispatched_recent", "gauge", "Jobs dispatched in the last 900 s.", &|s| {
-        Some(s.wait.dispatched as f64)
-    });
-    family("hodei_queue_sla_breaches_recent", "gauge", "Dispatches past the SLA in the last 900 s.", &|s| {
-        Some(s.sla_breaches as f64)
-    });
-    family("hodei_queue_sla_breaching_now", "gauge", "Ready jobs already past the SLA.", &|s| {
-        Some(s.sla_breaching_now as f64)
-    });
-    family("hodei_queue_abandonment_ratio", "gauge", "Cancelled while queued per submitted, last 900 s.", &|s| {
-        Some(s.abandonment_rate)
-    });
-    family("hodei_queue_overflow_ratio", "gauge", "Rejected, redirected or evicted per offered, last 900 s.", &|s| {
-        Some(s.overflow_rate)
-    });
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+    let mut connection = state.db.acquire().await?;
+    let queues = gauges::queues(&mut *connection, WINDOW_SECONDS).await?;
+    let workers = gauges::workers(&mut *connection).await?;
+    let pools = gauges::pools(&mut *connection).await?;
+    Ok(Snapshot { queues, workers, pools, database })
+}
+
+/// Times every request by its method, matched route template (never the raw path, whose
+/// ids would make unbounded labels) and status class.
+pub(crate) async fn record_request(
+    State(metrics): State<std::sync::Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |path| path.as_str()).to_owned();
+    let response = next.run(request).await;
+    metrics.record_request(&method, &route, response.status().as_u16(), started.elapsed());
+    response
 }

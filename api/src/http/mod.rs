@@ -16,6 +16,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::{self, Problem};
 use crate::loops::Wakeup;
+use crate::metrics::Metrics;
 use crate::store::enqueue::{QueueSettingsCache, SubmitContext, QUEUE_SETTINGS_TTL};
 
 pub mod auth;
@@ -56,6 +57,11 @@ pub struct AppState {
     pub providers: crate::provider::Providers,
     /// How many pools, and how large, the deployment allows.
     pub pool_limits: PoolLimits,
+    /// This process's metric families (shared with the loops and the reconciler).
+    pub metrics: Arc<Metrics>,
+    /// `/metrics` is served by the API's listener (else on its own port, and the API's
+    /// answers 404).
+    pub metrics_on_api_listener: bool,
 }
 
 /// Bounds on pools from the configuration (`max_pools`, `max_pool_size`).
@@ -83,7 +89,16 @@ impl AppState {
             provider_limits: Arc::new(vec![crate::provider::local_limits()]),
             providers: crate::provider::Providers::default(),
             pool_limits: PoolLimits::default(),
+            metrics: Arc::new(Metrics::new()),
+            metrics_on_api_listener: true,
         }
+    }
+
+    /// Records into `metrics`; `on_api_listener: false` when `/metrics` has its own port.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>, on_api_listener: bool) -> Self {
+        self.metrics = metrics;
+        self.metrics_on_api_listener = on_api_listener;
+        self
     }
 
     pub fn with_pool_limits(mut self, limits: PoolLimits) -> Self {
@@ -353,6 +368,16 @@ pub fn app(state: AppState) -> Router {
     let (router, openapi) = parts();
     router
         .merge(SwaggerUi::new("/docs").url(OPENAPI_PATH, openapi))
+        .fallback(error::route_not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn(request_context::middleware))
+        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::record_request))
+        .with_state(state)
+}
+
+/// `/metrics` alone, for its own listener (`metrics.prometheus.port`).
+pub fn metrics_app(state: AppState) -> Router {
+    metrics::own_router()
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn(request_context::middleware))

@@ -91,6 +91,14 @@ async fn ship_logs(
     }
 }
 
+fn record_starts(state: &AppState, started: &[assignment::Started]) {
+    let since: Vec<std::time::Duration> = started
+        .iter()
+        .map(|started| std::time::Duration::from_secs_f64(started.since_submission_seconds.max(0.0)))
+        .collect();
+    state.metrics.record_starts(&since);
+}
+
 fn outcome(recorded: &Recorded) -> Outcome {
     match recorded {
         Recorded::Stale | Recorded::Failed(FailureResult::Stale) => Outcome::Stale,
@@ -178,7 +186,9 @@ async fn start_job(
     let id = identity.check(&id)?;
     let job_id = parse_job(&job_id)?;
     let mut connection = state.db.acquire().await?;
-    if assignment::start(&mut connection, id, job_id, report.attempt).await? {
+    let started = assignment::start_many(&mut *connection, id, &[(job_id, report.attempt)]).await?;
+    record_starts(&state, &started);
+    if started.iter().any(|started| started.job_id == job_id) {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(stale_attempt())
@@ -202,7 +212,9 @@ async fn finish_job(
     let result = AttemptResult { job_id, attempt: report.attempt, exit_code: report.exit_code, error: report.error };
     let random = crate::store::dispatch::random_fraction()?;
     let mut connection = state.db.acquire().await?;
-    match outcome(&assignment::finish(&mut connection, id, &result, random).await?) {
+    let recorded = assignment::finish(&mut connection, id, &result, random).await?;
+    state.metrics.record_results(std::slice::from_ref(&recorded));
+    match outcome(&recorded) {
         Outcome::Stale => Err(stale_attempt()),
         outcome => Ok(axum::Json(FinishReply { outcome })),
     }
@@ -233,11 +245,16 @@ async fn post_reports(
     let starts: Vec<(Uuid, i32)> = reports.started.iter().map(|s| (s.job_id, s.attempt)).collect();
     let recorded =
         if starts.is_empty() { Vec::new() } else { assignment::start_many(&mut *connection, id, &starts).await? };
+    record_starts(&state, &recorded);
     let started = starts
         .iter()
         .map(|(job_id, _)| ReportOutcome {
             job_id: *job_id,
-            outcome: if recorded.contains(job_id) { Outcome::Recorded } else { Outcome::Stale },
+            outcome: if recorded.iter().any(|started| started.job_id == *job_id) {
+                Outcome::Recorded
+            } else {
+                Outcome::Stale
+            },
         })
         .collect();
     let results: Vec<AttemptResult> = reports
@@ -250,6 +267,7 @@ async fn post_reports(
     } else {
         let random = crate::store::dispatch::random_fraction()?;
         let recorded = assignment::finish_many(&mut connection, id, &results, random).await?;
+        state.metrics.record_results(&recorded);
         results
             .iter()
             .zip(&recorded)
@@ -487,6 +505,7 @@ async fn heartbeat(
     else {
         return Err(ApiError::unauthorized("the worker has deregistered"));
     };
+    state.metrics.record_heartbeat();
     if outcome.newly_interrupted {
         tracing::warn!(worker = %id, "the worker's instance is being reclaimed (interruption notice): it drains and is replaced");
     }
@@ -510,7 +529,9 @@ async fn deregister(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = identity.check(&id)?;
-    workers::deregister(&state.db, id).await?;
+    if let Some(left) = workers::deregister(&state.db, id).await? {
+        state.metrics.record_worker_left(&left.pool, left.jobs_run);
+    }
     tracing::info!(worker = %id, "worker deregistered");
     Ok(StatusCode::NO_CONTENT)
 }

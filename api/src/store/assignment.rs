@@ -144,6 +144,8 @@ pub struct Assigned {
     pub wait_ms: i64,
     /// It waited past its queue's SLA (now or in an earlier attempt).
     pub sla_breached: bool,
+    /// How long ago the job was submitted, in milliseconds.
+    pub since_submission_ms: i64,
 }
 
 /// One scheduling cycle.
@@ -301,7 +303,7 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
                     or (s.sla is not null and now() - r.enqueued_at > make_interval(secs => s.sla::float8))
             from removed r join pairs p on p.job_id = r.job_id join settings s on s.job_id = r.job_id
             where j.id = r.job_id and j.state = 'queued' and not s.expired
-            returning j.id, j.tenant_id, j.attempt, j.worker_id, j.wait_ms, j.queue, j.sla_breached,
+            returning j.id, j.tenant_id, j.attempt, j.worker_id, j.wait_ms, j.queue, j.sla_breached, j.created_at,
                 r.cpu_millis, r.memory_mib, s.sla, s.past_deadline
          ), expired as (
             update jobs j set state = 'dead_lettered', dead_letter_reason = 'deadline_expired',
@@ -339,7 +341,9 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
                 jsonb_build_object('worker_id', worker_id, 'wait_ms', wait_ms)
             from assigned cross join (select count(*) from notified) n order by id
          )
-         select id as job_id, worker_id, attempt, tenant_id, queue, wait_ms, sla_breached from assigned",
+         select id as job_id, worker_id, attempt, tenant_id, queue, wait_ms, sla_breached,
+                (extract(epoch from now() - created_at) * 1000)::int8 as since_submission_ms
+         from assigned",
     )
     .bind(&job_ids)
     .bind(&worker_ids)
@@ -441,7 +445,15 @@ pub async fn take_assignments(db: &mut PgConnection, worker_id: Uuid) -> sqlx::R
 
 /// The worker started the attempt. False when the attempt is not this worker's current one.
 pub async fn start(db: &mut PgConnection, worker_id: Uuid, job_id: Uuid, attempt: i32) -> sqlx::Result<bool> {
-    Ok(start_many(db, worker_id, &[(job_id, attempt)]).await?.contains(&job_id))
+    Ok(start_many(db, worker_id, &[(job_id, attempt)]).await?.iter().any(|started| started.job_id == job_id))
+}
+
+/// An attempt its worker started.
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct Started {
+    pub job_id: Uuid,
+    /// How long ago the job was submitted.
+    pub since_submission_seconds: f64,
 }
 
 /// The worker started these attempts; returns those that were its current ones.
@@ -449,11 +461,11 @@ pub async fn start_many(
     db: impl sqlx::PgExecutor<'_>,
     worker_id: Uuid,
     attempts: &[(Uuid, i32)],
-) -> sqlx::Result<Vec<Uuid>> {
+) -> sqlx::Result<Vec<Started>> {
     let mut sorted = attempts.to_vec();
     sorted.sort();
     let (ids, numbers): (Vec<Uuid>, Vec<i32>) = sorted.into_iter().unzip();
-    sqlx::query_scalar(
+    sqlx::query_as(
         "with reported as (
             select * from unnest($1::uuid[], $2::int4[]) as r(job_id, attempt)
          ), held as (
@@ -464,13 +476,13 @@ pub async fn start_many(
             update jobs j set state = 'running', started_at = now(), updated_at = now()
             from held h
             where j.id = h.job_id and j.attempt = h.attempt and j.worker_id = $3 and j.state = 'assigned'
-            returning j.id, j.tenant_id, j.attempt
+            returning j.id, j.tenant_id, j.attempt, j.created_at
          ), event as (
             insert into job_events (tenant_id, job_id, kind, state, attempt, data)
             select tenant_id, id, 'job.started', 'running', attempt, jsonb_build_object('worker_id', $3::uuid)
             from job order by id
          )
-         select id from job",
+         select id as job_id, extract(epoch from now() - created_at)::float8 as since_submission_seconds from job",
     )
     .bind(&ids)
     .bind(&numbers)
@@ -664,17 +676,24 @@ pub async fn drain_if_idle(db: &mut PgConnection, worker_id: Uuid) -> sqlx::Resu
 
 /// A worker is gone for good (its process died, or it was replaced): its attempts are
 /// failed at once — retried elsewhere or dead-lettered, fenced by their attempt numbers —
-/// instead of waiting for their leases to run out. Returns how many attempts it gave up.
-pub async fn abandon_worker(db: &mut PgConnection, worker_id: Uuid, reason: &str, random: f64) -> sqlx::Result<usize> {
+/// instead of waiting for their leases to run out. Returns what became of each attempt it
+/// gave up.
+pub async fn abandon_worker(
+    db: &mut PgConnection,
+    worker_id: Uuid,
+    reason: &str,
+    random: f64,
+) -> sqlx::Result<Vec<FailureResult>> {
     let mut transaction = db.begin().await?;
     let held: Vec<(Uuid, i32)> =
         sqlx::query_as("delete from worker_jobs where worker_id = $1 returning job_id, attempt")
             .bind(worker_id)
             .fetch_all(&mut *transaction)
             .await?;
+    let mut results = Vec::with_capacity(held.len());
     for (job_id, attempt) in &held {
         let failure = Failure { job_id: *job_id, attempt: *attempt, error: reason.to_owned(), retryable: true };
-        dispatch::fail(&mut transaction, &failure, random).await?;
+        results.push(dispatch::fail(&mut transaction, &failure, random).await?);
     }
     sqlx::query("update workers set state = 'gone', gone_at = now() where id = $1 and gone_at is null")
         .bind(worker_id)
@@ -684,15 +703,15 @@ pub async fn abandon_worker(db: &mut PgConnection, worker_id: Uuid, reason: &str
         sqlx::query("select pg_notify('hodei_ready', 'capacity')").execute(&mut *transaction).await?;
     }
     transaction.commit().await?;
-    Ok(held.len())
+    Ok(results)
 }
 
 /// Gives up attempts whose lease expired (their worker stopped heartbeating) or that their
 /// worker did not start in time: each is a failed attempt — retried or dead-lettered —
 /// fenced by its attempt number. Then marks
-/// workers silent for longer than `lease` as gone. Returns how many attempts it gave up.
+/// workers silent for longer than `lease` as gone. Returns the attempts it gave up.
 /// After an outage of the whole control plane, leases are extended instead (see below).
-pub async fn expire_leases(db: &mut PgConnection, timeouts: Timeouts, random: f64) -> sqlx::Result<usize> {
+pub async fn expire_leases(db: &mut PgConnection, timeouts: Timeouts, random: f64) -> sqlx::Result<Vec<Reaped>> {
     let lease = timeouts.lease;
     let mut transaction = db.begin().await?;
     // If no replica has reaped for half a lease, the control plane was down and workers had
@@ -730,6 +749,7 @@ pub async fn expire_leases(db: &mut PgConnection, timeouts: Timeouts, random: f6
     .bind(lease.as_secs_f64())
     .fetch_all(&mut *transaction)
     .await?;
+    let mut reaped = Vec::with_capacity(expired.len());
     for (job_id, attempt, lease_expired) in &expired {
         let error = if *lease_expired {
             "lease expired: the worker stopped heartbeating"
@@ -737,7 +757,8 @@ pub async fn expire_leases(db: &mut PgConnection, timeouts: Timeouts, random: f6
             "assignment timed out: the worker did not start the job"
         };
         let failure = Failure { job_id: *job_id, attempt: *attempt, error: error.to_owned(), retryable: true };
-        dispatch::fail(&mut transaction, &failure, random).await?;
+        let result = dispatch::fail(&mut transaction, &failure, random).await?;
+        reaped.push(Reaped { lease_expired: *lease_expired, result });
     }
     sqlx::query(
         "update workers set state = 'gone', gone_at = now()
@@ -750,5 +771,13 @@ pub async fn expire_leases(db: &mut PgConnection, timeouts: Timeouts, random: f6
         sqlx::query("select pg_notify('hodei_ready', 'capacity')").execute(&mut *transaction).await?;
     }
     transaction.commit().await?;
-    Ok(expired.len())
+    Ok(reaped)
+}
+
+/// An attempt the lease reaper gave up, and what became of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reaped {
+    /// Its worker stopped heartbeating (else: it did not start the assignment in time).
+    pub lease_expired: bool,
+    pub result: FailureResult,
 }

@@ -36,8 +36,10 @@ pub use hodei_core::admission::{FULL_QUEUE_RETRY_AFTER_SECONDS, MAX_REDIRECTS};
 /// What a submission did.
 #[derive(Debug)]
 pub enum SubmitOutcome {
-    /// Every job was written. `jobs` holds the full records only when they were asked for.
-    Created { ids: Vec<Uuid>, jobs: Vec<Job> },
+    /// Every job was written. `jobs` holds the full records only when they were asked for;
+    /// `decisions` says, job by job, what admission did (accepted, redirected, admitted by
+    /// evicting a lower-priority job).
+    Created { ids: Vec<Uuid>, jobs: Vec<Job>, decisions: Vec<Decision> },
     /// The idempotency key was seen before with the same request: the original ids.
     Replayed { ids: Vec<Uuid>, jobs: Vec<Job> },
     /// The idempotency key was seen before with a different request. Nothing was written.
@@ -286,8 +288,10 @@ pub async fn submit(
     let bounded = names.iter().any(|name| states[name].queue.settings.max_size.is_some());
     let fair = names.iter().any(|name| needs_fair(&states[name]));
     if !bounded && !fair {
-        let placements = placer.place(&states, jobs, &as_named(jobs));
-        return insert_or_replay(db, submitter, jobs, &placements, idempotency, return_jobs).await;
+        let decisions = as_named(jobs);
+        let placements = placer.place(&states, jobs, &decisions);
+        let outcome = insert_or_replay(db, submitter, jobs, &placements, idempotency, return_jobs).await?;
+        return Ok(outcome.decided(decisions));
     }
 
     // A size-limited or fair queue is involved: admit in one transaction, holding the
@@ -314,9 +318,12 @@ pub async fn submit(
     // A retry of an earlier submission gets its jobs back even if the queue filled since.
     if let Some(idempotency) = idempotency {
         if idempotency_keys_exist(&mut transaction, submitter, idempotency, jobs.len()).await? {
-            let placements = placer.place(&states, jobs, &as_named(jobs));
-            return insert_or_replay(&mut transaction, submitter, jobs, &placements, Some(idempotency), return_jobs)
-                .await;
+            let decisions = as_named(jobs);
+            let placements = placer.place(&states, jobs, &decisions);
+            let outcome =
+                insert_or_replay(&mut transaction, submitter, jobs, &placements, Some(idempotency), return_jobs)
+                    .await?;
+            return Ok(outcome.decided(decisions));
         }
     }
 
@@ -337,7 +344,17 @@ pub async fn submit(
     if matches!(outcome, SubmitOutcome::Created { .. }) {
         transaction.commit().await?;
     }
-    Ok(outcome)
+    Ok(outcome.decided(plan.decisions))
+}
+
+impl SubmitOutcome {
+    /// The outcome with admission's `decisions`, if the jobs were created.
+    fn decided(self, decisions: Vec<Decision>) -> Self {
+        match self {
+            SubmitOutcome::Created { ids, jobs, .. } => SubmitOutcome::Created { ids, jobs, decisions },
+            other => other,
+        }
+    }
 }
 
 /// Each job admitted to the queue it names.
@@ -630,7 +647,7 @@ async fn insert_or_replay(
         } else {
             Vec::new()
         };
-        return Ok(SubmitOutcome::Created { ids, jobs });
+        return Ok(SubmitOutcome::Created { ids, jobs, decisions: Vec::new() });
     }
     if inserted == 0 {
         // A queue deleted since its settings were read: the statement writes nothing then.

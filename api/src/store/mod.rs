@@ -7,6 +7,7 @@ pub mod assignment;
 pub mod dispatch;
 pub mod enqueue;
 pub mod events;
+pub mod gauges;
 pub mod jobs;
 pub mod leases;
 pub mod logs;

@@ -143,12 +143,21 @@ pub async fn resolve_token(db: impl PgExecutor<'_>, token_hash: &[u8]) -> sqlx::
 }
 
 /// Marks a worker gone; its token stops working.
-pub async fn deregister(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<bool> {
-    let result = sqlx::query("update workers set state = 'gone', gone_at = now() where id = $1 and gone_at is null")
-        .bind(id)
-        .execute(db)
-        .await?;
-    Ok(result.rows_affected() == 1)
+pub async fn deregister(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Left>> {
+    sqlx::query_as(
+        "update workers set state = 'gone', gone_at = now() where id = $1 and gone_at is null
+         returning pool, jobs_run",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// A worker that deregistered: its pool and how many jobs it had run.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Left {
+    pub pool: String,
+    pub jobs_run: i64,
 }
 
 pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Worker>> {
