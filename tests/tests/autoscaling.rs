@@ -390,3 +390,49 @@ async fn an_interruption_notice_drains_the_worker_and_the_pool_replaces_it_at_on
     assert!(server.log_text().contains("interruption notice"), "{}", server.log_text());
     server.stop().await;
 }
+
+/// A schedule on the real clock: every even minute opens a one-minute window with a
+/// minimum of two workers; the pool grows at its start and shrinks back at its end.
+#[tokio::test]
+async fn a_schedule_window_raises_the_minimum_at_its_start_and_releases_it_at_its_end() {
+    let database = TestDatabase::empty().await;
+    let config = ConfigFile::new(
+        "pools:
+  - id: office
+    kind: dynamic
+    min_size: 0
+    max_size: 2
+    template: {slots: 1, cpu_millis: 1000, memory_mib: 512}
+    scaling:
+      idle_seconds: 0
+      cooldown: {scale_out_seconds: 0, scale_in_seconds: 0}
+      schedules: [{name: even, cron: \"0 */2 * * * *\", duration_minutes: 1, min_size: 2}]
+",
+    );
+    let mut server = Server::spawn_configured(&database.url, free_port(), Some(&config.0), &[]);
+    server.wait_ready(Duration::from_secs(60)).await;
+    let admin = server.admin();
+    let ready = async |admin: &Client| {
+        members(admin, "office").await.iter().filter(|m| m["status"] == "ready" && m["worker_id"].is_string()).count()
+    };
+    // Within two minutes a window opens: two workers, decided by the schedule.
+    wait_until("the window to bring two workers", Duration::from_secs(150), async || {
+        (ready(&admin).await == 2).then_some(())
+    })
+    .await;
+    let opened = history(&admin, "office").await;
+    let out = opened.iter().find(|e| e["action"] == "scale_out").expect("a scale-out");
+    assert_eq!(out["decided_by"], "schedule even", "{out}");
+    assert_eq!(out["min_size"], 2, "{out}");
+    assert_eq!(out["inputs"]["schedules_active"], serde_json::json!(["even"]), "{out}");
+    // A minute later it closes: back to none.
+    wait_until("the window to close", Duration::from_secs(90), async || {
+        members(&admin, "office").await.is_empty().then_some(())
+    })
+    .await;
+    let closed = history(&admin, "office").await;
+    let scale_in = closed.iter().find(|e| e["action"] == "scale_in").expect("a scale-in");
+    assert_eq!(scale_in["min_size"], 0, "{scale_in}");
+    assert!(scale_in["id"].as_i64() > out["id"].as_i64());
+    server.stop().await;
+}

@@ -99,6 +99,17 @@ pools:
     let admin = server.admin();
     let acme = server.tenant("acme").await;
 
+    // What only the account knows is checked before a pool is created: 422 naming the
+    // field, and nothing created.
+    let bad = serde_json::json!({"id": "bad", "kind": "dynamic", "provider": "aws-ec2", "min_size": 0, "max_size": 1,
+        "template": {"image": image}, "cloud": {"instance_types": ["t9.nonexistent"], "launch_template": "lt-0000000000nothere"}});
+    let refused = admin.post("/api/v1/pools", bad).await;
+    refused.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    let detail = refused.body["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.contains("cloud.instance_types[0]: no instance type t9.nonexistent"), "{refused:?}");
+    assert!(detail.contains("cloud.launch_template: no launch template lt-0000000000nothere"), "{refused:?}");
+    assert_eq!(admin.get("/api/v1/pools/bad").await.status, StatusCode::NOT_FOUND);
+
     // A burst of two jobs: two instances, launched with the deployment's tags.
     let mut ids = Vec::new();
     for _ in 0..2 {
