@@ -558,7 +558,7 @@ impl PoolReconciler<'_> {
                 attempt: pending.attempts_so_far + 1,
                 pool: self.spec.clone(),
             };
-            let limit = Duration::from_secs(self.spec.provisioning.timeout_seconds.into());
+            let limit = Duration::from_secs(self.spec.provisioning_timeout_seconds().into());
             attempts.spawn(async move {
                 let started = std::time::Instant::now();
                 let result = match tokio::time::timeout(limit, provider.provision(&request)).await {

@@ -241,8 +241,8 @@ pub fn validate_spec(spec: &ScalingSpec, errors: &mut ValidationErrors, prefix: 
     if spec.max_lifetime_seconds.is_some_and(|s| !(60..=2_592_000).contains(&s)) {
         errors.add(format!("{prefix}max_lifetime_seconds"), "must be between 60 and 2592000");
     }
-    if spec.max_jobs_per_instance == Some(0) {
-        errors.add(format!("{prefix}max_jobs_per_instance"), "must be at least 1");
+    if spec.max_jobs_per_instance.is_some_and(|jobs| !(1..=1_000_000_000).contains(&jobs)) {
+        errors.add(format!("{prefix}max_jobs_per_instance"), "must be between 1 and 1000000000");
     }
     validate_policies(&spec.policies, errors, &format!("{prefix}policies"));
     validate_triggers(&spec.triggers, errors, &format!("{prefix}triggers"));
@@ -307,7 +307,9 @@ pub fn validate_schedules(schedules: &[Schedule], errors: &mut ValidationErrors,
     let mut seen = Default::default();
     for (index, schedule) in schedules.iter().enumerate() {
         check_name(&schedule.name, &mut seen, format!("{field}[{index}].name"), errors);
-        if let Err(message) = parse_cron(&schedule.cron) {
+        if !(9..=200).contains(&schedule.cron.len()) {
+            errors.add(format!("{field}[{index}].cron"), "must be 9 to 200 characters");
+        } else if let Err(message) = parse_cron(&schedule.cron) {
             errors.add(format!("{field}[{index}].cron"), message);
         }
         if let Err(message) = parse_zone(&schedule.time_zone) {

@@ -82,6 +82,15 @@ impl PoolSpec {
         }
     }
 
+    /// How long a provisioning attempt may take until the worker registers: as set, else
+    /// 120 s for `local` workers and 900 s for cloud instances (which boot an image).
+    pub fn provisioning_timeout_seconds(&self) -> u32 {
+        self.provisioning.timeout_seconds.unwrap_or(match self.provider.as_str() {
+            "local" => 120,
+            _ => 900,
+        })
+    }
+
     /// The field that bounds the pool's size: `size` or `max_size`.
     pub fn size_field(&self) -> &'static str {
         match self.kind {
@@ -212,9 +221,12 @@ pub struct ProvisioningSettings {
     pub mode: ProvisioningMode,
     #[schema(minimum = 1, maximum = 100)]
     pub concurrency: u32,
-    /// How long one attempt may take, from the provider's call until the worker registers.
+    /// How long one attempt may take, from the provider's call until the worker registers
+    /// (default 120 s for `local`, 900 s for cloud providers, whose instances boot); an
+    /// instance that has not registered by then is terminated and the attempt retried.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 3600)]
-    pub timeout_seconds: u32,
+    pub timeout_seconds: Option<u32>,
     /// Attempts per worker before it counts as failed.
     #[schema(minimum = 1, maximum = 20)]
     pub attempts: u32,
@@ -227,7 +239,7 @@ impl Default for ProvisioningSettings {
         Self {
             mode: ProvisioningMode::Parallel,
             concurrency: 5,
-            timeout_seconds: 120,
+            timeout_seconds: None,
             attempts: 3,
             on_failure: FailureHandling::Retry,
         }
@@ -353,7 +365,7 @@ pub fn validate_pool(spec: &PoolSpec, providers: &[ProviderLimits]) -> Result<()
     if !(1..=100).contains(&provisioning.concurrency) {
         errors.add("provisioning.concurrency", "must be between 1 and 100");
     }
-    if !(1..=3600).contains(&provisioning.timeout_seconds) {
+    if provisioning.timeout_seconds.is_some_and(|seconds| !(1..=3600).contains(&seconds)) {
         errors.add("provisioning.timeout_seconds", "must be between 1 and 3600");
     }
     if !(1..=20).contains(&provisioning.attempts) {
@@ -464,7 +476,7 @@ mod tests {
         assert_eq!(pool.kind, PoolKindName::Static);
         assert_eq!(pool.strategy, Strategy::BestFit);
         assert_eq!(pool.provisioning.concurrency, 5);
-        assert_eq!(pool.provisioning.timeout_seconds, 120);
+        assert_eq!(pool.provisioning_timeout_seconds(), 120);
         assert_eq!(pool.provisioning.attempts, 3);
         assert_eq!(pool.health.failure_threshold, 3);
         assert!(validate_pool(&pool, &local()).is_ok());

@@ -321,7 +321,7 @@ where
     let now = context.now;
     let threshold = spec.health.failure_threshold.max(1);
     let silence_limit = context.heartbeat.as_secs_f64() * f64::from(threshold) + 1.0;
-    let timeout = chrono::Duration::seconds(spec.provisioning.timeout_seconds.into());
+    let timeout = chrono::Duration::seconds(spec.provisioning_timeout_seconds().into());
     let abandoned_after = timeout + chrono::Duration::from_std(context.lease).unwrap_or(chrono::Duration::zero());
     let mut actions = Vec::new();
     let mut views: Vec<MemberView<M>> = Vec::new();

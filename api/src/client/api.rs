@@ -166,6 +166,22 @@ impl ApiClient {
         self.http.request(method, url).bearer_auth(&self.api_key)
     }
 
+    /// Sends `request` and returns the response itself when it succeeded (for a stream),
+    /// or the error its status stands for.
+    pub async fn open(&self, request: RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let request = request.build().map_err(|error| ClientError::Usage(format!("invalid request: {error}")))?;
+        let url = request.url().clone();
+        let unreachable =
+            |error: reqwest::Error| ClientError::Unreachable { url: origin(&url), reason: describe(&error) };
+        let response = self.http.execute(request).await.map_err(unreachable)?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body = response.bytes().await.map_err(unreachable)?;
+        Err(failure(&url, status, &body))
+    }
+
     /// Sends `request` and returns its JSON body (`null` when empty), or the error its
     /// status stands for.
     pub async fn send(&self, request: RequestBuilder) -> Result<Value, ClientError> {

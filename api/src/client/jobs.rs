@@ -41,6 +41,24 @@ pub enum JobsCommand {
     #[command(after_help = "With --follow, the exit code tells how the job ended: 0 succeeded, \
         5 cancelled or dead-lettered (and 1-4 as for every command).")]
     Logs(LogsArgs),
+    /// Follow job events as they happen (`GET /events/stream`), one line each; reconnects
+    /// where it left off. With a job id, ends when the job has finished.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only this job's events; the command ends once the job has finished.
+    id: Option<String>,
+    /// Only events of jobs in this queue.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Only these kinds, comma-separated (`job.succeeded,job.dead_lettered`).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Start after this stream position (default: the beginning).
+    #[arg(long, default_value_t = 0)]
+    after: i64,
 }
 
 /// One job by id, or many by filter (`--all` when there is no filter, so that a bare
@@ -215,7 +233,82 @@ pub async fn run(command: JobsCommand, options: &ClientOptions) -> Result<(), Cl
             }
         }
         JobsCommand::Logs(args) => logs(&api, &args, format).await,
+        JobsCommand::Watch(args) => watch(&api, &args, format).await,
     }
+}
+
+/// Reads the Server-Sent Events stream, printing each event, and reconnects after the last
+/// one it saw when the connection drops (the server keeps no state for a follower).
+async fn watch(api: &ApiClient, args: &WatchArgs, format: Output) -> Result<(), ClientError> {
+    let mut after = args.after;
+    let query: Vec<(&str, String)> = crate::client::api::present([
+        ("job_id", args.id.clone()),
+        ("queue", args.queue.clone()),
+        ("kind", args.kind.clone()),
+    ]);
+    loop {
+        let request = api
+            .request(Method::GET, &["events", "stream"])
+            .query(&query)
+            .header("Last-Event-ID", after.to_string())
+            .header("Accept", "text/event-stream")
+            // A stream has no end: only the connection's own timeouts apply.
+            .timeout(Duration::from_secs(365 * 24 * 3600));
+        let mut response = match api.open(request).await {
+            Ok(response) => response,
+            Err(error @ ClientError::Unreachable { .. }) => {
+                eprintln!("hodei: {error}; reconnecting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        let mut buffer = String::new();
+        loop {
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) | Err(_) => break,
+            };
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let frame: String = buffer.drain(..end + 2).collect();
+                let Some((id, data)) = parse_frame(&frame) else { continue };
+                after = id;
+                let event: Value = serde_json::from_str(&data).unwrap_or(Value::String(data));
+                match format {
+                    Output::Json => output::print_line(&event.to_string())?,
+                    Output::Table => output::print_line(&format!(
+                        "{}  {:<22} {}  {} (attempt {})",
+                        output::text(&event["at"]),
+                        output::text(&event["kind"]),
+                        output::text(&event["job_id"]),
+                        output::text(&event["state"]),
+                        output::text(&event["attempt"]),
+                    ))?,
+                }
+                let finished = ["succeeded", "cancelled", "dead_lettered"].iter().any(|state| event["state"] == *state);
+                if args.id.is_some() && finished {
+                    return Ok(());
+                }
+            }
+        }
+        eprintln!("hodei: the event stream closed; reconnecting after {after}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One Server-Sent Events frame: its id and data; `None` for comments (heartbeats).
+fn parse_frame(frame: &str) -> Option<(i64, String)> {
+    let mut id = None;
+    let mut data = Vec::new();
+    for line in frame.lines() {
+        if let Some(value) = line.strip_prefix("id:") {
+            id = value.trim().parse().ok();
+        } else if let Some(value) = line.strip_prefix("data:") {
+            data.push(value.strip_prefix(' ').unwrap_or(value).to_owned());
+        }
+    }
+    Some((id?, data.join("\n")))
 }
 
 async fn submit(api: &ApiClient, args: SubmitArgs, format: Output) -> Result<(), ClientError> {

@@ -116,6 +116,41 @@ pub async fn list_after(db: impl PgExecutor<'_>, filter: &EventFilter) -> sqlx::
         .await
 }
 
+/// What a stream follower wants: every event after `after` (a stream position) of its
+/// tenant, optionally only one job's, one queue's or some kinds.
+#[derive(Debug, Clone, Default)]
+pub struct StreamFilter {
+    pub tenant_scope: Option<Uuid>,
+    pub job_id: Option<Uuid>,
+    pub queue: Option<String>,
+    pub kinds: Option<Vec<String>>,
+    pub after: i64,
+    pub limit: i64,
+}
+
+/// Events after a stream position in stream order, below the horizon (so a follower that
+/// resumes from the last position it saw misses nothing), filtered.
+pub async fn stream_after(db: impl PgExecutor<'_>, filter: &StreamFilter) -> sqlx::Result<Vec<JobEvent>> {
+    sqlx::query_as(&format!(
+        "select e.id, e.job_id, t.name as tenant, e.kind, e.state, e.attempt, e.version, e.data, e.at
+         from job_events e join tenants t on t.id = e.tenant_id
+         where ($1::uuid is null or e.tenant_id = $1) and ($2::uuid is null or e.job_id = $2)
+           and ($3::text is null or exists (select 1 from jobs j where j.id = e.job_id and j.queue = $3))
+           and ($4::text[] is null or e.kind = any($4))
+           and e.id > $5 and e.id < {HORIZON}
+         order by e.id
+         limit $6"
+    ))
+    .bind(filter.tenant_scope)
+    .bind(filter.job_id)
+    .bind(&filter.queue)
+    .bind(&filter.kinds)
+    .bind(filter.after)
+    .bind(filter.limit)
+    .fetch_all(db)
+    .await
+}
+
 /// One attempt of a job as its events tell it.
 #[derive(Debug, Clone, PartialEq, FromRow)]
 pub struct AttemptRecord {
