@@ -360,7 +360,8 @@ fn check_labels(errors: &mut ValidationErrors, labels: &BTreeMap<String, String>
         if !key_ok {
             errors.add(format!("resources.labels.{key}"), "key must be 1-63 characters of [A-Za-z0-9._/-]");
         }
-        if value.len() > 63 {
+        // Characters, as the schema's `maxLength` counts them (not bytes).
+        if value.chars().count() > 63 {
             errors.add(format!("resources.labels.{key}"), "value must be at most 63 characters");
         }
     }

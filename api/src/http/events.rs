@@ -62,7 +62,9 @@ pub struct StreamQuery {
     #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub queue: Option<String>,
     /// Only these kinds, comma-separated (`job.succeeded,job.dead_lettered`).
-    #[param(pattern = "^job\\.[a-z_]+(,job\\.[a-z_]+)*$")]
+    #[param(
+        pattern = "^(job\\.(submitted|queued|assigned|started|succeeded|retry_scheduled|dead_lettered|cancel_requested|cancelled|retried|redriven))(,job\\.(submitted|queued|assigned|started|succeeded|retry_scheduled|dead_lettered|cancel_requested|cancelled|retried|redriven))*$"
+    )]
     pub kind: Option<String>,
 }
 
@@ -153,9 +155,9 @@ async fn list_events(
 /// misses none. A comment every 15 s keeps idle connections open.
 #[utoipa::path(
     get, path = "/events/stream", tag = "events", security(("bearer" = [])), params(StreamQuery,
-        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this stream position")),
+        ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, description = "Resume after this stream position")),
     responses(
-        (status = 200, description = "`text/event-stream`: `id: <position>`, `event: <kind>`, `data: <JobEvent as JSON>`", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`text/event-stream`: `id: <position>`, `event: <kind>`, `data: <JobEvent as JSON>`", content_type = "text/event-stream", body = JobEvent),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")
     )
@@ -166,6 +168,9 @@ async fn stream_events(
     headers: HeaderMap,
     Query(query): Query<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    if let Some(after) = query.after.filter(|after| *after < 0) {
+        return Err(ApiError::bad_request("invalid_query", format!("after: must not be negative, got {after}")));
+    }
     let after = match headers.get("last-event-id") {
         Some(value) => value
             .to_str()
@@ -175,9 +180,6 @@ async fn stream_events(
             .ok_or_else(|| ApiError::bad_request("invalid_header", "Last-Event-ID: not a stream position"))?,
         None => query.after.unwrap_or(0),
     };
-    if after < 0 {
-        return Err(ApiError::bad_request("invalid_query", format!("after: must not be negative, got {after}")));
-    }
     let mut errors = ValidationErrors::new();
     if let Some(queue) = &query.queue {
         if let Err(message) = check_resource_name(queue) {
