@@ -351,3 +351,41 @@ pub async fn registered_worker_id(admin: &Client, name: &str) -> String {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A configuration file in the temp directory, removed on drop.
+#[derive(Debug)]
+pub struct ConfigFile(PathBuf);
+
+impl ConfigFile {
+    pub fn new(contents: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("hodei-e2e-config-{}-{}.yaml", std::process::id(), free_port()));
+        std::fs::write(&path, contents).expect("write the config file");
+        Self(path)
+    }
+
+    pub fn write(&self, contents: &str) {
+        std::fs::write(&self.0, contents).expect("rewrite the config file");
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Polls `check` every 100 ms until it gives a value; fails the test after `limit`.
+pub async fn wait_until<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -3,39 +3,11 @@
 //! idle, no busy worker is ever taken, and the scaling history explains every step. Bad
 //! scaling specs are refused precisely; the lifecycle pauses, drains and resumes a pool.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use hodei_e2e::{free_port, Client, Server, TestDatabase};
+use hodei_e2e::{free_port, wait_until, Client, ConfigFile, Server, TestDatabase};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-struct ConfigFile(PathBuf);
-
-impl ConfigFile {
-    fn new(contents: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("hodei-autoscale-{}-{}.yaml", std::process::id(), free_port()));
-        std::fs::write(&path, contents).expect("write the config file");
-        Self(path)
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-async fn wait_until<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn members(admin: &Client, pool: &str) -> Vec<Value> {
     admin.get(&format!("/api/v1/pools/{pool}/workers")).await.body["workers"].as_array().cloned().unwrap_or_default()
@@ -62,7 +34,7 @@ const BURST_POOL: &str = "pools:
 async fn a_burst_scales_the_pool_out_and_idle_workers_are_scaled_back_in() {
     let database = TestDatabase::empty().await;
     let config = ConfigFile::new(BURST_POOL);
-    let mut server = Server::spawn_configured(&database.url, free_port(), Some(&config.0), &[]);
+    let mut server = Server::spawn_configured(&database.url, free_port(), Some(config.path()), &[]);
     server.wait_ready(Duration::from_secs(60)).await;
     let admin = server.admin();
     let acme = server.tenant("acme").await;
@@ -268,7 +240,7 @@ fn the_simulator_compares_policies_on_a_bursty_day() {
         let file = ConfigFile::new(pool);
         let output = std::process::Command::new(hodei_e2e::binary("hodei"))
             .args(["simulate", "--trace", "builtin:bursty-day", "--launch-seconds", "30", "--pool"])
-            .arg(&file.0)
+            .arg(file.path())
             .output()
             .expect("run hodei simulate");
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -300,7 +272,7 @@ fn the_simulator_compares_policies_on_a_bursty_day() {
     let bad = ConfigFile::new("id: bad\nkind: dynamic\nmin_size: 5\nmax_size: 2\n");
     let output = std::process::Command::new(hodei_e2e::binary("hodei"))
         .args(["simulate", "--trace", "builtin:bursty-day", "--pool"])
-        .arg(&bad.0)
+        .arg(bad.path())
         .output()
         .expect("run hodei simulate");
     assert_eq!(output.status.code(), Some(2));
@@ -348,7 +320,7 @@ async fn an_interruption_notice_drains_the_worker_and_the_pool_replaces_it_at_on
     );
     let environment =
         [("HODEI_LOCAL_WORKER_INTERRUPTION_URL", url.as_str()), ("HODEI_LOCAL_WORKER_DRAIN_SECONDS", "2")];
-    let mut server = Server::spawn_configured(&database.url, free_port(), Some(&config.0), &environment);
+    let mut server = Server::spawn_configured(&database.url, free_port(), Some(config.path()), &environment);
     server.wait_ready(Duration::from_secs(60)).await;
     let admin = server.admin();
     let acme = server.tenant("acme").await;
@@ -409,7 +381,7 @@ async fn a_schedule_window_raises_the_minimum_at_its_start_and_releases_it_at_it
       schedules: [{name: even, cron: \"0 */2 * * * *\", duration_minutes: 1, min_size: 2}]
 ",
     );
-    let mut server = Server::spawn_configured(&database.url, free_port(), Some(&config.0), &[]);
+    let mut server = Server::spawn_configured(&database.url, free_port(), Some(config.path()), &[]);
     server.wait_ready(Duration::from_secs(60)).await;
     let admin = server.admin();
     let ready = async |admin: &Client| {

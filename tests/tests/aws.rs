@@ -7,35 +7,15 @@
 //! The server reaches moto through a proxy that throttles its first launches and
 //! describes (moto injects no faults): the pool converges with no duplicate instance.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{InstanceStateName, ResourceType, Tag, TagSpecification};
-use hodei_e2e::{binary, free_port, Client, Server, TestDatabase, WORKER_REGISTRATION_TOKEN};
+use hodei_e2e::{binary, free_port, wait_until, Client, ConfigFile, Server, TestDatabase, WORKER_REGISTRATION_TOKEN};
 use hodei_provider_aws::machine::MachineHarness;
 use hodei_provider_aws::testing::{self, Fault, FaultProxy, MotoServer};
 use hodei_provider_aws::AwsClients;
 use reqwest::StatusCode;
 use serde_json::Value;
-
-struct ConfigFile(PathBuf);
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-async fn wait_until<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn members(admin: &Client, pool: &str) -> Vec<Value> {
     admin.get(&format!("/api/v1/pools/{pool}/workers")).await.body["workers"].as_array().cloned().unwrap_or_default()
@@ -62,11 +42,8 @@ async fn a_burst_scales_an_ec2_pool_out_on_moto_and_back_in_and_strays_are_termi
     let images = clients.ec2.describe_images().owners("amazon").send().await.expect("images");
     let image = images.images().iter().find_map(|image| image.image_id()).expect("an image").to_owned();
 
-    let config = ConfigFile(std::env::temp_dir().join(format!("hodei-aws-{}-{port}.yaml", std::process::id())));
-    std::fs::write(
-        &config.0,
-        format!(
-            "providers:
+    let config = ConfigFile::new(&format!(
+        "providers:
   aws:
     region: us-east-1
     endpoint_url: {proxy}
@@ -84,14 +61,12 @@ pools:
     cloud: {{instance_types: [t3.micro]}}
     scaling: {{idle_seconds: 2, cooldown: {{scale_out_seconds: 0, scale_in_seconds: 1}}}}
 ",
-            proxy = proxy.url(),
-        ),
-    )
-    .expect("write the config");
+        proxy = proxy.url(),
+    ));
     let database = TestDatabase::empty().await;
     let credentials =
         [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_EC2_METADATA_DISABLED", "true")];
-    let mut server = Server::spawn_configured(&database.url, port, Some(&config.0), &credentials);
+    let mut server = Server::spawn_configured(&database.url, port, Some(config.path()), &credentials);
     server.wait_ready(Duration::from_secs(60)).await;
     let harness = MachineHarness::start(&settings, binary("hodei-worker"), WORKER_REGISTRATION_TOKEN.to_owned())
         .await

@@ -4,7 +4,6 @@
 //! its leader dies.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,48 +12,12 @@ use hodei_api::provider::{
 };
 use hodei_api::reconcile::Reconciler;
 use hodei_core::pool::{PoolSpec, ProviderLimits};
-use hodei_e2e::{binary, free_port, Client, Server, TestDatabase, WORKER_REGISTRATION_TOKEN};
+use hodei_e2e::{binary, free_port, wait_until, Client, ConfigFile, Server, TestDatabase, WORKER_REGISTRATION_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-/// A configuration file in the temp directory, removed on drop.
-struct ConfigFile(PathBuf);
-
-impl ConfigFile {
-    fn new(contents: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("hodei-pools-{}-{}.yaml", std::process::id(), free_port()));
-        std::fs::write(&path, contents).expect("write the config file");
-        Self(path)
-    }
-
-    fn write(&self, contents: &str) {
-        std::fs::write(&self.0, contents).expect("rewrite the config file");
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 fn pool_yaml(id: &str, size: u32) -> String {
     format!("pools:\n  - id: {id}\n    size: {size}\n    template: {{slots: 1, cpu_millis: 1000, memory_mib: 512}}\n")
-}
-
-async fn wait_until<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The pool's members once exactly `ready` of them are ready with a registered worker and
