@@ -149,6 +149,17 @@ async fn list_events(
     Ok(axum::Json(EventPage { events: events.into_iter().map(JobEvent::from).collect(), next_after }))
 }
 
+/// One message of the Server-Sent Events stream.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct StreamEvent {
+    /// The event's stream position (what `Last-Event-ID` resumes after).
+    pub id: String,
+    /// Its kind, e.g. `job.submitted`.
+    pub event: String,
+    /// The event as JSON: a `JobEvent`, as `GET /events` returns it.
+    pub data: String,
+}
+
 /// Follow the job event stream as Server-Sent Events: each event's `id` is its stream
 /// position and its data the event as JSON (as in `GET /events`). A client that
 /// reconnects with `Last-Event-ID` (or `after`) resumes after the last event it saw and
@@ -157,7 +168,7 @@ async fn list_events(
     get, path = "/events/stream", tag = "events", security(("bearer" = [])), params(StreamQuery,
         ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, description = "Resume after this stream position")),
     responses(
-        (status = 200, description = "`text/event-stream`: `id: <position>`, `event: <kind>`, `data: <JobEvent as JSON>`", content_type = "text/event-stream", body = JobEvent),
+        (status = 200, description = "`text/event-stream`: `id: <position>`, `event: <kind>`, `data: <JobEvent as JSON>`", content_type = "text/event-stream", body = StreamEvent),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")
     )
