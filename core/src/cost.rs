@@ -21,6 +21,106 @@
 //! reported as unknown, never as zero.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::pool::CapacityType;
+use crate::validation::ValidationErrors;
+
+/// What an hour of an instance costs (`cost_tracking.prices`, `PUT /api/v1/prices`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceSpec {
+    /// `local`, `aws-ec2` or `aws-asg`.
+    #[schema(min_length = 1, max_length = 64)]
+    pub provider: String,
+    /// An instance type (`m5.large`, `local-1000m-512Mi`), or `*` for any.
+    #[schema(min_length = 1, max_length = 64)]
+    pub instance_type: String,
+    /// `on_demand` (default) or `spot`.
+    #[serde(default)]
+    pub capacity_type: CapacityType,
+    /// A region (`eu-west-1`), or `*` (default) for any.
+    #[serde(default = "any_region")]
+    #[schema(min_length = 1, max_length = 64)]
+    pub region: String,
+    /// Per hour, at least 0.
+    #[schema(minimum = 0)]
+    pub price_per_hour: f64,
+    /// `USD`, the only currency (default).
+    #[serde(default = "usd")]
+    pub currency: String,
+}
+
+fn any_region() -> String {
+    "*".to_owned()
+}
+
+fn usd() -> String {
+    "USD".to_owned()
+}
+
+/// The instance type a price names: letters, digits, `.`, `-`, `_` (or `*`).
+fn is_name(value: &str) -> bool {
+    value == "*"
+        || (!value.is_empty()
+            && value.len() <= 64
+            && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+}
+
+/// Checks a price list; field names are `prices[i].…`. Two entries for the same key are refused.
+pub fn validate_prices(prices: &[PriceSpec]) -> Result<(), ValidationErrors> {
+    let mut errors = ValidationErrors::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (index, price) in prices.iter().enumerate() {
+        let field = |name: &str| format!("prices[{index}].{name}");
+        if !is_name(&price.provider) || price.provider == "*" {
+            errors.add(field("provider"), "must be a provider name (letters, digits, '.', '-', '_')");
+        }
+        if !is_name(&price.instance_type) {
+            errors.add(field("instance_type"), "must be an instance type (letters, digits, '.', '-', '_') or '*'");
+        }
+        if !is_name(&price.region) {
+            errors.add(field("region"), "must be a region (letters, digits, '-') or '*'");
+        }
+        if !price.price_per_hour.is_finite() || price.price_per_hour < 0.0 {
+            errors
+                .add(field("price_per_hour"), format!("must be a number of at least 0, got {}", price.price_per_hour));
+        }
+        if price.currency != "USD" {
+            errors.add(field("currency"), format!("must be USD, got {:?}", price.currency));
+        }
+        if !seen.insert((&price.provider, &price.instance_type, price.capacity_type.as_str(), &price.region)) {
+            errors.add(
+                field("instance_type"),
+                "a price for this provider, instance type, capacity type and region is already given",
+            );
+        }
+    }
+    errors.into_result(())
+}
+
+/// What the ledger calls a pool's instances: the first of `cloud.instance_types`, or for
+/// a pool without (the `local` provider) its template's shape, `local-1000m-512Mi`
+/// (`local` when the template leaves the shape to the machine).
+pub fn instance_type_of(spec: &crate::pool::PoolSpec) -> String {
+    if let Some(first) = spec.cloud.as_ref().and_then(|cloud| cloud.instance_types.first()) {
+        return first.clone();
+    }
+    match (spec.template.cpu_millis, spec.template.memory_mib) {
+        (Some(cpu), Some(memory)) => format!("{}-{cpu}m-{memory}Mi", spec.provider),
+        _ => spec.provider.clone(),
+    }
+}
+
+impl CapacityType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OnDemand => "on_demand",
+            Self::Spot => "spot",
+        }
+    }
+}
 
 /// How a share of an instance is weighed between CPU and memory. The weights sum to 1.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -249,6 +349,26 @@ mod tests {
         assert_eq!(split.idle_amount, None);
         assert_eq!(split.instance_amount, None);
         assert!(close(split.attempts[0].share_seconds, 1800.0));
+    }
+
+    #[test]
+    fn prices_name_the_bad_field() {
+        let price = |instance_type: &str, price_per_hour: f64, currency: &str| PriceSpec {
+            provider: "aws-ec2".to_owned(),
+            instance_type: instance_type.to_owned(),
+            capacity_type: CapacityType::OnDemand,
+            region: "*".to_owned(),
+            price_per_hour,
+            currency: currency.to_owned(),
+        };
+        assert!(validate_prices(&[price("m5.large", 0.096, "USD"), price("*", 0.0, "USD")]).is_ok());
+        let fields = |prices: &[PriceSpec]| -> Vec<String> {
+            validate_prices(prices).expect_err("invalid").errors().iter().map(|e| e.field.clone()).collect()
+        };
+        assert_eq!(fields(&[price("m5.large", -1.0, "USD")]), ["prices[0].price_per_hour"]);
+        assert_eq!(fields(&[price("m5 large!", 1.0, "USD")]), ["prices[0].instance_type"]);
+        assert_eq!(fields(&[price("m5.large", 1.0, "EUR")]), ["prices[0].currency"]);
+        assert_eq!(fields(&[price("a", 1.0, "USD"), price("a", 2.0, "USD")]), ["prices[1].instance_type"]);
     }
 
     #[test]
