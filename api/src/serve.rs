@@ -62,6 +62,7 @@ pub async fn serve_http(
         .with_workers(workers, assigned)
         .with_shutdown(shutdown.clone())
         .with_providers(providers.clone())
+        .with_cost_retention_days(config.cost_tracking.retention_days)
         .with_pool_limits(crate::http::PoolLimits { max_pools: config.max_pools, max_pool_size: config.max_pool_size });
     if !config.effective_pools().is_empty() || config.source_file.is_some() {
         apply_file_pools(&pool, config.effective_pools()).await?;

@@ -32,23 +32,24 @@ use crate::validation::ValidationErrors;
 #[serde(deny_unknown_fields)]
 pub struct PriceSpec {
     /// `local`, `aws-ec2` or `aws-asg`.
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub provider: String,
     /// An instance type (`m5.large`, `local-1000m-512Mi`), or `*` for any.
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(pattern = "^([*]|[A-Za-z0-9._-]{1,64})$")]
     pub instance_type: String,
     /// `on_demand` (default) or `spot`.
     #[serde(default)]
     pub capacity_type: CapacityType,
     /// A region (`eu-west-1`), or `*` (default) for any.
     #[serde(default = "any_region")]
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(pattern = "^([*]|[A-Za-z0-9._-]{1,64})$")]
     pub region: String,
     /// Per hour, at least 0.
     #[schema(minimum = 0)]
     pub price_per_hour: f64,
     /// `USD`, the only currency (default).
     #[serde(default = "usd")]
+    #[schema(pattern = "^USD$")]
     pub currency: String,
 }
 
