@@ -112,6 +112,20 @@ create table cost_allocations (
 create index cost_allocations_bucket_idx on cost_allocations (bucket_start);
 create index cost_allocations_job_idx on cost_allocations (job_id) where job_id is not null;
 
+-- `cost_allocations` summed per UTC day, tenant, pool, queue and kind: what the cost
+-- reports read. Recomputed for a day whenever one of its buckets is.
+create table cost_daily (
+    day                     date             not null,
+    pool                    text             not null,
+    kind                    text             not null,
+    tenant_id               uuid,
+    queue                   text,
+    amount                  double precision not null,
+    unpriced_share_seconds  double precision not null,
+    attempts                bigint           not null
+);
+create index cost_daily_day_idx on cost_daily (day);
+
 -- Buckets before `closed_until` are final.
 create table cost_rollup (
     id              integer     primary key constraint cost_rollup_singleton check (id = 1),

@@ -122,7 +122,7 @@ pub struct CostLine {
     pub currency: String,
     /// Instance-seconds on unpriced instances: unknown cost, never counted as zero.
     pub unpriced_share_seconds: f64,
-    /// Attempts that ran.
+    /// Attempts that ran, counted once per UTC day they ran in.
     pub attempts: i64,
 }
 

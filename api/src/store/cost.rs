@@ -1,6 +1,7 @@
 //! The cost tables: `prices`, the `instances` ledger, `job_attempts` (written by a
 //! trigger on `worker_jobs`), and `cost_allocations`, the roll-up of the pure attribution
-//! (`hodei_core::cost::attribute`) that the analysts' views and the cost reports read.
+//! (`hodei_core::cost::attribute`) that the analysts' views read, and `cost_daily`, its
+//! sum per day, which the cost reports read.
 //! Never decides how a cost splits: it gathers the windows, asks the core, and writes
 //! the answer.
 
@@ -195,6 +196,11 @@ pub async fn roll_up(db: &PgPool, now: DateTime<Utc>, tracking: Tracking, max_bu
         }
         let mut transaction = db.begin().await?;
         let rolled = roll_up_bucket(&mut transaction, bucket, end.min(now), tracking).await?;
+        // A day's sum once its last bucket of this run is written.
+        let last_of_run = !closed || end >= now || done.buckets + 1 >= max_buckets;
+        if last_of_run || end.date_naive() != bucket.date_naive() {
+            summarise_day(&mut transaction, bucket).await?;
+        }
         if closed {
             sqlx::query("update cost_rollup set closed_until = greatest(coalesce(closed_until, $1), $1) where id = 1")
                 .bind(end)
@@ -365,6 +371,27 @@ pub async fn roll_up_bucket(
     Ok(RolledUp { buckets: 1, instances: instances.len() as u64, attempts: counted_attempts })
 }
 
+/// Recomputes `cost_daily` for the UTC day of `bucket_start` from its allocations (under
+/// the roll-up's lock, which the caller's `roll_up_bucket` took).
+async fn summarise_day(db: &mut PgConnection, bucket_start: DateTime<Utc>) -> sqlx::Result<()> {
+    sqlx::query(
+        "with day as (select ($1 at time zone 'UTC')::date as day),
+              cleared as (delete from cost_daily d using day where d.day = day.day)
+         insert into cost_daily (day, pool, kind, tenant_id, queue, amount, unpriced_share_seconds, attempts)
+         select day.day, a.pool, a.kind, a.tenant_id, a.queue, coalesce(sum(a.amount), 0)::float8,
+                coalesce(sum(a.share_seconds) filter (where a.amount is null), 0),
+                count(distinct (a.job_id, a.attempt)) filter (where a.kind = 'attempt')
+           from cost_allocations a, day
+          where a.bucket_start >= day.day::timestamp at time zone 'UTC'
+            and a.bucket_start < (day.day + 1)::timestamp at time zone 'UTC'
+          group by day.day, a.pool, a.kind, a.tenant_id, a.queue",
+    )
+    .bind(bucket_start)
+    .execute(&mut *db)
+    .await?;
+    Ok(())
+}
+
 struct Allocation<'a> {
     instance: i64,
     pool: &'a str,
@@ -496,14 +523,13 @@ pub async fn report(
         "select case $1 when 'tenant' then coalesce(t.name, a.tenant_id::text, '')
                         when 'pool' then a.pool
                         when 'queue' then coalesce(a.queue, '')
-                        else to_char((a.bucket_start at time zone 'UTC')::date, 'YYYY-MM-DD') end as key,
+                        else to_char(a.day, 'YYYY-MM-DD') end as key,
                 coalesce(sum(a.amount) filter (where a.kind = 'attempt'), 0)::float8 as attributed_amount,
                 coalesce(sum(a.amount) filter (where a.kind = 'idle'), 0)::float8 as idle_amount,
-                coalesce(sum(a.share_seconds) filter (where a.amount is null), 0)::float8 as unpriced_share_seconds,
-                count(distinct (a.job_id, a.attempt)) filter (where a.kind = 'attempt') as attempts
-           from cost_allocations a left join tenants t on t.id = a.tenant_id
-          where a.bucket_start >= ($2::date)::timestamp at time zone 'UTC'
-            and a.bucket_start < (($3::date) + 1)::timestamp at time zone 'UTC'
+                coalesce(sum(a.unpriced_share_seconds), 0)::float8 as unpriced_share_seconds,
+                coalesce(sum(a.attempts), 0)::int8 as attempts
+           from cost_daily a left join tenants t on t.id = a.tenant_id
+          where a.day >= $2 and a.day <= $3
             and ($4::uuid is null or (a.tenant_id = $4 and a.kind = 'attempt'))
             and ($1 in ('pool', 'day') or a.kind = 'attempt')
           group by 1 order by 1",
