@@ -96,6 +96,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Where `/metrics` is served.
     pub metrics: MetricsConfig,
+    /// The instance ledger's prices and the cost roll-up.
+    pub cost_tracking: CostTrackingConfig,
     /// The file this configuration was read from, for reloading.
     #[serde(skip)]
     pub source_file: Option<PathBuf>,
@@ -131,6 +133,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             tls: TlsConfig::default(),
             metrics: MetricsConfig::default(),
+            cost_tracking: CostTrackingConfig::default(),
             source_file: None,
             default_pools: Vec::new(),
         }
@@ -173,6 +176,84 @@ impl HttpConfig {
 pub struct TlsConfig {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+}
+
+/// Cost tracking: instances and attempts are always recorded; this says whether and how
+/// often their cost is rolled up, what it keeps, and the prices.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CostTrackingConfig {
+    /// Whether the roll-up runs (`HODEI_COST_TRACKING_ENABLED`).
+    pub enabled: bool,
+    /// Keep each attempt's tenant in the roll-up (else tenant reports are empty).
+    pub track_by_tenant: bool,
+    /// Keep each attempt's job in the roll-up (else jobs show no cost).
+    pub track_by_job: bool,
+    /// How long the ledger and the roll-up are kept, in days (`HODEI_COST_RETENTION_DAYS`);
+    /// also the longest range a cost report may ask for.
+    pub retention_days: u32,
+    /// How often the roll-up runs, in seconds (`HODEI_COST_ROLLUP_INTERVAL_SECONDS`).
+    pub rollup_interval_seconds: u32,
+    /// What an hour of a `local` worker costs (any shape), so `hodei dev` shows numbers;
+    /// written at start as the `local` price unless `prices` names one.
+    pub local_price_per_worker_hour: f64,
+    /// How a share of an instance is weighed: CPU and memory weights sum to 1.
+    pub cpu_weight: f64,
+    pub memory_weight: f64,
+    /// The price list; when not empty it replaces the stored one at start (`PUT
+    /// /api/v1/prices` replaces it until the next start).
+    pub prices: Vec<hodei_core::cost::PriceSpec>,
+}
+
+impl Default for CostTrackingConfig {
+    fn default() -> Self {
+        let weights = hodei_core::cost::Weights::default();
+        Self {
+            enabled: true,
+            track_by_tenant: true,
+            track_by_job: true,
+            retention_days: 90,
+            rollup_interval_seconds: 3600,
+            local_price_per_worker_hour: 0.05,
+            cpu_weight: weights.cpu,
+            memory_weight: weights.memory,
+            prices: Vec::new(),
+        }
+    }
+}
+
+impl CostTrackingConfig {
+    pub fn weights(&self) -> hodei_core::cost::Weights {
+        hodei_core::cost::Weights { cpu: self.cpu_weight, memory: self.memory_weight }
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        if !(1..=3650).contains(&self.retention_days) {
+            problems
+                .push(format!("cost_tracking.retention_days: must be between 1 and 3650, got {}", self.retention_days));
+        }
+        if !(1..=86_400).contains(&self.rollup_interval_seconds) {
+            problems.push(format!(
+                "cost_tracking.rollup_interval_seconds: must be between 1 and 86400, got {}",
+                self.rollup_interval_seconds
+            ));
+        }
+        if !self.local_price_per_worker_hour.is_finite() || self.local_price_per_worker_hour < 0.0 {
+            problems.push(format!(
+                "cost_tracking.local_price_per_worker_hour: must be at least 0, got {}",
+                self.local_price_per_worker_hour
+            ));
+        }
+        if !self.weights().is_valid() {
+            problems.push(format!(
+                "cost_tracking.cpu_weight: with memory_weight, must be at least 0 and sum to 1, got {} and {}",
+                self.cpu_weight, self.memory_weight
+            ));
+        }
+        if let Err(errors) = hodei_core::cost::validate_prices(&self.prices) {
+            problems.extend(errors.errors().iter().map(|e| format!("cost_tracking.{}: {}", e.field, e.message)));
+        }
+    }
 }
 
 /// Where `/metrics` is served.
@@ -262,6 +343,12 @@ pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
     ("HODEI_TLS_CERT_FILE", "tls.cert_file"),
     ("HODEI_TLS_KEY_FILE", "tls.key_file"),
     ("HODEI_PROMETHEUS_PORT", "metrics.prometheus.port"),
+    ("HODEI_COST_TRACKING_ENABLED", "cost_tracking.enabled"),
+    ("HODEI_COST_TRACKING_TRACK_BY_TENANT", "cost_tracking.track_by_tenant"),
+    ("HODEI_COST_TRACKING_TRACK_BY_JOB", "cost_tracking.track_by_job"),
+    ("HODEI_COST_RETENTION_DAYS", "cost_tracking.retention_days"),
+    ("HODEI_COST_ROLLUP_INTERVAL_SECONDS", "cost_tracking.rollup_interval_seconds"),
+    ("HODEI_COST_LOCAL_PRICE_PER_WORKER_HOUR", "cost_tracking.local_price_per_worker_hour"),
 ];
 
 pub const MIN_BOOTSTRAP_ADMIN_KEY_LEN: usize = 32;
@@ -423,6 +510,7 @@ impl Config {
                     .push(format!("local_worker_api_url: each URL must start with http:// or https://, got {url:?}"));
             }
         }
+        self.cost_tracking.problems(&mut problems);
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             problems.push(format!("log_level: {error}"));
         }
@@ -498,12 +586,25 @@ fn environment_value(field: &str, value: &str) -> serde_yaml::Value {
             | "http.header_read_timeout_seconds"
             | "http.body_read_timeout_seconds"
             | "metrics.prometheus.port"
+            | "cost_tracking.retention_days"
+            | "cost_tracking.rollup_interval_seconds"
     ) {
         if let Ok(number) = value.trim().parse::<u64>() {
             return serde_yaml::Value::from(number);
         }
     }
-    if field == "providers.local.enabled" {
+    if field == "cost_tracking.local_price_per_worker_hour" {
+        if let Ok(number) = value.trim().parse::<f64>() {
+            return serde_yaml::Value::from(number);
+        }
+    }
+    if matches!(
+        field,
+        "providers.local.enabled"
+            | "cost_tracking.enabled"
+            | "cost_tracking.track_by_tenant"
+            | "cost_tracking.track_by_job"
+    ) {
         match value.trim() {
             "true" | "1" | "yes" => return serde_yaml::Value::from(true),
             "false" | "0" | "no" => return serde_yaml::Value::from(false),
@@ -628,6 +729,26 @@ mod tests {
             .expect_err("invalid")
             .to_string();
         assert!(message.contains("providers.local.enabled"), "{message}");
+    }
+
+    #[test]
+    fn cost_tracking_is_read_and_checked() {
+        let file = write(
+            "cost_tracking:\n  retention_days: 30\n  prices:\n    - {provider: aws-ec2, instance_type: m5.large, price_per_hour: 0.096}\n",
+        );
+        let config =
+            Config::load(Some(file.path()), &environment(&[("HODEI_COST_TRACKING_ENABLED", "false")])).expect("valid");
+        assert!(!config.cost_tracking.enabled);
+        assert_eq!(config.cost_tracking.retention_days, 30);
+        assert_eq!(config.cost_tracking.prices[0].region, "*");
+        let message =
+            Config::load(None, &environment(&[("HODEI_COST_RETENTION_DAYS", "0")])).expect_err("invalid").to_string();
+        assert!(message.contains("cost_tracking.retention_days"), "{message}");
+        let file = write(
+            "cost_tracking:\n  prices:\n    - {provider: aws-ec2, instance_type: m5.large, price_per_hour: -1}\n",
+        );
+        let message = Config::load(Some(file.path()), &environment(&[])).expect_err("invalid").to_string();
+        assert!(message.contains("cost_tracking.prices[0].price_per_hour"), "{message}");
     }
 
     #[test]

@@ -78,6 +78,12 @@ async fn serve_dev(config: &Config, database_url: &str, data_dir: &Path) -> anyh
     // The whole system on one machine: its workers are local processes.
     config.providers.local.enabled.get_or_insert(true);
     config.local_worker_log_dir.get_or_insert_with(|| data_dir.join("workers"));
+    // Costs show within a minute (unless the configuration chose another interval).
+    if config.cost_tracking.rollup_interval_seconds
+        == crate::config::CostTrackingConfig::default().rollup_interval_seconds
+    {
+        config.cost_tracking.rollup_interval_seconds = 60;
+    }
     let shutdown = CancellationToken::new();
     serve::cancel_on_signals(shutdown.clone());
     // On Ctrl-C the API drains first; then the workers finish what they run and leave.

@@ -283,3 +283,56 @@ impl LeaseReaper {
         }
     }
 }
+
+/// Rolls the instance ledger and the job attempts up into `cost_allocations` (see
+/// `store::cost`): every closed hour once more (the last one again, for attempts that
+/// ended as it closed) and the current hour so far. Every replica may run it: a bucket's
+/// recomputation holds a lock, and recomputing never counts twice.
+#[derive(Debug, Clone)]
+pub struct CostRollup {
+    pub db: PgPool,
+    pub tracking: crate::store::cost::Tracking,
+    pub interval: Duration,
+    pub retention_days: u32,
+    /// Closed buckets rolled per tick (the first run after a long gap catches up over
+    /// several ticks).
+    pub max_buckets: u32,
+}
+
+impl CostRollup {
+    pub fn new(db: PgPool, tracking: crate::store::cost::Tracking) -> Self {
+        Self { db, tracking, interval: Duration::from_secs(3600), retention_days: 90, max_buckets: 24 * 7 }
+    }
+
+    /// One pass as of the database's clock.
+    pub async fn tick(&self) -> anyhow::Result<crate::store::cost::RolledUp> {
+        let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select now()").fetch_one(&self.db).await?;
+        self.tick_at(now).await
+    }
+
+    /// One pass as of `now` (tests roll up what they recorded in the past).
+    pub async fn tick_at(&self, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<crate::store::cost::RolledUp> {
+        crate::store::cost::end_orphaned_instances(&self.db).await?;
+        let rolled = crate::store::cost::roll_up(&self.db, now, self.tracking, self.max_buckets).await?;
+        crate::store::cost::prune(&self.db, now, self.retention_days).await?;
+        Ok(rolled)
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            match self.tick().await {
+                Ok(rolled) => tracing::debug!(
+                    buckets = rolled.buckets,
+                    instances = rolled.instances,
+                    attempts = rolled.attempts,
+                    "rolled up costs"
+                ),
+                Err(error) => tracing::warn!(error = format!("{error:#}"), "rolling up costs failed; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+        }
+    }
+}

@@ -47,7 +47,7 @@ use crate::metrics::{FailureSource, Metrics};
 use crate::provider::{InstanceState, Provider, Providers, ProvisionRequest};
 use crate::store::leases::{self, Lease};
 use crate::store::pools::{self, Member};
-use crate::store::{assignment, dispatch};
+use crate::store::{assignment, cost, dispatch};
 
 /// How old an instance no member knows must be before it is terminated: a launch that is
 /// being recorded right now is not a stray.
@@ -209,6 +209,7 @@ impl Reconciler {
             let pool = PoolReconciler {
                 reconciler: self,
                 spec: &spec,
+                instance_type: hodei_core::cost::instance_type_of(&spec),
                 scaling: &scaling,
                 provider: provider.clone(),
                 leading_for,
@@ -228,6 +229,8 @@ impl Reconciler {
 struct PoolReconciler<'a> {
     reconciler: &'a Reconciler,
     spec: &'a PoolSpec,
+    /// What the ledger calls its instances (`hodei_core::cost::instance_type_of`).
+    instance_type: String,
     scaling: &'a pools::ScalingStatus,
     provider: Arc<dyn Provider>,
     leading_for: Duration,
@@ -457,7 +460,11 @@ impl PoolReconciler<'_> {
                     let member = read(member)?;
                     self.still_leading().await?;
                     self.terminate(member).await;
-                    self.write(async |db| pools::remove_member(db, member.id).await).await?;
+                    self.write(async |db| {
+                        pools::remove_member(&mut *db, member.id).await?;
+                        cost::record_termination(&mut *db, member.id).await
+                    })
+                    .await?;
                 }
                 Action::RemoveFailed { member } => {
                     self.write(async |db| pools::remove_member(db, member).await).await?;
@@ -507,6 +514,7 @@ impl PoolReconciler<'_> {
                     given_up = assignment::abandon_worker(&mut *db, worker, &reason, random).await?;
                 }
                 pools::remove_member(&mut *db, member.id).await?;
+                cost::record_termination(&mut *db, member.id).await?;
                 Ok(given_up)
             })
             .await?;
@@ -524,6 +532,7 @@ impl PoolReconciler<'_> {
         self.reconciler.metrics.record_provision_failure(&self.spec.id);
         self.write(async |db| {
             pools::attempt_failed(&mut *db, member, message, failure.give_up, failure.retry_in_seconds).await?;
+            cost::record_termination(&mut *db, member).await?;
             if let Some(reason) = &failure.pool_failure {
                 pools::fail_pool(&mut *db, &self.spec.id, reason).await?;
             }
@@ -540,6 +549,26 @@ impl PoolReconciler<'_> {
             pools::set_status(&mut *db, member.id, MemberStatus::Draining).await
         })
         .await
+    }
+
+    /// The ledger's record of a member's new instance.
+    fn launch<'s>(&'s self, member: Uuid, instance: &'s str) -> cost::Launch<'s> {
+        let cloud = self.spec.cloud.as_ref();
+        cost::Launch {
+            pool: &self.spec.id,
+            member,
+            provider: &self.spec.provider,
+            instance,
+            instance_type: self.instance_type.as_str(),
+            capacity_type: cloud.map_or("on_demand", |cloud| cloud.capacity_type.as_str()),
+            region: cloud.and_then(|cloud| cloud.region.as_deref()).unwrap_or(if self.spec.provider == "local" {
+                "local"
+            } else {
+                "default"
+            }),
+            cpu_millis: self.spec.template.cpu_millis,
+            memory_mib: self.spec.template.memory_mib,
+        }
     }
 
     /// Starts provisioning attempts in parallel; each records its instance or its failure.
@@ -575,7 +604,13 @@ impl PoolReconciler<'_> {
             let member = pending.member;
             match result {
                 Ok(instance) => {
-                    let recorded = self.write(async |db| pools::set_instance(db, member, &instance).await).await;
+                    let launch = self.launch(member, &instance);
+                    let recorded = self
+                        .write(async |db| {
+                            pools::set_instance(&mut *db, member, &instance).await?;
+                            cost::record_launch(&mut *db, &launch).await
+                        })
+                        .await;
                     if let Err(error) = recorded {
                         // Nobody knows of this instance: end it rather than leak it.
                         tracing::warn!(pool = %self.spec.id, %member, %instance,

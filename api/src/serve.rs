@@ -17,7 +17,7 @@ use std::sync::Arc;
 use hodei_core::ordering::PolicyRegistry;
 use hodei_core::pool::PoolSpec;
 
-use crate::loops::{LeaseReaper, Promoter, Scheduler, Wakeup, ASSIGNED_CHANNEL, READY_CHANNEL};
+use crate::loops::{CostRollup, LeaseReaper, Promoter, Scheduler, Wakeup, ASSIGNED_CHANNEL, READY_CHANNEL};
 use crate::provider::{LocalProvider, LocalSettings, Providers};
 use crate::reconcile::Reconciler;
 use crate::store::assignment::Timeouts;
@@ -62,10 +62,25 @@ pub async fn serve_http(
         .with_workers(workers, assigned)
         .with_shutdown(shutdown.clone())
         .with_providers(providers.clone())
+        .with_cost_retention_days(config.cost_tracking.retention_days)
         .with_pool_limits(crate::http::PoolLimits { max_pools: config.max_pools, max_pool_size: config.max_pool_size });
     if !config.effective_pools().is_empty() || config.source_file.is_some() {
         apply_file_pools(&pool, config.effective_pools()).await?;
     }
+    apply_configured_prices(&pool, &config.cost_tracking).await?;
+    let cost_rollup = config.cost_tracking.enabled.then(|| {
+        let tracking = store::cost::Tracking {
+            by_tenant: config.cost_tracking.track_by_tenant,
+            by_job: config.cost_tracking.track_by_job,
+            weights: config.cost_tracking.weights(),
+        };
+        let rollup = CostRollup {
+            interval: std::time::Duration::from_secs(config.cost_tracking.rollup_interval_seconds.into()),
+            retention_days: config.cost_tracking.retention_days,
+            ..CostRollup::new(pool.clone(), tracking)
+        };
+        tokio::spawn(rollup.run(shutdown.clone()))
+    });
     let mut reconciler = Reconciler::new(pool.clone(), providers, workers.heartbeat());
     reconciler.metrics = metrics.clone();
     let reconciler = tokio::spawn(reconciler.run(Some(ready.waiter()), shutdown.clone()));
@@ -113,6 +128,9 @@ pub async fn serve_http(
         tokio::spawn(crate::listener::serve(listener, app(state), tls, config.http.limits(), stop_http.clone()));
     shutdown.cancelled().await;
     let _ = tokio::join!(promoter, scheduler, reaper, reconciler, reloader);
+    if let Some(cost_rollup) = cost_rollup {
+        let _ = cost_rollup.await;
+    }
     if let Some(local) = local {
         // The workers drain for their drain timeout, stop what is left (SIGTERM, then
         // SIGKILL after their 10 s kill grace) and report it interrupted; only then are
@@ -166,6 +184,38 @@ async fn providers(config: &Config, address: SocketAddr) -> (Providers, Option<A
         drain_timeout: std::time::Duration::from_secs(config.local_worker_drain_seconds.into()),
     }));
     (providers.with("local", local.clone()), Some(local))
+}
+
+/// Writes the configured prices: the list replaces the stored one when it is not empty,
+/// and the `local` price (`local_price_per_worker_hour`, any shape) is set unless the list
+/// names a `local` price.
+pub async fn apply_configured_prices(db: &PgPool, config: &crate::config::CostTrackingConfig) -> anyhow::Result<()> {
+    let price = |spec: &hodei_core::cost::PriceSpec| store::cost::Price {
+        provider: spec.provider.clone(),
+        instance_type: spec.instance_type.clone(),
+        capacity_type: spec.capacity_type.as_str().to_owned(),
+        region: spec.region.clone(),
+        price_per_hour: spec.price_per_hour,
+        currency: spec.currency.clone(),
+    };
+    let mut transaction = db.begin().await?;
+    if !config.prices.is_empty() {
+        let prices: Vec<_> = config.prices.iter().map(price).collect();
+        store::cost::replace_prices(&mut transaction, &prices).await.context("writing cost_tracking.prices")?;
+    }
+    if !config.prices.iter().any(|spec| spec.provider == "local") {
+        let local = store::cost::Price {
+            provider: "local".to_owned(),
+            instance_type: "*".to_owned(),
+            capacity_type: "on_demand".to_owned(),
+            region: "*".to_owned(),
+            price_per_hour: config.local_price_per_worker_hour,
+            currency: "USD".to_owned(),
+        };
+        store::cost::upsert_prices(&mut *transaction, &[local]).await.context("writing the local price")?;
+    }
+    transaction.commit().await?;
+    Ok(())
 }
 
 /// Writes the configuration file's pools into the database (see `store::pools`).

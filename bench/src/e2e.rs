@@ -44,6 +44,9 @@ pub enum BenchCommand {
     /// `/metrics` on a large deployment (queues and workers written in SQL): how long a
     /// scrape takes.
     Scrape(crate::scrape::ScrapeArgs),
+    /// The cost roll-up over many finished attempts (written in SQL), and month-long cost
+    /// reports.
+    Cost(crate::cost::CostArgs),
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +104,7 @@ pub async fn run(command: BenchCommand, config: &Config) -> anyhow::Result<()> {
         BenchCommand::Pool(args) => crate::pools::pool(args, config).await,
         BenchCommand::Autoscale(args) => crate::pools::autoscale(args, config).await,
         BenchCommand::Scrape(args) => crate::scrape::scrape(args, config).await,
+        BenchCommand::Cost(args) => crate::cost::cost(args, config).await,
     }
 }
 

@@ -3,6 +3,7 @@
 //! produced which result. Use a scratch database (`HODEI_DATABASE_URL`): benchmarks leave
 //! their jobs there.
 
+mod cost;
 mod e2e;
 mod engine;
 mod pools;

@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod autoscale;
 pub mod backoff;
+pub mod cost;
 pub mod dispatch;
 pub mod fairness;
 pub mod job;

@@ -541,7 +541,8 @@ async fn get_job(
     let pending = pending.map(Pending::from);
     let attempts = crate::store::events::attempts(&mut *connection, job_id).await?;
     let attempts = attempts.into_iter().map(AttemptRecord::from).collect();
-    Ok(axum::Json(JobDetail { job: job.into(), pending, attempts }))
+    let cost = crate::store::cost::job_cost(&mut *connection, job_id).await?.map(JobCost::from);
+    Ok(axum::Json(JobDetail { job: job.into(), pending, attempts, cost }))
 }
 
 /// A job, and for a queued one why it is still waiting.
@@ -553,6 +554,24 @@ pub struct JobDetail {
     pub pending: Option<Pending>,
     /// Every attempt so far, oldest first: worker, start, end, outcome, error.
     pub attempts: Vec<AttemptRecord>,
+    /// What its attempts cost, as of the last roll-up (null before its first).
+    pub cost: Option<JobCost>,
+}
+
+/// A job's cost: its share of the instances its attempts ran on.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct JobCost {
+    /// Null when an attempt ran on an unpriced instance (unknown, not zero).
+    pub amount: Option<f64>,
+    pub currency: String,
+    pub unpriced: bool,
+}
+
+impl From<crate::store::cost::JobCost> for JobCost {
+    fn from(cost: crate::store::cost::JobCost) -> Self {
+        let crate::store::cost::JobCost { amount, currency, unpriced } = cost;
+        Self { amount, currency, unpriced }
+    }
 }
 
 /// Why a queued job waits, from the scheduler's last decision and the queue ahead of it.

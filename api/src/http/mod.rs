@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::store::enqueue::{QueueSettingsCache, SubmitContext, QUEUE_SETTINGS_TTL};
 
 pub mod auth;
+pub mod cost;
 pub mod dead_letters;
 pub mod events;
 pub mod health;
@@ -62,6 +63,8 @@ pub struct AppState {
     /// `/metrics` is served by the API's listener (else on its own port, and the API's
     /// answers 404).
     pub metrics_on_api_listener: bool,
+    /// How many days of costs are kept: the longest range a cost report may ask for.
+    pub cost_retention_days: u32,
 }
 
 /// Bounds on pools from the configuration (`max_pools`, `max_pool_size`).
@@ -91,6 +94,7 @@ impl AppState {
             pool_limits: PoolLimits::default(),
             metrics: Arc::new(Metrics::new()),
             metrics_on_api_listener: true,
+            cost_retention_days: 90,
         }
     }
 
@@ -98,6 +102,11 @@ impl AppState {
     pub fn with_metrics(mut self, metrics: Arc<Metrics>, on_api_listener: bool) -> Self {
         self.metrics = metrics;
         self.metrics_on_api_listener = on_api_listener;
+        self
+    }
+
+    pub fn with_cost_retention_days(mut self, days: u32) -> Self {
+        self.cost_retention_days = days;
         self
     }
 
@@ -147,6 +156,7 @@ impl AppState {
         (name = "tenants", description = "Tenants and their API keys (admin)"),
         (name = "workers", description = "The worker protocol and the worker registry"),
         (name = "pools", description = "Pools of workers and their provisioning (admin)"),
+        (name = "cost", description = "Prices (admin) and cost reports"),
         (name = "health", description = "Liveness and readiness")
     )
 )]
@@ -173,6 +183,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(dead_letters::router())
         .merge(workers::router())
         .merge(pools::router())
+        .merge(cost::router())
         .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
         // Inner limits win over outer ones, so the batch route keeps its larger limit.
         .merge(jobs::batch_router().layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)));

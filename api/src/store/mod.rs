@@ -4,6 +4,7 @@
 
 pub mod api_keys;
 pub mod assignment;
+pub mod cost;
 pub mod dispatch;
 pub mod enqueue;
 pub mod events;

@@ -1,0 +1,543 @@
+//! The cost tables: `prices`, the `instances` ledger, `job_attempts` (written by a
+//! trigger on `worker_jobs`), and `cost_allocations`, the roll-up of the pure attribution
+//! (`hodei_core::cost::attribute`) that the analysts' views read, and `cost_daily`, its
+//! sum per day, which the cost reports read.
+//! Never decides how a cost splits: it gathers the windows, asks the core, and writes
+//! the answer.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
+use hodei_core::cost::{self, AttemptWindow, InstanceWindow, Weights};
+use sqlx::{FromRow, PgConnection, PgExecutor, PgPool};
+use uuid::Uuid;
+
+/// The roll-up's bucket: an hour.
+pub const BUCKET: Duration = Duration::hours(1);
+
+/// Serialises roll-ups across replicas, so two can never interleave a bucket's delete and
+/// insert (which would count it twice).
+const ROLLUP_LOCK: i64 = 0x686f_6465_6963_6f73;
+
+/// What an hour of an instance costs. `instance_type` and `region` may be `*`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Price {
+    pub provider: String,
+    pub instance_type: String,
+    pub capacity_type: String,
+    pub region: String,
+    pub price_per_hour: f64,
+    pub currency: String,
+}
+
+/// Replaces the price list.
+pub async fn replace_prices(db: &mut PgConnection, prices: &[Price]) -> sqlx::Result<()> {
+    sqlx::query("delete from prices").execute(&mut *db).await?;
+    insert_prices(db, prices).await
+}
+
+/// Adds or updates prices, keeping the others.
+pub async fn upsert_prices(db: impl PgExecutor<'_>, prices: &[Price]) -> sqlx::Result<()> {
+    insert_prices(db, prices).await
+}
+
+async fn insert_prices(db: impl PgExecutor<'_>, prices: &[Price]) -> sqlx::Result<()> {
+    let column = |get: fn(&Price) -> &str| prices.iter().map(|price| get(price).to_owned()).collect::<Vec<_>>();
+    sqlx::query(
+        "insert into prices (provider, instance_type, capacity_type, region, price_per_hour, currency)
+         select p, t, c, r, h::numeric, u from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[])
+             as x (p, t, c, r, h, u)
+         on conflict (provider, instance_type, capacity_type, region)
+             do update set price_per_hour = excluded.price_per_hour, currency = excluded.currency",
+    )
+    .bind(column(|price| &price.provider))
+    .bind(column(|price| &price.instance_type))
+    .bind(column(|price| &price.capacity_type))
+    .bind(column(|price| &price.region))
+    .bind(prices.iter().map(|price| price.price_per_hour).collect::<Vec<_>>())
+    .bind(column(|price| &price.currency))
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+#[derive(FromRow)]
+struct PriceRow {
+    provider: String,
+    instance_type: String,
+    capacity_type: String,
+    region: String,
+    price_per_hour: f64,
+    currency: String,
+}
+
+pub async fn prices(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Price>> {
+    let rows: Vec<PriceRow> = sqlx::query_as(
+        "select provider, instance_type, capacity_type, region, price_per_hour::float8 as price_per_hour, currency
+           from prices order by provider, instance_type, capacity_type, region",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| Price {
+            provider: row.provider,
+            instance_type: row.instance_type,
+            capacity_type: row.capacity_type,
+            region: row.region,
+            price_per_hour: row.price_per_hour,
+            currency: row.currency,
+        })
+        .collect())
+}
+
+/// An instance a pool now runs, as the ledger records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch<'a> {
+    pub pool: &'a str,
+    pub member: Uuid,
+    pub provider: &'a str,
+    pub instance: &'a str,
+    pub instance_type: &'a str,
+    pub capacity_type: &'a str,
+    pub region: &'a str,
+    pub cpu_millis: Option<u32>,
+    pub memory_mib: Option<u32>,
+}
+
+/// Opens the ledger row of a launched instance, with the most specific price in force
+/// (an exact instance type before `*`, then an exact region before `*`), and ends the
+/// member's previous one if it had one. One statement.
+pub async fn record_launch(db: impl PgExecutor<'_>, launch: &Launch<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "with ended as (
+             update instances set terminated_at = now() where member_id = $2 and terminated_at is null
+         )
+         insert into instances (pool_id, member_id, provider, instance, instance_type, capacity_type, region,
+                                cpu_millis, memory_mib, price_per_hour)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9,
+                 (select p.price_per_hour from prices p
+                   where p.provider = $3 and p.instance_type in ($5, '*') and p.capacity_type = $6
+                     and p.region in ($7, '*')
+                   order by p.instance_type = '*', p.region = '*' limit 1))",
+    )
+    .bind(launch.pool)
+    .bind(launch.member)
+    .bind(launch.provider)
+    .bind(launch.instance)
+    .bind(launch.instance_type)
+    .bind(launch.capacity_type)
+    .bind(launch.region)
+    .bind(launch.cpu_millis.map(|cpu| cpu as i32))
+    .bind(launch.memory_mib.map(|memory| memory as i32))
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Ends the member's open ledger row (its instance was terminated, or forgotten).
+pub async fn record_termination(db: impl PgExecutor<'_>, member: Uuid) -> sqlx::Result<()> {
+    sqlx::query("update instances set terminated_at = now() where member_id = $1 and terminated_at is null")
+        .bind(member)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Ends open ledger rows whose member no longer runs that instance (a pool deleted with
+/// its members, a member removed by a path that did not record it).
+pub async fn end_orphaned_instances(db: impl PgExecutor<'_>) -> sqlx::Result<u64> {
+    let ended = sqlx::query(
+        "update instances i set terminated_at = now()
+          where i.terminated_at is null
+            and not exists (select 1 from pool_members m where m.id = i.member_id and m.instance = i.instance)",
+    )
+    .execute(db)
+    .await?;
+    Ok(ended.rows_affected())
+}
+
+/// What the roll-up keeps and how it weighs a share.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tracking {
+    pub by_tenant: bool,
+    pub by_job: bool,
+    pub weights: Weights,
+}
+
+/// What a roll-up did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RolledUp {
+    pub buckets: u32,
+    pub instances: u64,
+    pub attempts: u64,
+}
+
+/// Rolls up every bucket from the last final one to `now` (the current bucket up to
+/// `now`, again on every call until it closes), at most `max_buckets` closed ones per call.
+/// The last closed bucket is rolled again too, for attempts that ended just as it closed.
+pub async fn roll_up(db: &PgPool, now: DateTime<Utc>, tracking: Tracking, max_buckets: u32) -> sqlx::Result<RolledUp> {
+    let closed_until: Option<DateTime<Utc>> =
+        sqlx::query_scalar("select closed_until from cost_rollup where id = 1").fetch_one(db).await?;
+    let first_launch: Option<DateTime<Utc>> =
+        sqlx::query_scalar("select min(launched_at) from instances").fetch_one(db).await?;
+    let start = match (closed_until, first_launch) {
+        (Some(closed), _) => closed - BUCKET,
+        (None, Some(first)) => first,
+        (None, None) => return Ok(RolledUp::default()),
+    };
+    let mut bucket = start.duration_trunc(BUCKET).unwrap_or(start);
+    let mut done = RolledUp::default();
+    while bucket < now {
+        let end = bucket + BUCKET;
+        let closed = end <= now;
+        if closed && done.buckets >= max_buckets {
+            break;
+        }
+        let mut transaction = db.begin().await?;
+        let rolled = roll_up_bucket(&mut transaction, bucket, end.min(now), tracking).await?;
+        // A day's sum once its last bucket of this run is written.
+        let last_of_run = !closed || end >= now || done.buckets + 1 >= max_buckets;
+        if last_of_run || end.date_naive() != bucket.date_naive() {
+            summarise_day(&mut transaction, bucket).await?;
+        }
+        if closed {
+            sqlx::query("update cost_rollup set closed_until = greatest(coalesce(closed_until, $1), $1) where id = 1")
+                .bind(end)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        done.buckets += 1;
+        done.instances += rolled.instances;
+        done.attempts += rolled.attempts;
+        bucket = end;
+    }
+    Ok(done)
+}
+
+#[derive(FromRow)]
+struct InstanceRow {
+    id: i64,
+    pool_id: String,
+    cpu_millis: i32,
+    memory_mib: i32,
+    price_per_hour: Option<f64>,
+    start_at: DateTime<Utc>,
+    end_at: DateTime<Utc>,
+}
+
+#[derive(FromRow)]
+struct AttemptRow {
+    instance_id: Option<i64>,
+    job_id: Uuid,
+    attempt: i32,
+    tenant_id: Uuid,
+    queue: String,
+    cpu_millis: i32,
+    memory_mib: i32,
+    started_at: DateTime<Utc>,
+    ended_at: DateTime<Utc>,
+}
+
+/// Recomputes the bucket starting at `bucket_start`, up to `until`: deletes what it held
+/// and writes the attribution of every instance that ran in it. Run in a transaction.
+pub async fn roll_up_bucket(
+    db: &mut PgConnection,
+    bucket_start: DateTime<Utc>,
+    until: DateTime<Utc>,
+    tracking: Tracking,
+) -> sqlx::Result<RolledUp> {
+    sqlx::query("select pg_advisory_xact_lock($1)").bind(ROLLUP_LOCK).execute(&mut *db).await?;
+    sqlx::query("delete from cost_allocations where bucket_start = $1").bind(bucket_start).execute(&mut *db).await?;
+    // A template that leaves the shape to the machine: the worker's row says it.
+    sqlx::query(
+        "update instances i set cpu_millis = w.cpu_millis, memory_mib = w.memory_mib
+           from workers w
+          where i.cpu_millis is null and i.terminated_at is null and w.gone_at is null
+            and w.instance_id in (i.member_id::text, i.instance)",
+    )
+    .execute(&mut *db)
+    .await?;
+    let instances: Vec<InstanceRow> = sqlx::query_as(
+        "select id, pool_id, coalesce(cpu_millis, 0) as cpu_millis, coalesce(memory_mib, 0) as memory_mib,
+                price_per_hour::float8 as price_per_hour,
+                greatest(launched_at, $1) as start_at, least(coalesce(terminated_at, $2), $2) as end_at
+           from instances
+          where launched_at < $2 and (terminated_at is null or terminated_at > $1)",
+    )
+    .bind(bucket_start)
+    .bind(until)
+    .fetch_all(&mut *db)
+    .await?;
+    if instances.is_empty() {
+        return Ok(RolledUp::default());
+    }
+    // Ended attempts, and the attempts still held (running to `until` so far).
+    let attempts: Vec<AttemptRow> = sqlx::query_as(
+        "select instance_id, job_id, attempt, tenant_id, queue, cpu_millis, memory_mib, started_at, ended_at
+           from job_attempts where ended_at > $1 and started_at < $2 and instance_id is not null
+         union all
+         select (select i.id from instances i
+                  where i.member_id::text = w.instance_id or i.instance = w.instance_id
+                  order by i.id desc limit 1),
+                h.job_id, h.attempt, j.tenant_id, j.queue, h.cpu_millis, h.memory_mib, h.assigned_at, $2
+           from worker_jobs h join jobs j on j.id = h.job_id join workers w on w.id = h.worker_id
+          where h.assigned_at < $2",
+    )
+    .bind(bucket_start)
+    .bind(until)
+    .fetch_all(&mut *db)
+    .await?;
+    let mut by_instance: HashMap<i64, Vec<&AttemptRow>> = HashMap::new();
+    for attempt in &attempts {
+        if let Some(instance) = attempt.instance_id {
+            by_instance.entry(instance).or_default().push(attempt);
+        }
+    }
+
+    let mut rows = AllocationRows::default();
+    let mut counted_attempts = 0;
+    for instance in &instances {
+        let ran = by_instance.get(&instance.id).map(Vec::as_slice).unwrap_or_default();
+        let window = InstanceWindow {
+            cpu_millis: u32::try_from(instance.cpu_millis).unwrap_or(0),
+            memory_mib: u32::try_from(instance.memory_mib).unwrap_or(0),
+            price_per_hour: instance.price_per_hour,
+            start: instance.start_at,
+            end: instance.end_at,
+        };
+        let windows: Vec<AttemptWindow> = ran
+            .iter()
+            .map(|attempt| AttemptWindow {
+                cpu_millis: u32::try_from(attempt.cpu_millis).unwrap_or(0),
+                memory_mib: u32::try_from(attempt.memory_mib).unwrap_or(0),
+                start: attempt.started_at,
+                end: attempt.ended_at,
+            })
+            .collect();
+        let split = cost::attribute(&window, &windows, tracking.weights);
+        for (attempt, share) in ran.iter().zip(&split.attempts) {
+            if share.seconds <= 0.0 {
+                continue;
+            }
+            counted_attempts += 1;
+            rows.push(Allocation {
+                instance: instance.id,
+                pool: &instance.pool_id,
+                kind: "attempt",
+                job: tracking.by_job.then_some(attempt.job_id),
+                attempt: tracking.by_job.then_some(attempt.attempt),
+                tenant: tracking.by_tenant.then_some(attempt.tenant_id),
+                queue: Some(&attempt.queue),
+                seconds: share.seconds,
+                share_seconds: share.share_seconds,
+                amount: share.amount,
+            });
+        }
+        rows.push(Allocation {
+            instance: instance.id,
+            pool: &instance.pool_id,
+            kind: "idle",
+            job: None,
+            attempt: None,
+            tenant: None,
+            queue: None,
+            seconds: split.instance_seconds,
+            share_seconds: split.idle_share_seconds,
+            amount: split.idle_amount,
+        });
+    }
+    sqlx::query(
+        "insert into cost_allocations (bucket_start, instance_id, pool, kind, job_id, attempt, tenant_id, queue,
+                                       seconds, share_seconds, amount)
+         select $1, i, p, k, j, a, t, q, s, ss, m::numeric
+           from unnest($2::bigint[], $3::text[], $4::text[], $5::uuid[], $6::int[], $7::uuid[], $8::text[],
+                       $9::float8[], $10::float8[], $11::float8[]) as x (i, p, k, j, a, t, q, s, ss, m)",
+    )
+    .bind(bucket_start)
+    .bind(&rows.instance)
+    .bind(&rows.pool)
+    .bind(&rows.kind)
+    .bind(&rows.job)
+    .bind(&rows.attempt)
+    .bind(&rows.tenant)
+    .bind(&rows.queue)
+    .bind(&rows.seconds)
+    .bind(&rows.share_seconds)
+    .bind(&rows.amount)
+    .execute(&mut *db)
+    .await?;
+    Ok(RolledUp { buckets: 1, instances: instances.len() as u64, attempts: counted_attempts })
+}
+
+/// Recomputes `cost_daily` for the UTC day of `bucket_start` from its allocations (under
+/// the roll-up's lock, which the caller's `roll_up_bucket` took).
+async fn summarise_day(db: &mut PgConnection, bucket_start: DateTime<Utc>) -> sqlx::Result<()> {
+    sqlx::query(
+        "with day as (select ($1 at time zone 'UTC')::date as day),
+              cleared as (delete from cost_daily d using day where d.day = day.day)
+         insert into cost_daily (day, pool, kind, tenant_id, queue, amount, unpriced_share_seconds, attempts)
+         select day.day, a.pool, a.kind, a.tenant_id, a.queue, coalesce(sum(a.amount), 0)::float8,
+                coalesce(sum(a.share_seconds) filter (where a.amount is null), 0),
+                count(distinct (a.job_id, a.attempt)) filter (where a.kind = 'attempt')
+           from cost_allocations a, day
+          where a.bucket_start >= day.day::timestamp at time zone 'UTC'
+            and a.bucket_start < (day.day + 1)::timestamp at time zone 'UTC'
+          group by day.day, a.pool, a.kind, a.tenant_id, a.queue",
+    )
+    .bind(bucket_start)
+    .execute(&mut *db)
+    .await?;
+    Ok(())
+}
+
+struct Allocation<'a> {
+    instance: i64,
+    pool: &'a str,
+    kind: &'static str,
+    job: Option<Uuid>,
+    attempt: Option<i32>,
+    tenant: Option<Uuid>,
+    queue: Option<&'a str>,
+    seconds: f64,
+    share_seconds: f64,
+    amount: Option<f64>,
+}
+
+/// Allocations as columns, for one `unnest` insert.
+#[derive(Default)]
+struct AllocationRows {
+    instance: Vec<i64>,
+    pool: Vec<String>,
+    kind: Vec<String>,
+    job: Vec<Option<Uuid>>,
+    attempt: Vec<Option<i32>>,
+    tenant: Vec<Option<Uuid>>,
+    queue: Vec<Option<String>>,
+    seconds: Vec<f64>,
+    share_seconds: Vec<f64>,
+    amount: Vec<Option<f64>>,
+}
+
+impl AllocationRows {
+    fn push(&mut self, allocation: Allocation<'_>) {
+        self.instance.push(allocation.instance);
+        self.pool.push(allocation.pool.to_owned());
+        self.kind.push(allocation.kind.to_owned());
+        self.job.push(allocation.job);
+        self.attempt.push(allocation.attempt);
+        self.tenant.push(allocation.tenant);
+        self.queue.push(allocation.queue.map(str::to_owned));
+        self.seconds.push(allocation.seconds);
+        self.share_seconds.push(allocation.share_seconds);
+        self.amount.push(allocation.amount);
+    }
+}
+
+/// Forgets what is older than the retention: allocations, attempts and ended instances.
+pub async fn prune(db: &PgPool, now: DateTime<Utc>, retention_days: u32) -> sqlx::Result<()> {
+    let horizon = now - Duration::days(retention_days.into());
+    let mut transaction = db.begin().await?;
+    sqlx::query("delete from cost_allocations where bucket_start < $1")
+        .bind(horizon)
+        .execute(&mut *transaction)
+        .await?;
+    sqlx::query("delete from job_attempts where ended_at < $1").bind(horizon).execute(&mut *transaction).await?;
+    sqlx::query("delete from instances where terminated_at < $1").bind(horizon).execute(&mut *transaction).await?;
+    transaction.commit().await
+}
+
+/// A job's cost so far, once rolled up: `None` before its first roll-up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobCost {
+    /// `None` when part of it ran on an unpriced instance.
+    pub amount: Option<f64>,
+    pub currency: String,
+    pub unpriced: bool,
+}
+
+pub async fn job_cost(db: impl PgExecutor<'_>, job: Uuid) -> sqlx::Result<Option<JobCost>> {
+    let row: Option<(Option<f64>, String, bool)> =
+        sqlx::query_as("select amount::float8, currency, unpriced from cost_by_job where job_id = $1")
+            .bind(job)
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map(|(amount, currency, unpriced)| JobCost { amount, currency, unpriced }))
+}
+
+/// How a cost report groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Tenant,
+    Pool,
+    Queue,
+    Day,
+}
+
+impl GroupBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tenant => "tenant",
+            Self::Pool => "pool",
+            Self::Queue => "queue",
+            Self::Day => "day",
+        }
+    }
+}
+
+/// Whose costs a report shows: everything, or one tenant's attempts (never idle cost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportScope {
+    All,
+    Tenant(Uuid),
+}
+
+/// One line of a cost report.
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct ReportRow {
+    pub key: String,
+    /// What attempts were charged (priced instances only).
+    pub attributed_amount: f64,
+    /// What no attempt used (by pool and day; zero when grouping by tenant or queue, and
+    /// for a tenant's report).
+    pub idle_amount: f64,
+    /// Instance-seconds on unpriced instances: reported apart, never priced at zero.
+    pub unpriced_share_seconds: f64,
+    pub attempts: i64,
+}
+
+/// Costs of the UTC days `from..=to`, grouped. Tenant scopes read only their own attempts.
+pub async fn report(
+    db: impl PgExecutor<'_>,
+    group_by: GroupBy,
+    from: NaiveDate,
+    to: NaiveDate,
+    scope: ReportScope,
+) -> sqlx::Result<Vec<ReportRow>> {
+    let tenant = match scope {
+        ReportScope::All => None,
+        ReportScope::Tenant(tenant) => Some(tenant),
+    };
+    sqlx::query_as(
+        "select case $1 when 'tenant' then coalesce(t.name, a.tenant_id::text, '')
+                        when 'pool' then a.pool
+                        when 'queue' then coalesce(a.queue, '')
+                        else to_char(a.day, 'YYYY-MM-DD') end as key,
+                coalesce(sum(a.amount) filter (where a.kind = 'attempt'), 0)::float8 as attributed_amount,
+                coalesce(sum(a.amount) filter (where a.kind = 'idle'), 0)::float8 as idle_amount,
+                coalesce(sum(a.unpriced_share_seconds), 0)::float8 as unpriced_share_seconds,
+                coalesce(sum(a.attempts), 0)::int8 as attempts
+           from cost_daily a left join tenants t on t.id = a.tenant_id
+          where a.day >= $2 and a.day <= $3
+            and ($4::uuid is null or (a.tenant_id = $4 and a.kind = 'attempt'))
+            and ($1 in ('pool', 'day') or a.kind = 'attempt')
+          group by 1 order by 1",
+    )
+    .bind(group_by.as_str())
+    .bind(from)
+    .bind(to)
+    .bind(tenant)
+    .fetch_all(db)
+    .await
+}
