@@ -36,6 +36,9 @@ async fn submit_and_read_back_a_job() {
     // No attempt yet; and the submission warned that nothing offers its label.
     let attempts = fetched.body.as_object_mut().expect("object").remove("attempts").expect("attempts");
     assert_eq!(attempts, json!([]));
+    // Nothing ran, so nothing is rolled up: no cost yet.
+    let cost = fetched.body.as_object_mut().expect("object").remove("cost").expect("cost");
+    assert_eq!(cost, Value::Null);
     let mut created = created;
     let warnings = created.body.as_object_mut().expect("object").remove("warnings").expect("warnings");
     assert!(warnings[0].as_str().is_some_and(|w| w.contains("arch=x86_64")), "{warnings}");
