@@ -122,8 +122,8 @@ pub enum TriggerMetric {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
-    /// The threshold (inclusive).
-    #[schema(minimum = 0)]
+    /// The threshold (inclusive), from 0 to 1,000,000,000.
+    #[schema(minimum = 0, maximum = 1000000000)]
     pub at_least: f64,
     /// Workers to add to the current size.
     #[schema(minimum = 1, maximum = 1000)]
@@ -290,8 +290,11 @@ pub fn validate_triggers(triggers: &[StepTrigger], errors: &mut ValidationErrors
             errors.add(format!("{field}[{index}].steps"), "needs 1 to 20 steps");
         }
         for (step_index, step) in trigger.steps.iter().enumerate() {
-            if !(step.at_least.is_finite() && step.at_least >= 0.0) {
-                errors.add(format!("{field}[{index}].steps[{step_index}].at_least"), "must be a number of at least 0");
+            if !(step.at_least.is_finite() && (0.0..=1e9).contains(&step.at_least)) {
+                errors.add(
+                    format!("{field}[{index}].steps[{step_index}].at_least"),
+                    "must be a number from 0 to 1000000000",
+                );
             }
             if !(1..=1000).contains(&step.add) {
                 errors.add(format!("{field}[{index}].steps[{step_index}].add"), "must be between 1 and 1000");

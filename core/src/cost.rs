@@ -44,8 +44,8 @@ pub struct PriceSpec {
     #[serde(default = "any_region")]
     #[schema(pattern = "^([*]|[A-Za-z0-9._-]{1,64})$")]
     pub region: String,
-    /// Per hour, at least 0.
-    #[schema(minimum = 0)]
+    /// Per hour, from 0 to 1,000,000.
+    #[schema(minimum = 0, maximum = 1000000)]
     pub price_per_hour: f64,
     /// `USD`, the only currency (default).
     #[serde(default = "usd")]
@@ -84,9 +84,11 @@ pub fn validate_prices(prices: &[PriceSpec]) -> Result<(), ValidationErrors> {
         if !is_name(&price.region) {
             errors.add(field("region"), "must be a region (letters, digits, '-') or '*'");
         }
-        if !price.price_per_hour.is_finite() || price.price_per_hour < 0.0 {
-            errors
-                .add(field("price_per_hour"), format!("must be a number of at least 0, got {}", price.price_per_hour));
+        if !price.price_per_hour.is_finite() || !(0.0..=1_000_000.0).contains(&price.price_per_hour) {
+            errors.add(
+                field("price_per_hour"),
+                format!("must be a number from 0 to 1000000, got {}", price.price_per_hour),
+            );
         }
         if price.currency != "USD" {
             errors.add(field("currency"), format!("must be USD, got {:?}", price.currency));
