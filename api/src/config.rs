@@ -98,6 +98,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The instance ledger's prices and the cost roll-up.
     pub cost_tracking: CostTrackingConfig,
+    /// Tenant quotas' defaults and burst sessions.
+    pub multi_tenancy: MultiTenancyConfig,
     /// The file this configuration was read from, for reloading.
     #[serde(skip)]
     pub source_file: Option<PathBuf>,
@@ -134,6 +136,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             metrics: MetricsConfig::default(),
             cost_tracking: CostTrackingConfig::default(),
+            multi_tenancy: MultiTenancyConfig::default(),
             source_file: None,
             default_pools: Vec::new(),
         }
@@ -256,6 +259,102 @@ impl CostTrackingConfig {
     }
 }
 
+/// Tenant quotas: the defaults of tenants without their own, and the burst rules. A
+/// tenant's own quota (`PUT /api/v1/tenants/{tenant}/quotas`) is enforced whether or not
+/// `enabled` is set; `enabled` gives every other tenant the defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MultiTenancyConfig {
+    /// `HODEI_MULTI_TENANCY_ENABLED`.
+    pub enabled: bool,
+    pub default_tenant_quota: DefaultTenantQuota,
+    pub burst_capacity: BurstCapacityConfig,
+}
+
+/// Limits for tenants without their own; an absent field is no limit.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefaultTenantQuota {
+    /// Millicores held by running and assigned jobs (`HODEI_DEFAULT_TENANT_QUOTA_CPU`).
+    pub cpu_m: Option<i64>,
+    /// MiB held by running and assigned jobs (`HODEI_DEFAULT_TENANT_QUOTA_MEMORY`).
+    pub memory_mb: Option<i64>,
+    /// `HODEI_DEFAULT_TENANT_QUOTA_MAX_CONCURRENT_JOBS`.
+    pub max_concurrent_jobs: Option<i64>,
+    /// Jobs waiting, ready or scheduled (`HODEI_DEFAULT_TENANT_QUOTA_MAX_QUEUED_JOBS`).
+    pub max_queued_jobs: Option<i64>,
+}
+
+/// Burst sessions: above quota for a while, only with capacity nobody within quota wants.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BurstCapacityConfig {
+    pub enabled: bool,
+    /// The most a session may allow, as a percentage of the quota (150 = 1.5 times).
+    pub max_overage_percentage: u32,
+    /// The longest a session lasts.
+    pub burst_duration_minutes: u32,
+    /// How long after a session ends before the tenant may start another.
+    pub cooldown_minutes: u32,
+    /// Open a session by itself when a tenant at quota could use idle capacity.
+    pub automatic: bool,
+    /// A tenant's own key may start and end its sessions (else admins only).
+    pub tenant_may_request: bool,
+}
+
+impl Default for BurstCapacityConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_overage_percentage: 150,
+            burst_duration_minutes: 60,
+            cooldown_minutes: 15,
+            automatic: false,
+            tenant_may_request: false,
+        }
+    }
+}
+
+/// The largest value any quota field takes (CPU, memory, jobs).
+pub const MAX_QUOTA: i64 = 1_000_000_000;
+
+impl MultiTenancyConfig {
+    fn problems(&self, problems: &mut Vec<String>) {
+        let quota = &self.default_tenant_quota;
+        for (field, value) in [
+            ("cpu_m", quota.cpu_m),
+            ("memory_mb", quota.memory_mb),
+            ("max_concurrent_jobs", quota.max_concurrent_jobs),
+            ("max_queued_jobs", quota.max_queued_jobs),
+        ] {
+            if let Some(value) = value.filter(|v| !(0..=MAX_QUOTA).contains(v)) {
+                problems.push(format!(
+                    "multi_tenancy.default_tenant_quota.{field}: must be between 0 and {MAX_QUOTA}, got {value}"
+                ));
+            }
+        }
+        let burst = &self.burst_capacity;
+        if !(101..=1000).contains(&burst.max_overage_percentage) {
+            problems.push(format!(
+                "multi_tenancy.burst_capacity.max_overage_percentage: must be between 101 and 1000, got {}",
+                burst.max_overage_percentage
+            ));
+        }
+        if !(1..=10_080).contains(&burst.burst_duration_minutes) {
+            problems.push(format!(
+                "multi_tenancy.burst_capacity.burst_duration_minutes: must be between 1 and 10080, got {}",
+                burst.burst_duration_minutes
+            ));
+        }
+        if burst.cooldown_minutes > 10_080 {
+            problems.push(format!(
+                "multi_tenancy.burst_capacity.cooldown_minutes: must be at most 10080, got {}",
+                burst.cooldown_minutes
+            ));
+        }
+    }
+}
+
 /// Where `/metrics` is served.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -343,6 +442,16 @@ pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
     ("HODEI_TLS_CERT_FILE", "tls.cert_file"),
     ("HODEI_TLS_KEY_FILE", "tls.key_file"),
     ("HODEI_PROMETHEUS_PORT", "metrics.prometheus.port"),
+    ("HODEI_MULTI_TENANCY_ENABLED", "multi_tenancy.enabled"),
+    ("HODEI_DEFAULT_TENANT_QUOTA_CPU", "multi_tenancy.default_tenant_quota.cpu_m"),
+    ("HODEI_DEFAULT_TENANT_QUOTA_MEMORY", "multi_tenancy.default_tenant_quota.memory_mb"),
+    ("HODEI_DEFAULT_TENANT_QUOTA_MAX_CONCURRENT_JOBS", "multi_tenancy.default_tenant_quota.max_concurrent_jobs"),
+    ("HODEI_DEFAULT_TENANT_QUOTA_MAX_QUEUED_JOBS", "multi_tenancy.default_tenant_quota.max_queued_jobs"),
+    ("HODEI_BURST_ENABLED", "multi_tenancy.burst_capacity.enabled"),
+    ("HODEI_BURST_MAX_OVERAGE_PERCENTAGE", "multi_tenancy.burst_capacity.max_overage_percentage"),
+    ("HODEI_BURST_DURATION_MINUTES", "multi_tenancy.burst_capacity.burst_duration_minutes"),
+    ("HODEI_BURST_COOLDOWN_MINUTES", "multi_tenancy.burst_capacity.cooldown_minutes"),
+    ("HODEI_BURST_AUTOMATIC", "multi_tenancy.burst_capacity.automatic"),
     ("HODEI_COST_TRACKING_ENABLED", "cost_tracking.enabled"),
     ("HODEI_COST_TRACKING_TRACK_BY_TENANT", "cost_tracking.track_by_tenant"),
     ("HODEI_COST_TRACKING_TRACK_BY_JOB", "cost_tracking.track_by_job"),
@@ -511,6 +620,7 @@ impl Config {
             }
         }
         self.cost_tracking.problems(&mut problems);
+        self.multi_tenancy.problems(&mut problems);
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             problems.push(format!("log_level: {error}"));
         }
@@ -588,8 +698,16 @@ fn environment_value(field: &str, value: &str) -> serde_yaml::Value {
             | "metrics.prometheus.port"
             | "cost_tracking.retention_days"
             | "cost_tracking.rollup_interval_seconds"
+            | "multi_tenancy.burst_capacity.max_overage_percentage"
+            | "multi_tenancy.burst_capacity.burst_duration_minutes"
+            | "multi_tenancy.burst_capacity.cooldown_minutes"
     ) {
         if let Ok(number) = value.trim().parse::<u64>() {
+            return serde_yaml::Value::from(number);
+        }
+    }
+    if field.starts_with("multi_tenancy.default_tenant_quota.") {
+        if let Ok(number) = value.trim().parse::<i64>() {
             return serde_yaml::Value::from(number);
         }
     }
@@ -604,6 +722,9 @@ fn environment_value(field: &str, value: &str) -> serde_yaml::Value {
             | "cost_tracking.enabled"
             | "cost_tracking.track_by_tenant"
             | "cost_tracking.track_by_job"
+            | "multi_tenancy.enabled"
+            | "multi_tenancy.burst_capacity.enabled"
+            | "multi_tenancy.burst_capacity.automatic"
     ) {
         match value.trim() {
             "true" | "1" | "yes" => return serde_yaml::Value::from(true),
@@ -729,6 +850,41 @@ mod tests {
             .expect_err("invalid")
             .to_string();
         assert!(message.contains("providers.local.enabled"), "{message}");
+    }
+
+    #[test]
+    fn multi_tenancy_is_read_and_checked() {
+        let file = write(
+            "multi_tenancy:\n  enabled: true\n  default_tenant_quota: {cpu_m: 2000}\n  burst_capacity: {burst_duration_minutes: 5}\n",
+        );
+        let config = Config::load(
+            Some(file.path()),
+            &environment(&[("HODEI_DEFAULT_TENANT_QUOTA_MEMORY", "4096"), ("HODEI_BURST_AUTOMATIC", "true")]),
+        )
+        .expect("valid");
+        let tenancy = &config.multi_tenancy;
+        assert!(tenancy.enabled);
+        assert_eq!(
+            (tenancy.default_tenant_quota.cpu_m, tenancy.default_tenant_quota.memory_mb),
+            (Some(2000), Some(4096))
+        );
+        assert_eq!(tenancy.default_tenant_quota.max_concurrent_jobs, None);
+        assert_eq!(
+            (tenancy.burst_capacity.burst_duration_minutes, tenancy.burst_capacity.max_overage_percentage),
+            (5, 150)
+        );
+        assert!(tenancy.burst_capacity.automatic);
+        let message = Config::load(
+            None,
+            &environment(&[("HODEI_DEFAULT_TENANT_QUOTA_CPU", "-1"), ("HODEI_BURST_MAX_OVERAGE_PERCENTAGE", "100")]),
+        )
+        .expect_err("invalid")
+        .to_string();
+        assert!(message.contains("multi_tenancy.default_tenant_quota.cpu_m: must be between 0 and"), "{message}");
+        assert!(
+            message.contains("multi_tenancy.burst_capacity.max_overage_percentage: must be between 101"),
+            "{message}"
+        );
     }
 
     #[test]

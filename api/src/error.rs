@@ -102,6 +102,12 @@ impl ApiError {
         api_error
     }
 
+    /// The fields the problem is about, as in a validation failure's `errors`.
+    pub fn with_errors(mut self, errors: ValidationErrors) -> Self {
+        self.errors = errors.errors().to_vec();
+        self
+    }
+
     pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
         self.headers.push((name, value));
         self

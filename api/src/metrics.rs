@@ -68,6 +68,16 @@ pub struct QueueLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaLabels {
+    pub tenant: String,
+    /// `deferred` or `rejected`.
+    pub decision: &'static str,
+    /// The limit: `cpu_millis`, `memory_mib`, `max_concurrent_jobs`, `max_queued_jobs`,
+    /// `monthly_budget`.
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SubmissionLabels {
     /// The queue the job named.
     pub queue: String,
@@ -204,6 +214,7 @@ fn jobs_run_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     jobs_submitted: Family<SubmissionLabels, Counter>,
+    quota_admissions: Family<QuotaLabels, Counter>,
     overflow: Family<OverflowLabels, Counter>,
     dispatch_wait: Histograms<QueueLabels>,
     submit_to_assigned: Histograms<QueueLabels>,
@@ -236,6 +247,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let metrics = Self {
             jobs_submitted: Family::default(),
+            quota_admissions: Family::default(),
             overflow: Family::default(),
             dispatch_wait: Family::new_with_constructor(wait_histogram),
             submit_to_assigned: Family::new_with_constructor(wait_histogram),
@@ -263,6 +275,11 @@ impl Metrics {
             "hodei_jobs_submitted",
             "Jobs submitted, by the queue they named, tenant and admission decision.",
             metrics.jobs_submitted.clone(),
+        );
+        r.register(
+            "hodei_tenant_quota_admissions",
+            "Jobs a tenant's quota deferred or rejected at submission, by tenant, decision and the limit (reason).",
+            metrics.quota_admissions.clone(),
         );
         r.register(
             "hodei_queue_overflow",
@@ -364,6 +381,23 @@ impl Metrics {
                 self.overflow.get_or_create(&OverflowLabels { queue: queue.clone(), mode }).inc();
             }
         }
+    }
+
+    /// The jobs of a submission the tenant's quota deferred (counted as accepted too).
+    pub fn record_deferrals(&self, tenant: &str, deferred: &[crate::store::enqueue::Deferred]) {
+        for job in deferred {
+            let labels =
+                QuotaLabels { tenant: tenant.to_owned(), decision: "deferred", reason: job.excess.resource.field() };
+            self.quota_admissions.get_or_create(&labels).inc();
+        }
+    }
+
+    /// A submission of `jobs` the tenant's quota refused by `limit`.
+    pub fn record_quota_rejection(&self, tenant: &str, queue: &str, limit: &'static str, jobs: u64) {
+        let labels = SubmissionLabels { queue: queue.to_owned(), tenant: tenant.to_owned(), decision: "rejected" };
+        self.jobs_submitted.get_or_create(&labels).inc_by(jobs);
+        let labels = QuotaLabels { tenant: tenant.to_owned(), decision: "rejected", reason: limit };
+        self.quota_admissions.get_or_create(&labels).inc_by(jobs);
     }
 
     /// `jobs` submitted to `queue` with one decision (a whole batch rejected, replayed).

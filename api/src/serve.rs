@@ -68,6 +68,8 @@ pub async fn serve_http(
         apply_file_pools(&pool, config.effective_pools()).await?;
     }
     apply_configured_prices(&pool, &config.cost_tracking).await?;
+    let tenancy = store::quotas::TenancySettings::from_config(&config.multi_tenancy, config.cost_tracking.enabled);
+    store::quotas::write_settings(&pool, &tenancy).await.context("writing multi_tenancy")?;
     let cost_rollup = config.cost_tracking.enabled.then(|| {
         let tracking = store::cost::Tracking {
             by_tenant: config.cost_tracking.track_by_tenant,

@@ -284,6 +284,7 @@ async fn the_cycle_reads_the_order_index_on_a_million_queued_jobs() {
         let plan: Value = sqlx::query_scalar(&format!("explain (format json) {}", assignment::CYCLE_CANDIDATES))
             .bind("default")
             .bind(50_i64)
+            .bind(Vec::<uuid::Uuid>::new())
             .fetch_one(&engine.pool)
             .await
             .expect("explain");

@@ -17,6 +17,7 @@ pub mod placement;
 pub mod pool;
 pub mod pool_plan;
 pub mod queue;
+pub mod quota;
 pub mod simulate;
 pub mod validation;
 

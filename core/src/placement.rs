@@ -66,6 +66,9 @@ pub enum Unplaced {
     TooLarge,
     /// Workers could run it, but none has room right now.
     NoFreeCapacity,
+    /// Its tenant is at a quota (`hodei_core::quota`): it waits for the tenant's own jobs
+    /// to free some.
+    TenantAtQuota(crate::quota::Excess),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -91,10 +94,36 @@ pub fn place<J: Clone, W: Clone>(
     jobs: &[Demand<J>],
     workers: &[(FreeWorker<W>, TotalCapacity)],
 ) -> Placement<J, W> {
-    let mut free: Vec<FreeWorker<W>> = workers.iter().map(|(w, _)| w.clone()).collect();
+    let mut capacity = Capacity::new(strategy, workers);
     let mut placement = Placement { assigned: Vec::new(), unplaced: Vec::new() };
     for job in jobs {
-        let candidates = free.iter().enumerate().filter(|(_, w)| {
+        match capacity.place_one(job) {
+            Ok(worker) => placement.assigned.push((job.id.clone(), worker)),
+            Err(reason) => placement.unplaced.push((job.id.clone(), reason)),
+        }
+    }
+    placement
+}
+
+/// The free capacity of a cycle's workers, taken job by job (`place` and
+/// `hodei_core::quota::place_within_quotas` both place through it).
+#[derive(Debug, Clone)]
+pub struct Capacity<'a, W> {
+    strategy: Strategy,
+    workers: &'a [(FreeWorker<W>, TotalCapacity)],
+    free: Vec<FreeWorker<W>>,
+}
+
+impl<'a, W: Clone> Capacity<'a, W> {
+    pub fn new(strategy: Strategy, workers: &'a [(FreeWorker<W>, TotalCapacity)]) -> Self {
+        Self { strategy, workers, free: workers.iter().map(|(w, _)| w.clone()).collect() }
+    }
+
+    /// Puts `job` on the worker its pool's strategy picks and takes what it needs from that
+    /// worker, or says why it fits nowhere now.
+    pub fn place_one<J>(&mut self, job: &Demand<J>) -> Result<W, Unplaced> {
+        let strategy = self.strategy;
+        let candidates = self.free.iter().enumerate().filter(|(_, w)| {
             w.free_slots > 0
                 && w.free_cpu_millis >= job.cpu_millis
                 && w.free_memory_mib >= job.memory_mib
@@ -111,32 +140,26 @@ pub fn place<J: Clone, W: Clone>(
             (w.kind, w.group, within, index)
         };
         let chosen = candidates.min_by_key(|(index, w)| key(*index, w)).map(|(index, _)| index);
-        match chosen {
-            Some(index) => {
-                let worker = &mut free[index];
-                worker.free_cpu_millis -= job.cpu_millis;
-                worker.free_memory_mib -= job.memory_mib;
-                worker.free_slots -= 1;
-                placement.assigned.push((job.id.clone(), worker.id.clone()));
-            }
-            None => {
-                let labelled: Vec<&(FreeWorker<W>, TotalCapacity)> =
-                    workers.iter().filter(|(w, _)| has_labels(&w.labels, &job.labels)).collect();
-                let reason = if labelled.is_empty() && !job.labels.is_empty() {
-                    Unplaced::NoWorkerWithLabels(job.labels.iter().map(|(k, v)| format!("{k}={v}")).collect())
-                } else if !labelled
-                    .iter()
-                    .any(|(_, total)| total.cpu_millis >= job.cpu_millis && total.memory_mib >= job.memory_mib)
-                {
-                    Unplaced::TooLarge
-                } else {
-                    Unplaced::NoFreeCapacity
-                };
-                placement.unplaced.push((job.id.clone(), reason));
-            }
+        if let Some(index) = chosen {
+            let worker = &mut self.free[index];
+            worker.free_cpu_millis -= job.cpu_millis;
+            worker.free_memory_mib -= job.memory_mib;
+            worker.free_slots -= 1;
+            return Ok(worker.id.clone());
         }
+        let labelled: Vec<&(FreeWorker<W>, TotalCapacity)> =
+            self.workers.iter().filter(|(w, _)| has_labels(&w.labels, &job.labels)).collect();
+        Err(if labelled.is_empty() && !job.labels.is_empty() {
+            Unplaced::NoWorkerWithLabels(job.labels.iter().map(|(k, v)| format!("{k}={v}")).collect())
+        } else if !labelled
+            .iter()
+            .any(|(_, total)| total.cpu_millis >= job.cpu_millis && total.memory_mib >= job.memory_mib)
+        {
+            Unplaced::TooLarge
+        } else {
+            Unplaced::NoFreeCapacity
+        })
     }
-    placement
 }
 
 #[cfg(test)]

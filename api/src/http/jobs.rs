@@ -134,6 +134,43 @@ pub struct BatchSubmitted {
     /// Absent when there is nothing to say.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The jobs accepted but deferred by the tenant's quota. Absent when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deferred: Vec<Deferral>,
+}
+
+/// A job accepted but deferred: its tenant is at a CPU, memory or concurrency quota, so it
+/// waits (`pending.code` `tenant_at_quota`) until the tenant's own jobs free enough. The
+/// response's `Retry-After` is guidance for clients that prefer to hold back.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Deferral {
+    pub id: Uuid,
+    /// Always `tenant_at_quota`.
+    pub reason: String,
+    /// The limit: `cpu_millis`, `memory_mib` or `max_concurrent_jobs`.
+    pub limit: String,
+    /// What the tenant's jobs hold of it now, what this job needs, and the limit.
+    pub in_use: i64,
+    pub requested: i64,
+    pub maximum: i64,
+    pub retry_after_seconds: i64,
+    pub message: String,
+}
+
+impl From<&enqueue::Deferred> for Deferral {
+    fn from(deferred: &enqueue::Deferred) -> Self {
+        let excess = &deferred.excess;
+        Self {
+            id: deferred.id,
+            reason: "tenant_at_quota".to_owned(),
+            limit: excess.resource.field().to_owned(),
+            in_use: excess.in_use,
+            requested: excess.requested,
+            maximum: excess.limit,
+            retry_after_seconds: hodei_core::quota::DEFERRED_RETRY_AFTER_SECONDS,
+            message: excess.describe(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -338,6 +375,37 @@ fn unknown_queues(queues: Vec<String>) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "unknown_queue", format!("no queue named {}", queues.join(", ")))
 }
 
+/// 429 or 422: the tenant's quota refused the submission, naming the limit, what is in
+/// use and the limit (also as `errors[0]`, field `quota.<limit>`).
+pub(crate) fn over_quota(rejection: &hodei_core::quota::QuotaRejection) -> ApiError {
+    use hodei_core::quota::QuotaRejection;
+    let field = format!("quota.{}", rejection.resource().field());
+    let (status, code, usage) = match rejection {
+        QuotaRejection::TooLarge { excess, .. } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "exceeds_tenant_quota",
+            format!("needs {} of a limit of {}", excess.requested, excess.limit),
+        ),
+        QuotaRejection::QueuedJobs { queued, requested, limit, .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "tenant_quota_exceeded",
+            format!("{queued} queued, {requested} more asked, limit {limit}"),
+        ),
+        QuotaRejection::Budget { spent, budget, .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "tenant_budget_exhausted",
+            format!("{spent:.2} spent this month, budget {budget:.2}"),
+        ),
+    };
+    let mut errors = ValidationErrors::new();
+    errors.add(field, usage);
+    let error = ApiError::new(status, code, rejection.describe()).with_errors(errors);
+    match rejection.retry_after_seconds() {
+        Some(seconds) => error.with_header(axum::http::header::RETRY_AFTER, HeaderValue::from(seconds)),
+        None => error,
+    }
+}
+
 pub(crate) fn queue_full(queue: &str, retry_after_seconds: i64) -> ApiError {
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
@@ -351,7 +419,16 @@ pub(crate) fn queue_full(queue: &str, retry_after_seconds: i64) -> ApiError {
 fn record_submission(state: &AppState, tenant: &str, jobs: &[ValidJob], outcome: &SubmitOutcome) {
     let named: Vec<&str> = jobs.iter().map(|job| job.queue.as_str()).collect();
     match outcome {
-        SubmitOutcome::Created { decisions, .. } => state.metrics.record_admission(tenant, &named, decisions),
+        SubmitOutcome::Created { decisions, deferred, .. } => {
+            state.metrics.record_admission(tenant, &named, decisions);
+            state.metrics.record_deferrals(tenant, deferred);
+        }
+        SubmitOutcome::OverQuota(rejection) => state.metrics.record_quota_rejection(
+            tenant,
+            named.first().copied().unwrap_or_default(),
+            rejection.resource().field(),
+            jobs.len() as u64,
+        ),
         SubmitOutcome::Replayed { .. } => {
             for queue in named {
                 state.metrics.record_submitted(tenant, queue, AdmissionDecision::Replayed, 1);
@@ -375,20 +452,32 @@ pub struct SubmittedJob {
     /// are none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Set when the tenant's quota deferred the job: it is accepted and waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<Deferral>,
 }
 
 fn submission_response(outcome: SubmitOutcome, one: bool, warnings: Vec<String>) -> Result<Response, ApiError> {
-    let respond = |replayed: bool, ids: Vec<Uuid>, jobs: Vec<jobs::Job>| {
-        if one {
+    let respond = |replayed: bool, ids: Vec<Uuid>, jobs: Vec<jobs::Job>, deferred: Vec<Deferral>| {
+        let retry_after = (!deferred.is_empty()).then_some(hodei_core::quota::DEFERRED_RETRY_AFTER_SECONDS);
+        let mut response = if one {
             let job = jobs.into_iter().next().ok_or_else(|| ApiError::internal(anyhow::anyhow!("no job returned")))?;
-            Ok(submitted_response(replayed, SubmittedJob { job: job.into(), warnings }))
+            let deferred = deferred.into_iter().next();
+            submitted_response(replayed, SubmittedJob { job: job.into(), warnings, deferred })
         } else {
-            Ok(submitted_response(replayed, BatchSubmitted { ids, warnings }))
+            submitted_response(replayed, BatchSubmitted { ids, warnings, deferred })
+        };
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        Ok(response)
     };
     match outcome {
-        SubmitOutcome::Created { ids, jobs, .. } => respond(false, ids, jobs),
-        SubmitOutcome::Replayed { ids, jobs } => respond(true, ids, jobs),
+        SubmitOutcome::Created { ids, jobs, deferred, .. } => {
+            respond(false, ids, jobs, deferred.iter().map(Deferral::from).collect())
+        }
+        SubmitOutcome::Replayed { ids, jobs } => respond(true, ids, jobs, Vec::new()),
+        SubmitOutcome::OverQuota(rejection) => Err(over_quota(&rejection)),
         SubmitOutcome::KeyReused => Err(key_reused()),
         SubmitOutcome::UnknownQueues(queues) => Err(unknown_queues(queues)),
         SubmitOutcome::Rejected { queue, retry_after_seconds } => Err(queue_full(&queue, retry_after_seconds)),
@@ -408,7 +497,7 @@ fn submission_response(outcome: SubmitOutcome, one: bool, warnings: Vec<String>)
         (status = 409, description = "the Idempotency-Key was used for a different request", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "the queue is full (see Retry-After)", body = Problem, content_type = "application/problem+json")
+        (status = 429, description = "the queue is full, or the tenant is at its queued-jobs limit or its monthly budget (see Retry-After)", body = Problem, content_type = "application/problem+json")
     )
 )]
 async fn submit_job(
@@ -454,7 +543,7 @@ async fn submit_job(
         (status = 409, description = "the Idempotency-Key was used for a different request", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "a queue is full (see Retry-After)", body = Problem, content_type = "application/problem+json")
+        (status = 429, description = "a queue is full, or the tenant is at its queued-jobs limit or its monthly budget (see Retry-After)", body = Problem, content_type = "application/problem+json")
     )
 )]
 async fn submit_batch(

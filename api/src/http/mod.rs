@@ -28,6 +28,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod pools;
 pub mod queues;
+pub mod quotas;
 pub mod request_context;
 pub mod scaling;
 pub mod tenants;
@@ -154,6 +155,7 @@ impl AppState {
         (name = "queues", description = "Queues, their settings and status"),
         (name = "dead-letters", description = "Jobs that gave up: inspect and redrive"),
         (name = "tenants", description = "Tenants and their API keys (admin)"),
+        (name = "quotas", description = "Tenant quotas, burst sessions and the admission dry run"),
         (name = "workers", description = "The worker protocol and the worker registry"),
         (name = "pools", description = "Pools of workers and their provisioning (admin)"),
         (name = "cost", description = "Prices (admin) and cost reports"),
@@ -177,6 +179,7 @@ impl Modify for BearerAuth {
 fn routes() -> OpenApiRouter<AppState> {
     let api = OpenApiRouter::new()
         .merge(tenants::router())
+        .merge(quotas::router())
         .merge(jobs::router())
         .merge(events::router())
         .merge(queues::router())

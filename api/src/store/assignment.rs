@@ -10,11 +10,13 @@ use std::time::Duration;
 use hodei_core::dispatch::plan_dispatch;
 use hodei_core::fairness::{retags, slot_order, HeadRow};
 use hodei_core::placement::{place, Demand, FreeWorker, PoolKind, Strategy, TotalCapacity, Unplaced};
+use hodei_core::quota::{place_within_quotas, TenantQuota};
 use sqlx::types::Json;
 use sqlx::{Acquire, FromRow, PgConnection};
 use uuid::Uuid;
 
 use crate::store::dispatch::{self, Failure, FailureResult};
+use crate::store::quotas;
 
 /// How long a worker may hold an attempt without a heartbeat (`lease`), and hold an
 /// assignment without starting it (`assignment`).
@@ -78,10 +80,11 @@ struct CandidateRow {
 /// highest-priority jobs, as many as its slots, are the candidates (as in the `fair`
 /// claim); rows without a tag are candidates as they are. All of them are locked. The
 /// cycle orders them itself (`in_slot_order`), so the statement sorts nothing. Parameters:
-/// `$1` queue, `$2` how many slots.
+/// `$1` queue, `$2` how many slots, `$3` tenants to pass over (at quota: their jobs would
+/// only be held again, and must not take the places of other tenants' jobs).
 pub const CYCLE_CANDIDATES: &str = "with slots as (
         select job_id, cpu_millis, memory_mib, labels, tenant_id, rank, priority, seq, fair from ready_jobs
-        where queue = $1 order by rank, seq limit $2 for update skip locked
+        where queue = $1 and tenant_id <> all($3::uuid[]) order by rank, seq limit $2 for update skip locked
     ), per_tenant as (
         select tenant_id, count(*) as slots from slots where fair group by tenant_id
     ), best as (
@@ -195,6 +198,10 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
         return Ok(CycleOutcome::default());
     }
 
+    // Tenants at a limit with no room to burst are passed over (a filter only: the limits
+    // are checked again under the tenants' locks below).
+    let saturated = quotas::saturated(&mut *transaction).await?;
+
     // Candidates in dispatch order: tiers, anti-starvation, each queue's policy order.
     let mut candidates: Vec<CandidateRow> = Vec::new();
     let mut locked_rows: Vec<CandidateRow> = Vec::new();
@@ -207,6 +214,7 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
         let mut rows: Vec<CandidateRow> = sqlx::query_as(CYCLE_CANDIDATES)
             .bind(&step.queue)
             .bind(room.min(step.max_jobs as i64))
+            .bind(&saturated.tenants)
             .fetch_all(&mut *transaction)
             .await?;
         rows.iter_mut().for_each(|row| row.queue.clone_from(&step.queue));
@@ -257,7 +265,23 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
             labels: c.labels.0.clone(),
         })
         .collect();
-    let placement = place(strategy, &demands, &workers);
+    // Limited tenants' locks, then their usage: exact against every other cycle.
+    let locked = if saturated.any_limits {
+        let mut tenants: Vec<Uuid> = candidates.iter().map(|c| c.tenant_id).collect();
+        tenants.sort();
+        tenants.dedup();
+        quotas::lock_limited(&mut transaction, &tenants).await?
+    } else {
+        BTreeMap::new()
+    };
+    let (placement, bursting, opened) = if locked.is_empty() {
+        (place(strategy, &demands, &workers), BTreeMap::new(), Vec::new())
+    } else {
+        let jobs: Vec<(Demand<Uuid>, Uuid)> = demands.into_iter().zip(candidates.iter().map(|c| c.tenant_id)).collect();
+        let tenants: BTreeMap<Uuid, TenantQuota> = locked.iter().map(|(id, l)| (*id, l.quota)).collect();
+        let placed = place_within_quotas(strategy, &jobs, &workers, &tenants);
+        (placed.placement, placed.bursting, placed.opened)
+    };
     record_pending_reasons(&mut transaction, &placement.unplaced).await?;
     let placed: BTreeSet<Uuid> = placement.assigned.iter().map(|(job, _)| *job).collect();
     locked_rows.extend(candidates);
@@ -311,8 +335,8 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
             from settings s where j.id = s.job_id and j.state = 'queued' and s.expired
             returning j.id, j.tenant_id, j.queue, j.attempt
          ), held as (
-            insert into worker_jobs (job_id, worker_id, attempt, cpu_millis, memory_mib)
-            select id, worker_id, attempt, cpu_millis, memory_mib from assigned
+            insert into worker_jobs (job_id, worker_id, attempt, cpu_millis, memory_mib, tenant_id)
+            select id, worker_id, attempt, cpu_millis, memory_mib, tenant_id from assigned
          ), reused as (
             update workers w set jobs_run = w.jobs_run + u.jobs, idle_since = now()
             from (select worker_id, count(*) as jobs from assigned group by worker_id) u
@@ -349,6 +373,7 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
     .bind(&worker_ids)
     .fetch_all(&mut *transaction)
     .await?;
+    quotas::record_bursts(&mut transaction, &locked, &bursting, &opened).await?;
     transaction.commit().await?;
     let position: HashMap<Uuid, usize> = job_ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     assigned.sort_by_key(|a| position.get(&a.job_id).copied());
@@ -363,6 +388,7 @@ pub fn pending_reason(unplaced: &Unplaced) -> (&'static str, String) {
         }
         Unplaced::TooLarge => ("no_worker_large_enough", "no worker has enough CPU or memory for this job".to_owned()),
         Unplaced::NoFreeCapacity => ("waiting_for_capacity", "the workers that can run this job are busy".to_owned()),
+        Unplaced::TenantAtQuota(excess) => ("tenant_at_quota", excess.describe()),
     }
 }
 

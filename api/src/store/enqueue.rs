@@ -23,6 +23,7 @@ use chrono::{DateTime, Utc};
 use hodei_core::admission::{self, Admission, Decision, Entry, EntryKind, Plan, QueueLoad, Rejection};
 use hodei_core::ordering::{FairContext, PolicyRegistry, RankInput};
 use hodei_core::queue::{OverflowPolicy, QueueSettings};
+use hodei_core::quota::{self, Excess, QuotaDecision, QuotaRejection, Request};
 use hodei_core::ValidJob;
 use sqlx::types::Json;
 use sqlx::{Acquire, FromRow, PgConnection, PgExecutor};
@@ -39,7 +40,7 @@ pub enum SubmitOutcome {
     /// Every job was written. `jobs` holds the full records only when they were asked for;
     /// `decisions` says, job by job, what admission did (accepted, redirected, admitted by
     /// evicting a lower-priority job).
-    Created { ids: Vec<Uuid>, jobs: Vec<Job>, decisions: Vec<Decision> },
+    Created { ids: Vec<Uuid>, jobs: Vec<Job>, decisions: Vec<Decision>, deferred: Vec<Deferred> },
     /// The idempotency key was seen before with the same request: the original ids.
     Replayed { ids: Vec<Uuid>, jobs: Vec<Job> },
     /// The idempotency key was seen before with a different request. Nothing was written.
@@ -48,6 +49,16 @@ pub enum SubmitOutcome {
     UnknownQueues(Vec<String>),
     /// A full queue refused the submission (recorded as `rejected`). No job was written.
     Rejected { queue: String, retry_after_seconds: i64 },
+    /// The tenant's quota refused the submission (recorded as `rejected` with the limit's
+    /// name as the reason, in the queue the first job names). No job was written.
+    OverQuota(QuotaRejection),
+}
+
+/// A job accepted but deferred by its tenant's quota: it waits (`tenant_at_quota`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deferred {
+    pub id: Uuid,
+    pub excess: Excess,
 }
 
 /// A queue's settings plus the weighted-fair-queuing state for one tenant.
@@ -188,6 +199,8 @@ struct Placement {
     scheduled: bool,
     rank: f64,
     fair: bool,
+    /// Why it waits from the start, when its tenant's quota deferred it.
+    deferred: Option<String>,
 }
 
 /// Queue settings this process read recently. Reading them for every submission costs a
@@ -198,6 +211,8 @@ struct Placement {
 pub struct QueueSettingsCache {
     ttl: Duration,
     entries: Mutex<HashMap<String, (Instant, Queue)>>,
+    /// Tenants' limits, kept as long as queue settings (`store::quotas::LimitsCache`).
+    pub tenants: crate::store::quotas::LimitsCache,
 }
 
 /// How long `hodei serve` keeps queue settings.
@@ -205,7 +220,7 @@ pub const QUEUE_SETTINGS_TTL: Duration = Duration::from_secs(1);
 
 impl QueueSettingsCache {
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl, entries: Mutex::new(HashMap::new()) }
+        Self { ttl, entries: Mutex::new(HashMap::new()), tenants: crate::store::quotas::LimitsCache::new(ttl) }
     }
 
     /// A cache that keeps nothing: every submission reads the settings.
@@ -287,16 +302,19 @@ pub async fn submit(
         |state: &QueueState| registry.get(&state.queue.settings.policy).is_some_and(|p| p.needs_fair_context());
     let bounded = names.iter().any(|name| states[name].queue.settings.max_size.is_some());
     let fair = names.iter().any(|name| needs_fair(&states[name]));
-    if !bounded && !fair {
+    let limits = context.settings.tenants.get(&mut *db, submitter.tenant_id).await?;
+    let limited = limits != quota::Limits::default();
+    if !bounded && !fair && !limited {
         let decisions = as_named(jobs);
-        let placements = placer.place(&states, jobs, &decisions);
+        let placements = placer.place(&states, jobs, &decisions, &[]);
         let outcome = insert_or_replay(db, submitter, jobs, &placements, idempotency, return_jobs).await?;
         return Ok(outcome.decided(decisions));
     }
 
-    // A size-limited or fair queue is involved: admit in one transaction, holding the
-    // advisory locks of every bounded queue the jobs may reach through redirects, and of
-    // each fair (queue, tenant) whose tags they extend.
+    // A size-limited or fair queue, or a tenant limit, is involved: admit in one
+    // transaction, holding the advisory locks of every bounded queue the jobs may reach
+    // through redirects, of each fair (queue, tenant) whose tags they extend, and of the
+    // tenant's queued jobs when that is limited.
     let mut transaction = db.begin().await?;
     let involved = redirect_closure(&mut transaction, &mut states, &names, submitter.tenant_id).await?;
     let mut locks: Vec<String> = Vec::new();
@@ -309,6 +327,9 @@ pub async fn submit(
             locks.push(format!("hodei.fair:{name}:{}", submitter.tenant_id));
         }
     }
+    if limits.max_queued_jobs.is_some() {
+        locks.push(crate::store::quotas::queued_lock(submitter.tenant_id));
+    }
     take_locks(&mut transaction, locks).await?;
     // Tags must extend what is queued now, under the lock, not what was read before it.
     let fair_queues: Vec<String> = involved.iter().filter(|n| needs_fair(&states[*n])).cloned().collect();
@@ -319,7 +340,7 @@ pub async fn submit(
     if let Some(idempotency) = idempotency {
         if idempotency_keys_exist(&mut transaction, submitter, idempotency, jobs.len()).await? {
             let decisions = as_named(jobs);
-            let placements = placer.place(&states, jobs, &decisions);
+            let placements = placer.place(&states, jobs, &decisions, &[]);
             let outcome =
                 insert_or_replay(&mut transaction, submitter, jobs, &placements, Some(idempotency), return_jobs)
                     .await?;
@@ -332,6 +353,19 @@ pub async fn submit(
         .map(|job| Entry { queue: job.queue.clone(), priority: job.priority, kind: EntryKind::Submission })
         .collect();
     let settings: Vec<&QueueSettings> = involved.iter().map(|name| &states[name].queue.settings).collect();
+    // The tenant's limits first: a refusal by them writes nothing but its record.
+    let quota_decisions = if limited {
+        let load = crate::store::quotas::load(&mut transaction, submitter.tenant_id, limits).await?;
+        match quota::admit(&load, &requests(jobs)) {
+            Ok(decisions) => decisions,
+            Err(rejection) => {
+                drop(transaction);
+                return reject_over_quota(db, submitter, &jobs[0].queue, jobs.len(), rejection).await;
+            }
+        }
+    } else {
+        Vec::new()
+    };
     let loads = read_loads(&mut transaction, &settings, &entries).await?;
     let plan = admission::decide(&Admission { queues: &loads.queues, entries: &entries });
     if let Some(rejection) = plan.rejection() {
@@ -339,19 +373,66 @@ pub async fn submit(
         return reject(db, submitter, &rejection).await;
     }
     evict(&mut transaction, &loads.victims(&plan)).await?;
-    let placements = placer.place(&states, jobs, &plan.decisions);
+    let placements = placer.place(&states, jobs, &plan.decisions, &quota_decisions);
     let outcome = insert_or_replay(&mut transaction, submitter, jobs, &placements, idempotency, return_jobs).await?;
     if matches!(outcome, SubmitOutcome::Created { .. }) {
         transaction.commit().await?;
     }
-    Ok(outcome.decided(plan.decisions))
+    Ok(outcome.decided(plan.decisions).deferred_by(&quota_decisions))
+}
+
+/// What each job asks of its tenant's quota.
+pub fn requests(jobs: &[ValidJob]) -> Vec<Request> {
+    jobs.iter().map(|job| Request { cpu_millis: job.cpu_millis.into(), memory_mib: job.memory_mib.into() }).collect()
+}
+
+/// Records a refusal by the tenant's quota (outside any transaction, so it survives).
+async fn reject_over_quota(
+    db: &mut PgConnection,
+    submitter: Submitter<'_>,
+    queue: &str,
+    jobs: usize,
+    rejection: QuotaRejection,
+) -> sqlx::Result<SubmitOutcome> {
+    sqlx::query(
+        "insert into queue_activity (queue, tenant_id, kind, jobs, retry_after_seconds, reason)
+         values ($1, $2, 'rejected', $5, $3, $4)",
+    )
+    .bind(queue)
+    .bind(submitter.tenant_id)
+    .bind(rejection.retry_after_seconds().map(|s| s.min(i64::from(i32::MAX)) as i32))
+    .bind(rejection.resource().field())
+    .bind(jobs as i32)
+    .execute(db)
+    .await?;
+    Ok(SubmitOutcome::OverQuota(rejection))
 }
 
 impl SubmitOutcome {
     /// The outcome with admission's `decisions`, if the jobs were created.
     fn decided(self, decisions: Vec<Decision>) -> Self {
         match self {
-            SubmitOutcome::Created { ids, jobs, .. } => SubmitOutcome::Created { ids, jobs, decisions },
+            SubmitOutcome::Created { ids, jobs, deferred, .. } => {
+                SubmitOutcome::Created { ids, jobs, decisions, deferred }
+            }
+            other => other,
+        }
+    }
+
+    /// The outcome with the jobs the tenant's quota deferred, if the jobs were created.
+    fn deferred_by(self, quota: &[QuotaDecision]) -> Self {
+        match self {
+            SubmitOutcome::Created { ids, jobs, decisions, .. } => {
+                let deferred = ids
+                    .iter()
+                    .zip(quota)
+                    .filter_map(|(id, decision)| match decision {
+                        QuotaDecision::Deferred(excess) => Some(Deferred { id: *id, excess: *excess }),
+                        QuotaDecision::Accepted => None,
+                    })
+                    .collect();
+                SubmitOutcome::Created { ids, jobs, decisions, deferred }
+            }
             other => other,
         }
     }
@@ -522,11 +603,19 @@ struct Placer<'a> {
 
 impl Placer<'_> {
     /// One placement per job, in the queue its (admitting) decision names.
-    fn place(&self, states: &HashMap<String, QueueState>, jobs: &[ValidJob], decisions: &[Decision]) -> Vec<Placement> {
+    /// `quota` says which were deferred by the tenant's quota (empty: none).
+    fn place(
+        &self,
+        states: &HashMap<String, QueueState>,
+        jobs: &[ValidJob],
+        decisions: &[Decision],
+        quota: &[QuotaDecision],
+    ) -> Vec<Placement> {
         let mut ranker = Ranker::new(self.registry);
         jobs.iter()
             .zip(decisions)
-            .map(|(job, decision)| {
+            .enumerate()
+            .map(|(index, (job, decision))| {
                 let queue = decision.queue().unwrap_or(&job.queue).to_owned();
                 let scheduled = job.not_before.is_some_and(|at| at > self.now);
                 let rankable = RankableJob {
@@ -545,7 +634,11 @@ impl Placer<'_> {
                     ranker.rank(&states[&queue], rankable, self.now).unwrap_or((unix_seconds(self.now), false))
                 };
                 let submitted_queue = decision.redirected_from().map(str::to_owned);
-                Placement { queue, submitted_queue, scheduled, rank, fair }
+                let deferred = match quota.get(index) {
+                    Some(QuotaDecision::Deferred(excess)) => Some(excess.describe()),
+                    _ => None,
+                };
+                Placement { queue, submitted_queue, scheduled, rank, fair, deferred }
             })
             .collect()
     }
@@ -647,7 +740,7 @@ async fn insert_or_replay(
         } else {
             Vec::new()
         };
-        return Ok(SubmitOutcome::Created { ids, jobs, decisions: Vec::new() });
+        return Ok(SubmitOutcome::Created { ids, jobs, decisions: Vec::new(), deferred: Vec::new() });
     }
     if inserted == 0 {
         // A queue deleted since its settings were read: the statement writes nothing then.
@@ -700,10 +793,11 @@ async fn insert_jobs(db: &mut PgConnection, batch: &InsertBatch<'_>) -> sqlx::Re
         "with input as (
             select * from unnest($1::uuid[], $2::text[], $3::int2[], $4::jsonb[], $5::jsonb[], $6::text[],
                 $7::int4[], $8::int4[], $9::int4[], $10::jsonb[], $11::int4[], $12::timestamptz[],
-                $13::timestamptz[], $14::jsonb[], $15::text[], $16::float8[], $17::bool[], $18::bool[], $19::text[])
+                $13::timestamptz[], $14::jsonb[], $15::text[], $16::float8[], $17::bool[], $18::bool[], $19::text[],
+                $24::text[])
             as i(id, queue, priority, argv, env, working_dir, timeout_seconds, cpu_millis, memory_mib, labels,
                  max_attempts, deadline, not_before, metadata, idempotency_key, rank, fair, scheduled,
-                 submitted_queue)
+                 submitted_queue, deferred)
          ), j as (
             insert into jobs (id, tenant_id, queue, state, priority, argv, env, working_dir, timeout_seconds,
                 cpu_millis, memory_mib, labels, max_attempts, deadline, not_before, metadata,
@@ -720,9 +814,9 @@ async fn insert_jobs(db: &mut PgConnection, batch: &InsertBatch<'_>) -> sqlx::Re
             returning *
          ), ready as (
             insert into ready_jobs (job_id, queue, tenant_id, priority, rank, fair, cpu_millis, memory_mib, labels,
-                deadline)
+                deadline, pending_code, pending_message)
             select j.id, j.queue, j.tenant_id, j.priority, i.rank, i.fair, j.cpu_millis, j.memory_mib, j.labels,
-                j.deadline
+                j.deadline, case when i.deferred is not null then 'tenant_at_quota' end, i.deferred
             from j join input i on i.id = j.id where j.state = 'queued' order by j.id
          ), scheduled as (
             insert into scheduled_jobs (job_id, queue, run_at)
@@ -735,11 +829,13 @@ async fn insert_jobs(db: &mut PgConnection, batch: &InsertBatch<'_>) -> sqlx::Re
                         else jsonb_build_object('redirected_from', submitted_queue) end
             from j order by id
          ), activity as (
-            insert into queue_activity (queue, tenant_id, kind, jobs, target_queue)
-            select coalesce(submitted_queue, queue), $20,
-                case when submitted_queue is null then 'accepted' else 'redirected' end, count(*),
-                case when submitted_queue is null then null else queue end
-            from j group by 1, 3, 5
+            insert into queue_activity (queue, tenant_id, kind, jobs, target_queue, reason)
+            select coalesce(j.submitted_queue, j.queue), $20,
+                case when i.deferred is not null then 'deferred'
+                     when j.submitted_queue is null then 'accepted' else 'redirected' end, count(*),
+                case when j.submitted_queue is null then null else j.queue end,
+                case when i.deferred is not null then 'tenant_at_quota' end
+            from j join input i on i.id = j.id group by 1, 3, 5, 6
          )
          select {JOB_COLUMNS}, $22::text as tenant, (select count(*) from j) as inserted
          from j where $23 or j.id = (select id from j order by id limit 1) order by j.id"
@@ -767,6 +863,7 @@ async fn insert_jobs(db: &mut PgConnection, batch: &InsertBatch<'_>) -> sqlx::Re
     .bind(batch.fingerprint)
     .bind(submitter.tenant_name)
     .bind(batch.return_jobs)
+    .bind(placements.iter().map(|p| p.deferred.as_deref()).collect::<Vec<_>>())
     .fetch_all(db)
     .await
 }

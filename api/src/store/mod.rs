@@ -15,5 +15,6 @@ pub mod logs;
 pub mod pools;
 pub mod queue_status;
 pub mod queues;
+pub mod quotas;
 pub mod tenants;
 pub mod workers;
