@@ -9,6 +9,7 @@ pub mod autoscale;
 pub mod backoff;
 pub mod cost;
 pub mod dispatch;
+pub mod drf;
 pub mod fairness;
 pub mod job;
 pub mod names;
