@@ -269,6 +269,25 @@ pub struct MultiTenancyConfig {
     pub enabled: bool,
     pub default_tenant_quota: DefaultTenantQuota,
     pub burst_capacity: BurstCapacityConfig,
+    pub fair_sharing: FairSharingConfig,
+}
+
+/// Dominant-resource fair sharing: `fair` queues offer their candidates to placement in
+/// order of their tenants' dominant shares, current and decayed past usage
+/// (`hodei_core::drf`; the formula is in ARCHITECTURE.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FairSharingConfig {
+    /// `HODEI_FAIR_SHARING_ENABLED`.
+    pub enabled: bool,
+    /// How fast past usage is forgotten (`HODEI_FAIR_SHARING_HALF_LIFE_MINUTES`).
+    pub half_life_minutes: u32,
+}
+
+impl Default for FairSharingConfig {
+    fn default() -> Self {
+        Self { enabled: false, half_life_minutes: 60 }
+    }
 }
 
 /// Limits for tenants without their own; an absent field is no limit.
@@ -344,6 +363,12 @@ impl MultiTenancyConfig {
             problems.push(format!(
                 "multi_tenancy.burst_capacity.burst_duration_minutes: must be between 1 and 10080, got {}",
                 burst.burst_duration_minutes
+            ));
+        }
+        if !(1..=43_200).contains(&self.fair_sharing.half_life_minutes) {
+            problems.push(format!(
+                "multi_tenancy.fair_sharing.half_life_minutes: must be between 1 and 43200, got {}",
+                self.fair_sharing.half_life_minutes
             ));
         }
         if burst.cooldown_minutes > 10_080 {
@@ -452,6 +477,8 @@ pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
     ("HODEI_BURST_DURATION_MINUTES", "multi_tenancy.burst_capacity.burst_duration_minutes"),
     ("HODEI_BURST_COOLDOWN_MINUTES", "multi_tenancy.burst_capacity.cooldown_minutes"),
     ("HODEI_BURST_AUTOMATIC", "multi_tenancy.burst_capacity.automatic"),
+    ("HODEI_FAIR_SHARING_ENABLED", "multi_tenancy.fair_sharing.enabled"),
+    ("HODEI_FAIR_SHARING_HALF_LIFE_MINUTES", "multi_tenancy.fair_sharing.half_life_minutes"),
     ("HODEI_COST_TRACKING_ENABLED", "cost_tracking.enabled"),
     ("HODEI_COST_TRACKING_TRACK_BY_TENANT", "cost_tracking.track_by_tenant"),
     ("HODEI_COST_TRACKING_TRACK_BY_JOB", "cost_tracking.track_by_job"),
@@ -701,6 +728,7 @@ fn environment_value(field: &str, value: &str) -> serde_yaml::Value {
             | "multi_tenancy.burst_capacity.max_overage_percentage"
             | "multi_tenancy.burst_capacity.burst_duration_minutes"
             | "multi_tenancy.burst_capacity.cooldown_minutes"
+            | "multi_tenancy.fair_sharing.half_life_minutes"
     ) {
         if let Ok(number) = value.trim().parse::<u64>() {
             return serde_yaml::Value::from(number);
@@ -725,6 +753,7 @@ fn environment_value(field: &str, value: &str) -> serde_yaml::Value {
             | "multi_tenancy.enabled"
             | "multi_tenancy.burst_capacity.enabled"
             | "multi_tenancy.burst_capacity.automatic"
+            | "multi_tenancy.fair_sharing.enabled"
     ) {
         match value.trim() {
             "true" | "1" | "yes" => return serde_yaml::Value::from(true),

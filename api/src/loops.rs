@@ -336,3 +336,36 @@ impl CostRollup {
         }
     }
 }
+
+/// Keeps tenants' past usage (`tenant_fair_usage`) up to date for dominant-resource fair
+/// sharing: every `interval`, decays it and adds what each tenant's attempts hold
+/// (`store::quotas::accrue_fair_usage`). Runs in every replica; one at a time does the work.
+#[derive(Debug, Clone)]
+pub struct FairUsage {
+    pub db: PgPool,
+    pub half_life: Duration,
+    pub interval: Duration,
+}
+
+impl FairUsage {
+    pub fn new(db: PgPool, half_life: Duration) -> Self {
+        Self { db, half_life, interval: Duration::from_secs(5) }
+    }
+
+    pub async fn tick(&self) -> anyhow::Result<Option<usize>> {
+        let mut connection = self.db.acquire().await?;
+        Ok(crate::store::quotas::accrue_fair_usage(&mut connection, self.half_life.as_secs_f64()).await?)
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            if let Err(error) = self.tick().await {
+                tracing::warn!(error = format!("{error:#}"), "updating tenants' past usage failed; retrying");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+        }
+    }
+}

@@ -70,6 +70,11 @@ pub async fn serve_http(
     apply_configured_prices(&pool, &config.cost_tracking).await?;
     let tenancy = store::quotas::TenancySettings::from_config(&config.multi_tenancy, config.cost_tracking.enabled);
     store::quotas::write_settings(&pool, &tenancy).await.context("writing multi_tenancy")?;
+    let fair_sharing = &config.multi_tenancy.fair_sharing;
+    let fair_usage = fair_sharing.enabled.then(|| {
+        let half_life = std::time::Duration::from_secs(u64::from(fair_sharing.half_life_minutes) * 60);
+        tokio::spawn(crate::loops::FairUsage::new(pool.clone(), half_life).run(shutdown.clone()))
+    });
     let cost_rollup = config.cost_tracking.enabled.then(|| {
         let tracking = store::cost::Tracking {
             by_tenant: config.cost_tracking.track_by_tenant,
@@ -130,6 +135,9 @@ pub async fn serve_http(
         tokio::spawn(crate::listener::serve(listener, app(state), tls, config.http.limits(), stop_http.clone()));
     shutdown.cancelled().await;
     let _ = tokio::join!(promoter, scheduler, reaper, reconciler, reloader);
+    if let Some(fair_usage) = fair_usage {
+        let _ = fair_usage.await;
+    }
     if let Some(cost_rollup) = cost_rollup {
         let _ = cost_rollup.await;
     }

@@ -124,6 +124,56 @@ fn in_slot_order(rows: Vec<CandidateRow>) -> Vec<CandidateRow> {
     slot_order(&heads).into_iter().filter_map(|i| rows[i].take()).collect()
 }
 
+/// The candidates with each step of `fair` queue rows that holds several tenants in
+/// dominant-resource order (`hodei_core::drf::drf_order`): each tenant keeps its own order
+/// (its best jobs first), and the tenant with the lowest dominant share of current and
+/// decayed past usage, over its weight, goes next. Steps of other policies keep their order.
+async fn in_fair_share_order(
+    db: &mut PgConnection,
+    candidates: Vec<CandidateRow>,
+    steps: &[usize],
+    half_life_seconds: f64,
+) -> sqlx::Result<Vec<CandidateRow>> {
+    let mut bounds: Vec<usize> = steps.to_vec();
+    bounds.push(candidates.len());
+    let shared = |range: &[CandidateRow]| {
+        range.iter().all(|row| row.fair) && range.iter().any(|row| row.tenant_id != range[0].tenant_id)
+    };
+    let ranges: Vec<(usize, usize)> = bounds
+        .windows(2)
+        .map(|pair| (pair[0], pair[1]))
+        .filter(|(start, end)| start < end && shared(&candidates[*start..*end]))
+        .collect();
+    if ranges.is_empty() {
+        return Ok(candidates);
+    }
+    let mut tenants: Vec<Uuid> =
+        ranges.iter().flat_map(|(a, b)| candidates[*a..*b].iter().map(|c| c.tenant_id)).collect();
+    tenants.sort();
+    tenants.dedup();
+    let (shares, capacity) = quotas::fair_shares(&mut *db, &tenants, half_life_seconds).await?;
+    let mut rows: Vec<Option<CandidateRow>> = candidates.into_iter().map(Some).collect();
+    let mut ordered = Vec::with_capacity(rows.len());
+    let mut next = 0;
+    for (start, end) in ranges {
+        ordered.extend(rows[next..start].iter_mut().filter_map(Option::take));
+        let step: Vec<hodei_core::drf::Candidate<Uuid>> = rows[start..end]
+            .iter()
+            .flatten()
+            .map(|row| hodei_core::drf::Candidate {
+                tenant: row.tenant_id,
+                cpu_millis: row.cpu_millis.into(),
+                memory_mib: row.memory_mib.into(),
+            })
+            .collect();
+        let order = hodei_core::drf::drf_order(&step, &shares, capacity, half_life_seconds);
+        ordered.extend(order.into_iter().filter_map(|i| rows[start + i].take()));
+        next = end;
+    }
+    ordered.extend(rows[next..].iter_mut().filter_map(Option::take));
+    Ok(ordered)
+}
+
 /// What one scheduling cycle did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CycleOutcome {
@@ -206,7 +256,10 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
     let mut candidates: Vec<CandidateRow> = Vec::new();
     let mut locked_rows: Vec<CandidateRow> = Vec::new();
     let mut seen: HashSet<Uuid> = HashSet::new();
+    // Where each step's candidates start: fair sharing reorders within a step only.
+    let mut steps: Vec<usize> = Vec::new();
     for step in plan_dispatch(&heads, database_now, limits.jobs as usize) {
+        steps.push(candidates.len());
         let room = limits.jobs - candidates.len() as i64;
         if room <= 0 {
             break;
@@ -234,6 +287,9 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
         return Ok(CycleOutcome::default());
     }
     let jobs_full = candidates.len() as i64 >= limits.jobs;
+    if let Some(half_life) = saturated.fair_sharing_half_life_seconds {
+        candidates = in_fair_share_order(&mut transaction, candidates, &steps, half_life).await?;
+    }
 
     let workers: Vec<(FreeWorker<Uuid>, TotalCapacity)> = free
         .iter()

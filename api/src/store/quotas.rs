@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use hodei_core::drf::{Capacity as DrfCapacity, DecayedUsage, TenantShare};
 use hodei_core::quota::{Burst, Limits, TenantLoad, TenantQuota, Usage};
 use sqlx::{FromRow, PgConnection, PgExecutor};
 use uuid::Uuid;
@@ -33,6 +34,8 @@ pub struct TenancySettings {
     pub burst_automatic: bool,
     pub burst_tenant_may_request: bool,
     pub budget_enforced: bool,
+    pub fair_sharing_enabled: bool,
+    pub fair_sharing_half_life_seconds: i32,
 }
 
 impl TenancySettings {
@@ -53,13 +56,16 @@ impl TenancySettings {
             burst_automatic: burst.automatic,
             burst_tenant_may_request: burst.tenant_may_request,
             budget_enforced,
+            fair_sharing_enabled: config.fair_sharing.enabled,
+            fair_sharing_half_life_seconds: (config.fair_sharing.half_life_minutes * 60) as i32,
         }
     }
 }
 
 const SETTINGS_COLUMNS: &str = "enabled, default_cpu_millis, default_memory_mib, default_max_concurrent_jobs,
     default_max_queued_jobs, burst_enabled, burst_max_overage_percentage, burst_duration_minutes,
-    burst_cooldown_minutes, burst_automatic, burst_tenant_may_request, budget_enforced";
+    burst_cooldown_minutes, burst_automatic, burst_tenant_may_request, budget_enforced, fair_sharing_enabled,
+    fair_sharing_half_life_seconds";
 
 /// Writes the deployment's settings (each replica at start; the last one started wins).
 pub async fn write_settings(db: impl PgExecutor<'_>, settings: &TenancySettings) -> sqlx::Result<()> {
@@ -67,7 +73,8 @@ pub async fn write_settings(db: impl PgExecutor<'_>, settings: &TenancySettings)
         "update tenancy_settings set enabled = $1, default_cpu_millis = $2, default_memory_mib = $3,
              default_max_concurrent_jobs = $4, default_max_queued_jobs = $5, burst_enabled = $6,
              burst_max_overage_percentage = $7, burst_duration_minutes = $8, burst_cooldown_minutes = $9,
-             burst_automatic = $10, burst_tenant_may_request = $11, budget_enforced = $12, updated_at = now()
+             burst_automatic = $10, burst_tenant_may_request = $11, budget_enforced = $12,
+             fair_sharing_enabled = $13, fair_sharing_half_life_seconds = $14, updated_at = now()
          where id = 1",
     )
     .bind(settings.enabled)
@@ -82,6 +89,8 @@ pub async fn write_settings(db: impl PgExecutor<'_>, settings: &TenancySettings)
     .bind(settings.burst_automatic)
     .bind(settings.burst_tenant_may_request)
     .bind(settings.budget_enforced)
+    .bind(settings.fair_sharing_enabled)
+    .bind(settings.fair_sharing_half_life_seconds)
     .execute(db)
     .await?;
     Ok(())
@@ -276,6 +285,9 @@ pub fn queued_lock(tenant_id: Uuid) -> String {
 pub struct Saturated {
     /// Some tenant has a limit (its own, or the defaults are on).
     pub any_limits: bool,
+    /// The half-life of past usage when `fair` queues order tenants by dominant-resource
+    /// shares (`hodei_core::drf`); `None` when fair sharing is off.
+    pub fair_sharing_half_life_seconds: Option<f64>,
     /// Tenants the cycle need not even read candidates of: at (or past) a running limit,
     /// with no room to burst. Read without locks, as a filter only: `lock_limited` re-reads
     /// what the cycle decides from under the tenants' locks.
@@ -284,7 +296,7 @@ pub struct Saturated {
 
 /// Which tenants are saturated now; nothing is read when no tenant has a limit.
 pub async fn saturated(db: impl PgExecutor<'_>) -> sqlx::Result<Saturated> {
-    let (any_limits, tenants): (bool, Vec<Uuid>) = sqlx::query_as(
+    let (any_limits, half_life, tenants): (bool, Option<f64>, Vec<Uuid>) = sqlx::query_as(
         "with settings as (
             select s.*, s.enabled or exists (select 1 from tenant_quotas) as any_limits
             from tenancy_settings s where s.id = 1
@@ -308,13 +320,14 @@ pub async fn saturated(db: impl PgExecutor<'_>) -> sqlx::Result<Saturated> {
             ) b on true
          )
          select (select any_limits from settings),
+                (select fair_sharing_half_life_seconds::float8 from settings where fair_sharing_enabled),
                 array(select tenant_id from scaled
                       where cpu >= cpu_millis * percentage / 100 or memory >= memory_mib * percentage / 100
                          or jobs >= max_concurrent_jobs * percentage / 100)",
     )
     .fetch_one(db)
     .await?;
-    Ok(Saturated { any_limits, tenants })
+    Ok(Saturated { any_limits, fair_sharing_half_life_seconds: half_life, tenants })
 }
 
 #[derive(Debug, FromRow)]
@@ -550,4 +563,101 @@ pub async fn admissions(
     .bind(hours)
     .fetch_all(db)
     .await
+}
+
+/// The dominant-resource view of `tenants` (`hodei_core::drf`): what each holds now, its
+/// past usage decayed to now, its weight; and the capacity of every live worker.
+pub async fn fair_shares(
+    db: impl PgExecutor<'_>,
+    tenants: &[Uuid],
+    half_life_seconds: f64,
+) -> sqlx::Result<(BTreeMap<Uuid, TenantShare>, DrfCapacity)> {
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(Uuid, i32, i64, i64, Option<f64>, Option<f64>, Option<f64>, i64, i64, f64)> = sqlx::query_as(
+        "select t.id, t.weight, coalesce(h.cpu, 0)::int8, coalesce(h.memory, 0)::int8,
+                u.cpu_millis_seconds, u.memory_mib_seconds, u.at,
+                (select coalesce(sum(cpu_millis), 0) from workers where gone_at is null)::int8,
+                (select coalesce(sum(memory_mib), 0) from workers where gone_at is null)::int8,
+                extract(epoch from now())::float8
+         from unnest($1::uuid[]) as c(id) join tenants t on t.id = c.id
+         left join lateral (
+             select sum(cpu_millis) as cpu, sum(memory_mib) as memory from worker_jobs where tenant_id = t.id
+         ) h on true
+         left join tenant_fair_usage u on u.tenant_id = t.id",
+    )
+    .bind(tenants)
+    .fetch_all(db)
+    .await?;
+    let capacity = rows.first().map_or(DrfCapacity { cpu_millis: 0.0, memory_mib: 0.0 }, |row| DrfCapacity {
+        cpu_millis: row.7 as f64,
+        memory_mib: row.8 as f64,
+    });
+    let shares = rows
+        .into_iter()
+        .map(|(id, weight, cpu, memory, cpu_past, memory_past, at, _, _, now)| {
+            let past = DecayedUsage {
+                cpu_millis_seconds: cpu_past.unwrap_or(0.0),
+                memory_mib_seconds: memory_past.unwrap_or(0.0),
+                at: at.unwrap_or(now),
+            }
+            .decayed_to(now, half_life_seconds);
+            let share =
+                TenantShare { cpu_millis: cpu as f64, memory_mib: memory as f64, past, weight: f64::from(weight) };
+            (id, share)
+        })
+        .collect();
+    Ok((shares, capacity))
+}
+
+/// Brings every tenant's past usage up to now: decays it, and adds what its attempts hold
+/// now as held since the last update (`hodei_core::drf::DecayedUsage::accrue`). One
+/// replica at a time (a transaction-scoped advisory lock); returns the tenants updated, or
+/// `None` when another replica holds the lock.
+pub async fn accrue_fair_usage(db: &mut PgConnection, half_life_seconds: f64) -> sqlx::Result<Option<usize>> {
+    use sqlx::Acquire;
+    let mut transaction = db.begin().await?;
+    let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock(hashtextextended('hodei.fair-usage', 0))")
+        .fetch_one(&mut *transaction)
+        .await?;
+    if !locked {
+        return Ok(None);
+    }
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(Uuid, i64, i64, Option<f64>, Option<f64>, Option<f64>, f64)> = sqlx::query_as(
+        "with held as (
+            select tenant_id, sum(cpu_millis) as cpu, sum(memory_mib) as memory
+            from worker_jobs where tenant_id is not null group by tenant_id
+         )
+         select coalesce(h.tenant_id, u.tenant_id), coalesce(h.cpu, 0)::int8, coalesce(h.memory, 0)::int8,
+                u.cpu_millis_seconds, u.memory_mib_seconds, u.at, extract(epoch from now())::float8
+         from held h full join tenant_fair_usage u on u.tenant_id = h.tenant_id",
+    )
+    .fetch_all(&mut *transaction)
+    .await?;
+    let updated: Vec<(Uuid, DecayedUsage)> = rows
+        .into_iter()
+        .map(|(tenant, cpu, memory, cpu_past, memory_past, at, now)| {
+            let past = DecayedUsage {
+                cpu_millis_seconds: cpu_past.unwrap_or(0.0),
+                memory_mib_seconds: memory_past.unwrap_or(0.0),
+                at: at.unwrap_or(now),
+            };
+            (tenant, past.accrue(now, half_life_seconds, cpu as f64, memory as f64))
+        })
+        .collect();
+    sqlx::query(
+        "insert into tenant_fair_usage (tenant_id, cpu_millis_seconds, memory_mib_seconds, at)
+         select u.* from unnest($1::uuid[], $2::float8[], $3::float8[], $4::float8[]) as u(id, cpu, memory, at)
+         where exists (select 1 from tenants t where t.id = u.id)
+         on conflict (tenant_id) do update set cpu_millis_seconds = excluded.cpu_millis_seconds,
+             memory_mib_seconds = excluded.memory_mib_seconds, at = excluded.at",
+    )
+    .bind(updated.iter().map(|(tenant, _)| *tenant).collect::<Vec<_>>())
+    .bind(updated.iter().map(|(_, usage)| usage.cpu_millis_seconds).collect::<Vec<_>>())
+    .bind(updated.iter().map(|(_, usage)| usage.memory_mib_seconds).collect::<Vec<_>>())
+    .bind(updated.iter().map(|(_, usage)| usage.at).collect::<Vec<_>>())
+    .execute(&mut *transaction)
+    .await?;
+    transaction.commit().await?;
+    Ok(Some(updated.len()))
 }
