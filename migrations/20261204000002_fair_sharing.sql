@@ -13,3 +13,7 @@ create table tenant_fair_usage (
     -- Unix seconds (database clock) the values are decayed to.
     at                  double precision not null
 );
+
+-- The scheduling cycle reads the sessions open now or ended within the cool-down, across
+-- tenants: by their end, not by scanning every session ever held.
+create index burst_sessions_ended_idx on burst_sessions (ended_at);

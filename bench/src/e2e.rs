@@ -47,6 +47,8 @@ pub enum BenchCommand {
     /// The cost roll-up over many finished attempts (written in SQL), and month-long cost
     /// reports.
     Cost(crate::cost::CostArgs),
+    /// What tenant quotas add to the scheduling cycle, at many tenants with quotas.
+    Quotas(crate::quotas::QuotasArgs),
 }
 
 #[derive(Debug, Args)]
@@ -105,6 +107,7 @@ pub async fn run(command: BenchCommand, config: &Config) -> anyhow::Result<()> {
         BenchCommand::Autoscale(args) => crate::pools::autoscale(args, config).await,
         BenchCommand::Scrape(args) => crate::scrape::scrape(args, config).await,
         BenchCommand::Cost(args) => crate::cost::cost(args, config).await,
+        BenchCommand::Quotas(args) => crate::quotas::quotas(args, config).await,
     }
 }
 

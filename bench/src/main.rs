@@ -7,6 +7,7 @@ mod cost;
 mod e2e;
 mod engine;
 mod pools;
+mod quotas;
 mod scrape;
 mod workers;
 

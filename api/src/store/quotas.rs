@@ -304,20 +304,23 @@ pub async fn saturated(db: impl PgExecutor<'_>) -> sqlx::Result<Saturated> {
             select tenant_id, sum(cpu_millis) as cpu, sum(memory_mib) as memory, count(*) as jobs
             from worker_jobs where tenant_id is not null and (select any_limits from settings)
             group by tenant_id
+         ), open as (
+            select distinct on (b.tenant_id) b.tenant_id, b.max_overage_percentage
+            from burst_sessions b cross join settings s
+            where s.burst_enabled and b.ended_at > now() and b.started_at <= now()
+            order by b.tenant_id, b.id desc
+         ), recent as (
+            select distinct b.tenant_id from burst_sessions b cross join settings s
+            where s.burst_automatic and b.ended_at > now() - make_interval(mins => s.burst_cooldown_minutes)
          ), scaled as (
             select u.*, l.cpu_millis, l.memory_mib, l.max_concurrent_jobs,
-                   case when b.id is not null then b.max_overage_percentage
-                        when s.burst_enabled and s.burst_automatic and not exists (
-                            select 1 from burst_sessions c where c.tenant_id = u.tenant_id
-                              and c.ended_at > now() - make_interval(mins => s.burst_cooldown_minutes))
+                   case when o.tenant_id is not null then o.max_overage_percentage
+                        when s.burst_enabled and s.burst_automatic and r.tenant_id is null
                         then s.burst_max_overage_percentage
                         else 100 end as percentage
             from used u join tenant_limits l on l.tenant_id = u.tenant_id cross join settings s
-            left join lateral (
-                select id, max_overage_percentage from burst_sessions b
-                where b.tenant_id = u.tenant_id and s.burst_enabled and b.started_at <= now() and b.ended_at > now()
-                order by b.id desc limit 1
-            ) b on true
+            left join open o on o.tenant_id = u.tenant_id
+            left join recent r on r.tenant_id = u.tenant_id
          )
          select (select any_limits from settings),
                 (select fair_sharing_half_life_seconds::float8 from settings where fair_sharing_enabled),
@@ -353,47 +356,50 @@ pub struct Locked {
 /// pass), then reads their limits, usage and burst state: a snapshot taken after the locks
 /// are granted, so it sees every assignment other cycles committed under them.
 pub async fn lock_limited(db: &mut PgConnection, tenants: &[Uuid]) -> sqlx::Result<BTreeMap<Uuid, Locked>> {
-    let limited: Vec<Uuid> = sqlx::query_scalar(
-        "select tenant_id from tenant_limits
-         where tenant_id = any($1)
-           and (cpu_millis is not null or memory_mib is not null or max_concurrent_jobs is not null)",
+    // One statement finds the limited tenants and locks them, in the order of their keys.
+    let locked: Vec<Uuid> = sqlx::query_scalar(
+        "select tenant_id from (
+            select tenant_id, pg_advisory_xact_lock(hashtextextended(k, 0)) from (
+                select tenant_id, 'hodei.tenant-usage:' || tenant_id as k from tenant_limits
+                where tenant_id = any($1)
+                  and (cpu_millis is not null or memory_mib is not null or max_concurrent_jobs is not null)
+                order by hashtextextended('hodei.tenant-usage:' || tenant_id, 0), tenant_id
+            ) keys
+         ) locks",
     )
     .bind(tenants)
     .fetch_all(&mut *db)
     .await?;
-    if limited.is_empty() {
+    if locked.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let locks: Vec<String> = limited.iter().map(|tenant| usage_lock(*tenant)).collect();
-    sqlx::query(
-        "select count(l) from (
-            select pg_advisory_xact_lock(hashtextextended(k, 0)) as l
-            from (select k from unnest($1::text[]) as k order by hashtextextended(k, 0), k) s
-         ) locked",
-    )
-    .bind(&locks)
-    .execute(&mut *db)
-    .await?;
     let rows: Vec<LockedRow> = sqlx::query_as(&format!(
-        "select {LIMITS_COLUMNS}, coalesce(u.cpu, 0)::int8 as cpu, coalesce(u.memory, 0)::int8 as memory,
-                u.jobs, b.id as session_id, b.max_overage_percentage as session_percentage,
-                case when s.burst_enabled and s.burst_automatic and not exists (
-                         select 1 from burst_sessions c where c.tenant_id = l.tenant_id
-                           and c.ended_at > now() - make_interval(mins => s.burst_cooldown_minutes))
+        "with s as (
+            select * from tenancy_settings where id = 1
+         ), l as (
+            select {LIMITS_COLUMNS} from tenant_limits where tenant_id = any($1)
+         ), u as (
+            select tenant_id, sum(cpu_millis) as cpu, sum(memory_mib) as memory, count(*) as jobs
+            from worker_jobs where tenant_id = any($1) group by tenant_id
+         ), open as (
+            select distinct on (b.tenant_id) b.tenant_id, b.id, b.max_overage_percentage
+            from burst_sessions b cross join s
+            where b.tenant_id = any($1) and s.burst_enabled and b.started_at <= now() and b.ended_at > now()
+            order by b.tenant_id, b.id desc
+         ), recent as (
+            select distinct b.tenant_id from burst_sessions b cross join s
+            where b.tenant_id = any($1) and b.ended_at > now() - make_interval(mins => s.burst_cooldown_minutes)
+         )
+         select l.*, coalesce(u.cpu, 0)::int8 as cpu, coalesce(u.memory, 0)::int8 as memory,
+                coalesce(u.jobs, 0) as jobs, o.id as session_id, o.max_overage_percentage as session_percentage,
+                case when s.burst_enabled and s.burst_automatic and r.tenant_id is null
                      then s.burst_max_overage_percentage end as automatic_percentage
-         from tenant_limits l cross join tenancy_settings s
-         cross join lateral (
-             select sum(h.cpu_millis) as cpu, sum(h.memory_mib) as memory, count(*) as jobs
-             from worker_jobs h where h.tenant_id = l.tenant_id
-         ) u
-         left join lateral (
-             select id, max_overage_percentage from burst_sessions b
-             where b.tenant_id = l.tenant_id and s.burst_enabled and b.started_at <= now() and b.ended_at > now()
-             order by b.id desc limit 1
-         ) b on true
-         where l.tenant_id = any($1)"
+         from l cross join s
+         left join u on u.tenant_id = l.tenant_id
+         left join open o on o.tenant_id = l.tenant_id
+         left join recent r on r.tenant_id = l.tenant_id"
     ))
-    .bind(&limited)
+    .bind(&locked)
     .fetch_all(&mut *db)
     .await?;
     Ok(rows
