@@ -89,11 +89,18 @@ enum Mode {
     Saturating,
 }
 
+/// Quotas change rarely in a deployment; here they change every round, so the table is
+/// vacuumed after each change, as autovacuum would keep a stable one.
 async fn set_mode(pool: &PgPool, mode: Mode, tenants: &[(Uuid, String)], held_cpu: i64) -> anyhow::Result<()> {
     sqlx::query("delete from tenant_quotas").execute(pool).await?;
-    if mode == Mode::Off {
-        return Ok(());
+    if mode != Mode::Off {
+        write_quotas(pool, mode, tenants, held_cpu).await?;
     }
+    sqlx::query("vacuum analyze tenant_quotas").execute(pool).await?;
+    Ok(())
+}
+
+async fn write_quotas(pool: &PgPool, mode: Mode, tenants: &[(Uuid, String)], held_cpu: i64) -> anyhow::Result<()> {
     let ids: Vec<Uuid> = tenants.iter().map(|(id, _)| *id).collect();
     let cpu: Vec<i64> = (0..tenants.len())
         .map(|i| if mode == Mode::Saturating && i % 10 == 0 { held_cpu } else { 1_000_000_000 })
@@ -140,6 +147,7 @@ pub async fn quotas(args: QuotasArgs, config: &Config) -> anyhow::Result<()> {
     while background.tick().await?.more {}
     let held: i64 = sqlx::query_scalar("select count(*) from worker_jobs").fetch_one(&pool).await?;
     println!("{} tenants holding {held} attempts, seeded in {:.1} s", tenants.len(), started.elapsed().as_secs_f64());
+    sqlx::query("vacuum analyze tenants, worker_jobs, jobs, ready_jobs, workers").execute(&pool).await?;
 
     let scheduler =
         Scheduler { limits: CycleLimits { workers: 10, jobs: args.batch as i64 }, ..Scheduler::new(pool.clone()) };
