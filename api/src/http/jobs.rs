@@ -666,7 +666,8 @@ impl From<crate::store::cost::JobCost> for JobCost {
 /// Why a queued job waits, from the scheduler's last decision and the queue ahead of it.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Pending {
-    /// `no_workers`, `no_worker_with_labels`, `no_worker_large_enough`,
+    /// `no_workers`, `tenant_at_quota` (its tenant is at a CPU, memory or job quota this
+    /// job would pass), `no_worker_with_labels`, `no_worker_large_enough`,
     /// `waiting_for_capacity` or `queued`.
     pub code: String,
     pub message: String,

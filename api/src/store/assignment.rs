@@ -470,7 +470,7 @@ async fn record_pending_reasons(db: &mut PgConnection, unplaced: &[(Uuid, Unplac
 /// Why a queued job waits, from the scheduler's last decision and the queue ahead of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pending {
-    /// `no_workers`, `no_worker_with_labels`, `no_worker_large_enough`,
+    /// `no_workers`, `tenant_at_quota`, `no_worker_with_labels`, `no_worker_large_enough`,
     /// `waiting_for_capacity` or `queued`.
     pub code: String,
     pub message: String,
@@ -478,25 +478,38 @@ pub struct Pending {
     pub position: i64,
 }
 
-/// Why `job_id` is still waiting, if it is in a ready queue.
+/// Why `job_id` is still waiting, if it is in a ready queue. A tenant at a quota that
+/// this job would pass says so (`tenant_at_quota`), whatever the last cycle noted: the
+/// cycle passes over a saturated tenant's rows without touching them.
 pub async fn pending(db: &mut PgConnection, job_id: Uuid) -> sqlx::Result<Option<Pending>> {
-    let row: Option<(Option<String>, Option<String>, i64, i64)> = sqlx::query_as(
+    #[allow(clippy::type_complexity)]
+    let row: Option<(Option<String>, Option<String>, i64, i64, Uuid, i32, i32)> = sqlx::query_as(
         "select r.pending_code, r.pending_message,
                 (select count(*) from ready_jobs a where a.queue = r.queue and (a.rank, a.seq) < (r.rank, r.seq)),
-                (select count(*) from workers where gone_at is null)
+                (select count(*) from workers where gone_at is null), r.tenant_id, r.cpu_millis, r.memory_mib
          from ready_jobs r where r.job_id = $1",
     )
     .bind(job_id)
-    .fetch_optional(db)
+    .fetch_optional(&mut *db)
     .await?;
-    Ok(row.map(|(code, message, ahead, live_workers)| {
-        let (code, message) = match (code, message) {
-            _ if live_workers == 0 => ("no_workers".to_owned(), "no worker is registered".to_owned()),
-            (Some(code), Some(message)) => (code, message),
-            _ => ("queued".to_owned(), format!("waiting for dispatch behind {ahead} job(s) in its queue")),
-        };
-        Pending { code, message, position: ahead }
-    }))
+    let Some((code, message, ahead, live_workers, tenant_id, cpu_millis, memory_mib)) = row else {
+        return Ok(None);
+    };
+    let limits = quotas::limits(&mut *db, tenant_id).await?;
+    let at_quota = if limits.limits_running() {
+        let usage = quotas::usage(&mut *db, tenant_id).await?;
+        let request = hodei_core::quota::Request { cpu_millis: cpu_millis.into(), memory_mib: memory_mib.into() };
+        hodei_core::quota::exceeds(&limits, &usage, request, 100)
+    } else {
+        None
+    };
+    let (code, message) = match (code, message) {
+        _ if live_workers == 0 => ("no_workers".to_owned(), "no worker is registered".to_owned()),
+        _ if at_quota.is_some() => ("tenant_at_quota".to_owned(), at_quota.map(|e| e.describe()).unwrap_or_default()),
+        (Some(code), Some(message)) if code != "tenant_at_quota" => (code, message),
+        _ => ("queued".to_owned(), format!("waiting for dispatch behind {ahead} job(s) in its queue")),
+    };
+    Ok(Some(Pending { code, message, position: ahead }))
 }
 
 /// What a worker needs to run one attempt, as stored (`hodei_protocol::Assignment` on the wire).
