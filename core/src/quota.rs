@@ -112,12 +112,14 @@ impl Usage {
     }
 }
 
+/// `used` as a percentage of `limit`; any use of a zero limit is the largest finite number
+/// (it must stay a number in JSON and in the database).
 fn percentage_of(used: i64, limit: i64) -> f64 {
     if limit == 0 {
         if used == 0 {
             0.0
         } else {
-            f64::INFINITY
+            f64::MAX
         }
     } else {
         used as f64 * 100.0 / limit as f64
