@@ -513,6 +513,14 @@ mod tests {
     }
 
     #[test]
+    fn use_of_a_zero_limit_is_a_finite_percentage() {
+        let used = Usage { cpu_millis: 1, ..Usage::default() };
+        assert!(used.peak_percentage(&limits(0)).is_finite());
+        assert!(used.peak_percentage(&limits(0)) > used.peak_percentage(&limits(1)));
+        assert_eq!(Usage::default().peak_percentage(&limits(0)), 0.0);
+    }
+
+    #[test]
     fn an_automatic_burst_opens_when_used() {
         let tenants = BTreeMap::from([('a', quota(1000, 1000, Burst::Automatic { percentage: 200 }))]);
         let placed = place_within_quotas(Strategy::BestFit, &[job(1, 'a', 500)], &[worker(0, 4000)], &tenants);
