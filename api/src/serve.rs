@@ -200,17 +200,9 @@ async fn providers(config: &Config, address: SocketAddr) -> (Providers, Option<A
 /// and the `local` price (`local_price_per_worker_hour`, any shape) is set unless the list
 /// names a `local` price.
 pub async fn apply_configured_prices(db: &PgPool, config: &crate::config::CostTrackingConfig) -> anyhow::Result<()> {
-    let price = |spec: &hodei_core::cost::PriceSpec| store::cost::Price {
-        provider: spec.provider.clone(),
-        instance_type: spec.instance_type.clone(),
-        capacity_type: spec.capacity_type.as_str().to_owned(),
-        region: spec.region.clone(),
-        price_per_hour: spec.price_per_hour,
-        currency: spec.currency.clone(),
-    };
     let mut transaction = db.begin().await?;
     if !config.prices.is_empty() {
-        let prices: Vec<_> = config.prices.iter().map(price).collect();
+        let prices: Vec<_> = config.prices.iter().map(store::cost::Price::from).collect();
         store::cost::replace_prices(&mut transaction, &prices).await.context("writing cost_tracking.prices")?;
     }
     if !config.prices.iter().any(|spec| spec.provider == "local") {

@@ -8,10 +8,11 @@ use chrono::Utc;
 use hodei_api::store::assignment;
 use hodei_api::store::enqueue::{self, SubmitOutcome};
 use hodei_api::store::jobs::Submitter;
-use hodei_api::store::quotas::{self, OwnQuota};
+use hodei_api::store::quotas;
 use hodei_api::store::tenants;
 use hodei_api::testing::TestDatabase;
 use hodei_core::ordering::PolicyRegistry;
+use hodei_core::quota::Limits;
 use hodei_core::JobSpec;
 use serde_json::json;
 
@@ -42,7 +43,7 @@ async fn a_waiting_job_says_when_its_tenant_is_at_quota() {
     assert_eq!(pending.code, "queued");
 
     // Its tenant's CPU quota is now below what the job needs on top of nothing held.
-    let quota = OwnQuota { cpu_millis: Some(400), ..OwnQuota::default() };
+    let quota = Limits { cpu_millis: Some(400), ..Limits::default() };
     quotas::put_own(&pool, tenant.id, &quota).await.expect("quota");
     let pending = assignment::pending(&mut connection, id).await.expect("pending").expect("queued");
     assert_eq!(pending.code, "tenant_at_quota");
@@ -56,7 +57,7 @@ async fn a_waiting_job_says_when_its_tenant_is_at_quota() {
         pending.message
     );
 
-    quotas::put_own(&pool, tenant.id, &OwnQuota::default()).await.expect("no quota");
+    quotas::put_own(&pool, tenant.id, &Limits::default()).await.expect("no quota");
     let pending = assignment::pending(&mut connection, id).await.expect("pending").expect("queued");
     assert_eq!(pending.code, "queued", "a reason the quota no longer gives is not kept");
     let cycle = scheduler(&pool, 10, 10).tick().await.expect("cycle");

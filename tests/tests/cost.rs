@@ -3,39 +3,11 @@
 //! each tenant's report holds only its own costs, the CSV report parses with a standard
 //! reader and adds up to the JSON one, and attributed + idle is what the workers cost.
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hodei_e2e::{free_port, Client, Server, TestDatabase};
+use hodei_e2e::{free_port, wait_until, Client, ConfigFile, Server, TestDatabase};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-
-struct ConfigFile(PathBuf);
-
-impl ConfigFile {
-    fn new(contents: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("hodei-cost-{}-{}.yaml", std::process::id(), free_port()));
-        std::fs::write(&path, contents).expect("write the config file");
-        Self(path)
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-async fn wait_until<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 async fn submit(client: &Client, argv: &[&str], cpu_millis: u32, memory_mib: u32, max_attempts: u32) -> String {
     let body = json!({"command": {"argv": argv}, "resources": {"cpu_millis": cpu_millis, "memory_mib": memory_mib},
@@ -66,7 +38,7 @@ async fn jobs_show_their_cost_and_tenants_see_only_their_own() {
         "pools:\n  - id: pair\n    size: 2\n    template: {slots: 2, cpu_millis: 2000, memory_mib: 2048}\n\
          cost_tracking:\n  rollup_interval_seconds: 1\n  local_price_per_worker_hour: 36\n",
     );
-    let mut server = Server::spawn_configured(&database.url, free_port(), Some(&config.0), &[]);
+    let mut server = Server::spawn_configured(&database.url, free_port(), Some(config.path()), &[]);
     server.wait_ready(Duration::from_secs(60)).await;
     let admin = server.admin();
     let acme = server.tenant("acme").await;
@@ -136,7 +108,7 @@ async fn jobs_show_their_cost_and_tenants_see_only_their_own() {
 
     // The same database served without the roll-up, so the numbers hold still while read.
     let frozen = ConfigFile::new("cost_tracking:\n  enabled: false\n");
-    let mut server = Server::spawn_configured(&database.url, free_port(), Some(&frozen.0), &[]);
+    let mut server = Server::spawn_configured(&database.url, free_port(), Some(frozen.path()), &[]);
     server.wait_ready(Duration::from_secs(60)).await;
     let admin = server.admin();
     let acme = Client::new(&server.url, acme.key());

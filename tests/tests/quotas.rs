@@ -7,24 +7,13 @@
 
 use std::time::{Duration, Instant};
 
-use hodei_e2e::{free_port, start_worker, Client, ConfigFile, Reply, Server, TestDatabase};
+use hodei_e2e::{free_port, start_worker, wait_until, Client, ConfigFile, Reply, Server, TestDatabase};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 async fn put(client: &Client, path: &str, body: Value) -> Reply {
     client.send(Method::PUT, path, Some(body.to_string().into_bytes()), &[]).await
-}
-
-async fn wait_until<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn tenant_id(pool: &sqlx::PgPool, name: &str) -> Uuid {

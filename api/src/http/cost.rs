@@ -66,18 +66,7 @@ async fn replace_prices(
     Json(list): Json<PriceList>,
 ) -> Result<axum::Json<PriceList>, ApiError> {
     validate_prices(&list.prices)?;
-    let prices: Vec<cost::Price> = list
-        .prices
-        .iter()
-        .map(|spec| cost::Price {
-            provider: spec.provider.clone(),
-            instance_type: spec.instance_type.clone(),
-            capacity_type: spec.capacity_type.as_str().to_owned(),
-            region: spec.region.clone(),
-            price_per_hour: spec.price_per_hour,
-            currency: spec.currency.clone(),
-        })
-        .collect();
+    let prices: Vec<cost::Price> = list.prices.iter().map(cost::Price::from).collect();
     let mut transaction = state.db.begin().await?;
     cost::replace_prices(&mut transaction, &prices).await?;
     transaction.commit().await?;

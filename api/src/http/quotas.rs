@@ -20,7 +20,7 @@ use crate::auth::Principal;
 use crate::config::MAX_QUOTA;
 use crate::error::{ApiError, Json, Problem};
 use crate::http::AppState;
-use crate::store::quotas::{self, BurstSession, OwnQuota, StartBurst};
+use crate::store::quotas::{self, BurstSession, StartBurst};
 use crate::store::tenants;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -59,7 +59,7 @@ pub struct QuotaSpec {
 }
 
 impl QuotaSpec {
-    fn validate(&self) -> Result<OwnQuota, ValidationErrors> {
+    fn validate(&self) -> Result<quota::Limits, ValidationErrors> {
         let mut errors = ValidationErrors::new();
         for (field, value) in [
             ("cpu_millis", self.cpu_millis),
@@ -76,7 +76,7 @@ impl QuotaSpec {
                 errors.add("monthly_budget", format!("must be between 0 and {MAX_BUDGET}, got {budget}"));
             }
         }
-        errors.into_result(OwnQuota {
+        errors.into_result(quota::Limits {
             cpu_millis: self.cpu_millis,
             memory_mib: self.memory_mib,
             max_concurrent_jobs: self.max_concurrent_jobs,
@@ -92,16 +92,6 @@ impl QuotaSpec {
             max_concurrent_jobs: limits.max_concurrent_jobs,
             max_queued_jobs: limits.max_queued_jobs,
             monthly_budget: limits.monthly_budget,
-        }
-    }
-
-    fn from_own(own: &OwnQuota) -> Self {
-        Self {
-            cpu_millis: own.cpu_millis,
-            memory_mib: own.memory_mib,
-            max_concurrent_jobs: own.max_concurrent_jobs,
-            max_queued_jobs: own.max_queued_jobs,
-            monthly_budget: own.monthly_budget,
         }
     }
 }
@@ -275,7 +265,7 @@ async fn quotas_view(state: &AppState, tenant: &tenants::Tenant) -> Result<Tenan
         .collect();
     Ok(TenantQuotas {
         tenant: tenant.name.clone(),
-        own: QuotaSpec::from_own(&own),
+        own: QuotaSpec::from_limits(&own),
         limits: QuotaSpec::from_limits(&limits),
         usage: QuotaUsage {
             cpu_millis: used.cpu_millis,

@@ -30,6 +30,19 @@ pub struct Price {
     pub currency: String,
 }
 
+impl From<&hodei_core::cost::PriceSpec> for Price {
+    fn from(spec: &hodei_core::cost::PriceSpec) -> Self {
+        Self {
+            provider: spec.provider.clone(),
+            instance_type: spec.instance_type.clone(),
+            capacity_type: spec.capacity_type.as_str().to_owned(),
+            region: spec.region.clone(),
+            price_per_hour: spec.price_per_hour,
+            currency: spec.currency.clone(),
+        }
+    }
+}
+
 /// Replaces the price list.
 pub async fn replace_prices(db: &mut PgConnection, prices: &[Price]) -> sqlx::Result<()> {
     sqlx::query("delete from prices").execute(&mut *db).await?;

@@ -448,14 +448,24 @@ pub(crate) fn queue_lock(queue: &str) -> String {
     format!("hodei.queue:{queue}")
 }
 
-/// Takes transaction-scoped advisory locks in one sorted pass, so two transactions can
-/// never wait on each other in opposite orders.
+/// Takes transaction-scoped advisory locks in one sorted pass (one statement, in the
+/// order of the names), so two transactions can never wait on each other in opposite
+/// orders. Every lock named by a string (queues, fair tags, tenants) is taken here.
 pub(crate) async fn take_locks(db: &mut PgConnection, mut locks: Vec<String>) -> sqlx::Result<()> {
     locks.sort();
     locks.dedup();
-    for lock in &locks {
-        sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))").bind(lock).execute(&mut *db).await?;
+    if locks.is_empty() {
+        return Ok(());
     }
+    sqlx::query(
+        "select count(l) from (
+            select pg_advisory_xact_lock(hashtextextended(k, 0)) as l
+            from (select k from unnest($1::text[]) with ordinality as u(k, position) order by position) sorted
+         ) locked",
+    )
+    .bind(&locks)
+    .execute(db)
+    .await?;
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::store::enqueue::take_locks;
 use chrono::{DateTime, Utc};
 use hodei_core::drf::{Capacity as DrfCapacity, DecayedUsage, TenantShare};
 use hodei_core::quota::{Burst, Limits, TenantLoad, TenantQuota, Usage};
@@ -100,18 +101,8 @@ pub async fn settings(db: impl PgExecutor<'_>) -> sqlx::Result<TenancySettings> 
     sqlx::query_as(&format!("select {SETTINGS_COLUMNS} from tenancy_settings where id = 1")).fetch_one(db).await
 }
 
-/// A tenant's own limits (null: the default applies).
-#[derive(Debug, Clone, PartialEq, Default, FromRow)]
-pub struct OwnQuota {
-    pub cpu_millis: Option<i64>,
-    pub memory_mib: Option<i64>,
-    pub max_concurrent_jobs: Option<i64>,
-    pub max_queued_jobs: Option<i64>,
-    pub monthly_budget: Option<f64>,
-}
-
-/// Replaces a tenant's own limits.
-pub async fn put_own(db: impl PgExecutor<'_>, tenant_id: Uuid, quota: &OwnQuota) -> sqlx::Result<()> {
+/// Replaces a tenant's own limits (`None`: the default applies).
+pub async fn put_own(db: impl PgExecutor<'_>, tenant_id: Uuid, quota: &Limits) -> sqlx::Result<()> {
     sqlx::query(
         "insert into tenant_quotas (tenant_id, cpu_millis, memory_mib, max_concurrent_jobs, max_queued_jobs,
              monthly_budget)
@@ -131,17 +122,17 @@ pub async fn put_own(db: impl PgExecutor<'_>, tenant_id: Uuid, quota: &OwnQuota)
     Ok(())
 }
 
-pub async fn own(db: impl PgExecutor<'_>, tenant_id: Uuid) -> sqlx::Result<OwnQuota> {
-    let own: Option<OwnQuota> = sqlx::query_as(
-        "select cpu_millis, memory_mib, max_concurrent_jobs, max_queued_jobs, monthly_budget::float8 as monthly_budget
-         from tenant_quotas where tenant_id = $1",
-    )
-    .bind(tenant_id)
-    .fetch_optional(db)
-    .await?;
-    Ok(own.unwrap_or_default())
+/// A tenant's own limits (`None`: the default applies).
+pub async fn own(db: impl PgExecutor<'_>, tenant_id: Uuid) -> sqlx::Result<Limits> {
+    let row: Option<LimitsRow> =
+        sqlx::query_as(&format!("select {LIMITS_COLUMNS} from tenant_quotas where tenant_id = $1"))
+            .bind(tenant_id)
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map(|row| row.limits()).unwrap_or_default())
 }
 
+/// Limits as stored (`tenant_quotas`) or in force (`tenant_limits`).
 #[derive(Debug, FromRow)]
 struct LimitsRow {
     tenant_id: Uuid,
@@ -353,19 +344,13 @@ pub struct Locked {
 }
 
 /// Takes the usage locks of those of `tenants` that have a running limit (in one sorted
-/// pass), then reads their limits, usage and burst state: a snapshot taken after the locks
+/// pass, `enqueue::take_locks`), then reads their limits, usage and burst state: a snapshot taken after the locks
 /// are granted, so it sees every assignment other cycles committed under them.
 pub async fn lock_limited(db: &mut PgConnection, tenants: &[Uuid]) -> sqlx::Result<BTreeMap<Uuid, Locked>> {
-    // One statement finds the limited tenants and locks them, in the order of their keys.
     let locked: Vec<Uuid> = sqlx::query_scalar(
-        "select tenant_id from (
-            select tenant_id, pg_advisory_xact_lock(hashtextextended(k, 0)) from (
-                select tenant_id, 'hodei.tenant-usage:' || tenant_id as k from tenant_limits
-                where tenant_id = any($1)
-                  and (cpu_millis is not null or memory_mib is not null or max_concurrent_jobs is not null)
-                order by hashtextextended('hodei.tenant-usage:' || tenant_id, 0), tenant_id
-            ) keys
-         ) locks",
+        "select tenant_id from tenant_limits
+         where tenant_id = any($1)
+           and (cpu_millis is not null or memory_mib is not null or max_concurrent_jobs is not null)",
     )
     .bind(tenants)
     .fetch_all(&mut *db)
@@ -373,6 +358,7 @@ pub async fn lock_limited(db: &mut PgConnection, tenants: &[Uuid]) -> sqlx::Resu
     if locked.is_empty() {
         return Ok(BTreeMap::new());
     }
+    take_locks(&mut *db, locked.iter().map(|tenant| usage_lock(*tenant)).collect()).await?;
     let rows: Vec<LockedRow> = sqlx::query_as(&format!(
         "with s as (
             select * from tenancy_settings where id = 1
@@ -507,10 +493,7 @@ pub async fn start_session(
 ) -> sqlx::Result<StartBurst> {
     use sqlx::Acquire;
     let mut transaction = db.begin().await?;
-    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(usage_lock(tenant_id))
-        .execute(&mut *transaction)
-        .await?;
+    take_locks(&mut transaction, vec![usage_lock(tenant_id)]).await?;
     if let Some(latest) = latest_session(&mut *transaction, tenant_id).await? {
         if latest.active {
             return Ok(StartBurst::AlreadyActive(latest));
