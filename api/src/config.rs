@@ -206,6 +206,8 @@ pub struct CostTrackingConfig {
     /// The price list; when not empty it replaces the stored one at start (`PUT
     /// /api/v1/prices` replaces it until the next start).
     pub prices: Vec<hodei_core::cost::PriceSpec>,
+    /// When the cost recommendations speak up (`GET /api/v1/cost-optimization/recommendations`).
+    pub recommendations: hodei_core::recommend::Thresholds,
 }
 
 impl Default for CostTrackingConfig {
@@ -221,6 +223,7 @@ impl Default for CostTrackingConfig {
             cpu_weight: weights.cpu,
             memory_weight: weights.memory,
             prices: Vec::new(),
+            recommendations: hodei_core::recommend::Thresholds::default(),
         }
     }
 }
@@ -255,6 +258,9 @@ impl CostTrackingConfig {
         }
         if let Err(errors) = hodei_core::cost::validate_prices(&self.prices) {
             problems.extend(errors.errors().iter().map(|e| format!("cost_tracking.{}: {}", e.field, e.message)));
+        }
+        for (field, message) in self.recommendations.problems() {
+            problems.push(format!("cost_tracking.recommendations.{field}: {message}"));
         }
     }
 }
@@ -934,6 +940,10 @@ mod tests {
         );
         let message = Config::load(Some(file.path()), &environment(&[])).expect_err("invalid").to_string();
         assert!(message.contains("cost_tracking.prices[0].price_per_hour"), "{message}");
+        let file = write("cost_tracking:\n  recommendations: {idle_threshold_percent: 50, min_quiet_hours: 0}\n");
+        let message = Config::load(Some(file.path()), &environment(&[])).expect_err("invalid").to_string();
+        assert!(message.contains("cost_tracking.recommendations.min_quiet_hours"), "{message}");
+        assert!(!message.contains("idle_threshold_percent"), "{message}");
     }
 
     #[test]

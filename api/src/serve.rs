@@ -63,6 +63,7 @@ pub async fn serve_http(
         .with_shutdown(shutdown.clone())
         .with_providers(providers.clone())
         .with_cost_retention_days(config.cost_tracking.retention_days)
+        .with_cost_recommendations(config.cost_tracking.recommendations)
         .with_pool_limits(crate::http::PoolLimits { max_pools: config.max_pools, max_pool_size: config.max_pool_size });
     if !config.effective_pools().is_empty() || config.source_file.is_some() {
         apply_file_pools(&pool, config.effective_pools()).await?;
@@ -213,6 +214,8 @@ pub async fn apply_configured_prices(db: &PgPool, config: &crate::config::CostTr
             region: "*".to_owned(),
             price_per_hour: config.local_price_per_worker_hour,
             currency: "USD".to_owned(),
+            cpu_millis: None,
+            memory_mib: None,
         };
         store::cost::upsert_prices(&mut *transaction, &[local]).await.context("writing the local price")?;
     }

@@ -44,6 +44,8 @@ async fn attempts_ended_by_every_path_are_recorded_with_their_instance() {
             region: "*".to_owned(),
             price_per_hour: 3.6,
             currency: "USD".to_owned(),
+            cpu_millis: None,
+            memory_mib: None,
         }],
     )
     .await

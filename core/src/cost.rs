@@ -51,6 +51,15 @@ pub struct PriceSpec {
     #[serde(default = "usd")]
     #[schema(pattern = "^USD$")]
     pub currency: String,
+    /// What one instance of the type offers, in millicores: with `memory_mib`, lets the
+    /// cost recommendations name it as a smaller type to right-size to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100000000)]
+    pub cpu_millis: Option<u32>,
+    /// What one instance of the type offers, in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100000000)]
+    pub memory_mib: Option<u32>,
 }
 
 fn any_region() -> String {
@@ -89,6 +98,11 @@ pub fn validate_prices(prices: &[PriceSpec]) -> Result<(), ValidationErrors> {
                 field("price_per_hour"),
                 format!("must be a number from 0 to 1000000, got {}", price.price_per_hour),
             );
+        }
+        for (name, value) in [("cpu_millis", price.cpu_millis), ("memory_mib", price.memory_mib)] {
+            if value.is_some_and(|value| !(1..=100_000_000).contains(&value)) {
+                errors.add(field(name), format!("must be from 1 to 100000000, got {}", value.unwrap_or(0)));
+            }
         }
         if price.currency != "USD" {
             errors.add(field("currency"), format!("must be USD, got {:?}", price.currency));
@@ -363,6 +377,8 @@ mod tests {
             region: "*".to_owned(),
             price_per_hour,
             currency: currency.to_owned(),
+            cpu_millis: None,
+            memory_mib: None,
         };
         assert!(validate_prices(&[price("m5.large", 0.096, "USD"), price("*", 0.0, "USD")]).is_ok());
         let fields = |prices: &[PriceSpec]| -> Vec<String> {
@@ -372,6 +388,8 @@ mod tests {
         assert_eq!(fields(&[price("m5 large!", 1.0, "USD")]), ["prices[0].instance_type"]);
         assert_eq!(fields(&[price("m5.large", 1.0, "EUR")]), ["prices[0].currency"]);
         assert_eq!(fields(&[price("a", 1.0, "USD"), price("a", 2.0, "USD")]), ["prices[1].instance_type"]);
+        let shaped = PriceSpec { cpu_millis: Some(0), memory_mib: Some(2048), ..price("m5.large", 0.1, "USD") };
+        assert_eq!(fields(&[shaped]), ["prices[0].cpu_millis"]);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod pool;
 pub mod pool_plan;
 pub mod queue;
 pub mod quota;
+pub mod recommend;
 pub mod simulate;
 pub mod validation;
 

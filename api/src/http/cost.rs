@@ -5,9 +5,10 @@
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
-use chrono::{Duration, NaiveDate, Utc};
+use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
 use hodei_core::cost::{validate_prices, PriceSpec};
 use hodei_core::pool::CapacityType;
+use hodei_core::recommend::{self, Recommendation};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -17,9 +18,13 @@ use crate::auth::{Admin, Principal};
 use crate::error::{ApiError, Json, Problem, Query};
 use crate::http::AppState;
 use crate::store::cost::{self, GroupBy, ReportScope};
+use crate::store::recommendations;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_prices, replace_prices)).routes(routes!(cost_report))
+    OpenApiRouter::new()
+        .routes(routes!(list_prices, replace_prices))
+        .routes(routes!(cost_report))
+        .routes(routes!(recommendations))
 }
 
 /// The price list.
@@ -39,6 +44,8 @@ fn spec_from(price: cost::Price) -> PriceSpec {
         region: price.region,
         price_per_hour: price.price_per_hour,
         currency: price.currency,
+        cpu_millis: price.cpu_millis,
+        memory_mib: price.memory_mib,
     }
 }
 
@@ -186,6 +193,75 @@ async fn cost_report(
         return Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], to_csv(&report)).into_response());
     }
     Ok(axum::Json(report).into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RecommendationsQuery {
+    /// The period to learn from: the last `days` whole days of rolled-up hours (default 14,
+    /// at most the retention).
+    #[param(minimum = 1, maximum = 3650)]
+    pub days: Option<u32>,
+}
+
+/// Cost recommendations over a period, largest saving first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Recommendations {
+    /// The period's first hour.
+    pub from: DateTime<Utc>,
+    /// The end of its last hour (the start of the current one).
+    pub to: DateTime<Utc>,
+    pub recommendations: Vec<Recommendation>,
+    /// The sum of the recommendations' savings that could be estimated (they may overlap:
+    /// a pool sized down saves less from a schedule).
+    pub total_estimated_monthly_saving: f64,
+    pub currency: String,
+}
+
+/// What would lower the cost: idle capacity, instance types larger than the jobs, work that
+/// suits spot, quiet nights and weekends, and instances that ran without a price. Each
+/// recommendation carries its evidence and an estimated monthly saving.
+#[utoipa::path(
+    get, path = "/cost-optimization/recommendations", tag = "cost", security(("bearer" = [])),
+    params(RecommendationsQuery),
+    responses(
+        (status = 200, body = Recommendations),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")
+    )
+)]
+async fn recommendations(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Query(query): Query<RecommendationsQuery>,
+) -> Result<axum::Json<Recommendations>, ApiError> {
+    let days = query.days.unwrap_or(14);
+    if days == 0 || days > state.cost_retention_days {
+        return Err(ApiError::unprocessable(
+            "invalid_range",
+            format!(
+                "days: must be from 1 to the retention, {} days (cost_tracking.retention_days), got {days}",
+                state.cost_retention_days
+            ),
+        ));
+    }
+    let now: DateTime<Utc> = sqlx::query_scalar("select now()").fetch_one(&state.db).await?;
+    let to = now.duration_trunc(Duration::hours(1)).unwrap_or(now);
+    let from = to - Duration::days(i64::from(days));
+    let thresholds = state.cost_recommendations;
+    let facts = recommendations::facts(&state.db, from, to, thresholds.spot_max_job_seconds).await?;
+    let period_hours = f64::from(days) * 24.0;
+    let found = recommend::recommend(&facts.pools, &facts.offers, &facts.unpriced, period_hours, &thresholds);
+    let total = found.iter().filter_map(|r| r.estimated_monthly_saving).sum::<f64>();
+    Ok(axum::Json(Recommendations {
+        from,
+        to,
+        recommendations: found,
+        total_estimated_monthly_saving: (total * 1e6).round() / 1e6,
+        currency: "USD".to_owned(),
+    }))
 }
 
 /// RFC 4180: a header line, then one line per report line; fields with a comma, a quote

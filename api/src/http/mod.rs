@@ -66,6 +66,8 @@ pub struct AppState {
     pub metrics_on_api_listener: bool,
     /// How many days of costs are kept: the longest range a cost report may ask for.
     pub cost_retention_days: u32,
+    /// When the cost recommendations speak up (`cost_tracking.recommendations`).
+    pub cost_recommendations: hodei_core::recommend::Thresholds,
 }
 
 /// Bounds on pools from the configuration (`max_pools`, `max_pool_size`).
@@ -96,6 +98,7 @@ impl AppState {
             metrics: Arc::new(Metrics::new()),
             metrics_on_api_listener: true,
             cost_retention_days: 90,
+            cost_recommendations: hodei_core::recommend::Thresholds::default(),
         }
     }
 
@@ -108,6 +111,11 @@ impl AppState {
 
     pub fn with_cost_retention_days(mut self, days: u32) -> Self {
         self.cost_retention_days = days;
+        self
+    }
+
+    pub fn with_cost_recommendations(mut self, thresholds: hodei_core::recommend::Thresholds) -> Self {
+        self.cost_recommendations = thresholds;
         self
     }
 

@@ -28,6 +28,9 @@ pub struct Price {
     pub region: String,
     pub price_per_hour: f64,
     pub currency: String,
+    /// What one instance of the type offers, when the price list says.
+    pub cpu_millis: Option<u32>,
+    pub memory_mib: Option<u32>,
 }
 
 impl From<&hodei_core::cost::PriceSpec> for Price {
@@ -39,6 +42,8 @@ impl From<&hodei_core::cost::PriceSpec> for Price {
             region: spec.region.clone(),
             price_per_hour: spec.price_per_hour,
             currency: spec.currency.clone(),
+            cpu_millis: spec.cpu_millis,
+            memory_mib: spec.memory_mib,
         }
     }
 }
@@ -57,11 +62,13 @@ pub async fn upsert_prices(db: impl PgExecutor<'_>, prices: &[Price]) -> sqlx::R
 async fn insert_prices(db: impl PgExecutor<'_>, prices: &[Price]) -> sqlx::Result<()> {
     let column = |get: fn(&Price) -> &str| prices.iter().map(|price| get(price).to_owned()).collect::<Vec<_>>();
     sqlx::query(
-        "insert into prices (provider, instance_type, capacity_type, region, price_per_hour, currency)
-         select p, t, c, r, h::numeric, u from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[])
-             as x (p, t, c, r, h, u)
+        "insert into prices (provider, instance_type, capacity_type, region, price_per_hour, currency, cpu_millis, memory_mib)
+         select p, t, c, r, h::numeric, u, m, b
+           from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[], $7::int[], $8::int[])
+             as x (p, t, c, r, h, u, m, b)
          on conflict (provider, instance_type, capacity_type, region)
-             do update set price_per_hour = excluded.price_per_hour, currency = excluded.currency",
+             do update set price_per_hour = excluded.price_per_hour, currency = excluded.currency,
+                           cpu_millis = excluded.cpu_millis, memory_mib = excluded.memory_mib",
     )
     .bind(column(|price| &price.provider))
     .bind(column(|price| &price.instance_type))
@@ -69,6 +76,8 @@ async fn insert_prices(db: impl PgExecutor<'_>, prices: &[Price]) -> sqlx::Resul
     .bind(column(|price| &price.region))
     .bind(prices.iter().map(|price| price.price_per_hour).collect::<Vec<_>>())
     .bind(column(|price| &price.currency))
+    .bind(prices.iter().map(|price| price.cpu_millis.map(|cpu| cpu as i32)).collect::<Vec<_>>())
+    .bind(prices.iter().map(|price| price.memory_mib.map(|memory| memory as i32)).collect::<Vec<_>>())
     .execute(db)
     .await?;
     Ok(())
@@ -82,11 +91,14 @@ struct PriceRow {
     region: String,
     price_per_hour: f64,
     currency: String,
+    cpu_millis: Option<i32>,
+    memory_mib: Option<i32>,
 }
 
 pub async fn prices(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Price>> {
     let rows: Vec<PriceRow> = sqlx::query_as(
-        "select provider, instance_type, capacity_type, region, price_per_hour::float8 as price_per_hour, currency
+        "select provider, instance_type, capacity_type, region, price_per_hour::float8 as price_per_hour, currency,
+                cpu_millis, memory_mib
            from prices order by provider, instance_type, capacity_type, region",
     )
     .fetch_all(db)
@@ -100,6 +112,8 @@ pub async fn prices(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Price>> {
             region: row.region,
             price_per_hour: row.price_per_hour,
             currency: row.currency,
+            cpu_millis: row.cpu_millis.and_then(|cpu| u32::try_from(cpu).ok()),
+            memory_mib: row.memory_mib.and_then(|memory| u32::try_from(memory).ok()),
         })
         .collect())
 }

@@ -16,5 +16,6 @@ pub mod pools;
 pub mod queue_status;
 pub mod queues;
 pub mod quotas;
+pub mod recommendations;
 pub mod tenants;
 pub mod workers;
