@@ -197,6 +197,9 @@ pub struct CostTrackingConfig {
     pub retention_days: u32,
     /// How often the roll-up runs, in seconds (`HODEI_COST_ROLLUP_INTERVAL_SECONDS`).
     pub rollup_interval_seconds: u32,
+    /// How often spot instances' prices are read from the spot market, in minutes
+    /// (`HODEI_COST_SPOT_PRICE_REFRESH_MINUTES`).
+    pub spot_price_refresh_minutes: u32,
     /// What an hour of a `local` worker costs (any shape), so `hodei dev` shows numbers;
     /// written at start as the `local` price unless `prices` names one.
     pub local_price_per_worker_hour: f64,
@@ -219,6 +222,7 @@ impl Default for CostTrackingConfig {
             track_by_job: true,
             retention_days: 90,
             rollup_interval_seconds: 3600,
+            spot_price_refresh_minutes: 60,
             local_price_per_worker_hour: 0.05,
             cpu_weight: weights.cpu,
             memory_weight: weights.memory,
@@ -242,6 +246,12 @@ impl CostTrackingConfig {
             problems.push(format!(
                 "cost_tracking.rollup_interval_seconds: must be between 1 and 86400, got {}",
                 self.rollup_interval_seconds
+            ));
+        }
+        if !(1..=1440).contains(&self.spot_price_refresh_minutes) {
+            problems.push(format!(
+                "cost_tracking.spot_price_refresh_minutes: must be between 1 and 1440, got {}",
+                self.spot_price_refresh_minutes
             ));
         }
         if !self.local_price_per_worker_hour.is_finite() || self.local_price_per_worker_hour < 0.0 {
@@ -490,6 +500,7 @@ pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
     ("HODEI_COST_TRACKING_TRACK_BY_JOB", "cost_tracking.track_by_job"),
     ("HODEI_COST_RETENTION_DAYS", "cost_tracking.retention_days"),
     ("HODEI_COST_ROLLUP_INTERVAL_SECONDS", "cost_tracking.rollup_interval_seconds"),
+    ("HODEI_COST_SPOT_PRICE_REFRESH_MINUTES", "cost_tracking.spot_price_refresh_minutes"),
     ("HODEI_COST_LOCAL_PRICE_PER_WORKER_HOUR", "cost_tracking.local_price_per_worker_hour"),
 ];
 
@@ -731,6 +742,7 @@ fn environment_value(field: &str, value: &str) -> serde_yaml::Value {
             | "metrics.prometheus.port"
             | "cost_tracking.retention_days"
             | "cost_tracking.rollup_interval_seconds"
+            | "cost_tracking.spot_price_refresh_minutes"
             | "multi_tenancy.burst_capacity.max_overage_percentage"
             | "multi_tenancy.burst_capacity.burst_duration_minutes"
             | "multi_tenancy.burst_capacity.cooldown_minutes"
@@ -944,6 +956,26 @@ mod tests {
         let message = Config::load(Some(file.path()), &environment(&[])).expect_err("invalid").to_string();
         assert!(message.contains("cost_tracking.recommendations.min_quiet_hours"), "{message}");
         assert!(!message.contains("idle_threshold_percent"), "{message}");
+    }
+
+    #[test]
+    fn the_spot_price_refresh_is_read_and_checked() {
+        assert_eq!(Config::load(None, &environment(&[])).expect("valid").cost_tracking.spot_price_refresh_minutes, 60);
+        let config =
+            Config::load(None, &environment(&[("HODEI_COST_SPOT_PRICE_REFRESH_MINUTES", "15")])).expect("valid");
+        assert_eq!(config.cost_tracking.spot_price_refresh_minutes, 15);
+        let file = write("cost_tracking:\n  spot_price_refresh_minutes: 30\n");
+        let config = Config::load(Some(file.path()), &environment(&[])).expect("valid");
+        assert_eq!(config.cost_tracking.spot_price_refresh_minutes, 30);
+        for bad in ["0", "1441"] {
+            let message = Config::load(None, &environment(&[("HODEI_COST_SPOT_PRICE_REFRESH_MINUTES", bad)]))
+                .expect_err("invalid")
+                .to_string();
+            assert!(
+                message.contains("cost_tracking.spot_price_refresh_minutes: must be between 1 and 1440"),
+                "{message}"
+            );
+        }
     }
 
     #[test]

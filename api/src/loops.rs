@@ -337,6 +337,109 @@ impl CostRollup {
     }
 }
 
+/// Keeps spot instances' prices current: every `interval`, asks each pool that has spot
+/// instances open in the ledger for the spot market's prices, once per pool
+/// (`Provider::spot_prices`), and records a price change in force from now for each
+/// instance whose price moved (`hodei_core::cost::spot_price_in_force`,
+/// `store::cost::record_spot_prices`), which the roll-up applies from then on. Every
+/// replica may run it: the write takes a lock and records only prices that differ from the
+/// one in force, so a change is never written twice. An instance whose type is not quoted,
+/// or whose pool's provider fails to answer, keeps its price.
+#[derive(Debug, Clone)]
+pub struct SpotPriceRefresh {
+    pub db: PgPool,
+    pub providers: crate::provider::Providers,
+    pub interval: Duration,
+}
+
+/// What a spot price refresh did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpotPricesRefreshed {
+    /// Pools whose provider was asked.
+    pub pools: u32,
+    /// Open spot instances a price was observed for.
+    pub observed: u64,
+    /// Instances whose price changed.
+    pub changed: u64,
+}
+
+impl SpotPriceRefresh {
+    pub fn new(db: PgPool, providers: crate::provider::Providers) -> Self {
+        Self { db, providers, interval: Duration::from_secs(3600) }
+    }
+
+    /// One pass as of the database's clock.
+    pub async fn tick(&self) -> anyhow::Result<SpotPricesRefreshed> {
+        let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select now()").fetch_one(&self.db).await?;
+        self.tick_at(now).await
+    }
+
+    /// One pass, recording changes in force from `now` (tests refresh in the past).
+    pub async fn tick_at(&self, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<SpotPricesRefreshed> {
+        use crate::store::cost::{self, ObservedPrice, OpenSpotInstance};
+        let open = cost::open_spot_instances(&self.db).await?;
+        if open.is_empty() {
+            return Ok(SpotPricesRefreshed::default());
+        }
+        let specs: HashMap<String, hodei_core::pool::PoolSpec> = crate::store::pools::specs(&self.db)
+            .await?
+            .into_iter()
+            .map(|pool| (pool.spec.id.clone(), pool.spec))
+            .collect();
+        let mut by_pool: std::collections::BTreeMap<&str, Vec<&OpenSpotInstance>> = Default::default();
+        for instance in &open {
+            by_pool.entry(instance.pool_id.as_str()).or_default().push(instance);
+        }
+        let mut done = SpotPricesRefreshed::default();
+        let mut observed = Vec::new();
+        for (pool, instances) in by_pool {
+            let Some((spec, provider)) =
+                specs.get(pool).and_then(|spec| Some((spec, self.providers.get(&spec.provider)?)))
+            else {
+                tracing::debug!(pool, "no pool or provider here for open spot instances; their prices stay");
+                continue;
+            };
+            done.pools += 1;
+            let quotes = match provider.spot_prices(spec).await {
+                Ok(quotes) => quotes,
+                Err(error) => {
+                    tracing::warn!(pool, %error, "reading spot prices failed; the pool's prices stay");
+                    continue;
+                }
+            };
+            for instance in instances {
+                match hodei_core::cost::spot_price_in_force(&quotes, &instance.instance_type, None) {
+                    Some(price_per_hour) => observed.push(ObservedPrice { instance: instance.id, price_per_hour }),
+                    None => tracing::debug!(pool, instance_type = %instance.instance_type,
+                        "no spot price quoted for the instance type; its price stays"),
+                }
+            }
+        }
+        done.observed = observed.len() as u64;
+        let mut connection = self.db.acquire().await?;
+        done.changed = cost::record_spot_prices(&mut connection, &observed, now).await?;
+        Ok(done)
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            match self.tick().await {
+                Ok(done) => tracing::debug!(
+                    pools = done.pools,
+                    observed = done.observed,
+                    changed = done.changed,
+                    "refreshed spot prices"
+                ),
+                Err(error) => tracing::warn!(error = format!("{error:#}"), "refreshing spot prices failed; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+        }
+    }
+}
+
 /// Keeps tenants' past usage (`tenant_fair_usage`) up to date for dominant-resource fair
 /// sharing: every `interval`, decays it and adds what each tenant's attempts hold
 /// (`store::quotas::accrue_fair_usage`). Runs in every replica; one at a time does the work.

@@ -7,7 +7,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use hodei_core::pool::ProviderLimits;
-pub use hodei_provider::{BoxFuture, InstanceState, ListedInstance, Provider, ProviderError, ProvisionRequest};
+pub use hodei_provider::{
+    BoxFuture, InstanceState, ListedInstance, Provider, ProviderError, ProvisionRequest, SpotQuote,
+};
 use uuid::Uuid;
 
 /// The providers this process can use, by name.
@@ -24,6 +26,10 @@ impl Providers {
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Provider>> {
         self.by_name.get(name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
     }
 
     /// What each provider allows, for validating pools.

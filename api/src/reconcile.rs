@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hodei_core::autoscale::{self, ScalingAction, ScalingState};
-use hodei_core::pool::{PoolKindName, PoolSpec};
+use hodei_core::pool::{CapacityType, PoolKindName, PoolSpec};
 use hodei_core::pool_plan::{
     self, Action, AttemptFailure, DrainReason, InstanceStatus, MemberFacts, MemberStatus, PendingAttempt, PlanContext,
     PoolState, WorkerFacts,
@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::metrics::{FailureSource, Metrics};
-use crate::provider::{InstanceState, Provider, Providers, ProvisionRequest};
+use crate::provider::{InstanceState, Provider, ProviderError, Providers, ProvisionRequest, SpotQuote};
 use crate::store::leases::{self, Lease};
 use crate::store::pools::{self, Member};
 use crate::store::{assignment, cost, dispatch};
@@ -551,8 +551,9 @@ impl PoolReconciler<'_> {
         .await
     }
 
-    /// The ledger's record of a member's new instance.
-    fn launch<'s>(&'s self, member: Uuid, instance: &'s str) -> cost::Launch<'s> {
+    /// The ledger's record of a member's new instance, with the spot price observed for
+    /// it (`None`: the price list's).
+    fn launch<'s>(&'s self, member: Uuid, instance: &'s str, observed_price_per_hour: Option<f64>) -> cost::Launch<'s> {
         let cloud = self.spec.cloud.as_ref();
         cost::Launch {
             pool: &self.spec.id,
@@ -568,11 +569,46 @@ impl PoolReconciler<'_> {
             }),
             cpu_millis: self.spec.template.cpu_millis,
             memory_mib: self.spec.template.memory_mib,
+            observed_price_per_hour,
+        }
+    }
+
+    fn is_spot(&self) -> bool {
+        self.spec.cloud.as_ref().is_some_and(|cloud| cloud.capacity_type == CapacityType::Spot)
+    }
+
+    /// The spot price a new instance of this pool launches at: the spot market's now
+    /// (`hodei_core::cost::spot_price_in_force`, the region's highest, as the zone is not
+    /// known here), or `None` when the quotes failed or name no price for its type (the
+    /// price list's then; a launch never fails for want of a price).
+    fn launch_price(&self, quotes: &Result<Vec<SpotQuote>, ProviderError>) -> Option<f64> {
+        match quotes {
+            Ok(quotes) => {
+                let price = hodei_core::cost::spot_price_in_force(quotes, &self.instance_type, None);
+                if price.is_none() {
+                    tracing::warn!(pool = %self.spec.id, instance_type = %self.instance_type,
+                        "no spot price quoted for the instance type; the price list's is recorded");
+                }
+                price
+            }
+            Err(error) => {
+                tracing::warn!(pool = %self.spec.id, %error,
+                    "reading spot prices failed; the price list's is recorded");
+                None
+            }
         }
     }
 
     /// Starts provisioning attempts in parallel; each records its instance or its failure.
     async fn start_attempts(&self, members: Vec<PendingAttempt<Uuid>>) -> anyhow::Result<Carried> {
+        // A spot pool's launches are priced with one reading of the spot market per batch,
+        // asked while the instances launch.
+        let mut quotes = (self.is_spot() && !members.is_empty()).then(|| {
+            let provider = self.provider.clone();
+            let spec = self.spec.clone();
+            tokio::spawn(async move { provider.spot_prices(&spec).await })
+        });
+        let mut launch_price: Option<Option<f64>> = None;
         let mut attempts = tokio::task::JoinSet::new();
         for pending in members {
             // Recorded (and fenced) before the provider is called: a deposed leader never
@@ -604,7 +640,16 @@ impl PoolReconciler<'_> {
             let member = pending.member;
             match result {
                 Ok(instance) => {
-                    let launch = self.launch(member, &instance);
+                    if launch_price.is_none() {
+                        let answer = match quotes.take() {
+                            Some(task) => Some(task.await.unwrap_or_else(|error| {
+                                Err(ProviderError::new(format!("reading spot prices: {error}")))
+                            })),
+                            None => None,
+                        };
+                        launch_price = Some(answer.as_ref().and_then(|answer| self.launch_price(answer)));
+                    }
+                    let launch = self.launch(member, &instance, launch_price.flatten());
                     let recorded = self
                         .write(async |db| {
                             pools::set_instance(&mut *db, member, &instance).await?;

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use hodei_core::ordering::PolicyRegistry;
 use hodei_core::pool::PoolSpec;
 
-use crate::loops::{CostRollup, LeaseReaper, Promoter, Scheduler, Wakeup, ASSIGNED_CHANNEL, READY_CHANNEL};
+use crate::loops::{
+    CostRollup, LeaseReaper, Promoter, Scheduler, SpotPriceRefresh, Wakeup, ASSIGNED_CHANNEL, READY_CHANNEL,
+};
 use crate::provider::{LocalProvider, LocalSettings, Providers};
 use crate::reconcile::Reconciler;
 use crate::store::assignment::Timeouts;
@@ -89,6 +91,13 @@ pub async fn serve_http(
         };
         tokio::spawn(rollup.run(shutdown.clone()))
     });
+    let spot_prices = (config.cost_tracking.enabled && !providers.is_empty()).then(|| {
+        let refresh = SpotPriceRefresh {
+            interval: std::time::Duration::from_secs(u64::from(config.cost_tracking.spot_price_refresh_minutes) * 60),
+            ..SpotPriceRefresh::new(pool.clone(), providers.clone())
+        };
+        tokio::spawn(refresh.run(shutdown.clone()))
+    });
     let mut reconciler = Reconciler::new(pool.clone(), providers, workers.heartbeat());
     reconciler.metrics = metrics.clone();
     let reconciler = tokio::spawn(reconciler.run(Some(ready.waiter()), shutdown.clone()));
@@ -141,6 +150,9 @@ pub async fn serve_http(
     }
     if let Some(cost_rollup) = cost_rollup {
         let _ = cost_rollup.await;
+    }
+    if let Some(spot_prices) = spot_prices {
+        let _ = spot_prices.await;
     }
     if let Some(local) = local {
         // The workers drain for their drain timeout, stop what is left (SIGTERM, then

@@ -61,6 +61,7 @@ async fn attempts_ended_by_every_path_are_recorded_with_their_instance() {
         region: "local",
         cpu_millis: Some(4000),
         memory_mib: Some(8192),
+        observed_price_per_hour: None,
     };
     cost::record_launch(&pool, &launch).await.expect("launch");
     let member_text = member.to_string();

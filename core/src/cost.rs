@@ -271,6 +271,67 @@ pub fn attribute(instance: &InstanceWindow, attempts: &[AttemptWindow], weights:
     }
 }
 
+/// A price that takes effect for an instance at `from` (a spot price that moved while it
+/// ran); `None`: unpriced from then.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PriceChange {
+    pub from: DateTime<Utc>,
+    pub price_per_hour: Option<f64>,
+}
+
+/// The window cut at the instance's price changes: contiguous parts from its start to its
+/// end, each with the price in force in it, for [`attribute`] to split one by one. The
+/// window's own price holds until the first change; the last change at or before the
+/// window's start is in force from it; changes at or after its end do not matter. Of two
+/// changes at one time, the later given wins.
+pub fn price_segments(instance: &InstanceWindow, changes: &[PriceChange]) -> Vec<InstanceWindow> {
+    let start = instance.start;
+    let end = instance.end.max(start);
+    let mut ordered: Vec<&PriceChange> = changes.iter().collect();
+    ordered.sort_by_key(|change| change.from);
+    let mut price = instance.price_per_hour;
+    let mut since = start;
+    let mut segments = Vec::new();
+    for change in ordered {
+        if change.from >= end {
+            break;
+        }
+        if change.from > since {
+            segments.push(InstanceWindow { price_per_hour: price, start: since, end: change.from, ..instance.clone() });
+            since = change.from;
+        }
+        price = change.price_per_hour;
+    }
+    segments.push(InstanceWindow { price_per_hour: price, start: since, end, ..instance.clone() });
+    segments
+}
+
+/// The spot market's price of an instance type in one availability zone, as a provider
+/// observed it (EC2's `DescribeSpotPriceHistory`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpotQuote {
+    pub instance_type: String,
+    pub zone: String,
+    pub price_per_hour: f64,
+    pub observed_at: DateTime<Utc>,
+}
+
+/// The spot price in force for an instance of `instance_type`: its zone's quote when the
+/// zone is known and quoted (the newest, if several), else the highest quote for the type
+/// in the region, an upper bound of what it costs wherever it runs. `None`: the type is
+/// not quoted.
+pub fn spot_price_in_force(quotes: &[SpotQuote], instance_type: &str, zone: Option<&str>) -> Option<f64> {
+    let of_type =
+        || quotes.iter().filter(|quote| quote.instance_type == instance_type && quote.price_per_hour.is_finite());
+    let in_zone = zone.and_then(|zone| {
+        of_type()
+            .filter(|quote| quote.zone == zone)
+            .max_by_key(|quote| quote.observed_at)
+            .map(|quote| quote.price_per_hour)
+    });
+    in_zone.or_else(|| of_type().map(|quote| quote.price_per_hour).reduce(f64::max))
+}
+
 /// An attempt's share of the instance before any scaling, each resource capped at all of it.
 fn raw_share(instance: &InstanceWindow, attempt: &AttemptWindow, weights: Weights) -> f64 {
     let ratio = |requested: u32, capacity: u32| {
@@ -399,6 +460,69 @@ mod tests {
         assert!(!Weights { cpu: -0.5, memory: 1.5 }.is_valid());
     }
 
+    fn change(from: i64, price: Option<f64>) -> PriceChange {
+        PriceChange { from: at(from), price_per_hour: price }
+    }
+
+    #[test]
+    fn price_segments_cut_the_window_at_its_changes() {
+        let window = InstanceWindow { start: at(100), ..instance(Some(1.0), 3700) };
+        let bounds = |segments: &[InstanceWindow]| -> Vec<(DateTime<Utc>, DateTime<Utc>, Option<f64>)> {
+            segments.iter().map(|segment| (segment.start, segment.end, segment.price_per_hour)).collect()
+        };
+        // No change: the window as it is.
+        assert_eq!(bounds(&price_segments(&window, &[])), [(at(100), at(3700), Some(1.0))]);
+        // A change before the start is in force from it; one after the end does not matter.
+        assert_eq!(
+            bounds(&price_segments(&window, &[change(4000, Some(9.0)), change(50, Some(2.0))])),
+            [(at(100), at(3700), Some(2.0))]
+        );
+        // Changes inside, given out of order; one at the start replaces the window's price.
+        assert_eq!(
+            bounds(&price_segments(
+                &window,
+                &[change(2000, Some(3.0)), change(100, Some(2.0)), change(1000, None), change(3700, Some(5.0))]
+            )),
+            [(at(100), at(1000), Some(2.0)), (at(1000), at(2000), None), (at(2000), at(3700), Some(3.0))]
+        );
+        // Two changes at one time: the later given wins, and no empty part is made.
+        assert_eq!(
+            bounds(&price_segments(&window, &[change(600, Some(2.0)), change(600, Some(4.0))])),
+            [(at(100), at(600), Some(1.0)), (at(600), at(3700), Some(4.0))]
+        );
+    }
+
+    #[test]
+    fn the_spot_price_in_force_is_the_zones_or_the_regions_highest() {
+        let quote = |instance_type: &str, zone: &str, price: f64, observed: i64| SpotQuote {
+            instance_type: instance_type.to_owned(),
+            zone: zone.to_owned(),
+            price_per_hour: price,
+            observed_at: at(observed),
+        };
+        let quotes = [
+            quote("m5.large", "eu-west-1a", 0.031, 0),
+            quote("m5.large", "eu-west-1a", 0.034, 60),
+            quote("m5.large", "eu-west-1b", 0.042, 0),
+            quote("m5.large", "eu-west-1c", 0.029, 0),
+            quote("c5.large", "eu-west-1a", 0.9, 0),
+        ];
+        let cases: [(&str, Option<&str>, Option<f64>); 5] = [
+            // The zone's newest quote.
+            ("m5.large", Some("eu-west-1a"), Some(0.034)),
+            ("m5.large", Some("eu-west-1c"), Some(0.029)),
+            // The zone unknown, or not quoted: the region's highest.
+            ("m5.large", None, Some(0.042)),
+            ("m5.large", Some("eu-west-1z"), Some(0.042)),
+            // A type nobody quoted.
+            ("r5.large", None, None),
+        ];
+        for (instance_type, zone, expected) in cases {
+            assert_eq!(spot_price_in_force(&quotes, instance_type, zone), expected, "{instance_type} in {zone:?}");
+        }
+        assert_eq!(spot_price_in_force(&[], "m5.large", Some("eu-west-1a")), None);
+    }
+
     proptest! {
         /// Attributed + idle = instance-seconds × price, whatever the overlaps and shapes.
         #[test]
@@ -420,6 +544,44 @@ mod tests {
                 prop_assert!(cost.share_seconds <= cost.seconds + 1e-9);
                 prop_assert!(cost.seconds <= (attempt.end - attempt.start).num_seconds() as f64 + 1e-9);
             }
+        }
+
+        /// Split at its price changes, an instance's window is accounted whole: the parts
+        /// tile it, and attributed + idle = Σ part seconds × the part's price.
+        #[test]
+        fn attributed_plus_idle_is_each_price_for_its_time(
+            end in 1i64..100_000,
+            launch_price in 0.0f64..50.0,
+            changes in proptest::collection::vec((-1000i64..101_000, 0.0f64..50.0), 0..6),
+            shapes in proptest::collection::vec((0u32..9000, 0u32..20_000, -1000i64..101_000, 0i64..50_000), 0..8),
+        ) {
+            let window = instance(Some(launch_price), end);
+            let changes: Vec<PriceChange> = changes.iter().map(|&(from, price)| change(from, Some(price))).collect();
+            let attempts: Vec<AttemptWindow> =
+                shapes.iter().map(|&(cpu, memory, start, length)| attempt(cpu, memory, start, start + length)).collect();
+            let segments = price_segments(&window, &changes);
+            prop_assert_eq!(segments.first().map(|segment| segment.start), Some(window.start));
+            prop_assert_eq!(segments.last().map(|segment| segment.end), Some(window.end));
+            prop_assert!(segments.windows(2).all(|pair| pair[0].end == pair[1].start && pair[0].start < pair[0].end));
+            let (mut accounted, mut expected, mut seconds) = (0.0, 0.0, 0.0);
+            for segment in &segments {
+                // Each part has the price of the last change by its start (the later given
+                // of equal times), or the launch price before any.
+                let in_force = changes
+                    .iter()
+                    .filter(|change| change.from <= segment.start)
+                    .max_by_key(|change| change.from)
+                    .map_or(Some(launch_price), |change| change.price_per_hour);
+                prop_assert_eq!(segment.price_per_hour, in_force);
+                let split = attribute(segment, &attempts, Weights::default());
+                accounted += split.attempts.iter().map(|cost| cost.amount.expect("priced")).sum::<f64>()
+                    + split.idle_amount.expect("priced");
+                let length = (segment.end - segment.start).num_seconds() as f64;
+                expected += length * segment.price_per_hour.expect("priced") / 3600.0;
+                seconds += length;
+            }
+            prop_assert!(close(accounted, expected), "{accounted} != {expected}");
+            prop_assert!(close(seconds, end as f64));
         }
     }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use aws_sdk_autoscaling::types::AutoScalingGroup;
 use aws_sdk_ec2::types::{Instance, Tag};
 use hodei_core::pool::{PoolSpec, ProviderLimits};
-use hodei_provider::{BoxFuture, InstanceState, ListedInstance, Provider, ProviderError, ProvisionRequest};
+use hodei_provider::{BoxFuture, InstanceState, ListedInstance, Provider, ProviderError, ProvisionRequest, SpotQuote};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -331,5 +331,9 @@ impl Provider for AsgProvider {
 
     fn list<'a>(&'a self, pool: &'a PoolSpec) -> BoxFuture<'a, Result<Option<Vec<ListedInstance>>, ProviderError>> {
         Box::pin(async move { self.list_pool(pool).await.map(Some) })
+    }
+
+    fn spot_prices<'a>(&'a self, pool: &'a PoolSpec) -> BoxFuture<'a, Result<Vec<SpotQuote>, ProviderError>> {
+        Box::pin(crate::spot::spot_prices(&self.clients.ec2, pool))
     }
 }

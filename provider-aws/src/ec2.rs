@@ -14,7 +14,7 @@ use aws_sdk_ec2::types::{
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use hodei_core::pool::{CapacityType, PoolSpec, ProviderLimits};
-use hodei_provider::{BoxFuture, InstanceState, ListedInstance, Provider, ProviderError, ProvisionRequest};
+use hodei_provider::{BoxFuture, InstanceState, ListedInstance, Provider, ProviderError, ProvisionRequest, SpotQuote};
 use uuid::Uuid;
 
 use crate::errors::{self, from_sdk, has_code};
@@ -311,6 +311,10 @@ impl Provider for Ec2Provider {
 
     fn list<'a>(&'a self, pool: &'a PoolSpec) -> BoxFuture<'a, Result<Option<Vec<ListedInstance>>, ProviderError>> {
         Box::pin(async move { self.list_pool(pool).await.map(Some) })
+    }
+
+    fn spot_prices<'a>(&'a self, pool: &'a PoolSpec) -> BoxFuture<'a, Result<Vec<SpotQuote>, ProviderError>> {
+        Box::pin(crate::spot::spot_prices(&self.clients.ec2, pool))
     }
 }
 

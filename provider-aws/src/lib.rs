@@ -5,7 +5,8 @@
 //! - [`AsgProvider`] (`aws-asg`): an Auto Scaling group whose desired capacity Hodei owns;
 //!   each member claims one of the group's instances by tagging it.
 //!
-//! Both boot their instances with the script of [`render_user_data`]. Every AWS error
+//! Both boot their instances with the script of [`render_user_data`], and quote spot
+//! prices for a pool's instance types with `DescribeSpotPriceHistory` ([`spot`]). Every AWS error
 //! becomes a [`ProviderError`] with the AWS error code ([`errors`]). The `testing` feature
 //! adds a moto server, a fault proxy and the machine harness that runs real workers for
 //! moto's instances.
@@ -22,13 +23,14 @@ pub mod ec2;
 pub mod errors;
 #[cfg(feature = "testing")]
 pub mod machine;
+pub mod spot;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod user_data;
 
 pub use asg::AsgProvider;
 pub use ec2::Ec2Provider;
-pub use hodei_provider::{InstanceState, ListedInstance, Provider, ProviderError, ProvisionRequest};
+pub use hodei_provider::{InstanceState, ListedInstance, Provider, ProviderError, ProvisionRequest, SpotQuote};
 pub use user_data::{parse_worker_env, render_user_data, worker_args, worker_argv, InstanceIdSource};
 
 /// The tag naming the Hodei installation an instance belongs to.

@@ -1,7 +1,9 @@
 //! Providers bring workers into being and take them away: `provision` starts an instance
 //! that runs a `hodei-worker` for one pool member, `terminate` ends it, `describe` says
 //! whether it still exists, `list` names every instance the provider runs for a pool (for
-//! cloud providers, by Hodei's tags). The reconcile loop is their only caller.
+//! cloud providers, by Hodei's tags), `spot_prices` what the spot market asks now for a
+//! pool's instance types. The reconcile loop is their only caller, with cost tracking's
+//! spot price refresh for `spot_prices`.
 //!
 //! This crate is the contract only (types and the trait), so a provider built on a heavy
 //! SDK lives in a crate of its own and the rest of Hodei builds without it.
@@ -11,6 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
+pub use hodei_core::cost::SpotQuote;
 use hodei_core::pool::{PoolSpec, ProviderLimits};
 use uuid::Uuid;
 
@@ -94,5 +97,13 @@ pub trait Provider: Send + Sync + fmt::Debug {
     fn list<'a>(&'a self, pool: &'a PoolSpec) -> BoxFuture<'a, Result<Option<Vec<ListedInstance>>, ProviderError>> {
         let _ = pool;
         Box::pin(async { Ok(None) })
+    }
+    /// The spot market's current price of each of the pool's instance types, per zone it
+    /// is offered in; empty when the provider has no spot market (the default) or the pool
+    /// names no instance types. Cost tracking prices spot instances with it at launch and
+    /// while they run.
+    fn spot_prices<'a>(&'a self, pool: &'a PoolSpec) -> BoxFuture<'a, Result<Vec<SpotQuote>, ProviderError>> {
+        let _ = pool;
+        Box::pin(async { Ok(Vec::new()) })
     }
 }

@@ -1,5 +1,6 @@
-//! The cost tables: `prices`, the `instances` ledger, `job_attempts` (written by a
-//! trigger on `worker_jobs`), and `cost_allocations`, the roll-up of the pure attribution
+//! The cost tables: `prices`, the `instances` ledger and its price changes
+//! (`instance_prices`), `job_attempts` (written by a trigger on `worker_jobs`), and
+//! `cost_allocations`, the roll-up of the pure attribution
 //! (`hodei_core::cost::attribute`) that the analysts' views read, and `cost_daily`, its
 //! sum per day, which the cost reports read.
 //! Never decides how a cost splits: it gathers the windows, asks the core, and writes
@@ -8,7 +9,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
-use hodei_core::cost::{self, AttemptWindow, InstanceWindow, Weights};
+use hodei_core::cost::{self, AttemptWindow, InstanceWindow, PriceChange, Weights};
 use sqlx::{FromRow, PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
@@ -18,6 +19,9 @@ pub const BUCKET: Duration = Duration::hours(1);
 /// Serialises roll-ups across replicas, so two can never interleave a bucket's delete and
 /// insert (which would count it twice).
 const ROLLUP_LOCK: i64 = 0x686f_6465_6963_6f73;
+
+/// Serialises spot price refreshes across replicas, so a change is recorded once.
+const SPOT_PRICE_LOCK: i64 = 0x686f_6465_6973_706f;
 
 /// What an hour of an instance costs. `instance_type` and `region` may be `*`.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,11 +134,13 @@ pub struct Launch<'a> {
     pub region: &'a str,
     pub cpu_millis: Option<u32>,
     pub memory_mib: Option<u32>,
+    /// The spot market's price observed at launch (a spot pool's); `None`: the price list's.
+    pub observed_price_per_hour: Option<f64>,
 }
 
-/// Opens the ledger row of a launched instance, with the most specific price in force
-/// (an exact instance type before `*`, then an exact region before `*`), and ends the
-/// member's previous one if it had one. One statement.
+/// Opens the ledger row of a launched instance, with the price observed at launch or else
+/// the most specific of the price list (an exact instance type before `*`, then an exact
+/// region before `*`), and ends the member's previous one if it had one. One statement.
 pub async fn record_launch(db: impl PgExecutor<'_>, launch: &Launch<'_>) -> sqlx::Result<()> {
     sqlx::query(
         "with ended as (
@@ -143,10 +149,11 @@ pub async fn record_launch(db: impl PgExecutor<'_>, launch: &Launch<'_>) -> sqlx
          insert into instances (pool_id, member_id, provider, instance, instance_type, capacity_type, region,
                                 cpu_millis, memory_mib, price_per_hour)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9,
-                 (select p.price_per_hour from prices p
-                   where p.provider = $3 and p.instance_type in ($5, '*') and p.capacity_type = $6
-                     and p.region in ($7, '*')
-                   order by p.instance_type = '*', p.region = '*' limit 1))",
+                 coalesce($10::float8::numeric,
+                          (select p.price_per_hour from prices p
+                            where p.provider = $3 and p.instance_type in ($5, '*') and p.capacity_type = $6
+                              and p.region in ($7, '*')
+                            order by p.instance_type = '*', p.region = '*' limit 1)))",
     )
     .bind(launch.pool)
     .bind(launch.member)
@@ -157,9 +164,76 @@ pub async fn record_launch(db: impl PgExecutor<'_>, launch: &Launch<'_>) -> sqlx
     .bind(launch.region)
     .bind(launch.cpu_millis.map(|cpu| cpu as i32))
     .bind(launch.memory_mib.map(|memory| memory as i32))
+    .bind(launch.observed_price_per_hour)
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// A spot instance still running, with the price in force for it now.
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct OpenSpotInstance {
+    pub id: i64,
+    pub pool_id: String,
+    pub instance_type: String,
+    /// Its latest price change's, or its launch price; `None`: unpriced.
+    pub price_per_hour: Option<f64>,
+}
+
+/// The open ledger rows of spot instances, by pool.
+pub async fn open_spot_instances(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<OpenSpotInstance>> {
+    sqlx::query_as(
+        "select i.id, i.pool_id, i.instance_type,
+                (case when latest.found then latest.price_per_hour else i.price_per_hour end)::float8 as price_per_hour
+           from instances i
+           left join lateral (select p.price_per_hour, true as found from instance_prices p
+                               where p.instance_id = i.id order by p.effective_from desc limit 1) latest on true
+          where i.terminated_at is null and i.capacity_type = 'spot'
+          order by i.pool_id, i.id",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// A spot price observed for an instance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ObservedPrice {
+    pub instance: i64,
+    pub price_per_hour: f64,
+}
+
+/// Records, in force from `at`, each observed price that differs from the price in force
+/// for its still-open instance; returns how many changed. One replica at a time (a
+/// transaction-scoped advisory lock): a second refresh with the same prices, or one that
+/// waited for the first, changes nothing.
+pub async fn record_spot_prices(
+    db: &mut PgConnection,
+    observed: &[ObservedPrice],
+    at: DateTime<Utc>,
+) -> sqlx::Result<u64> {
+    use sqlx::Acquire;
+    let mut transaction = db.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock($1)").bind(SPOT_PRICE_LOCK).execute(&mut *transaction).await?;
+    let changed = sqlx::query(
+        "insert into instance_prices (instance_id, effective_from, price_per_hour, source)
+         select i.id, greatest($3, i.launched_at), x.price::numeric, 'spot_market'
+           from unnest($1::bigint[], $2::float8[]) as x (id, price)
+           join instances i on i.id = x.id and i.terminated_at is null
+           left join lateral (select p.price_per_hour, true as found from instance_prices p
+                               where p.instance_id = i.id order by p.effective_from desc limit 1) latest on true
+          where x.price::numeric is distinct from
+                (case when latest.found then latest.price_per_hour else i.price_per_hour end)
+         on conflict (instance_id, effective_from)
+             do update set price_per_hour = excluded.price_per_hour, source = excluded.source",
+    )
+    .bind(observed.iter().map(|price| price.instance).collect::<Vec<_>>())
+    .bind(observed.iter().map(|price| price.price_per_hour).collect::<Vec<_>>())
+    .bind(at)
+    .execute(&mut *transaction)
+    .await?
+    .rows_affected();
+    transaction.commit().await?;
+    Ok(changed)
 }
 
 /// Ends the member's open ledger row (its instance was terminated, or forgotten).
@@ -316,6 +390,26 @@ pub async fn roll_up_bucket(
     .bind(until)
     .fetch_all(&mut *db)
     .await?;
+    // The price changes that matter: the last one by the bucket's start (in force from
+    // it) and those within it.
+    let changes: Vec<(i64, DateTime<Utc>, Option<f64>)> = sqlx::query_as(
+        "select p.instance_id, p.effective_from, p.price_per_hour::float8
+           from instance_prices p
+          where p.instance_id = any($1) and p.effective_from < $3
+            and p.effective_from >= coalesce((select max(q.effective_from) from instance_prices q
+                                               where q.instance_id = p.instance_id and q.effective_from <= $2),
+                                              '-infinity')
+          order by p.instance_id, p.effective_from",
+    )
+    .bind(instances.iter().map(|instance| instance.id).collect::<Vec<_>>())
+    .bind(bucket_start)
+    .bind(until)
+    .fetch_all(&mut *db)
+    .await?;
+    let mut changes_of: HashMap<i64, Vec<PriceChange>> = HashMap::new();
+    for (instance, from, price_per_hour) in changes {
+        changes_of.entry(instance).or_default().push(PriceChange { from, price_per_hour });
+    }
     let mut by_instance: HashMap<i64, Vec<&AttemptRow>> = HashMap::new();
     for attempt in &attempts {
         if let Some(instance) = attempt.instance_id {
@@ -343,37 +437,14 @@ pub async fn roll_up_bucket(
                 end: attempt.ended_at,
             })
             .collect();
-        let split = cost::attribute(&window, &windows, tracking.weights);
-        for (attempt, share) in ran.iter().zip(&split.attempts) {
-            if share.seconds <= 0.0 {
-                continue;
-            }
-            counted_attempts += 1;
-            rows.push(Allocation {
-                instance: instance.id,
-                pool: &instance.pool_id,
-                kind: "attempt",
-                job: tracking.by_job.then_some(attempt.job_id),
-                attempt: tracking.by_job.then_some(attempt.attempt),
-                tenant: tracking.by_tenant.then_some(attempt.tenant_id),
-                queue: Some(&attempt.queue),
-                seconds: share.seconds,
-                share_seconds: share.share_seconds,
-                amount: share.amount,
-            });
+        let changes = changes_of.get(&instance.id).map(Vec::as_slice).unwrap_or_default();
+        let mut counted = vec![false; ran.len()];
+        // Each part of the window at its own price: one row per attempt and part.
+        for segment in cost::price_segments(&window, changes) {
+            let split = cost::attribute(&segment, &windows, tracking.weights);
+            rows.push_split(instance, ran, &split, tracking, &mut counted);
         }
-        rows.push(Allocation {
-            instance: instance.id,
-            pool: &instance.pool_id,
-            kind: "idle",
-            job: None,
-            attempt: None,
-            tenant: None,
-            queue: None,
-            seconds: split.instance_seconds,
-            share_seconds: split.idle_share_seconds,
-            amount: split.idle_amount,
-        });
+        counted_attempts += counted.iter().filter(|&&counted| counted).count() as u64;
     }
     sqlx::query(
         "insert into cost_allocations (bucket_start, instance_id, pool, kind, job_id, attempt, tenant_id, queue,
@@ -459,6 +530,48 @@ impl AllocationRows {
         self.seconds.push(allocation.seconds);
         self.share_seconds.push(allocation.share_seconds);
         self.amount.push(allocation.amount);
+    }
+
+    /// The rows of one part of an instance's window: each attempt that ran in it
+    /// (marked in `counted`), and its idle.
+    fn push_split(
+        &mut self,
+        instance: &InstanceRow,
+        ran: &[&AttemptRow],
+        split: &cost::Attribution,
+        tracking: Tracking,
+        counted: &mut [bool],
+    ) {
+        for ((attempt, share), counted) in ran.iter().zip(&split.attempts).zip(counted.iter_mut()) {
+            if share.seconds <= 0.0 {
+                continue;
+            }
+            *counted = true;
+            self.push(Allocation {
+                instance: instance.id,
+                pool: &instance.pool_id,
+                kind: "attempt",
+                job: tracking.by_job.then_some(attempt.job_id),
+                attempt: tracking.by_job.then_some(attempt.attempt),
+                tenant: tracking.by_tenant.then_some(attempt.tenant_id),
+                queue: Some(&attempt.queue),
+                seconds: share.seconds,
+                share_seconds: share.share_seconds,
+                amount: share.amount,
+            });
+        }
+        self.push(Allocation {
+            instance: instance.id,
+            pool: &instance.pool_id,
+            kind: "idle",
+            job: None,
+            attempt: None,
+            tenant: None,
+            queue: None,
+            seconds: split.instance_seconds,
+            share_seconds: split.idle_share_seconds,
+            amount: split.idle_amount,
+        });
     }
 }
 

@@ -108,13 +108,17 @@ pub async fn facts(
     .bind(to)
     .fetch_all(db)
     .await?;
-    // The pool's newest instance in the period: its type, shape and price.
+    // The pool's newest instance in the period: its type, shape and price (the last in force).
     let shapes: Vec<ShapeRow> = sqlx::query_as(
-        "select distinct on (pool_id) pool_id, instance_type, capacity_type, region, cpu_millis, memory_mib,
-                price_per_hour::float8 as price_per_hour
-           from instances
-          where launched_at < $2 and (terminated_at is null or terminated_at > $1)
-          order by pool_id, id desc",
+        "select distinct on (i.pool_id) i.pool_id, i.instance_type, i.capacity_type, i.region, i.cpu_millis,
+                i.memory_mib,
+                coalesce((select p.price_per_hour from instance_prices p
+                           where p.instance_id = i.id and p.effective_from < $2
+                           order by p.effective_from desc limit 1),
+                         i.price_per_hour)::float8 as price_per_hour
+           from instances i
+          where i.launched_at < $2 and (i.terminated_at is null or i.terminated_at > $1)
+          order by i.pool_id, i.id desc",
     )
     .bind(from)
     .bind(to)
