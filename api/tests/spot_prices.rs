@@ -68,6 +68,8 @@ async fn list_price(db: &PgPool, price_per_hour: f64) {
         region: "*".to_owned(),
         price_per_hour,
         currency: "USD".to_owned(),
+        cpu_millis: None,
+        memory_mib: None,
     };
     cost::upsert_prices(db, &[price]).await.expect("price");
 }

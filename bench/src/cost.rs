@@ -36,9 +36,10 @@ pub async fn cost(args: CostArgs, config: &Config) -> anyhow::Result<()> {
     let database_url = config.require_database_url()?.expose().to_owned();
     let pool = db::connect(&database_url, 4).await?;
     db::migrate(&pool).await?;
-    for table in ["cost_daily", "cost_allocations", "job_attempts", "instances"] {
-        sqlx::query(&format!("truncate {table}")).execute(&pool).await?;
-    }
+    // One statement: `instance_prices` refers to `instances`.
+    sqlx::query("truncate cost_daily, cost_allocations, job_attempts, instance_prices, instances")
+        .execute(&pool)
+        .await?;
     sqlx::query("update cost_rollup set closed_until = null").execute(&pool).await?;
     let started = Instant::now();
     sqlx::query(

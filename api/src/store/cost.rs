@@ -289,14 +289,20 @@ pub async fn roll_up(db: &PgPool, now: DateTime<Utc>, tracking: Tracking, max_bu
     };
     let mut bucket = start.duration_trunc(BUCKET).unwrap_or(start);
     let mut done = RolledUp::default();
+    let mut ended = EndedAttempts::default();
     while bucket < now {
         let end = bucket + BUCKET;
         let closed = end <= now;
         if closed && done.buckets >= max_buckets {
             break;
         }
+        if bucket >= ended.until {
+            ended = EndedAttempts::read(db, bucket, (bucket + READ_AHEAD).min(now)).await?;
+        }
+        let cut = ended.cut;
+        let ran = ended.overlapping(bucket, end);
         let mut transaction = db.begin().await?;
-        let rolled = roll_up_bucket(&mut transaction, bucket, end.min(now), tracking).await?;
+        let rolled = roll_up_bucket(&mut transaction, bucket, end.min(now), tracking, &ran, cut).await?;
         // A day's sum once its last bucket of this run is written.
         let last_of_run = !closed || end >= now || done.buckets + 1 >= max_buckets;
         if last_of_run || end.date_naive() != bucket.date_naive() {
@@ -341,13 +347,67 @@ struct AttemptRow {
     ended_at: DateTime<Utc>,
 }
 
+/// How many buckets' ended attempts are read at once: one scan of `job_attempts` per day
+/// rolled, not one per hour (each hour's own read would scan every attempt that ended
+/// after it).
+const READ_AHEAD: Duration = Duration::hours(24);
+
+/// Attempts that ended before `cut` and overlap `from..until`, read in one statement and
+/// handed out bucket by bucket in order. Those that end from `cut` on (a minute before the
+/// read, so an ending transaction still open as it ran is not missed) each bucket reads
+/// itself, with the attempts still held.
+#[derive(Default)]
+struct EndedAttempts {
+    until: DateTime<Utc>,
+    cut: DateTime<Utc>,
+    /// By start.
+    rows: Vec<AttemptRow>,
+    /// `rows[..next]` have started before the last bucket handed out ended.
+    next: usize,
+    /// Of those, the ones that had not ended by its start.
+    active: Vec<usize>,
+}
+
+impl EndedAttempts {
+    async fn read(db: &PgPool, from: DateTime<Utc>, until: DateTime<Utc>) -> sqlx::Result<Self> {
+        let cut: DateTime<Utc> = sqlx::query_scalar("select now() - interval '1 minute'").fetch_one(db).await?;
+        let rows: Vec<AttemptRow> = sqlx::query_as(
+            "select instance_id, job_id, attempt, tenant_id, queue, cpu_millis, memory_mib, started_at, ended_at
+               from job_attempts
+              where ended_at > $1 and ended_at < $3 and started_at < $2 and instance_id is not null
+              order by started_at",
+        )
+        .bind(from)
+        .bind(until)
+        .bind(cut)
+        .fetch_all(db)
+        .await?;
+        Ok(Self { until, cut, rows, next: 0, active: Vec::new() })
+    }
+
+    /// The attempts that overlap `start..end`; buckets must be asked for in order.
+    fn overlapping(&mut self, start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<&AttemptRow> {
+        while self.next < self.rows.len() && self.rows[self.next].started_at < end {
+            self.active.push(self.next);
+            self.next += 1;
+        }
+        let rows = &self.rows;
+        self.active.retain(|&index| rows[index].ended_at > start);
+        self.active.iter().map(|&index| &rows[index]).collect()
+    }
+}
+
 /// Recomputes the bucket starting at `bucket_start`, up to `until`: deletes what it held
-/// and writes the attribution of every instance that ran in it. Run in a transaction.
-pub async fn roll_up_bucket(
+/// and writes the attribution of every instance that ran in it, from the attempts that
+/// ended before `cut` (`ended`, read ahead) and those it reads: ended since, or still held.
+/// Run in a transaction.
+async fn roll_up_bucket(
     db: &mut PgConnection,
     bucket_start: DateTime<Utc>,
     until: DateTime<Utc>,
     tracking: Tracking,
+    ended: &[&AttemptRow],
+    cut: DateTime<Utc>,
 ) -> sqlx::Result<RolledUp> {
     sqlx::query("select pg_advisory_xact_lock($1)").bind(ROLLUP_LOCK).execute(&mut *db).await?;
     sqlx::query("delete from cost_allocations where bucket_start = $1").bind(bucket_start).execute(&mut *db).await?;
@@ -374,10 +434,11 @@ pub async fn roll_up_bucket(
     if instances.is_empty() {
         return Ok(RolledUp::default());
     }
-    // Ended attempts, and the attempts still held (running to `until` so far).
+    // Attempts that ended since `cut`, and those still held (running to `until` so far).
     let attempts: Vec<AttemptRow> = sqlx::query_as(
         "select instance_id, job_id, attempt, tenant_id, queue, cpu_millis, memory_mib, started_at, ended_at
-           from job_attempts where ended_at > $1 and started_at < $2 and instance_id is not null
+           from job_attempts
+          where ended_at >= $3 and ended_at > $1 and started_at < $2 and instance_id is not null
          union all
          select (select i.id from instances i
                   where i.member_id::text = w.instance_id or i.instance = w.instance_id
@@ -388,6 +449,7 @@ pub async fn roll_up_bucket(
     )
     .bind(bucket_start)
     .bind(until)
+    .bind(cut)
     .fetch_all(&mut *db)
     .await?;
     // The price changes that matter: the last one by the bucket's start (in force from
@@ -411,7 +473,7 @@ pub async fn roll_up_bucket(
         changes_of.entry(instance).or_default().push(PriceChange { from, price_per_hour });
     }
     let mut by_instance: HashMap<i64, Vec<&AttemptRow>> = HashMap::new();
-    for attempt in &attempts {
+    for attempt in ended.iter().copied().chain(&attempts) {
         if let Some(instance) = attempt.instance_id {
             by_instance.entry(instance).or_default().push(attempt);
         }
