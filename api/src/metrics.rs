@@ -230,6 +230,7 @@ pub struct Metrics {
     provision_attempts: Family<PoolLabels, Counter>,
     provision_failures: Family<PoolLabels, Counter>,
     provision_duration: Histograms<PoolLabels>,
+    provision_to_ready: Histograms<PoolLabels>,
     autoscaler_decisions: Family<PoolActionLabels, Counter>,
     cycle_duration: Histogram,
     cycle_batch_size: Histogram,
@@ -263,6 +264,7 @@ impl Metrics {
             provision_attempts: Family::default(),
             provision_failures: Family::default(),
             provision_duration: Family::new_with_constructor(provision_histogram),
+            provision_to_ready: Family::new_with_constructor(provision_histogram),
             autoscaler_decisions: Family::default(),
             cycle_duration: Histogram::new(CYCLE_BUCKETS),
             cycle_batch_size: Histogram::new(BATCH_BUCKETS),
@@ -345,6 +347,11 @@ impl Metrics {
             metrics.provision_duration.clone(),
         );
         r.register(
+            "hodei_pool_provision_to_ready_seconds",
+            "Time from the start of a member's provisioning attempt to its worker registering, by pool.",
+            metrics.provision_to_ready.clone(),
+        );
+        r.register(
             "hodei_autoscaler_decisions",
             "Autoscaler decisions, by pool and action (scale_out, scale_in, hold).",
             metrics.autoscaler_decisions.clone(),
@@ -423,6 +430,7 @@ impl Metrics {
             }
         }
         self.count_assignments("assigned", outcome.assigned.len());
+        self.record_dead_letters("deadline_expired", outcome.expired);
     }
 
     fn count_assignments(&self, outcome: &'static str, attempts: usize) {
@@ -504,6 +512,11 @@ impl Metrics {
     /// A provider answered a provisioning request (or timed out) after `took`.
     pub fn record_provision_answer(&self, pool: &str, took: Duration) {
         self.provision_duration.get_or_create(&PoolLabels { pool: pool.to_owned() }).observe(took.as_secs_f64());
+    }
+
+    /// A member of `pool` became ready `took` after its provisioning attempt started.
+    pub fn record_ready(&self, pool: &str, took: Duration) {
+        self.provision_to_ready.get_or_create(&PoolLabels { pool: pool.to_owned() }).observe(took.as_secs_f64());
     }
 
     pub fn record_provision_failure(&self, pool: &str) {

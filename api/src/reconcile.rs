@@ -420,7 +420,10 @@ impl PoolReconciler<'_> {
         for action in actions {
             match action {
                 Action::MarkReady { member } => {
-                    self.write(async |db| pools::set_status(db, member, MemberStatus::Ready).await).await?;
+                    let took = self.write(async |db| pools::mark_ready(db, member).await).await?;
+                    if let Some(took) = took {
+                        self.reconciler.metrics.record_ready(&self.spec.id, Duration::from_secs_f64(took.max(0.0)));
+                    }
                 }
                 Action::FailAttempt { member, terminate_instance, failure } => {
                     if terminate_instance {

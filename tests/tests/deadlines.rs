@@ -55,6 +55,10 @@ async fn sla_breaches_and_expired_deadlines_are_kept_by_the_scheduling_cycle() {
         "{dead}"
     );
     assert_eq!(dead["attempt"], 0, "it never ran: {dead}");
+    // Counted where the cycle dead-lettered it.
+    let metrics = system.server.anonymous().get("/metrics").await.body;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    assert!(metrics.contains("hodei_dead_letters_total{reason=\"deadline_expired\"} 1"), "{metrics}");
 
     let ran = wait_for_state(&acme, &runs_late, &["succeeded", "dead_lettered"]).await;
     assert_eq!(ran["state"], "succeeded", "{ran}");

@@ -89,6 +89,18 @@ async fn a_killed_worker_is_replaced_and_its_job_completes_elsewhere() {
     assert!(!ids(&after).contains(&victim["id"].to_string()), "the dead member was replaced");
     assert_eq!(ids(&before).intersection(&ids(&after)).count(), 2, "the healthy members stayed");
     eprintln!("pool back to 3 ready workers {replaced_in:?} after the kill");
+    // Four members became ready, each timed from its attempt's start to its registration.
+    let scrape = wait_until("four times to ready in the metrics", Duration::from_secs(10), async || {
+        let text = server.anonymous().get("/metrics").await.body.as_str().unwrap_or_default().to_owned();
+        text.contains("hodei_pool_provision_to_ready_seconds_count{pool=\"trio\"} 4").then_some(text)
+    })
+    .await;
+    let sum: f64 = scrape
+        .lines()
+        .find_map(|line| line.strip_prefix("hodei_pool_provision_to_ready_seconds_sum{pool=\"trio\"} "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("a sum");
+    assert!(sum > 0.0 && sum < 4.0 * 60.0, "{sum}");
 
     let finished = wait_for_job(&acme, id, &["succeeded"], Duration::from_secs(60)).await;
     assert_ne!(finished["worker_id"], running["worker_id"], "completed on another worker");

@@ -182,6 +182,17 @@ pub struct CycleOutcome {
     /// It ran into its own limits (workers or jobs per cycle): run again at once, as more
     /// may be placeable. Otherwise the next cycle waits for new jobs or freed capacity.
     pub more: bool,
+    /// Jobs it dead-lettered instead: their deadline passed while they were queued, in a
+    /// queue whose `expired_deadline` is `dead_letter`.
+    pub expired: u64,
+}
+
+/// A row of the cycle's assigning statement: an attempt started, or a job expired.
+#[derive(FromRow)]
+struct CycleRow {
+    #[sqlx(flatten)]
+    assigned: Assigned,
+    expired: bool,
 }
 
 /// An attempt a scheduling cycle started.
@@ -363,7 +374,7 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
     }
     let job_ids: Vec<Uuid> = placement.assigned.iter().map(|(job, _)| *job).collect();
     let worker_ids: Vec<Uuid> = placement.assigned.iter().map(|(_, worker)| *worker).collect();
-    let mut assigned: Vec<Assigned> = sqlx::query_as(
+    let rows: Vec<CycleRow> = sqlx::query_as(
         "with pairs as (
             select * from unnest($1::uuid[], $2::uuid[]) as p(job_id, worker_id)
          ), removed as (
@@ -422,18 +433,24 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
             from assigned cross join (select count(*) from notified) n order by id
          )
          select id as job_id, worker_id, attempt, tenant_id, queue, wait_ms, sla_breached,
-                (extract(epoch from now() - created_at) * 1000)::int8 as since_submission_ms
-         from assigned",
+                (extract(epoch from now() - created_at) * 1000)::int8 as since_submission_ms, false as expired
+         from assigned
+         union all
+         select id, '00000000-0000-0000-0000-000000000000'::uuid, attempt, tenant_id, queue, 0::int8, false, 0::int8,
+                true
+         from expired",
     )
     .bind(&job_ids)
     .bind(&worker_ids)
     .fetch_all(&mut *transaction)
     .await?;
+    let (expired, started): (Vec<CycleRow>, Vec<CycleRow>) = rows.into_iter().partition(|row| row.expired);
+    let mut assigned: Vec<Assigned> = started.into_iter().map(|row| row.assigned).collect();
     quotas::record_bursts(&mut transaction, &locked, &bursting, &opened).await?;
     transaction.commit().await?;
     let position: HashMap<Uuid, usize> = job_ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     assigned.sort_by_key(|a| position.get(&a.job_id).copied());
-    Ok(CycleOutcome { assigned, more: workers_full || jobs_full })
+    Ok(CycleOutcome { assigned, more: workers_full || jobs_full, expired: expired.len() as u64 })
 }
 
 /// The code and words for why a job could not be placed.

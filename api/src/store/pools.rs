@@ -518,6 +518,19 @@ pub async fn attempt_failed(
     Ok(())
 }
 
+/// Marks a provisioning member ready (its worker registered); how long ago its current
+/// attempt started, in seconds: the time to ready.
+pub async fn mark_ready(db: impl PgExecutor<'_>, member: Uuid) -> sqlx::Result<Option<f64>> {
+    let took: Option<Option<f64>> = sqlx::query_scalar(
+        "update pool_members set status = 'ready', updated_at = now() where id = $1
+         returning extract(epoch from now() - attempt_started_at)::float8",
+    )
+    .bind(member)
+    .fetch_optional(db)
+    .await?;
+    Ok(took.flatten())
+}
+
 pub async fn set_status(db: impl PgExecutor<'_>, member: Uuid, status: MemberStatus) -> sqlx::Result<()> {
     sqlx::query("update pool_members set status = $2, updated_at = now() where id = $1")
         .bind(member)
