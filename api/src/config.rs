@@ -396,11 +396,30 @@ impl MultiTenancyConfig {
     }
 }
 
-/// Where `/metrics` is served.
+/// Where `/metrics` is served, and the historical metrics kept in SQL.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     pub prometheus: PrometheusConfig,
+    pub history: MetricHistoryConfig,
+}
+
+/// Historical metrics in SQL (`GET /api/v1/metrics/historical`): whether the roll-up runs
+/// (`HODEI_METRICS_HISTORY_ENABLED`), how often (`HODEI_METRICS_HISTORY_INTERVAL_SECONDS`,
+/// 1–3600) and how many days hour buckets are kept (`HODEI_METRICS_HISTORY_RETENTION_DAYS`,
+/// 1–3650; minute buckets are kept a day).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricHistoryConfig {
+    pub enabled: bool,
+    pub interval_seconds: u32,
+    pub retention_days: u32,
+}
+
+impl Default for MetricHistoryConfig {
+    fn default() -> Self {
+        Self { enabled: true, interval_seconds: 60, retention_days: 90 }
+    }
 }
 
 /// `port`: serve `/metrics` on this port of the `listen` address, on its own listener (and
@@ -483,6 +502,9 @@ pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
     ("HODEI_TLS_CERT_FILE", "tls.cert_file"),
     ("HODEI_TLS_KEY_FILE", "tls.key_file"),
     ("HODEI_PROMETHEUS_PORT", "metrics.prometheus.port"),
+    ("HODEI_METRICS_HISTORY_ENABLED", "metrics.history.enabled"),
+    ("HODEI_METRICS_HISTORY_INTERVAL_SECONDS", "metrics.history.interval_seconds"),
+    ("HODEI_METRICS_HISTORY_RETENTION_DAYS", "metrics.history.retention_days"),
     ("HODEI_MULTI_TENANCY_ENABLED", "multi_tenancy.enabled"),
     ("HODEI_DEFAULT_TENANT_QUOTA_CPU", "multi_tenancy.default_tenant_quota.cpu_m"),
     ("HODEI_DEFAULT_TENANT_QUOTA_MEMORY", "multi_tenancy.default_tenant_quota.memory_mb"),
@@ -665,6 +687,19 @@ impl Config {
         }
         self.cost_tracking.problems(&mut problems);
         self.multi_tenancy.problems(&mut problems);
+        let history = &self.metrics.history;
+        if !(1..=3600).contains(&history.interval_seconds) {
+            problems.push(format!(
+                "metrics.history.interval_seconds: must be between 1 and 3600, got {}",
+                history.interval_seconds
+            ));
+        }
+        if !(1..=3650).contains(&history.retention_days) {
+            problems.push(format!(
+                "metrics.history.retention_days: must be between 1 and 3650, got {}",
+                history.retention_days
+            ));
+        }
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             problems.push(format!("log_level: {error}"));
         }
@@ -740,6 +775,8 @@ fn environment_value(field: &str, value: &str) -> serde_yaml::Value {
             | "http.header_read_timeout_seconds"
             | "http.body_read_timeout_seconds"
             | "metrics.prometheus.port"
+            | "metrics.history.interval_seconds"
+            | "metrics.history.retention_days"
             | "cost_tracking.retention_days"
             | "cost_tracking.rollup_interval_seconds"
             | "cost_tracking.spot_price_refresh_minutes"
@@ -765,6 +802,7 @@ fn environment_value(field: &str, value: &str) -> serde_yaml::Value {
     if matches!(
         field,
         "providers.local.enabled"
+            | "metrics.history.enabled"
             | "cost_tracking.enabled"
             | "cost_tracking.track_by_tenant"
             | "cost_tracking.track_by_job"
@@ -955,6 +993,13 @@ mod tests {
         let file = write("cost_tracking:\n  recommendations: {idle_threshold_percent: 50, min_quiet_hours: 0}\n");
         let message = Config::load(Some(file.path()), &environment(&[])).expect_err("invalid").to_string();
         assert!(message.contains("cost_tracking.recommendations.min_quiet_hours"), "{message}");
+        let config =
+            Config::load(None, &environment(&[("HODEI_METRICS_HISTORY_INTERVAL_SECONDS", "5")])).expect("valid");
+        assert_eq!((config.metrics.history.interval_seconds, config.metrics.history.retention_days), (5, 90));
+        let message = Config::load(None, &environment(&[("HODEI_METRICS_HISTORY_RETENTION_DAYS", "0")]))
+            .expect_err("invalid")
+            .to_string();
+        assert!(message.contains("metrics.history.retention_days"), "{message}");
         assert!(!message.contains("idle_threshold_percent"), "{message}");
     }
 

@@ -472,3 +472,43 @@ impl FairUsage {
         }
     }
 }
+
+/// Rolls historical metrics up (`store::history`) every `interval`: the event metrics of
+/// every minute and hour since the last final one, and a sample of the gauges. Runs in
+/// every replica; one at a time does the work, the others skip that tick.
+#[derive(Debug, Clone)]
+pub struct MetricHistory {
+    pub db: PgPool,
+    pub interval: Duration,
+    /// How long hour buckets are kept (minute buckets: a day).
+    pub retention: chrono::Duration,
+}
+
+impl MetricHistory {
+    pub fn new(db: PgPool) -> Self {
+        Self { db, interval: Duration::from_secs(60), retention: chrono::Duration::days(90) }
+    }
+
+    /// One pass as of the database's clock.
+    pub async fn tick(&self) -> anyhow::Result<crate::store::history::RolledUp> {
+        let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select now()").fetch_one(&self.db).await?;
+        self.tick_at(now).await
+    }
+
+    /// One pass as of `now` (tests roll up what they recorded in the past).
+    pub async fn tick_at(&self, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<crate::store::history::RolledUp> {
+        Ok(crate::store::history::roll_up(&self.db, now, self.retention).await?)
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            if let Err(error) = self.tick().await {
+                tracing::warn!(error = format!("{error:#}"), "rolling up historical metrics failed; retrying");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+        }
+    }
+}

@@ -66,6 +66,7 @@ pub async fn serve_http(
         .with_providers(providers.clone())
         .with_cost_retention_days(config.cost_tracking.retention_days)
         .with_cost_recommendations(config.cost_tracking.recommendations)
+        .with_metric_history_retention_days(config.metrics.history.retention_days)
         .with_pool_limits(crate::http::PoolLimits { max_pools: config.max_pools, max_pool_size: config.max_pool_size });
     if !config.effective_pools().is_empty() || config.source_file.is_some() {
         apply_file_pools(&pool, config.effective_pools()).await?;
@@ -88,6 +89,15 @@ pub async fn serve_http(
             interval: std::time::Duration::from_secs(config.cost_tracking.rollup_interval_seconds.into()),
             retention_days: config.cost_tracking.retention_days,
             ..CostRollup::new(pool.clone(), tracking)
+        };
+        tokio::spawn(rollup.run(shutdown.clone()))
+    });
+    let history = &config.metrics.history;
+    let metric_history = history.enabled.then(|| {
+        let rollup = crate::loops::MetricHistory {
+            interval: std::time::Duration::from_secs(history.interval_seconds.into()),
+            retention: chrono::Duration::days(history.retention_days.into()),
+            ..crate::loops::MetricHistory::new(pool.clone())
         };
         tokio::spawn(rollup.run(shutdown.clone()))
     });
@@ -150,6 +160,9 @@ pub async fn serve_http(
     }
     if let Some(cost_rollup) = cost_rollup {
         let _ = cost_rollup.await;
+    }
+    if let Some(metric_history) = metric_history {
+        let _ = metric_history.await;
     }
     if let Some(spot_prices) = spot_prices {
         let _ = spot_prices.await;

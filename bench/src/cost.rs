@@ -55,13 +55,18 @@ pub async fn cost(args: CostArgs, config: &Config) -> anyhow::Result<()> {
     .execute(&pool)
     .await
     .context("writing instances")?;
-    // Each instance runs its share of attempts one after another, 10-130 s each, some overlapping.
+    // Each instance runs its share of attempts one after another, 10-130 s each, some
+    // overlapping. Job ids are time-ordered UUIDv7s, as `hodei` makes them at submission
+    // (48 bits of milliseconds first), so the roll-up's job index grows at its right edge
+    // as it does in production, not at random places.
     sqlx::query(
         "with base as (select min(id) as first, min(launched_at) as at from instances),
               spacing as (select extract(epoch from make_interval(days => $3)) * $2 / $1 as seconds)
          insert into job_attempts (job_id, attempt, tenant_id, queue, pool, worker_id, instance_id, cpu_millis,
                                    memory_mib, started_at, ended_at, outcome)
-         select gen_random_uuid(), 1, ('00000000-0000-0000-0000-' || lpad((n % $4)::text, 12, '0'))::uuid,
+         select (lpad(to_hex((extract(epoch from base.at) * 1000)::int8 + (n / $2 * spacing.seconds * 1000)::int8), 12, '0')
+                 || '7' || substr(md5(n::text), 1, 3) || '8' || substr(md5(n::text), 4, 15))::uuid,
+                1, ('00000000-0000-0000-0000-' || lpad((n % $4)::text, 12, '0'))::uuid,
                 (array['default', 'high', 'low'])[1 + n % 3], format('pool-%s', (n % $2 + 1) % 10),
                 gen_random_uuid(), base.first + n % $2,
                 500 + (n % 7) * 250, 512 + (n % 5) * 1024,

@@ -11,6 +11,7 @@ pub mod cost;
 pub mod dispatch;
 pub mod drf;
 pub mod fairness;
+pub mod history;
 pub mod job;
 pub mod names;
 pub mod ordering;

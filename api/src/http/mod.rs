@@ -24,6 +24,7 @@ pub mod cost;
 pub mod dead_letters;
 pub mod events;
 pub mod health;
+pub mod history;
 pub mod jobs;
 pub mod metrics;
 pub mod pools;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub cost_retention_days: u32,
     /// When the cost recommendations speak up (`cost_tracking.recommendations`).
     pub cost_recommendations: hodei_core::recommend::Thresholds,
+    /// How many days hour buckets of historical metrics are kept.
+    pub metric_history_retention_days: u32,
 }
 
 /// Bounds on pools from the configuration (`max_pools`, `max_pool_size`).
@@ -99,6 +102,7 @@ impl AppState {
             metrics_on_api_listener: true,
             cost_retention_days: 90,
             cost_recommendations: hodei_core::recommend::Thresholds::default(),
+            metric_history_retention_days: 90,
         }
     }
 
@@ -116,6 +120,11 @@ impl AppState {
 
     pub fn with_cost_recommendations(mut self, thresholds: hodei_core::recommend::Thresholds) -> Self {
         self.cost_recommendations = thresholds;
+        self
+    }
+
+    pub fn with_metric_history_retention_days(mut self, days: u32) -> Self {
+        self.metric_history_retention_days = days;
         self
     }
 
@@ -166,7 +175,8 @@ impl AppState {
         (name = "quotas", description = "Tenant quotas, burst sessions and the admission dry run"),
         (name = "workers", description = "The worker protocol and the worker registry"),
         (name = "pools", description = "Pools of workers and their provisioning (admin)"),
-        (name = "cost", description = "Prices (admin) and cost reports"),
+        (name = "cost", description = "Prices (admin), cost reports and recommendations"),
+        (name = "metrics", description = "Historical metrics from SQL (admin)"),
         (name = "health", description = "Liveness and readiness")
     )
 )]
@@ -195,6 +205,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(workers::router())
         .merge(pools::router())
         .merge(cost::router())
+        .merge(history::router())
         .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
         // Inner limits win over outer ones, so the batch route keeps its larger limit.
         .merge(jobs::batch_router().layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)));

@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod enqueue;
 pub mod events;
 pub mod gauges;
+pub mod history;
 pub mod jobs;
 pub mod leases;
 pub mod logs;
