@@ -20,6 +20,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod trace_context;
+
 /// Longest a long poll may wait.
 pub const MAX_POLL_SECONDS: u64 = 60;
 /// How long a long poll waits when it does not say.
