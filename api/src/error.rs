@@ -152,7 +152,9 @@ impl IntoResponse for ApiError {
         let trace_id = current_request_id();
         let detail = match &self.internal {
             Some(error) => {
-                tracing::error!(trace_id = %trace_id, error = format!("{error:#}"), "internal error");
+                // Named `request_id`: the request's span already carries the W3C trace id
+                // as `trace_id` (`http::request_context`).
+                tracing::error!(request_id = %trace_id, error = format!("{error:#}"), "internal error");
                 format!("internal server error; quote trace id {trace_id} when reporting it")
             }
             None => self.detail,

@@ -55,7 +55,7 @@ impl Store {
         let mut connection = self.pool.acquire().await.expect("connection");
         let settings = enqueue::QueueSettingsCache::disabled();
         let context = enqueue::SubmitContext { registry: &self.registry, settings: &settings };
-        let submitter = Submitter { tenant_id: self.tenant_id, tenant_name: "acme" };
+        let submitter = Submitter { tenant_id: self.tenant_id, tenant_name: "acme", traceparent: None };
         enqueue::submit(&mut connection, context, submitter, &jobs, None, false).await.expect("submit")
     }
 

@@ -97,7 +97,7 @@ async fn attempts_ended_by_every_path_are_recorded_with_their_instance() {
         let mut connection = pool.acquire().await.expect("connection");
         let settings = enqueue::QueueSettingsCache::disabled();
         let context = enqueue::SubmitContext { registry: &registry, settings: &settings };
-        let submitter = Submitter { tenant_id, tenant_name: "acme" };
+        let submitter = Submitter { tenant_id, tenant_name: "acme", traceparent: None };
         enqueue::submit(&mut connection, context, submitter, &[job.clone(), job, retryable], None, false)
             .await
             .expect("submit");

@@ -29,7 +29,7 @@ async fn submit(pool: &PgPool, tenant: (Uuid, &str), jobs: &[ValidJob]) -> Vec<U
     let registry = PolicyRegistry::shipped();
     let settings = enqueue::QueueSettingsCache::disabled();
     let context = enqueue::SubmitContext { registry: &registry, settings: &settings };
-    let submitter = Submitter { tenant_id: tenant.0, tenant_name: tenant.1 };
+    let submitter = Submitter { tenant_id: tenant.0, tenant_name: tenant.1, traceparent: None };
     let mut connection = pool.acquire().await.expect("connection");
     match enqueue::submit(&mut connection, context, submitter, jobs, None, false).await.expect("submit") {
         SubmitOutcome::Created { ids, .. } => ids,

@@ -39,7 +39,7 @@ struct Tenant<'a> {
 
 impl Tenant<'_> {
     fn submitter(&self) -> Submitter<'_> {
-        Submitter { tenant_id: self.id, tenant_name: self.name }
+        Submitter { tenant_id: self.id, tenant_name: self.name, traceparent: None }
     }
 }
 

@@ -29,7 +29,7 @@ async fn a_waiting_job_says_when_its_tenant_is_at_quota() {
     let registry = PolicyRegistry::shipped();
     let settings = enqueue::QueueSettingsCache::disabled();
     let context = enqueue::SubmitContext { registry: &registry, settings: &settings };
-    let submitter = Submitter { tenant_id: tenant.id, tenant_name: "acme" };
+    let submitter = Submitter { tenant_id: tenant.id, tenant_name: "acme", traceparent: None };
     let mut connection = pool.acquire().await.expect("connection");
     let id = match enqueue::submit(&mut connection, context, submitter, &[job], None, false).await.expect("submit") {
         SubmitOutcome::Created { ids, deferred, .. } => {

@@ -25,7 +25,7 @@ async fn a_worker_is_never_drained_for_scale_in_and_given_a_job_at_once() {
     let pool = database.pool().await;
     let registry = PolicyRegistry::shipped();
     let tenant_id = tenants::create(&pool, "acme", 1).await.expect("tenant").id;
-    let submitter = Submitter { tenant_id, tenant_name: "acme" };
+    let submitter = Submitter { tenant_id, tenant_name: "acme", traceparent: None };
     let spec: JobSpec = serde_json::from_value(json!({"command": {"argv": ["true"]}})).expect("spec");
     let job: ValidJob = spec.validate(Utc::now()).expect("valid");
     let cycle = scheduler(&pool, 10, 10);

@@ -82,7 +82,7 @@ fn line(title: &str, mut tally: Tally, seconds: f64) -> (String, f64) {
 
 impl Bench {
     fn submitter(&self) -> Submitter<'_> {
-        Submitter { tenant_id: self.tenant_id, tenant_name: &self.tenant_name }
+        Submitter { tenant_id: self.tenant_id, tenant_name: &self.tenant_name, traceparent: None }
     }
 
     async fn submit(&self, jobs: &[ValidJob]) -> anyhow::Result<()> {

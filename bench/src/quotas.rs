@@ -56,7 +56,7 @@ async fn submit_each(pool: &PgPool, tenants: &[(Uuid, String)], jobs: usize) -> 
     let mut connection = pool.acquire().await?;
     for (id, name) in tenants {
         let context = enqueue::SubmitContext { registry: &registry, settings: &settings };
-        let submitter = Submitter { tenant_id: *id, tenant_name: name };
+        let submitter = Submitter { tenant_id: *id, tenant_name: name, traceparent: None };
         match enqueue::submit(&mut connection, context, submitter, &batch, None, false).await? {
             SubmitOutcome::Created { .. } => {}
             other => anyhow::bail!("submission not created: {other:?}"),

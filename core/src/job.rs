@@ -29,6 +29,9 @@ pub const MAX_MAX_ATTEMPTS: i64 = 100;
 pub const MAX_ARGV_ENTRIES: usize = 1024;
 pub const MAX_ENV_ENTRIES: usize = 256;
 pub const MAX_LABELS: usize = 64;
+/// The variable a job's process gets its trace context in (W3C `traceparent`); set by the
+/// worker, over any value of the same name in the job's env.
+pub const TRACEPARENT_VARIABLE: &str = "TRACEPARENT";
 /// Upper bound on the serialised size of argv plus env, in bytes.
 pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
 /// Upper bound on the serialised size of `metadata`, in bytes.
@@ -281,6 +284,14 @@ impl JobSpec {
                 );
             }
         }
+        // A job runs with its trace context as TRACEPARENT (the worker sets it last), so
+        // one in the spec's env would be lost: say so rather than drop it unannounced.
+        if self.command.env.contains_key(TRACEPARENT_VARIABLE) {
+            warnings.push(format!(
+                "command.env.{TRACEPARENT_VARIABLE} is replaced by the job's trace context when it runs: \
+                 send the value as the request's traceparent header to continue that trace"
+            ));
+        }
         // The ranges above were checked, so these conversions cannot fail.
         Ok(ValidJob {
             queue,
@@ -448,6 +459,18 @@ mod tests {
             .validate(now())
             .expect("valid");
         assert!(fine.warnings.is_empty());
+    }
+
+    #[test]
+    fn a_traceparent_in_the_env_is_accepted_with_a_warning_that_it_is_replaced() {
+        let job = spec(serde_json::json!({
+            "command": {"argv": ["true"], "env": {"TRACEPARENT": "mine", "OTHER": "kept"}}
+        }))
+        .validate(now())
+        .expect("valid");
+        assert_eq!(job.warnings.len(), 1);
+        assert!(job.warnings[0].starts_with("command.env.TRACEPARENT is replaced"), "{:?}", job.warnings);
+        assert_eq!(job.env.get("TRACEPARENT").map(String::as_str), Some("mine"));
     }
 
     #[test]

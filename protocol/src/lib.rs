@@ -20,6 +20,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod trace_context;
+
 /// Longest a long poll may wait.
 pub const MAX_POLL_SECONDS: u64 = 60;
 /// How long a long poll waits when it does not say.
@@ -174,6 +176,14 @@ pub struct Assignment {
     pub env: BTreeMap<String, String>,
     pub working_dir: Option<String>,
     pub timeout_seconds: i32,
+    /// The job's W3C trace context (`traceparent`, version `00`), from the request that
+    /// submitted it: the job runs with it as `TRACEPARENT`, and the worker's log lines
+    /// about the job carry its trace id. Absent for jobs submitted without one.
+    // Absent rather than null, so an agent from before trace contexts parses the
+    // assignment; such an agent ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"))]
+    pub traceparent: Option<String>,
 }
 
 // Output: `POST /workers/{id}/jobs/{job_id}/logs`.
@@ -379,5 +389,22 @@ mod tests {
         assert_eq!((reply.lease_seconds, reply.cancel), (None, vec![id]));
         let defaults: Heartbeat = serde_json::from_value(json!({"state": "idle"})).expect("parses");
         assert!(defaults.healthy);
+    }
+
+    #[test]
+    fn an_assignment_without_a_trace_context_parses_and_is_sent_without_one() {
+        let sent = json!({
+            "job_id": Uuid::nil(), "attempt": 1, "argv": ["true"], "env": {},
+            "working_dir": null, "timeout_seconds": 5,
+        });
+        let assignment: Assignment = serde_json::from_value(sent.clone()).expect("parses");
+        assert_eq!(assignment.traceparent, None);
+        assert_eq!(serde_json::to_value(&assignment).expect("serializes"), sent);
+        let traced = Assignment {
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            ..assignment
+        };
+        let value = serde_json::to_value(&traced).expect("serializes");
+        assert_eq!(value["traceparent"], json!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
     }
 }

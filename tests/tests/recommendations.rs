@@ -54,7 +54,7 @@ async fn jobs(db: &PgPool, count: usize) -> (Uuid, Vec<Uuid>) {
     let registry = PolicyRegistry::shipped();
     let settings = enqueue::QueueSettingsCache::disabled();
     let context = enqueue::SubmitContext { registry: &registry, settings: &settings };
-    let submitter = Submitter { tenant_id, tenant_name: "acme" };
+    let submitter = Submitter { tenant_id, tenant_name: "acme", traceparent: None };
     let mut connection = db.acquire().await.expect("connection");
     enqueue::submit(&mut connection, context, submitter, &vec![job; count], None, false).await.expect("submit");
     let ids = sqlx::query_scalar("select id from jobs order by id").fetch_all(db).await.expect("ids");

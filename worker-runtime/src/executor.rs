@@ -3,12 +3,18 @@
 //! its output shipped while it runs; on a timeout or a cancel, SIGTERM to its group and
 //! SIGKILL after the kill grace; when its main process ends, a moment for what it left
 //! behind to finish writing, then SIGKILL to the group; then its result.
+//!
+//! A job with a trace context runs with it as `TRACEPARENT`, set after the job's own env
+//! (the API warns the submitter when that env names it), and every line this module logs
+//! about the job names the job, its attempt and its trace id.
 
+use std::fmt;
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hodei_protocol::trace_context::{self, TraceParent};
 use hodei_protocol::{Assignment, FinishedAttempt};
 use rustix::process::Signal;
 use tokio::time::Instant;
@@ -34,6 +40,34 @@ async fn stop_job(child: &mut tokio::process::Child, group: u32, grace: Duration
     }
 }
 
+/// Which attempt a log line is about: `job <id> attempt <n> trace_id <id>`, the trace id
+/// when the job has a trace context.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttemptLabel {
+    pub job_id: uuid::Uuid,
+    pub attempt: i32,
+    pub trace: Option<TraceParent>,
+}
+
+impl fmt::Display for AttemptLabel {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "job {} attempt {}", self.job_id, self.attempt)?;
+        match &self.trace {
+            Some(trace) => write!(formatter, " trace_id {}", trace.trace_id()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How an attempt ended, for its log line.
+fn describe(report: &FinishedAttempt) -> String {
+    match (&report.error, report.exit_code) {
+        (Some(error), _) => format!("failed: {error}"),
+        (None, Some(code)) => format!("exited with code {code}"),
+        (None, None) => "ended by a signal".to_owned(),
+    }
+}
+
 /// Runs one attempt and reports it.
 pub async fn run_assignment(agent: Arc<Agent>, assignment: Assignment) {
     let (job_id, attempt) = (assignment.job_id, assignment.attempt);
@@ -41,6 +75,12 @@ pub async fn run_assignment(agent: Arc<Agent>, assignment: Assignment) {
         agent.reports.started(job_id, attempt);
         agent.reports.finished(FinishedAttempt { job_id, attempt, exit_code: Some(0), error: None }).await;
         return;
+    }
+    // The API sends only trace contexts it parsed itself; anything else is not passed on.
+    let trace = assignment.traceparent.as_deref().and_then(TraceParent::parse);
+    let label = AttemptLabel { job_id, attempt, trace };
+    if trace.is_none() && assignment.traceparent.is_some() {
+        eprintln!("hodei-worker: {label}: the assignment's traceparent is not valid; the job runs without one");
     }
     let failed = |error: String| FinishedAttempt { job_id, attempt, exit_code: None, error: Some(error) };
     let Some((program, args)) = assignment.argv.split_first() else {
@@ -56,6 +96,12 @@ pub async fn run_assignment(agent: Arc<Agent>, assignment: Assignment) {
         }
     }
     command.args(args).envs(&assignment.env).env(keeper::SESSION_VARIABLE, agent.supervisor.session());
+    if let Some(trace) = &trace {
+        if assignment.env.get(trace_context::ENV_VARIABLE).is_some_and(|value| *value != trace.to_string()) {
+            eprintln!("hodei-worker: {label}: the job's env sets TRACEPARENT; it runs with its trace context instead");
+        }
+        command.env(trace_context::ENV_VARIABLE, trace.to_string());
+    }
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     command.process_group(0).kill_on_drop(true);
     if let Some(dir) = &assignment.working_dir {
@@ -64,7 +110,9 @@ pub async fn run_assignment(agent: Arc<Agent>, assignment: Assignment) {
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
-            agent.reports.finished(failed(format!("could not start {program:?}: {error}"))).await;
+            let report = failed(format!("could not start {program:?}: {error}"));
+            eprintln!("hodei-worker: {label}: {}", describe(&report));
+            agent.reports.finished(report).await;
             return;
         }
     };
@@ -89,6 +137,7 @@ pub async fn run_assignment(agent: Arc<Agent>, assignment: Assignment) {
         cancels.insert(job_id, cancel.clone());
     }
     agent.reports.started(job_id, attempt);
+    eprintln!("hodei-worker: {label}: started");
     let report = tokio::select! {
         waited = tokio::time::timeout_at(deadline, child.wait()) => match waited {
             Ok(Ok(status)) => FinishedAttempt { job_id, attempt, exit_code: status.code(), error: None },
@@ -118,7 +167,7 @@ pub async fn run_assignment(agent: Arc<Agent>, assignment: Assignment) {
     keeper::signal_group(group, Signal::KILL);
     if !closed && !output.wait_closed(OUTPUT_AFTER_KILL).await {
         eprintln!(
-            "hodei-worker: job {job_id}: a process that left the job's process group holds its output open; \
+            "hodei-worker: {label}: a process that left the job's process group holds its output open; \
              no longer reading it",
         );
     }
@@ -126,5 +175,6 @@ pub async fn run_assignment(agent: Arc<Agent>, assignment: Assignment) {
     output.finish().await;
     // Should the keeper be gone, its watcher has already given up the lease.
     let _ = agent.supervisor.forget(group).await;
+    eprintln!("hodei-worker: {label}: {}", describe(&report));
     agent.reports.finished(report).await;
 }

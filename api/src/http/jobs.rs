@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use chrono::{DateTime, Utc};
 use hodei_core::names::check_resource_name;
 use hodei_core::{JobSpec, JobState, ValidJob, ValidationErrors};
+use hodei_protocol::trace_context::TraceParent;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
@@ -238,6 +240,11 @@ pub struct Job {
     pub started_at: Option<DateTime<Utc>>,
     /// The last attempt's exit code.
     pub exit_code: Option<i32>,
+    /// The W3C trace context (`traceparent`) of the request that submitted the job: its
+    /// trace id is the caller's when that request carried a valid `traceparent`. The job
+    /// runs with it as `TRACEPARENT`. Null for jobs submitted before it was kept.
+    #[schema(pattern = "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")]
+    pub traceparent: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -286,6 +293,7 @@ impl From<jobs::Job> for Job {
             worker_id,
             started_at,
             exit_code,
+            traceparent,
             created_at,
             updated_at,
             finished_at,
@@ -318,6 +326,7 @@ impl From<jobs::Job> for Job {
             worker_id,
             started_at,
             exit_code,
+            traceparent,
             created_at,
             updated_at,
             finished_at,
@@ -502,6 +511,7 @@ fn submission_response(outcome: SubmitOutcome, one: bool, warnings: Vec<String>)
 )]
 async fn submit_job(
     State(state): State<AppState>,
+    Extension(trace): Extension<TraceParent>,
     principal: Principal,
     headers: HeaderMap,
     Json(spec): Json<JobSpec>,
@@ -518,7 +528,7 @@ async fn submit_job(
             wanted.join(", ")
         ));
     }
-    let submitter = Submitter { tenant_id, tenant_name };
+    let submitter = Submitter { tenant_id, tenant_name, traceparent: Some(trace) };
     let outcome = enqueue::submit(
         &mut connection,
         state.submit_context(),
@@ -548,6 +558,7 @@ async fn submit_job(
 )]
 async fn submit_batch(
     State(state): State<AppState>,
+    Extension(trace): Extension<TraceParent>,
     principal: Principal,
     headers: HeaderMap,
     Json(batch): Json<BatchSubmit>,
@@ -572,7 +583,7 @@ async fn submit_batch(
     errors.into_result(())?;
     let idempotency = idempotency_from(&headers, || digest(&batch))?;
     let mut connection = state.db.acquire().await?;
-    let submitter = Submitter { tenant_id, tenant_name };
+    let submitter = Submitter { tenant_id, tenant_name, traceparent: Some(trace) };
     let outcome =
         enqueue::submit(&mut connection, state.submit_context(), submitter, &valid, idempotency.as_ref(), false)
             .await?;

@@ -118,6 +118,7 @@ fn to_assignment(row: assignment::Assignment) -> Assignment {
         env: row.env.0.into_iter().collect(),
         working_dir: row.working_dir,
         timeout_seconds: row.timeout_seconds,
+        traceparent: row.traceparent,
     }
 }
 

@@ -539,6 +539,8 @@ pub struct Assignment {
     pub env: Json<HashMap<String, String>>,
     pub working_dir: Option<String>,
     pub timeout_seconds: i32,
+    /// The trace context of the request that submitted the job.
+    pub traceparent: Option<String>,
 }
 
 /// Assignments the worker has not yet received, marked received.
@@ -547,7 +549,7 @@ pub async fn take_assignments(db: &mut PgConnection, worker_id: Uuid) -> sqlx::R
         "with delivered as (
             update worker_jobs set delivered = true where worker_id = $1 and not delivered returning job_id, attempt
          )
-         select j.id as job_id, d.attempt, j.argv, j.env, j.working_dir, j.timeout_seconds
+         select j.id as job_id, d.attempt, j.argv, j.env, j.working_dir, j.timeout_seconds, j.traceparent
          from delivered d join jobs j on j.id = d.job_id order by j.id",
     )
     .bind(worker_id)

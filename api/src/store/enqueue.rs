@@ -811,11 +811,11 @@ async fn insert_jobs(db: &mut PgConnection, batch: &InsertBatch<'_>) -> sqlx::Re
          ), j as (
             insert into jobs (id, tenant_id, queue, state, priority, argv, env, working_dir, timeout_seconds,
                 cpu_millis, memory_mib, labels, max_attempts, deadline, not_before, metadata,
-                idempotency_key, idempotency_fingerprint, queued_at, run_at, submitted_queue)
+                idempotency_key, idempotency_fingerprint, queued_at, run_at, submitted_queue, traceparent)
             select id, $20, queue, case when scheduled then 'scheduled' else 'queued' end, priority, argv, env,
                 working_dir, timeout_seconds, cpu_millis, memory_mib, labels, max_attempts, deadline, not_before,
                 metadata, idempotency_key, $21, case when scheduled then null else now() end,
-                case when scheduled then not_before end, submitted_queue
+                case when scheduled then not_before end, submitted_queue, $25
             from input
             -- Nothing at all if a queue was deleted since its settings were read.
             where not exists (select 1 from input i where not exists (select 1 from queues q where q.name = i.queue))
@@ -874,6 +874,7 @@ async fn insert_jobs(db: &mut PgConnection, batch: &InsertBatch<'_>) -> sqlx::Re
     .bind(submitter.tenant_name)
     .bind(batch.return_jobs)
     .bind(placements.iter().map(|p| p.deferred.as_deref()).collect::<Vec<_>>())
+    .bind(submitter.traceparent.map(|trace| trace.to_string()))
     .fetch_all(db)
     .await
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use hodei_core::job::CancelOutcome;
 use hodei_core::JobState;
+use hodei_protocol::trace_context::TraceParent;
 use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgExecutor};
 use uuid::Uuid;
@@ -54,6 +55,8 @@ pub struct Job {
     pub started_at: Option<DateTime<Utc>>,
     /// The last attempt's exit code.
     pub exit_code: Option<i32>,
+    /// The W3C trace context of the request that submitted the job.
+    pub traceparent: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -80,7 +83,7 @@ pub(crate) const JOB_COLUMNS: &str =
     j.cpu_millis, j.memory_mib, j.labels, j.max_attempts, j.attempt, j.attempt_base, j.deadline, j.not_before, j.metadata,
     j.cancel_requested_at, j.created_at, j.updated_at, j.finished_at, j.idempotency_fingerprint, j.queued_at,
     j.assigned_at, j.wait_ms, j.sla_breached, j.run_at, j.dead_letter_reason, j.last_error, j.submitted_queue,
-    j.worker_id, j.started_at, j.exit_code";
+    j.worker_id, j.started_at, j.exit_code, j.traceparent";
 
 #[derive(Debug, FromRow)]
 pub(crate) struct JobRow {
@@ -118,6 +121,7 @@ pub(crate) struct JobRow {
     worker_id: Option<Uuid>,
     started_at: Option<DateTime<Utc>>,
     exit_code: Option<i32>,
+    traceparent: Option<String>,
 }
 
 impl JobRow {
@@ -163,6 +167,7 @@ impl JobRow {
             worker_id: self.worker_id,
             started_at: self.started_at,
             exit_code: self.exit_code,
+            traceparent: self.traceparent,
             created_at: self.created_at,
             updated_at: self.updated_at,
             finished_at: self.finished_at,
@@ -177,11 +182,13 @@ pub struct Idempotency {
     pub fingerprint: Vec<u8>,
 }
 
-/// The tenant a submission belongs to.
+/// The tenant a submission belongs to, and the trace it is part of.
 #[derive(Debug, Clone, Copy)]
 pub struct Submitter<'a> {
     pub tenant_id: Uuid,
     pub tenant_name: &'a str,
+    /// The trace context of the submitting request, kept with every job it submits.
+    pub traceparent: Option<TraceParent>,
 }
 
 /// Rows holding `keys`, in the order of `keys`.
@@ -436,7 +443,7 @@ mod tests {
         let pool = database.pool().await;
         let mut db = pool.acquire().await.expect("connection");
         let tenant = tenants::create(&mut *db, "acme", 1).await.expect("tenant");
-        let submitter = Submitter { tenant_id: tenant.id, tenant_name: "acme" };
+        let submitter = Submitter { tenant_id: tenant.id, tenant_name: "acme", traceparent: None };
 
         // On a worker: the request is recorded, the state is the worker's to change.
         let running = submitted(&mut db, submitter).await;
@@ -499,7 +506,7 @@ mod tests {
         let pool = database.pool().await;
         let mut db = pool.acquire().await.expect("connection");
         let tenant = tenants::create(&mut *db, "acme", 1).await.expect("tenant");
-        let submitter = Submitter { tenant_id: tenant.id, tenant_name: "acme" };
+        let submitter = Submitter { tenant_id: tenant.id, tenant_name: "acme", traceparent: None };
         let job = submitted(&mut db, submitter).await;
         mark_running(&mut db, job.id).await;
 
@@ -557,7 +564,7 @@ mod tests {
         let pool = database.pool().await;
         let mut db = pool.acquire().await.expect("connection");
         let tenant = tenants::create(&mut *db, "acme", 1).await.expect("tenant");
-        let submitter = Submitter { tenant_id: tenant.id, tenant_name: "acme" };
+        let submitter = Submitter { tenant_id: tenant.id, tenant_name: "acme", traceparent: None };
 
         let scheduled = submitted(&mut db, submitter).await;
         mark_running(&mut db, scheduled.id).await;
@@ -619,7 +626,7 @@ mod tests {
         let pool = database.pool().await;
         let mut db = pool.acquire().await.expect("connection");
         let tenant = tenants::create(&mut *db, "acme", 1).await.expect("tenant");
-        let job = submitted(&mut db, Submitter { tenant_id: tenant.id, tenant_name: "acme" }).await;
+        let job = submitted(&mut db, Submitter { tenant_id: tenant.id, tenant_name: "acme", traceparent: None }).await;
         mark_running(&mut db, job.id).await;
 
         let mut transaction = pool.begin().await.expect("begin");
@@ -648,7 +655,7 @@ mod tests {
         let pool = database.pool().await;
         let mut db = pool.acquire().await.expect("connection");
         let tenant = tenants::create(&mut *db, "acme", 1).await.expect("tenant");
-        let submitter = Submitter { tenant_id: tenant.id, tenant_name: "acme" };
+        let submitter = Submitter { tenant_id: tenant.id, tenant_name: "acme", traceparent: None };
         let worker = Uuid::now_v7();
         sqlx::query(
             "insert into workers (id, name, pool, state, cpu_millis, memory_mib, slots, labels, token_hash)

@@ -122,7 +122,7 @@ mod tests {
         let registry = hodei_core::ordering::PolicyRegistry::shipped();
         let settings = enqueue::QueueSettingsCache::disabled();
         let context = enqueue::SubmitContext { registry: &registry, settings: &settings };
-        let submitter = crate::store::jobs::Submitter { tenant_id: tenant.id, tenant_name: "acme" };
+        let submitter = crate::store::jobs::Submitter { tenant_id: tenant.id, tenant_name: "acme", traceparent: None };
         let valid = spec.validate(Utc::now()).expect("valid");
         let enqueue::SubmitOutcome::Created { jobs, .. } =
             enqueue::submit(&mut db, context, submitter, &[valid], None, true).await.expect("submit")
