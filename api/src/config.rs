@@ -209,6 +209,9 @@ pub struct CostTrackingConfig {
     /// The price list; when not empty it replaces the stored one at start (`PUT
     /// /api/v1/prices` replaces it until the next start).
     pub prices: Vec<hodei_core::cost::PriceSpec>,
+    /// Cost reports by tenant carry each tenant's part of its pools' idle cost, split by
+    /// what the tenants' attempts were charged (`HODEI_COST_SPREAD_IDLE_TO_TENANTS`).
+    pub spread_idle_to_tenants: bool,
     /// When the cost recommendations speak up (`GET /api/v1/cost-optimization/recommendations`).
     pub recommendations: hodei_core::recommend::Thresholds,
 }
@@ -227,6 +230,7 @@ impl Default for CostTrackingConfig {
             cpu_weight: weights.cpu,
             memory_weight: weights.memory,
             prices: Vec::new(),
+            spread_idle_to_tenants: false,
             recommendations: hodei_core::recommend::Thresholds::default(),
         }
     }
@@ -524,6 +528,7 @@ pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
     ("HODEI_COST_ROLLUP_INTERVAL_SECONDS", "cost_tracking.rollup_interval_seconds"),
     ("HODEI_COST_SPOT_PRICE_REFRESH_MINUTES", "cost_tracking.spot_price_refresh_minutes"),
     ("HODEI_COST_LOCAL_PRICE_PER_WORKER_HOUR", "cost_tracking.local_price_per_worker_hour"),
+    ("HODEI_COST_SPREAD_IDLE_TO_TENANTS", "cost_tracking.spread_idle_to_tenants"),
 ];
 
 pub const MIN_BOOTSTRAP_ADMIN_KEY_LEN: usize = 32;
@@ -806,6 +811,7 @@ fn environment_value(field: &str, value: &str) -> serde_yaml::Value {
             | "cost_tracking.enabled"
             | "cost_tracking.track_by_tenant"
             | "cost_tracking.track_by_job"
+            | "cost_tracking.spread_idle_to_tenants"
             | "multi_tenancy.enabled"
             | "multi_tenancy.burst_capacity.enabled"
             | "multi_tenancy.burst_capacity.automatic"

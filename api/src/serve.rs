@@ -66,6 +66,7 @@ pub async fn serve_http(
         .with_providers(providers.clone())
         .with_cost_retention_days(config.cost_tracking.retention_days)
         .with_cost_recommendations(config.cost_tracking.recommendations)
+        .with_cost_spread_idle(config.cost_tracking.spread_idle_to_tenants)
         .with_metric_history_retention_days(config.metrics.history.retention_days)
         .with_pool_limits(crate::http::PoolLimits { max_pools: config.max_pools, max_pool_size: config.max_pool_size });
     if !config.effective_pools().is_empty() || config.source_file.is_some() {

@@ -200,4 +200,31 @@ async fn jobs_show_their_cost_and_tenants_see_only_their_own() {
     reply.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_range");
     assert!(reply.body["detail"].as_str().is_some_and(|d| d.starts_with("to:")), "{reply:?}");
     server.stop().await;
+
+    // With the pool's idle cost spread over its tenants: each tenant's part is in proportion
+    // to what its attempts were charged, and the parts add up to the pool's idle cost (one
+    // pool, one day, both tenants ran on it).
+    let spread = ConfigFile::new("cost_tracking:\n  enabled: false\n  spread_idle_to_tenants: true\n");
+    let mut server = Server::spawn_configured(&database.url, free_port(), Some(spread.path()), &[]);
+    server.wait_ready(Duration::from_secs(60)).await;
+    let mut parts = Vec::new();
+    for client in [&acme, &globex] {
+        let client = Client::new(&server.url, client.key());
+        let own = client.get("/api/v1/cost-reports?group_by=tenant").await;
+        let line = &own.body["lines"][0];
+        let (attributed_part, idle_part) =
+            (line["attributed_amount"].as_f64().expect("number"), line["idle_amount"].as_f64().expect("number"));
+        assert!(idle_part > 0.0, "{own:?}");
+        assert!(close(line["amount"].as_f64().expect("amount"), attributed_part + idle_part, 1e-9), "{own:?}");
+        parts.push((attributed_part, idle_part));
+    }
+    let idle_parts: f64 = parts.iter().map(|(_, idle)| idle).sum();
+    assert!(close(idle_parts, idle, 1e-9), "{idle_parts} of {idle}");
+    for (attributed_part, idle_part) in &parts {
+        assert!(close(*idle_part, idle * attributed_part / attributed, 1e-9), "{parts:?}");
+    }
+    // By pool, nothing moved.
+    let by_pool = server.admin().get("/api/v1/cost-reports?group_by=pool").await;
+    assert!(close(by_pool.body["lines"][0]["idle_amount"].as_f64().expect("idle"), idle, 1e-12), "{by_pool:?}");
+    server.stop().await;
 }

@@ -111,7 +111,9 @@ pub struct CostLine {
     pub key: String,
     /// Charged to attempts.
     pub attributed_amount: f64,
-    /// What no attempt used (grouping by pool or day, and for admins only; else 0).
+    /// What no attempt used: grouping by pool or day, for admins; grouping by tenant with
+    /// `cost_tracking.spread_idle_to_tenants`, the tenant's part of its pools' idle cost
+    /// (by what its attempts were charged there); else 0.
     pub idle_amount: f64,
     /// `attributed_amount + idle_amount`.
     pub amount: f64,
@@ -170,13 +172,24 @@ async fn cost_report(
     };
     let scope = principal.tenant_scope().map_or(ReportScope::All, ReportScope::Tenant);
     let rows = cost::report(&state.db, group_by, from, to, scope).await?;
+    // By tenant, with `cost_tracking.spread_idle_to_tenants`: each tenant's part of its
+    // pools' idle cost.
+    let idle: std::collections::HashMap<String, f64> = if group_by == GroupBy::Tenant && state.cost_spread_idle {
+        cost::idle_by_tenant(&state.db, from, to, scope).await?.into_iter().collect()
+    } else {
+        Default::default()
+    };
     let lines: Vec<CostLine> = rows
         .into_iter()
-        .map(|row| CostLine {
+        .map(|row| {
+            let idle_amount = row.idle_amount + idle.get(&row.key).copied().unwrap_or(0.0);
+            (row, idle_amount)
+        })
+        .map(|(row, idle_amount)| CostLine {
             key: row.key,
             attributed_amount: row.attributed_amount,
-            idle_amount: row.idle_amount,
-            amount: row.attributed_amount + row.idle_amount,
+            idle_amount,
+            amount: row.attributed_amount + idle_amount,
             currency: "USD".to_owned(),
             unpriced_share_seconds: row.unpriced_share_seconds,
             attempts: row.attempts,

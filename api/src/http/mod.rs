@@ -69,6 +69,8 @@ pub struct AppState {
     pub cost_retention_days: u32,
     /// When the cost recommendations speak up (`cost_tracking.recommendations`).
     pub cost_recommendations: hodei_core::recommend::Thresholds,
+    /// Cost reports by tenant carry each tenant's part of its pools' idle cost.
+    pub cost_spread_idle: bool,
     /// How many days hour buckets of historical metrics are kept.
     pub metric_history_retention_days: u32,
 }
@@ -103,6 +105,7 @@ impl AppState {
             cost_retention_days: 90,
             cost_recommendations: hodei_core::recommend::Thresholds::default(),
             metric_history_retention_days: 90,
+            cost_spread_idle: false,
         }
     }
 
@@ -120,6 +123,11 @@ impl AppState {
 
     pub fn with_cost_recommendations(mut self, thresholds: hodei_core::recommend::Thresholds) -> Self {
         self.cost_recommendations = thresholds;
+        self
+    }
+
+    pub fn with_cost_spread_idle(mut self, spread: bool) -> Self {
+        self.cost_spread_idle = spread;
         self
     }
 

@@ -743,3 +743,44 @@ pub async fn report(
     .fetch_all(db)
     .await
 }
+
+/// Each tenant's part of its pools' idle cost over the UTC days `from..=to` (keyed as a
+/// report by tenant keys its lines): per pool and day, the idle cost split between the
+/// tenants by what their attempts were charged there. A pool-day that ran no priced
+/// attempt keeps its idle cost (no tenant used it). Tenant scopes read their own part.
+pub async fn idle_by_tenant(
+    db: impl PgExecutor<'_>,
+    from: NaiveDate,
+    to: NaiveDate,
+    scope: ReportScope,
+) -> sqlx::Result<Vec<(String, f64)>> {
+    let tenant = match scope {
+        ReportScope::All => None,
+        ReportScope::Tenant(tenant) => Some(tenant),
+    };
+    sqlx::query_as(
+        "with used as (
+             select day, pool, tenant_id, sum(amount) as amount
+               from cost_daily where kind = 'attempt' and day >= $1 and day <= $2 and tenant_id is not null
+              group by 1, 2, 3
+         ), idle as (
+             select day, pool, sum(amount) as amount from cost_daily
+              where kind = 'idle' and day >= $1 and day <= $2 group by 1, 2
+         ), totals as (
+             select day, pool, sum(amount) as amount from used group by 1, 2
+         )
+         select coalesce(t.name, u.tenant_id::text) as key,
+                sum(i.amount * u.amount / t_.amount)::float8 as idle
+           from used u
+           join totals t_ on t_.day = u.day and t_.pool = u.pool and t_.amount > 0
+           join idle i on i.day = u.day and i.pool = u.pool
+           left join tenants t on t.id = u.tenant_id
+          where $3::uuid is null or u.tenant_id = $3
+          group by 1 order by 1",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(tenant)
+    .fetch_all(db)
+    .await
+}
