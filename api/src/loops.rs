@@ -408,7 +408,8 @@ impl SpotPriceRefresh {
                 }
             };
             for instance in instances {
-                match hodei_core::cost::spot_price_in_force(&quotes, &instance.instance_type, None) {
+                match hodei_core::cost::spot_price_in_force(&quotes, &instance.instance_type, instance.zone.as_deref())
+                {
                     Some(price_per_hour) => observed.push(ObservedPrice { instance: instance.id, price_per_hour }),
                     None => tracing::debug!(pool, instance_type = %instance.instance_type,
                         "no spot price quoted for the instance type; its price stays"),

@@ -363,6 +363,12 @@ impl PoolReconciler<'_> {
                 return Ok(());
             }
         };
+        // The ledger learns where each instance runs (a spot instance's zone prices it).
+        let zones: Vec<(String, String)> =
+            listed.iter().filter_map(|instance| Some((instance.instance.clone(), instance.zone.clone()?))).collect();
+        if !zones.is_empty() {
+            self.write(async |db| cost::record_zones(db, &zones).await).await?;
+        }
         // Read after the listing: an instance recorded in between is known.
         let known: Vec<Option<String>> =
             pools::members(self.db(), &self.spec.id).await?.into_iter().map(|member| member.instance).collect();

@@ -301,6 +301,18 @@ async fn spot_launches_are_priced_at_the_market_read_once_per_batch_or_else_at_t
     reconcile_until_launched(&reconciler, &db, "market", 3).await;
     assert_eq!(launch_prices(&db, "market").await, [Some(MOTO_SPOT_PRICE); 3]);
     assert_eq!(proxy.seen("DescribeSpotPriceHistory"), 1);
+    // The next tick's listing tells the ledger each instance's zone, which prices it from then on.
+    reconciler.tick().await.expect("reconcile");
+    let zones: Vec<Option<String>> =
+        sqlx::query_scalar("select zone from instances where pool_id = 'market' order by id")
+            .fetch_all(&db)
+            .await
+            .expect("zones");
+    let region = clients.region.clone();
+    assert!(
+        zones.len() == 3 && zones.iter().all(|zone| zone.as_deref().is_some_and(|z| z.starts_with(region.as_str()))),
+        "{zones:?} in {region}"
+    );
 
     // The market refuses: the launches still happen, at the list's price.
     proxy.add(Fault {

@@ -429,6 +429,7 @@ pub(crate) fn listed(instance: &Instance) -> Option<ListedInstance> {
         instance: instance.instance_id()?.to_owned(),
         member: tag_value(instance, TAG_MEMBER).and_then(|member| Uuid::parse_str(member).ok()),
         launched_at: launched_at(instance),
+        zone: instance.placement().and_then(|placement| placement.availability_zone()).map(str::to_owned),
     })
 }
 

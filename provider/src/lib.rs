@@ -46,6 +46,8 @@ pub struct ListedInstance {
     /// The member it was launched for (a cloud provider's member tag), when known.
     pub member: Option<Uuid>,
     pub launched_at: DateTime<Utc>,
+    /// Where it runs within its region (an availability zone), when the provider says.
+    pub zone: Option<String>,
 }
 
 /// A provider call failed: with the provider's own error code where it has one (an AWS

@@ -170,12 +170,32 @@ pub async fn record_launch(db: impl PgExecutor<'_>, launch: &Launch<'_>) -> sqlx
     Ok(())
 }
 
+/// Records the zones a provider's listing gives for open ledger rows (those it did not
+/// know yet or that moved); one statement.
+pub async fn record_zones(db: impl PgExecutor<'_>, listed: &[(String, String)]) -> sqlx::Result<u64> {
+    if listed.is_empty() {
+        return Ok(0);
+    }
+    let updated = sqlx::query(
+        "update instances i set zone = x.zone
+           from unnest($1::text[], $2::text[]) as x (instance, zone)
+          where i.instance = x.instance and i.terminated_at is null and i.zone is distinct from x.zone",
+    )
+    .bind(listed.iter().map(|(instance, _)| instance.clone()).collect::<Vec<_>>())
+    .bind(listed.iter().map(|(_, zone)| zone.clone()).collect::<Vec<_>>())
+    .execute(db)
+    .await?;
+    Ok(updated.rows_affected())
+}
+
 /// A spot instance still running, with the price in force for it now.
 #[derive(Debug, Clone, PartialEq, FromRow)]
 pub struct OpenSpotInstance {
     pub id: i64,
     pub pool_id: String,
     pub instance_type: String,
+    /// Its availability zone, once a listing said it.
+    pub zone: Option<String>,
     /// Its latest price change's, or its launch price; `None`: unpriced.
     pub price_per_hour: Option<f64>,
 }
@@ -183,7 +203,7 @@ pub struct OpenSpotInstance {
 /// The open ledger rows of spot instances, by pool.
 pub async fn open_spot_instances(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<OpenSpotInstance>> {
     sqlx::query_as(
-        "select i.id, i.pool_id, i.instance_type,
+        "select i.id, i.pool_id, i.instance_type, i.zone,
                 (case when latest.found then latest.price_per_hour else i.price_per_hour end)::float8 as price_per_hour
            from instances i
            left join lateral (select p.price_per_hour, true as found from instance_prices p
