@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 
 use crate::store::assignment::{CycleOutcome, Recorded};
 use crate::store::dispatch::FailureResult;
-use crate::store::gauges::{PoolSize, QueueGauges, WorkerCount};
+use crate::store::gauges::{MonthCost, PoolSize, QueueGauges, WorkerCount};
 
 /// The content type of the exposition, for scrapers that ask for OpenMetrics (Prometheus does).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -137,6 +137,18 @@ pub struct PoolLabels {
 pub struct PoolActionLabels {
     pub pool: String,
     pub action: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolPartLabels {
+    pub pool: String,
+    /// `attributed` or `idle`.
+    pub part: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -563,6 +575,7 @@ pub struct Snapshot {
     pub queues: Vec<QueueGauges>,
     pub workers: Vec<WorkerCount>,
     pub pools: Vec<PoolSize>,
+    pub costs: Vec<MonthCost>,
     pub database: DatabasePool,
 }
 
@@ -658,6 +671,28 @@ impl Snapshot {
         r.register("hodei_pool_max_workers", "A pool's maximum size.", maximum);
         r.register("hodei_pool_members", "A pool's members, by provisioning status.", members);
         r.register("hodei_pool_busy_workers", "A pool's live workers running at least one job.", busy);
+
+        let pool_cost = Gauges::<PoolPartLabels>::default();
+        let tenant_cost = Gauges::<TenantLabels>::default();
+        for cost in &self.costs {
+            if cost.scope == "pool" {
+                for (part, amount) in [("attributed", cost.attributed), ("idle", cost.idle)] {
+                    pool_cost.get_or_create(&PoolPartLabels { pool: cost.key.clone(), part }).set(amount);
+                }
+            } else {
+                tenant_cost.get_or_create(&TenantLabels { tenant: cost.key.clone() }).set(cost.attributed);
+            }
+        }
+        r.register(
+            "hodei_pool_cost_month_usd",
+            "What a pool's instances cost this UTC month so far (USD, from the hourly roll-up), attributed to attempts or idle.",
+            pool_cost,
+        );
+        r.register(
+            "hodei_tenant_cost_month_usd",
+            "What a tenant's attempts were charged this UTC month so far (USD, from the hourly roll-up).",
+            tenant_cost,
+        );
 
         let database = self.database;
         let gauge = |value: u32| {

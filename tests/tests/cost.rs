@@ -126,6 +126,21 @@ async fn jobs_show_their_cost_and_tenants_see_only_their_own() {
     let total = by_pool.body["total"].as_f64().expect("total");
     assert!(close(attributed + idle, total, 1e-9));
 
+    // The scrape's month-to-date gauges are the same numbers (the run is within one month).
+    let scrape = admin.get("/metrics").await.body.as_str().unwrap_or_default().to_owned();
+    let gauge = |prefix: &str| -> f64 {
+        scrape
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {scrape}"))
+    };
+    assert!(close(gauge("hodei_pool_cost_month_usd{pool=\"pair\",part=\"attributed\"} "), attributed, 1e-9));
+    assert!(close(gauge("hodei_pool_cost_month_usd{pool=\"pair\",part=\"idle\"} "), idle, 1e-9));
+    let tenants_month = gauge("hodei_tenant_cost_month_usd{tenant=\"acme\"} ")
+        + gauge("hodei_tenant_cost_month_usd{tenant=\"globex\"} ");
+    assert!(close(tenants_month, attributed, 1e-9), "{tenants_month} vs {attributed}");
+
     // What the workers cost: the seconds the roll-up accounted for, at the local price.
     let pool = sqlx::PgPool::connect(&database.url).await.expect("connect");
     let (instance_seconds, instances): (f64, i64) = sqlx::query_as(

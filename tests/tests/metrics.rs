@@ -151,7 +151,7 @@ fn dashboard_expressions(value: &Value, out: &mut Vec<String>) {
 
 fn all_expressions() -> Vec<(String, String)> {
     let mut expressions = Vec::new();
-    for dashboard in ["overview.json", "queues.json", "pools.json", "tenants.json"] {
+    for dashboard in ["overview.json", "queues.json", "pools.json", "tenants.json", "cost.json"] {
         let text = std::fs::read_to_string(observability().join(dashboard)).expect("read a dashboard");
         let document: Value = serde_json::from_str(&text).unwrap_or_else(|error| panic!("{dashboard}: {error}"));
         let templating = document["templating"]["list"].as_array().expect("templating");

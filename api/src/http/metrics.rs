@@ -55,7 +55,7 @@ async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Result<Res
     })
 }
 
-/// What this scrape reads: three statements on one connection, and the pool's use.
+/// What this scrape reads: four statements on one connection, and the pool's use.
 async fn snapshot(state: &AppState) -> Result<Snapshot, ApiError> {
     // Read before a connection is taken for the scrape itself.
     let database = DatabasePool {
@@ -67,7 +67,8 @@ async fn snapshot(state: &AppState) -> Result<Snapshot, ApiError> {
     let queues = gauges::queues(&mut *connection, WINDOW_SECONDS).await?;
     let workers = gauges::workers(&mut *connection).await?;
     let pools = gauges::pools(&mut *connection).await?;
-    Ok(Snapshot { queues, workers, pools, database })
+    let costs = gauges::month_costs(&mut *connection).await?;
+    Ok(Snapshot { queues, workers, pools, costs, database })
 }
 
 /// Times every request by its method, matched route template (never the raw path, whose

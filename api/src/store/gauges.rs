@@ -164,3 +164,37 @@ pub async fn pools(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<PoolSize>> {
     .fetch_all(db)
     .await
 }
+
+/// What the current UTC month has cost so far, from the roll-up's sums per day
+/// (`cost_daily`): per pool, attributed to attempts and idle; per tenant, attributed.
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct MonthCost {
+    /// `pool` or `tenant`.
+    pub scope: String,
+    /// The pool's id or the tenant's name.
+    pub key: String,
+    pub attributed: f64,
+    pub idle: f64,
+}
+
+/// Every pool's and tenant's cost this month, in one statement.
+pub async fn month_costs(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<MonthCost>> {
+    sqlx::query_as(
+        "with month as (
+             select * from cost_daily
+              where day >= date_trunc('month', now() at time zone 'UTC')::date
+         )
+         select 'pool' as scope, pool as key,
+                coalesce(sum(amount) filter (where kind = 'attempt'), 0)::float8 as attributed,
+                coalesce(sum(amount) filter (where kind = 'idle'), 0)::float8 as idle
+           from month group by pool
+         union all
+         select 'tenant', coalesce(t.name, m.tenant_id::text), coalesce(sum(m.amount), 0)::float8, 0
+           from month m left join tenants t on t.id = m.tenant_id
+          where m.kind = 'attempt' and m.tenant_id is not null
+          group by 2
+         order by 1, 2",
+    )
+    .fetch_all(db)
+    .await
+}
