@@ -44,7 +44,11 @@ async fn fires(pool: &PgPool, schedule_id: Uuid) -> Vec<(DateTime<Utc>, Option<U
 }
 
 async fn job_count(pool: &PgPool, tenant_id: Uuid) -> i64 {
-    sqlx::query_scalar("select count(*) from jobs where tenant_id = $1").bind(tenant_id).fetch_one(pool).await.unwrap()
+    sqlx::query_scalar("select count(*) from jobs where tenant_id = $1")
+        .bind(tenant_id)
+        .fetch_one(pool)
+        .await
+        .expect("a value")
 }
 
 #[tokio::test]

@@ -22,10 +22,10 @@ mod tests {
 
     #[test]
     fn five_fields_get_a_seconds_field_and_six_are_read_as_they_are() {
-        assert_eq!(parse_cron("0 8 * * Mon-Fri").unwrap().to_string(), "0 0 8 * * Mon-Fri");
+        assert_eq!(parse_cron("0 8 * * Mon-Fri").expect("a value").to_string(), "0 0 8 * * Mon-Fri");
         assert!(parse_cron("* * * * * *").is_ok());
-        assert!(parse_cron("every minute").unwrap_err().contains("does not parse"));
+        assert!(parse_cron("every minute").expect_err("an error").contains("does not parse"));
         assert!(parse_zone("Europe/Madrid").is_ok());
-        assert!(parse_zone("Mars/Olympus").unwrap_err().contains("unknown time zone"));
+        assert!(parse_zone("Mars/Olympus").expect_err("an error").contains("unknown time zone"));
     }
 }

@@ -271,19 +271,19 @@ mod tests {
             "cron": cron,
             "job": {"command": {"argv": ["true"]}},
         }))
-        .unwrap()
+        .expect("a value")
     }
 
     fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 12, 7, h, m, s).unwrap()
+        Utc.with_ymd_and_hms(2026, 12, 7, h, m, s).single().expect("a time")
     }
 
     fn valid(spec: &ScheduleSpec) -> ValidSchedule {
-        spec.validate(at(0, 0, 0)).unwrap()
+        spec.validate(at(0, 0, 0)).expect("a value")
     }
 
     fn fields(spec: &ScheduleSpec) -> Vec<String> {
-        spec.validate(at(0, 0, 0)).unwrap_err().errors().iter().map(|e| e.field.clone()).collect()
+        spec.validate(at(0, 0, 0)).expect_err("an error").errors().iter().map(|e| e.field.clone()).collect()
     }
 
     #[test]
@@ -412,7 +412,7 @@ mod tests {
         let now = at(1, 0, 0) + Duration::days(365);
         let plan = plan(&spec, at(1, 0, 0), now, Previous::Idle);
         assert_eq!(plan.fires.len(), 5);
-        assert_eq!(plan.fires.last().unwrap().at, now);
+        assert_eq!(plan.fires.last().expect("a value").at, now);
     }
 
     proptest! {

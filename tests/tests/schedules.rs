@@ -144,7 +144,7 @@ async fn a_schedule_fires_jobs_that_run_and_pauses_and_resumes() {
     ];
     for (change, field) in bad {
         let mut body = every_second("bad");
-        body.as_object_mut().unwrap().extend(change.as_object().unwrap().clone());
+        body.as_object_mut().expect("a value").extend(change.as_object().expect("a value").clone());
         let reply = acme.post("/api/v1/schedules", body).await;
         reply.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
         let fields: Vec<&str> =
@@ -214,13 +214,14 @@ async fn three_replicas_fire_every_second_exactly_once_through_a_sigkill() {
             .await
             .expect("fires");
     // Every second from the first after creation to the last fired, each once: no gap.
-    let first = created_at.duration_trunc(chrono::Duration::seconds(1)).unwrap() + chrono::Duration::seconds(1);
+    let first =
+        created_at.duration_trunc(chrono::Duration::seconds(1)).expect("a value") + chrono::Duration::seconds(1);
     let expected: Vec<DateTime<Utc>> =
         (0..fires.len() as i64).map(|second| first + chrono::Duration::seconds(second)).collect();
     let fired_at: Vec<DateTime<Utc>> = fires.iter().map(|(at, _)| *at).collect();
     assert_eq!(fired_at, expected, "fire times with a gap or out of place");
     // Up to the pause (less the last tick's lateness) nothing is missing.
-    assert!(*fired_at.last().unwrap() >= paused_at - chrono::Duration::seconds(2), "fires stopped early");
+    assert!(*fired_at.last().expect("a value") >= paused_at - chrono::Duration::seconds(2), "fires stopped early");
     // One job per fire, every one a distinct job, and no job of the tenant without a fire.
     let mut job_ids: Vec<uuid::Uuid> = fires.iter().map(|(_, job)| job.expect("a job for every fire")).collect();
     job_ids.sort();
