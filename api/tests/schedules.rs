@@ -1,7 +1,8 @@
 //! Firing schedules against a real Postgres: however many transactions try a due fire at
 //! once, it happens once, with one job; a fire rolled back (a replica dying mid-fire)
 //! leaves nothing and is fired by the next claimer; overlap `skip` records a fire without
-//! a job while the previous one waits.
+//! a job while the previous one waits, `cancel_previous` cancels it; and the claim reads
+//! the due index, not the table.
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use hodei_api::store::enqueue::{QueueSettingsCache, SubmitContext};
@@ -139,4 +140,76 @@ async fn overlap_skip_records_fires_without_a_job_while_the_previous_job_waits()
         assert_eq!(*job_id, None);
     }
     assert_eq!(job_count(&pool, tenant_id).await, 1);
+}
+
+#[tokio::test]
+async fn overlap_cancel_previous_cancels_the_waiting_job_before_submitting() {
+    let database = TestDatabase::migrated().await;
+    let pool = database.pool().await;
+    let (tenant_id, schedule_id, _) = due_schedule(&pool, &schedule("cancel_previous", "run_once"), 1).await;
+    let registry = PolicyRegistry::shipped();
+    let settings = QueueSettingsCache::disabled();
+    let context = SubmitContext { registry: &registry, settings: &settings };
+    let mut connection = pool.acquire().await.expect("connection");
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fires(&pool, schedule_id).await.len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "two fires within 10 s");
+        schedules::fire_next(&mut connection, context).await.expect("fire");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let recorded = fires(&pool, schedule_id).await;
+    let states: Vec<String> = sqlx::query_scalar(
+        "select j.state from schedule_fires f join jobs j on j.id = f.job_id
+         where f.schedule_id = $1 order by f.fire_at limit 2",
+    )
+    .bind(schedule_id)
+    .fetch_all(&pool)
+    .await
+    .expect("states");
+    assert_eq!(states, ["cancelled", "queued"], "{recorded:?}");
+    assert_eq!(job_count(&pool, tenant_id).await, recorded.len() as i64);
+}
+
+#[tokio::test]
+async fn the_claim_reads_the_due_index() {
+    let database = TestDatabase::migrated().await;
+    let pool = database.pool().await;
+    let tenant_id = tenants::create(&pool, "acme", 1).await.expect("tenant").id;
+    // 100,000 schedules, one in a hundred paused, due over the next day.
+    sqlx::query(
+        "insert into schedules (id, tenant_id, name, spec, paused, fires_after, next_fire_at)
+         select gen_random_uuid(), $1, 's' || g, '{}', g % 100 = 0, now(), now() + g * interval '1 second'
+         from generate_series(1, 100000) g",
+    )
+    .bind(tenant_id)
+    .execute(&pool)
+    .await
+    .expect("seed");
+    sqlx::query("analyze schedules").execute(&pool).await.expect("analyze");
+    let plan: serde_json::Value = sqlx::query_scalar(&format!("explain (format json) {}", schedules::CLAIM_DUE))
+        .fetch_one(&pool)
+        .await
+        .expect("explain");
+    let mut nodes = Vec::new();
+    plan_nodes(&plan, &mut nodes);
+    let on_schedules: Vec<&(String, String, String)> = nodes.iter().filter(|(_, r, _)| r == "schedules").collect();
+    assert!(on_schedules.iter().any(|(kind, _, index)| kind == "Index Scan" && index == "schedules_due"), "{nodes:?}");
+    assert!(on_schedules.iter().all(|(kind, _, _)| kind != "Seq Scan"), "{nodes:?}");
+}
+
+/// Every plan node as (node type, relation, index).
+fn plan_nodes(plan: &serde_json::Value, out: &mut Vec<(String, String, String)>) {
+    match plan {
+        serde_json::Value::Array(items) => items.iter().for_each(|item| plan_nodes(item, out)),
+        serde_json::Value::Object(map) => {
+            if let Some(kind) = map.get("Node Type").and_then(serde_json::Value::as_str) {
+                let field =
+                    |name: &str| map.get(name).and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+                out.push((kind.to_owned(), field("Relation Name"), field("Index Name")));
+            }
+            map.values().for_each(|value| plan_nodes(value, out));
+        }
+        _ => {}
+    }
 }

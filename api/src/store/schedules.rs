@@ -248,21 +248,21 @@ struct Claimed {
     now: DateTime<Utc>,
 }
 
+/// The most overdue schedule, locked; one a concurrent transaction holds is skipped. It
+/// reads the `schedules_due` index from its oldest entry (a test checks the plan).
+pub const CLAIM_DUE: &str = "select s.id, s.tenant_id, t.name as tenant, s.spec, s.fires_after, now() as now
+     from schedules s join tenants t on t.id = s.tenant_id
+     where not s.paused and s.next_fire_at <= now()
+     order by s.next_fire_at
+     limit 1
+     for update of s skip locked";
+
 /// Claims the schedule most overdue (`next_fire_at <= now()`, skipping any another
 /// transaction holds) and carries out its fires in one transaction; `None` when no
 /// schedule is due.
 pub async fn fire_next(db: &mut PgConnection, context: SubmitContext<'_>) -> sqlx::Result<Option<Fired>> {
     let mut transaction = db.begin().await?;
-    let claimed: Option<Claimed> = sqlx::query_as(
-        "select s.id, s.tenant_id, t.name as tenant, s.spec, s.fires_after, now() as now
-         from schedules s join tenants t on t.id = s.tenant_id
-         where not s.paused and s.next_fire_at <= now()
-         order by s.next_fire_at
-         limit 1
-         for update of s skip locked",
-    )
-    .fetch_optional(&mut *transaction)
-    .await?;
+    let claimed: Option<Claimed> = sqlx::query_as(CLAIM_DUE).fetch_optional(&mut *transaction).await?;
     let Some(claimed) = claimed else { return Ok(None) };
     let mut fired = Fired { schedule_id: claimed.id, ..Fired::default() };
     let schedule = match claimed.spec.0.validate(claimed.now) {
