@@ -105,6 +105,14 @@ pub fn visible_prefix(plaintext: &str) -> String {
 #[derive(Debug, Clone, Copy)]
 pub struct Admin;
 
+/// A tenant caller, for what acts within a tenant (an admin key cannot). As an extractor
+/// (`http::auth`) it runs before the body is read, like `Admin`.
+#[derive(Debug, Clone)]
+pub struct TenantCaller {
+    pub id: Uuid,
+    pub name: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

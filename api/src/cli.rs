@@ -1,6 +1,6 @@
 //! The `hodei` command line: parses arguments, loads the configuration once, sets up
 //! logging, and dispatches to the library. Exit codes: 0 success, 1 failure while running,
-//! 2 invalid configuration or arguments. The API client commands (`jobs`, `queues`,
+//! 2 invalid configuration or arguments. The API client commands (`jobs`, `queues`, `schedules`,
 //! `pools`, `workers`, `dead-letters`) are dispatched first, without the server
 //! configuration, and have exit codes of their own (`client::EXIT_CODES_HELP`).
 
@@ -21,7 +21,7 @@ use crate::{client, db, dev, serve, store};
     version,
     about = "Hodei: a job-scheduling control plane on PostgreSQL",
     after_help = "Exit codes: 0 success, 1 failure while running, 2 invalid configuration or arguments.\n\
-        The client commands (jobs, queues, pools, workers, dead-letters) also use 3 (not found), \
+        The client commands (jobs, queues, schedules, pools, workers, dead-letters) also use 3 (not found), \
         4 (rejected by the API) and 5 (`jobs logs --follow`: the job did not succeed); see `hodei jobs --help`."
 )]
 pub struct Cli {

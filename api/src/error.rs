@@ -136,6 +136,9 @@ impl From<sqlx::Error> for ApiError {
             if db_error.constraint() == Some("tenants_name_key") {
                 return Self::conflict("tenant_exists", "a tenant with this name already exists");
             }
+            if db_error.constraint() == Some("schedules_tenant_name_key") {
+                return Self::conflict("schedule_exists", "the tenant already has a schedule with this name");
+            }
         }
         Self::internal(error)
     }

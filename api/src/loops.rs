@@ -513,3 +513,74 @@ impl MetricHistory {
         }
     }
 }
+
+/// Fires due job schedules (`store::schedules::fire_next`) in every replica: each tick
+/// claims due schedules one transaction at a time, up to `batch`, and carries out what
+/// `hodei_core::schedule` decides for each. Replicas share the work through `for update
+/// skip locked`; a fire is recorded with its job in one transaction, so it happens exactly
+/// once whichever replica does it, and a replica killed mid-fire leaves it to the others.
+#[derive(Debug, Clone)]
+pub struct Schedules {
+    pub db: PgPool,
+    pub policies: Arc<PolicyRegistry>,
+    pub settings: Arc<crate::store::enqueue::QueueSettingsCache>,
+    /// Schedules fired per tick at most (more wait for the next tick, which comes at once).
+    pub batch: usize,
+    pub interval: Duration,
+}
+
+/// What one `Schedules` tick did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchedulesFired {
+    pub schedules: usize,
+    pub jobs: usize,
+}
+
+impl Schedules {
+    pub fn new(
+        db: PgPool,
+        policies: Arc<PolicyRegistry>,
+        settings: Arc<crate::store::enqueue::QueueSettingsCache>,
+    ) -> Self {
+        Self { db, policies, settings, batch: 100, interval: Duration::from_millis(500) }
+    }
+
+    /// Fires what is due now (the database's clock).
+    pub async fn tick(&self) -> anyhow::Result<SchedulesFired> {
+        let mut connection = self.db.acquire().await?;
+        let context = crate::store::enqueue::SubmitContext { registry: &self.policies, settings: &self.settings };
+        let mut outcome = SchedulesFired::default();
+        while outcome.schedules < self.batch {
+            let Some(fired) = crate::store::schedules::fire_next(&mut connection, context).await? else { break };
+            outcome.schedules += 1;
+            outcome.jobs += fired.jobs.len();
+            if !fired.jobs.is_empty() || fired.skipped > 0 || fired.rejected > 0 {
+                tracing::debug!(
+                    schedule = %fired.schedule_id,
+                    jobs = fired.jobs.len(),
+                    skipped = fired.skipped,
+                    rejected = fired.rejected,
+                    "fired a schedule"
+                );
+            }
+        }
+        Ok(outcome)
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let wait = match self.tick().await {
+                Ok(fired) if fired.schedules >= self.batch => Duration::ZERO,
+                Ok(_) => self.interval,
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "firing schedules failed; retrying");
+                    self.interval
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}

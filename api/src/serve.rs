@@ -119,6 +119,8 @@ pub async fn serve_http(
         shutdown.clone(),
     ));
     let promoter = tokio::spawn(Promoter::new(pool.clone(), state.policies.clone()).run(shutdown.clone()));
+    let schedules = crate::loops::Schedules::new(pool.clone(), state.policies.clone(), state.queue_settings.clone());
+    let schedules = tokio::spawn(schedules.run(shutdown.clone()));
     let scheduler = Scheduler { metrics: metrics.clone(), ..Scheduler::new(pool.clone()) };
     let scheduler = tokio::spawn(scheduler.run(ready, shutdown.clone()));
     let timeouts = Timeouts {
@@ -155,7 +157,7 @@ pub async fn serve_http(
     let server =
         tokio::spawn(crate::listener::serve(listener, app(state), tls, config.http.limits(), stop_http.clone()));
     shutdown.cancelled().await;
-    let _ = tokio::join!(promoter, scheduler, reaper, reconciler, reloader);
+    let _ = tokio::join!(promoter, schedules, scheduler, reaper, reconciler, reloader);
     if let Some(fair_usage) = fair_usage {
         let _ = fair_usage.await;
     }

@@ -20,12 +20,12 @@
 //! - Paused scaling holds the current size.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::calendar::{parse_cron, parse_zone};
 use crate::ValidationErrors;
 
 /// How a dynamic pool scales.
@@ -180,17 +180,6 @@ impl Default for Cooldown {
     fn default() -> Self {
         Self { scale_out_seconds: 0, scale_in_seconds: 30, scale_in_step: None }
     }
-}
-
-/// A cron expression the `cron` crate reads: five fields get a leading `0` seconds field.
-fn parse_cron(expression: &str) -> Result<cron::Schedule, String> {
-    let fields = expression.split_whitespace().count();
-    let full = if fields == 5 { format!("0 {expression}") } else { expression.to_owned() };
-    cron::Schedule::from_str(&full).map_err(|error| format!("does not parse as a cron expression: {error}"))
-}
-
-fn parse_zone(zone: &str) -> Result<chrono_tz::Tz, String> {
-    zone.parse::<chrono_tz::Tz>().map_err(|_| format!("unknown time zone {zone:?}"))
 }
 
 /// A disruption budget as a number of workers, for a pool of `size`.

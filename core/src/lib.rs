@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod autoscale;
 pub mod backoff;
+pub mod calendar;
 pub mod cost;
 pub mod dispatch;
 pub mod drf;
@@ -21,6 +22,7 @@ pub mod pool_plan;
 pub mod queue;
 pub mod quota;
 pub mod recommend;
+pub mod schedule;
 pub mod simulate;
 pub mod validation;
 

@@ -199,3 +199,40 @@ async fn scripts_drive_jobs_through_the_cli_with_documented_exit_codes() {
     let unreachable = hodei.run(&["jobs", "list", "--api-url", &nowhere]).await;
     assert_exit(&unreachable, 1, &format!("cannot reach {nowhere}"));
 }
+
+#[tokio::test]
+async fn schedules_are_created_read_paused_and_deleted_through_the_cli() {
+    let system = start_system().await;
+    let tenant = system.server.tenant("acme").await;
+    let hodei = Hodei::new(&system.server.url, tenant.key().expect("a tenant key"));
+
+    let args = ["schedules", "create", "tick", "--cron", "* * * * * *", "--missed-fires", "run-all", "--cpu", "100"];
+    let args: Vec<&str> = args.into_iter().chain(["--", "echo", "tick"]).collect();
+    let id = hodei.stdout(&args).await.trim().to_owned();
+    Uuid::parse_str(&id).unwrap_or_else(|_| panic!("schedules create printed {id:?}, not an id"));
+    let listed = hodei.stdout(&["schedules", "list"]).await;
+    assert!(listed.contains("tick") && listed.contains("active") && listed.contains(&id), "{listed}");
+
+    // It fires: a past fire with its job, which is a real job of the tenant.
+    let job_id = hodei_e2e::wait_until("a fire with a job", Duration::from_secs(20), async || {
+        let schedule = hodei.json(&["schedules", "get", &id]).await;
+        schedule["fires"][0]["job_id"].as_str().map(str::to_owned)
+    })
+    .await;
+    let job = hodei.json(&["jobs", "get", &job_id]).await;
+    assert_eq!(job["command"]["argv"], serde_json::json!(["echo", "tick"]), "{job}");
+    assert_eq!(job["resources"]["cpu_millis"], 100, "{job}");
+    let shown = hodei.stdout(&["schedules", "get", &id]).await;
+    assert!(shown.contains("next fires:") && shown.contains("submitted") && shown.contains(&job_id), "{shown}");
+
+    assert_eq!(hodei.stdout(&["schedules", "pause", &id]).await.trim(), format!("{id}: paused"));
+    assert_eq!(hodei.json(&["schedules", "get", &id]).await["paused"], true);
+    assert_eq!(hodei.stdout(&["schedules", "resume", &id]).await.trim(), format!("{id}: active"));
+
+    // A cron expression that does not parse: rejected (4), naming the field.
+    let bad = hodei.run(&["schedules", "create", "bad", "--cron", "every day", "--", "true"]).await;
+    assert_exit(&bad, 4, "cron");
+
+    assert_eq!(hodei.stdout(&["schedules", "delete", &id]).await.trim(), format!("{id}: deleted"));
+    assert_exit(&hodei.run(&["schedules", "get", &id]).await, 3, "no schedule");
+}

@@ -1,4 +1,4 @@
-//! The `hodei` command-line client: `jobs`, `queues`, `pools`, `workers` and
+//! The `hodei` command-line client: `jobs`, `queues`, `schedules`, `pools`, `workers` and
 //! `dead-letters` subcommands that speak to a running API over HTTP, exactly as any other
 //! client would. It owns argument parsing for those commands, finding the API URL and key,
 //! rendering answers as tables or JSON, and the exit codes scripts rely on. It must never
@@ -10,6 +10,7 @@ mod jobs;
 mod output;
 mod pools;
 mod queues;
+mod schedules;
 mod workers;
 
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ pub use jobs::JobsCommand;
 pub use output::print_quietly;
 pub use pools::PoolsCommand;
 pub use queues::QueuesCommand;
+pub use schedules::SchedulesCommand;
 pub use workers::WorkersCommand;
 
 /// The profile's file name, in `.hodei/` or in the dev data directory.
@@ -57,6 +59,9 @@ pub enum ClientCommand {
     /// Queues through the API: list, status.
     #[command(after_help = EXIT_CODES_HELP)]
     Queues(ClientArgs<QueuesCommand>),
+    /// Cron schedules of jobs through the API: create, list, get, pause, resume, delete.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Schedules(ClientArgs<SchedulesCommand>),
     /// Worker pools through the API (admin): list, get.
     #[command(after_help = EXIT_CODES_HELP)]
     Pools(ClientArgs<PoolsCommand>),
@@ -129,6 +134,7 @@ async fn run(command: ClientCommand) -> Result<(), ClientError> {
     match command {
         ClientCommand::Jobs(ClientArgs { options, command }) => jobs::run(command, &options).await,
         ClientCommand::Queues(ClientArgs { options, command }) => queues::run(command, &options).await,
+        ClientCommand::Schedules(ClientArgs { options, command }) => schedules::run(command, &options).await,
         ClientCommand::Pools(ClientArgs { options, command }) => pools::run(command, &options).await,
         ClientCommand::Workers(ClientArgs { options, command }) => workers::run(command, &options).await,
         ClientCommand::DeadLetters(ClientArgs { options, command }) => dead_letters::run(command, &options).await,

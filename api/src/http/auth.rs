@@ -6,7 +6,9 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
 
-use crate::auth::{bearer_token, hash_key, Admin, AuthorizationHeader, Forbidden, Principal, Unauthenticated};
+use crate::auth::{
+    bearer_token, hash_key, Admin, AuthorizationHeader, Forbidden, Principal, TenantCaller, Unauthenticated,
+};
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::store;
@@ -46,5 +48,15 @@ impl FromRequestParts<AppState> for Admin {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         Principal::from_request_parts(parts, state).await?.require_admin()?;
         Ok(Admin)
+    }
+}
+
+impl FromRequestParts<AppState> for TenantCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        let (id, name) = principal.require_tenant()?;
+        Ok(TenantCaller { id, name: name.to_owned() })
     }
 }

@@ -32,6 +32,7 @@ pub mod queues;
 pub mod quotas;
 pub mod request_context;
 pub mod scaling;
+pub mod schedules;
 pub mod tenants;
 pub mod workers;
 
@@ -180,6 +181,7 @@ impl AppState {
         (name = "queues", description = "Queues, their settings and status"),
         (name = "dead-letters", description = "Jobs that gave up: inspect and redrive"),
         (name = "tenants", description = "Tenants and their API keys (admin)"),
+        (name = "schedules", description = "Cron schedules that submit jobs"),
         (name = "quotas", description = "Tenant quotas, burst sessions and the admission dry run"),
         (name = "workers", description = "The worker protocol and the worker registry"),
         (name = "pools", description = "Pools of workers and their provisioning (admin)"),
@@ -207,6 +209,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(tenants::router())
         .merge(quotas::router())
         .merge(jobs::router())
+        .merge(schedules::router())
         .merge(events::router())
         .merge(queues::router())
         .merge(dead_letters::router())

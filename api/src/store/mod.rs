@@ -18,5 +18,6 @@ pub mod queue_status;
 pub mod queues;
 pub mod quotas;
 pub mod recommendations;
+pub mod schedules;
 pub mod tenants;
 pub mod workers;
