@@ -527,6 +527,8 @@ pub struct Schedules {
     /// Schedules fired per tick at most (more wait for the next tick, which comes at once).
     pub batch: usize,
     pub interval: Duration,
+    /// Where the jobs it submits are counted (as the API's are).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What one `Schedules` tick did.
@@ -542,7 +544,14 @@ impl Schedules {
         policies: Arc<PolicyRegistry>,
         settings: Arc<crate::store::enqueue::QueueSettingsCache>,
     ) -> Self {
-        Self { db, policies, settings, batch: 100, interval: Duration::from_millis(500) }
+        Self {
+            db,
+            policies,
+            settings,
+            batch: 100,
+            interval: Duration::from_millis(500),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+        }
     }
 
     /// Fires what is due now (the database's clock).
@@ -554,6 +563,9 @@ impl Schedules {
             let Some(fired) = crate::store::schedules::fire_next(&mut connection, context).await? else { break };
             outcome.schedules += 1;
             outcome.jobs += fired.jobs.len();
+            for (queue, submitted) in &fired.submissions {
+                self.metrics.record_submission(&fired.tenant, &[queue.as_str()], submitted);
+            }
             if !fired.jobs.is_empty() || fired.skipped > 0 || fired.rejected > 0 {
                 tracing::debug!(
                     schedule = %fired.schedule_id,

@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 
 use crate::store::assignment::{CycleOutcome, Recorded};
 use crate::store::dispatch::FailureResult;
+use crate::store::enqueue::SubmitOutcome;
 use crate::store::gauges::{MonthCost, PoolSize, QueueGauges, WorkerCount};
 
 /// The content type of the exposition, for scrapers that ask for OpenMetrics (Prometheus does).
@@ -384,6 +385,32 @@ impl Metrics {
             metrics.requests.clone(),
         );
         Self { registry, ..metrics }
+    }
+
+    /// A submission's jobs (naming `named_queues`, in order) by what admission decided:
+    /// every path that submits (the API, schedules) counts through this, after its commit.
+    pub fn record_submission(&self, tenant: &str, named_queues: &[&str], outcome: &SubmitOutcome) {
+        match outcome {
+            SubmitOutcome::Created { decisions, deferred, .. } => {
+                self.record_admission(tenant, named_queues, decisions);
+                self.record_deferrals(tenant, deferred);
+            }
+            SubmitOutcome::OverQuota(rejection) => self.record_quota_rejection(
+                tenant,
+                named_queues.first().copied().unwrap_or_default(),
+                rejection.resource().field(),
+                named_queues.len() as u64,
+            ),
+            SubmitOutcome::Replayed { .. } => {
+                for queue in named_queues {
+                    self.record_submitted(tenant, queue, AdmissionDecision::Replayed, 1);
+                }
+            }
+            SubmitOutcome::Rejected { queue, .. } => {
+                self.record_submitted(tenant, queue, AdmissionDecision::Rejected, named_queues.len() as u64)
+            }
+            SubmitOutcome::KeyReused | SubmitOutcome::UnknownQueues(_) => {}
+        }
     }
 
     /// A submission's admission: one decision per job, in order (`jobs` named `queues`).

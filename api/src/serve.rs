@@ -119,7 +119,10 @@ pub async fn serve_http(
         shutdown.clone(),
     ));
     let promoter = tokio::spawn(Promoter::new(pool.clone(), state.policies.clone()).run(shutdown.clone()));
-    let schedules = crate::loops::Schedules::new(pool.clone(), state.policies.clone(), state.queue_settings.clone());
+    let schedules = crate::loops::Schedules {
+        metrics: metrics.clone(),
+        ..crate::loops::Schedules::new(pool.clone(), state.policies.clone(), state.queue_settings.clone())
+    };
     let schedules = tokio::spawn(schedules.run(shutdown.clone()));
     let scheduler = Scheduler { metrics: metrics.clone(), ..Scheduler::new(pool.clone()) };
     let scheduler = tokio::spawn(scheduler.run(ready, shutdown.clone()));

@@ -88,6 +88,12 @@ async fn a_schedule_fires_jobs_that_run_and_pauses_and_resumes() {
     })
     .await;
     assert_eq!(fire_count(&pool, &id).await, fires_when_paused, "a paused schedule fired");
+    // Each fire's job was counted as a submission, as the API's are.
+    let metrics = server.anonymous().get("/metrics").await.body.as_str().unwrap_or_default().to_owned();
+    let counted = format!(
+        "hodei_jobs_submitted_total{{queue=\"default\",tenant=\"acme\",decision=\"accepted\"}} {fires_when_paused}"
+    );
+    assert!(metrics.contains(&counted), "{counted} not in\n{metrics}");
 
     // Resume: fires again, from the resume on; the paused seconds are not caught up.
     let resumed = acme.post(&format!("/api/v1/schedules/{id}/resume"), json!({})).await;

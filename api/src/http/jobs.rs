@@ -21,7 +21,6 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::error::{ApiError, Json, Problem, Query};
 use crate::http::AppState;
-use crate::metrics::AdmissionDecision;
 use crate::store::assignment;
 use crate::store::enqueue::{self, SubmitOutcome};
 use crate::store::jobs::{self, CancelResult, Idempotency, JobFilter, Submitter};
@@ -427,27 +426,7 @@ pub(crate) fn queue_full(queue: &str, retry_after_seconds: i64) -> ApiError {
 /// Counts a submission's jobs by the queue they named and what admission decided.
 fn record_submission(state: &AppState, tenant: &str, jobs: &[ValidJob], outcome: &SubmitOutcome) {
     let named: Vec<&str> = jobs.iter().map(|job| job.queue.as_str()).collect();
-    match outcome {
-        SubmitOutcome::Created { decisions, deferred, .. } => {
-            state.metrics.record_admission(tenant, &named, decisions);
-            state.metrics.record_deferrals(tenant, deferred);
-        }
-        SubmitOutcome::OverQuota(rejection) => state.metrics.record_quota_rejection(
-            tenant,
-            named.first().copied().unwrap_or_default(),
-            rejection.resource().field(),
-            jobs.len() as u64,
-        ),
-        SubmitOutcome::Replayed { .. } => {
-            for queue in named {
-                state.metrics.record_submitted(tenant, queue, AdmissionDecision::Replayed, 1);
-            }
-        }
-        SubmitOutcome::Rejected { queue, .. } => {
-            state.metrics.record_submitted(tenant, queue, AdmissionDecision::Rejected, jobs.len() as u64)
-        }
-        SubmitOutcome::KeyReused | SubmitOutcome::UnknownQueues(_) => {}
-    }
+    state.metrics.record_submission(tenant, &named, outcome);
 }
 
 /// Turns a submission's outcome into a response; `one` picks the single-job body.

@@ -227,9 +227,13 @@ pub async fn delete(db: impl PgExecutor<'_>, tenant_scope: Option<Uuid>, id: Uui
 }
 
 /// What one `fire_next` did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Fired {
     pub schedule_id: Uuid,
+    /// The schedule's tenant, by name.
+    pub tenant: String,
+    /// Each submission's outcome with the queue its job named, for counting once committed.
+    pub submissions: Vec<(String, SubmitOutcome)>,
     /// Jobs submitted, by fire time.
     pub jobs: Vec<(DateTime<Utc>, Uuid)>,
     pub skipped: usize,
@@ -264,7 +268,7 @@ pub async fn fire_next(db: &mut PgConnection, context: SubmitContext<'_>) -> sql
     let mut transaction = db.begin().await?;
     let claimed: Option<Claimed> = sqlx::query_as(CLAIM_DUE).fetch_optional(&mut *transaction).await?;
     let Some(claimed) = claimed else { return Ok(None) };
-    let mut fired = Fired { schedule_id: claimed.id, ..Fired::default() };
+    let mut fired = Fired { schedule_id: claimed.id, tenant: claimed.tenant.clone(), ..Fired::default() };
     let schedule = match claimed.spec.0.validate(claimed.now) {
         Ok(schedule) => schedule,
         Err(errors) => {
@@ -324,7 +328,7 @@ pub async fn fire_next(db: &mut PgConnection, context: SubmitContext<'_>) -> sql
         let submitted =
             enqueue::submit(&mut transaction, context, submitter, std::slice::from_ref(&schedule.job), None, false)
                 .await?;
-        let (job_id, outcome, detail) = match submitted {
+        let (job_id, outcome, detail) = match &submitted {
             SubmitOutcome::Created { ids, .. } => (ids.first().copied(), FireOutcome::Submitted, None),
             SubmitOutcome::UnknownQueues(queues) => {
                 (None, FireOutcome::Rejected, Some(format!("no queue named {}", queues.join(", "))))
@@ -336,6 +340,7 @@ pub async fn fire_next(db: &mut PgConnection, context: SubmitContext<'_>) -> sql
             SubmitOutcome::Replayed { ids, .. } => (ids.first().copied(), FireOutcome::Submitted, None),
             SubmitOutcome::KeyReused => (None, FireOutcome::Rejected, Some("idempotency key reused".to_owned())),
         };
+        fired.submissions.push((schedule.job.queue.clone(), submitted));
         sqlx::query(
             "update schedule_fires set job_id = $3, outcome = $4, detail = $5 where schedule_id = $1 and fire_at = $2",
         )
