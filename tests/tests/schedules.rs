@@ -70,6 +70,17 @@ async fn a_schedule_fires_jobs_that_run_and_pauses_and_resumes() {
         assert_eq!(fire["outcome"], "submitted", "{fire}");
         assert!(time(&fire["fire_at"]) > created_at, "no fire before creation: {fire}");
     }
+    // Each fire's job carries a trace of its own.
+    let mut traces = std::collections::BTreeSet::new();
+    for fire in &fires {
+        let Some(job_id) = fire["job_id"].as_str() else { continue };
+        let job = acme.get(&format!("/api/v1/jobs/{job_id}")).await.body;
+        let traceparent = job["traceparent"].as_str().unwrap_or_else(|| panic!("no traceparent: {job}")).to_owned();
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert!(parts.len() == 4 && parts[0] == "00" && parts[1].len() == 32, "{traceparent}");
+        traces.insert(parts[1].to_owned());
+    }
+    assert_eq!(traces.len(), fires.iter().filter(|fire| fire["job_id"].is_string()).count(), "{traces:?}");
     let shown = detail(&acme, &id).await;
     let next: Vec<DateTime<Utc>> = shown["next_fires"].as_array().expect("next_fires").iter().map(time).collect();
     assert_eq!(next.len(), 5);

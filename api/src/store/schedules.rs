@@ -10,6 +10,7 @@
 use chrono::{DateTime, Utc};
 use hodei_core::schedule::{FireAction, Previous, ScheduleSpec, SkipReason, ValidSchedule};
 use hodei_core::JobState;
+use hodei_protocol::trace_context::{NewTraceBytes, TraceParent};
 use sqlx::types::Json;
 use sqlx::{Acquire, FromRow, PgConnection, PgExecutor};
 use uuid::Uuid;
@@ -226,6 +227,23 @@ pub async fn delete(db: impl PgExecutor<'_>, tenant_scope: Option<Uuid>, id: Uui
     Ok(deleted.rows_affected() > 0)
 }
 
+/// A new trace context from the system's randomness (from a UUIDv7 should that ever fail:
+/// still unique, which is what a trace id needs).
+fn new_trace() -> TraceParent {
+    let mut bytes = [0_u8; 24];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        let fallback = Uuid::now_v7();
+        for (byte, source) in bytes.iter_mut().zip(fallback.as_bytes().iter().cycle()) {
+            *byte = *source;
+        }
+    }
+    let mut trace_id = [0_u8; 16];
+    let mut span_id = [0_u8; 8];
+    trace_id.copy_from_slice(&bytes[..16]);
+    span_id.copy_from_slice(&bytes[16..]);
+    TraceParent::new_trace(NewTraceBytes { trace_id, span_id })
+}
+
 /// What one `fire_next` did.
 #[derive(Debug, Default)]
 pub struct Fired {
@@ -302,8 +320,10 @@ pub async fn fire_next(db: &mut PgConnection, context: SubmitContext<'_>) -> sql
     if let (true, Some(previous_job)) = (plan.cancel_previous, active) {
         jobs::cancel(&mut transaction, Some(claimed.tenant_id), previous_job).await?;
     }
-    let submitter = Submitter { tenant_id: claimed.tenant_id, tenant_name: &claimed.tenant, traceparent: None };
     for fire in &plan.fires {
+        // Each fire starts a trace of its own, which its job carries to its worker.
+        let submitter =
+            Submitter { tenant_id: claimed.tenant_id, tenant_name: &claimed.tenant, traceparent: Some(new_trace()) };
         let outcome = match fire.action {
             FireAction::Submit => FireOutcome::Submitted,
             FireAction::Skip(SkipReason::Overlap) => FireOutcome::SkippedOverlap,
