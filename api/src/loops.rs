@@ -306,7 +306,7 @@ impl CostRollup {
 
     /// One pass as of the database's clock.
     pub async fn tick(&self) -> anyhow::Result<crate::store::cost::RolledUp> {
-        let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select now()").fetch_one(&self.db).await?;
+        let now = crate::store::database_now(&self.db).await?;
         self.tick_at(now).await
     }
 
@@ -370,7 +370,7 @@ impl SpotPriceRefresh {
 
     /// One pass as of the database's clock.
     pub async fn tick(&self) -> anyhow::Result<SpotPricesRefreshed> {
-        let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select now()").fetch_one(&self.db).await?;
+        let now = crate::store::database_now(&self.db).await?;
         self.tick_at(now).await
     }
 
@@ -492,7 +492,7 @@ impl MetricHistory {
 
     /// One pass as of the database's clock.
     pub async fn tick(&self) -> anyhow::Result<crate::store::history::RolledUp> {
-        let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select now()").fetch_one(&self.db).await?;
+        let now = crate::store::database_now(&self.db).await?;
         self.tick_at(now).await
     }
 

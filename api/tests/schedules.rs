@@ -30,7 +30,7 @@ fn schedule(overlap: &str, missed_fires: &str) -> ValidSchedule {
 /// A schedule created `seconds_ago` on the database's clock, so fires are due at once.
 async fn due_schedule(pool: &PgPool, schedule: &ValidSchedule, seconds_ago: i64) -> (Uuid, Uuid, DateTime<Utc>) {
     let tenant_id = tenants::create(pool, "acme", 1).await.expect("tenant").id;
-    let now = schedules::database_now(pool).await.expect("now");
+    let now = hodei_api::store::database_now(pool).await.expect("now");
     let created_at = now - Duration::seconds(seconds_ago) - Duration::milliseconds(500);
     let created = schedules::create(pool, tenant_id, schedule, created_at).await.expect("create");
     (tenant_id, created.id, created_at)

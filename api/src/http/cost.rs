@@ -260,7 +260,7 @@ async fn recommendations(
             ),
         ));
     }
-    let now: DateTime<Utc> = sqlx::query_scalar("select now()").fetch_one(&state.db).await?;
+    let now = crate::store::database_now(&state.db).await?;
     let to = now.duration_trunc(Duration::hours(1)).unwrap_or(now);
     let from = to - Duration::days(i64::from(days));
     let thresholds = state.cost_recommendations;

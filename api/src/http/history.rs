@@ -68,10 +68,6 @@ async fn read(state: &AppState, plan: &Plan, metric: Metric, series: &str) -> Re
     Ok(history::fold(plan, metric, &buckets))
 }
 
-async fn database_now(state: &AppState) -> Result<DateTime<Utc>, ApiError> {
-    Ok(sqlx::query_scalar("select now()").fetch_one(&state.db).await?)
-}
-
 /// A metric of a queue (`queue_length`, `oldest_wait_seconds`, `submitted`, `dispatched`,
 /// `wait_mean_seconds`, `wait_p95_seconds`, `succeeded`, `failed`) or of a pool
 /// (`pool_size`, `pool_ready`, `pool_busy`, `pool_utilization`), from the roll-up: per
@@ -109,7 +105,7 @@ async fn historical(
         }
         (None, _, _) => None,
     };
-    let now = database_now(&state).await?;
+    let now = store::database_now(&state.db).await?;
     let plan = match plan_of(&state, Range { from: query.from, to: query.to, step_seconds: query.step }, now) {
         Ok(plan) => Some(plan),
         Err(problems) => {
@@ -184,7 +180,7 @@ async fn pool_metrics(
     if pools::get(&state.db, &id).await?.is_none() {
         return Err(ApiError::not_found(format!("no pool {id:?}")));
     }
-    let now = database_now(&state).await?;
+    let now = store::database_now(&state.db).await?;
     let plan = plan_of(&state, Range { from: query.from, to: query.to, step_seconds: query.step }, now)?;
     Ok(axum::Json(PoolMetrics {
         from: plan.from,

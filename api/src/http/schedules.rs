@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::auth::{Principal, TenantCaller};
 use crate::error::{ApiError, Json, Problem};
 use crate::http::AppState;
+use crate::store;
 use crate::store::schedules::{self, FireOutcome};
 
 /// How many upcoming fire times `GET /schedules/{id}` shows.
@@ -140,7 +141,7 @@ async fn create_schedule(
     tenant: TenantCaller,
     Json(spec): Json<ScheduleSpec>,
 ) -> Result<(StatusCode, axum::Json<Schedule>), ApiError> {
-    let now = schedules::database_now(&state.db).await?;
+    let now = store::database_now(&state.db).await?;
     let schedule = spec.validate(now)?;
     let created = schedules::create(&state.db, tenant.id, &schedule, now).await?;
     Ok((StatusCode::CREATED, axum::Json(created.into())))
@@ -171,7 +172,7 @@ async fn get_schedule(
     let mut connection = state.db.acquire().await?;
     let schedule =
         schedules::get(&mut *connection, principal.tenant_scope(), schedule_id).await?.ok_or_else(|| not_found(&id))?;
-    let now = schedules::database_now(&mut *connection).await?;
+    let now = store::database_now(&mut *connection).await?;
     let next_fires = match (schedule.paused, schedule.spec.0.validate(now)) {
         (false, Ok(valid)) => valid.next_fires(now.max(schedule.fires_after), NEXT_FIRES),
         _ => Vec::new(),

@@ -21,3 +21,9 @@ pub mod recommendations;
 pub mod schedules;
 pub mod tenants;
 pub mod workers;
+
+/// The database's clock, the one every replica shares: what loops and handlers compare
+/// stored times with.
+pub async fn database_now(db: impl sqlx::PgExecutor<'_>) -> sqlx::Result<chrono::DateTime<chrono::Utc>> {
+    sqlx::query_scalar("select now()").fetch_one(db).await
+}

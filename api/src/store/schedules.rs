@@ -80,11 +80,6 @@ struct FireRow {
     fired_at: DateTime<Utc>,
 }
 
-/// The database's clock: every schedule time is compared with it.
-pub async fn database_now(db: impl PgExecutor<'_>) -> sqlx::Result<DateTime<Utc>> {
-    sqlx::query_scalar("select now()").fetch_one(db).await
-}
-
 /// Stores a validated schedule whose fire times start after `now` (the database's clock).
 /// A name the tenant already uses violates `schedules_tenant_name_key`.
 pub async fn create(
@@ -184,7 +179,7 @@ pub async fn resume(db: &mut PgConnection, tenant_scope: Option<Uuid>, id: Uuid)
     if !schedule.paused {
         return Ok(Some(schedule));
     }
-    let now = database_now(&mut *transaction).await?;
+    let now = crate::store::database_now(&mut *transaction).await?;
     let next_fire_at = match schedule.spec.0.validate(now) {
         Ok(valid) => valid.next_fires(now, 1).first().copied(),
         Err(_) => None,
