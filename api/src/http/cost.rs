@@ -95,6 +95,7 @@ pub enum ReportGroup {
 #[into_params(parameter_in = Query)]
 pub struct CostReportQuery {
     /// What each line is (default `day`).
+    #[param(inline)]
     pub group_by: Option<ReportGroup>,
     /// The first UTC day (default: 30 days before `to`).
     #[param(value_type = Option<String>, format = Date)]
