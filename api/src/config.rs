@@ -203,9 +203,14 @@ pub struct CostTrackingConfig {
     /// What an hour of a `local` worker costs (any shape), so `hodei dev` shows numbers;
     /// written at start as the `local` price unless `prices` names one.
     pub local_price_per_worker_hour: f64,
-    /// How a share of an instance is weighed: CPU and memory weights sum to 1.
-    pub cpu_weight: f64,
-    pub memory_weight: f64,
+    /// How a share of an instance is weighed, by default from the instance's own price
+    /// split: its cores at `cpu_price_per_core_hour` against its GiB at
+    /// `memory_price_per_gib_hour` (OpenCost's default prices; only their ratio matters).
+    pub cpu_price_per_core_hour: f64,
+    pub memory_price_per_gib_hour: f64,
+    /// Fixed weights for every instance instead (both or neither; they sum to 1).
+    pub cpu_weight: Option<f64>,
+    pub memory_weight: Option<f64>,
     /// The price list; when not empty it replaces the stored one at start (`PUT
     /// /api/v1/prices` replaces it until the next start).
     pub prices: Vec<hodei_core::cost::PriceSpec>,
@@ -218,7 +223,11 @@ pub struct CostTrackingConfig {
 
 impl Default for CostTrackingConfig {
     fn default() -> Self {
-        let weights = hodei_core::cost::Weights::default();
+        let hodei_core::cost::Weighting::PriceSplit { per_core_hour, per_gib_hour } =
+            hodei_core::cost::Weighting::default()
+        else {
+            unreachable!("the default weighting is the price split")
+        };
         Self {
             enabled: true,
             track_by_tenant: true,
@@ -227,8 +236,10 @@ impl Default for CostTrackingConfig {
             rollup_interval_seconds: 3600,
             spot_price_refresh_minutes: 60,
             local_price_per_worker_hour: 0.05,
-            cpu_weight: weights.cpu,
-            memory_weight: weights.memory,
+            cpu_price_per_core_hour: per_core_hour,
+            memory_price_per_gib_hour: per_gib_hour,
+            cpu_weight: None,
+            memory_weight: None,
             prices: Vec::new(),
             spread_idle_to_tenants: false,
             recommendations: hodei_core::recommend::Thresholds::default(),
@@ -237,8 +248,14 @@ impl Default for CostTrackingConfig {
 }
 
 impl CostTrackingConfig {
-    pub fn weights(&self) -> hodei_core::cost::Weights {
-        hodei_core::cost::Weights { cpu: self.cpu_weight, memory: self.memory_weight }
+    pub fn weighting(&self) -> hodei_core::cost::Weighting {
+        match (self.cpu_weight, self.memory_weight) {
+            (Some(cpu), Some(memory)) => hodei_core::cost::Weighting::Fixed(hodei_core::cost::Weights { cpu, memory }),
+            _ => hodei_core::cost::Weighting::PriceSplit {
+                per_core_hour: self.cpu_price_per_core_hour,
+                per_gib_hour: self.memory_price_per_gib_hour,
+            },
+        }
     }
 
     fn problems(&self, problems: &mut Vec<String>) {
@@ -264,11 +281,26 @@ impl CostTrackingConfig {
                 self.local_price_per_worker_hour
             ));
         }
-        if !self.weights().is_valid() {
-            problems.push(format!(
-                "cost_tracking.cpu_weight: with memory_weight, must be at least 0 and sum to 1, got {} and {}",
-                self.cpu_weight, self.memory_weight
-            ));
+        match (self.cpu_weight, self.memory_weight) {
+            (Some(cpu), Some(memory)) if !(hodei_core::cost::Weights { cpu, memory }).is_valid() => {
+                problems.push(format!(
+                    "cost_tracking.cpu_weight: with memory_weight, must be at least 0 and sum to 1, got {cpu} and {memory}"
+                ));
+            }
+            (Some(_), None) | (None, Some(_)) => problems.push(
+                "cost_tracking.cpu_weight: give both cpu_weight and memory_weight, or neither (weights from each \
+                 instance's price split)"
+                    .to_owned(),
+            ),
+            _ => {}
+        }
+        for (field, rate) in [
+            ("cpu_price_per_core_hour", self.cpu_price_per_core_hour),
+            ("memory_price_per_gib_hour", self.memory_price_per_gib_hour),
+        ] {
+            if !rate.is_finite() || rate <= 0.0 {
+                problems.push(format!("cost_tracking.{field}: must be a number above 0, got {rate}"));
+            }
         }
         if let Err(errors) = hodei_core::cost::validate_prices(&self.prices) {
             problems.extend(errors.errors().iter().map(|e| format!("cost_tracking.{}: {}", e.field, e.message)));
@@ -1007,6 +1039,28 @@ mod tests {
             .to_string();
         assert!(message.contains("metrics.history.retention_days"), "{message}");
         assert!(!message.contains("idle_threshold_percent"), "{message}");
+    }
+
+    #[test]
+    fn cost_weights_come_from_each_instances_price_split_unless_fixed() {
+        use hodei_core::cost::{Weighting, Weights};
+        let config = Config::load(None, &environment(&[])).expect("valid");
+        assert_eq!(config.cost_tracking.weighting(), Weighting::default());
+        let file = write("cost_tracking: {cpu_price_per_core_hour: 0.04, memory_price_per_gib_hour: 0.01}\n");
+        let config = Config::load(Some(file.path()), &environment(&[])).expect("valid");
+        assert_eq!(config.cost_tracking.weighting(), Weighting::PriceSplit { per_core_hour: 0.04, per_gib_hour: 0.01 });
+        let file = write("cost_tracking: {cpu_weight: 0.8, memory_weight: 0.2}\n");
+        let config = Config::load(Some(file.path()), &environment(&[])).expect("valid");
+        assert_eq!(config.cost_tracking.weighting(), Weighting::Fixed(Weights { cpu: 0.8, memory: 0.2 }));
+        for (yaml, field) in [
+            ("cost_tracking: {cpu_weight: 0.8}\n", "cost_tracking.cpu_weight"),
+            ("cost_tracking: {cpu_weight: 0.8, memory_weight: 0.8}\n", "cost_tracking.cpu_weight"),
+            ("cost_tracking: {memory_price_per_gib_hour: 0}\n", "cost_tracking.memory_price_per_gib_hour"),
+        ] {
+            let file = write(yaml);
+            let message = Config::load(Some(file.path()), &environment(&[])).expect_err(yaml).to_string();
+            assert!(message.contains(field), "{yaml}: {message}");
+        }
     }
 
     #[test]

@@ -284,13 +284,61 @@ impl LeaseReaper {
     }
 }
 
+/// Leadership of a periodic singleton loop through a `leader_leases` lease that outlasts
+/// the loop's interval: the replica that holds it renews it at every tick and does the
+/// work; the others skip their ticks, and one of them takes over when the holder stops
+/// renewing (it died, froze or shut down).
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    pub name: &'static str,
+    holder: uuid::Uuid,
+    holder_info: String,
+}
+
+impl Leadership {
+    pub fn new(name: &'static str) -> Self {
+        let host = std::fs::read_to_string("/etc/hostname").map(|name| name.trim().to_owned()).unwrap_or_default();
+        Self { name, holder: uuid::Uuid::now_v7(), holder_info: format!("{host} pid {}", std::process::id()) }
+    }
+
+    /// Takes or renews the lease for a loop that ticks every `interval`; whether this
+    /// replica leads until its next tick. The lease lasts 1.5 intervals and a minute more,
+    /// so a holder that keeps ticking keeps it.
+    pub async fn lead(&self, db: &PgPool, interval: Duration) -> sqlx::Result<bool> {
+        let lease = interval.mul_f64(1.5) + Duration::from_secs(60);
+        let held = crate::store::leases::acquire_or_renew(
+            db,
+            self.name,
+            self.holder,
+            &self.holder_info,
+            lease.as_secs_f64(),
+        )
+        .await?;
+        Ok(held.is_some())
+    }
+
+    /// Gives the lease up (on shutdown) so another replica takes over at its next tick.
+    pub async fn release(&self, db: &PgPool) {
+        let released = sqlx::query("update leader_leases set expires_at = now() where name = $1 and holder = $2")
+            .bind(self.name)
+            .bind(self.holder)
+            .execute(db)
+            .await;
+        if let Err(error) = released {
+            tracing::debug!(%error, lease = self.name, "releasing the lease failed; it expires by itself");
+        }
+    }
+}
+
 /// Rolls the instance ledger and the job attempts up into `cost_allocations` (see
 /// `store::cost`): every closed hour once more (the last one again, for attempts that
-/// ended as it closed) and the current hour so far. Every replica may run it: a bucket's
-/// recomputation holds a lock, and recomputing never counts twice.
+/// ended as it closed) and the current hour so far. One replica does it at a time (the
+/// `cost-rollup` lease); should two ever overlap (a leader that froze past its lease), a
+/// bucket's recomputation holds a lock, and recomputing never counts twice.
 #[derive(Debug, Clone)]
 pub struct CostRollup {
     pub db: PgPool,
+    pub leadership: Leadership,
     pub tracking: crate::store::cost::Tracking,
     pub interval: Duration,
     pub retention_days: u32,
@@ -301,13 +349,23 @@ pub struct CostRollup {
 
 impl CostRollup {
     pub fn new(db: PgPool, tracking: crate::store::cost::Tracking) -> Self {
-        Self { db, tracking, interval: Duration::from_secs(3600), retention_days: 90, max_buckets: 24 * 7 }
+        Self {
+            db,
+            leadership: Leadership::new("cost-rollup"),
+            tracking,
+            interval: Duration::from_secs(3600),
+            retention_days: 90,
+            max_buckets: 24 * 7,
+        }
     }
 
-    /// One pass as of the database's clock.
-    pub async fn tick(&self) -> anyhow::Result<crate::store::cost::RolledUp> {
+    /// One pass as of the database's clock, if this replica leads; `None` when another does.
+    pub async fn tick(&self) -> anyhow::Result<Option<crate::store::cost::RolledUp>> {
+        if !self.leadership.lead(&self.db, self.interval).await? {
+            return Ok(None);
+        }
         let now = crate::store::database_now(&self.db).await?;
-        self.tick_at(now).await
+        Ok(Some(self.tick_at(now).await?))
     }
 
     /// One pass as of `now` (tests roll up what they recorded in the past).
@@ -321,19 +379,21 @@ impl CostRollup {
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             match self.tick().await {
-                Ok(rolled) => tracing::debug!(
+                Ok(Some(rolled)) => tracing::debug!(
                     buckets = rolled.buckets,
                     instances = rolled.instances,
                     attempts = rolled.attempts,
                     "rolled up costs"
                 ),
+                Ok(None) => tracing::debug!("another replica rolls up costs"),
                 Err(error) => tracing::warn!(error = format!("{error:#}"), "rolling up costs failed; retrying"),
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(self.interval) => {}
             }
         }
+        self.leadership.release(&self.db).await;
     }
 }
 
@@ -341,13 +401,15 @@ impl CostRollup {
 /// instances open in the ledger for the spot market's prices, once per pool
 /// (`Provider::spot_prices`), and records a price change in force from now for each
 /// instance whose price moved (`hodei_core::cost::spot_price_in_force`,
-/// `store::cost::record_spot_prices`), which the roll-up applies from then on. Every
-/// replica may run it: the write takes a lock and records only prices that differ from the
-/// one in force, so a change is never written twice. An instance whose type is not quoted,
-/// or whose pool's provider fails to answer, keeps its price.
+/// `store::cost::record_spot_prices`), which the roll-up applies from then on. One replica
+/// asks at a time (the `spot-price-refresh` lease); should two ever overlap, the write takes
+/// a lock and records only prices that differ from the one in force, so a change is never
+/// written twice. An instance whose type is not quoted, or whose pool's provider fails to
+/// answer, keeps its price.
 #[derive(Debug, Clone)]
 pub struct SpotPriceRefresh {
     pub db: PgPool,
+    pub leadership: Leadership,
     pub providers: crate::provider::Providers,
     pub interval: Duration,
 }
@@ -365,13 +427,16 @@ pub struct SpotPricesRefreshed {
 
 impl SpotPriceRefresh {
     pub fn new(db: PgPool, providers: crate::provider::Providers) -> Self {
-        Self { db, providers, interval: Duration::from_secs(3600) }
+        Self { db, leadership: Leadership::new("spot-price-refresh"), providers, interval: Duration::from_secs(3600) }
     }
 
-    /// One pass as of the database's clock.
-    pub async fn tick(&self) -> anyhow::Result<SpotPricesRefreshed> {
+    /// One pass as of the database's clock, if this replica leads; `None` when another does.
+    pub async fn tick(&self) -> anyhow::Result<Option<SpotPricesRefreshed>> {
+        if !self.leadership.lead(&self.db, self.interval).await? {
+            return Ok(None);
+        }
         let now = crate::store::database_now(&self.db).await?;
-        self.tick_at(now).await
+        Ok(Some(self.tick_at(now).await?))
     }
 
     /// One pass, recording changes in force from `now` (tests refresh in the past).
@@ -425,19 +490,21 @@ impl SpotPriceRefresh {
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             match self.tick().await {
-                Ok(done) => tracing::debug!(
+                Ok(Some(done)) => tracing::debug!(
                     pools = done.pools,
                     observed = done.observed,
                     changed = done.changed,
                     "refreshed spot prices"
                 ),
+                Ok(None) => tracing::debug!("another replica refreshes spot prices"),
                 Err(error) => tracing::warn!(error = format!("{error:#}"), "refreshing spot prices failed; retrying"),
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(self.interval) => {}
             }
         }
+        self.leadership.release(&self.db).await;
     }
 }
 

@@ -84,7 +84,7 @@ pub async fn serve_http(
         let tracking = store::cost::Tracking {
             by_tenant: config.cost_tracking.track_by_tenant,
             by_job: config.cost_tracking.track_by_job,
-            weights: config.cost_tracking.weights(),
+            weighting: config.cost_tracking.weighting(),
         };
         let rollup = CostRollup {
             interval: std::time::Duration::from_secs(config.cost_tracking.rollup_interval_seconds.into()),

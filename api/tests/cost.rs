@@ -10,7 +10,7 @@ use hodei_api::store::enqueue;
 use hodei_api::store::jobs::Submitter;
 use hodei_api::store::{tenants, workers};
 use hodei_api::testing::TestDatabase;
-use hodei_core::cost::Weights;
+use hodei_core::cost::Weighting;
 use hodei_core::ordering::PolicyRegistry;
 use hodei_core::{JobSpec, ValidJob};
 use serde_json::json;
@@ -22,7 +22,7 @@ mod support;
 use support::scheduler;
 
 fn tracking() -> Tracking {
-    Tracking { by_tenant: true, by_job: true, weights: Weights::default() }
+    Tracking { by_tenant: true, by_job: true, weighting: Weighting::default() }
 }
 
 fn within(actual: f64, expected: f64, fraction: f64) -> bool {
@@ -125,7 +125,14 @@ async fn attempts_ended_by_every_path_are_recorded_with_their_instance() {
 
     // Rolled up as of now: the instance's cost so far, all of it accounted for.
     let rollup = CostRollup::new(pool.clone(), tracking());
-    rollup.tick().await.expect("roll up");
+    rollup.tick().await.expect("roll up").expect("the only replica leads the roll-up");
+    // A second replica's roll-up skips its ticks while the first leads, and takes over
+    // once the first gives the lease up.
+    let other = CostRollup::new(pool.clone(), tracking());
+    assert_eq!(other.tick().await.expect("tick"), None, "one replica rolls up at a time");
+    assert!(rollup.tick().await.expect("renew").is_some(), "the leader keeps leading");
+    rollup.leadership.release(&pool).await;
+    assert!(other.tick().await.expect("take over").is_some(), "a released lease is taken at the next tick");
     let (launched, price): (DateTime<Utc>, f64) =
         sqlx::query_as("select launched_at, price_per_hour::float8 from instances")
             .fetch_one(&pool)
@@ -292,7 +299,8 @@ async fn attributed_plus_idle_is_what_every_instance_cost_and_tenants_see_only_t
     assert!(!retried.unpriced && retried.amount.expect("priced") > 0.0);
     // A job that asked for more than `d` has pays for all of its CPU share, no more.
     let greedy = cost::job_cost(&pool, jobs[5]).await.expect("cost").expect("rolled up");
-    let cpu_share = 0.65 + 0.35 * 1024.0 / 65536.0;
+    let weights = Weighting::default().weights_for(16000, 65536);
+    let cpu_share = weights.cpu + weights.memory * 1024.0 / 65536.0;
     let at_most = cpu_share * 180.0 * 60.0 * 3.06 / 3600.0;
     assert!(greedy.amount.expect("priced") <= at_most * 1.000001);
 
@@ -320,4 +328,111 @@ async fn attributed_plus_idle_is_what_every_instance_cost_and_tenants_see_only_t
         tenants_total += seen;
     }
     assert!(within(tenants_total, attributed, 1e-9));
+}
+
+/// The `_day` views of one UTC day: (pool total, tenant total and attempts, idle share-seconds).
+async fn day_views(pool: &PgPool, day: chrono::NaiveDate) -> (Option<f64>, Option<(f64, i64)>, Option<f64>) {
+    let by_pool: Option<f64> = sqlx::query_scalar("select sum(amount)::float8 from cost_by_pool_day where day = $1")
+        .bind(day)
+        .fetch_one(pool)
+        .await
+        .expect("by pool");
+    let by_tenant: Option<(f64, i64)> =
+        sqlx::query_as("select amount::float8, attempts from cost_by_tenant_day where day = $1")
+            .bind(day)
+            .fetch_optional(pool)
+            .await
+            .expect("by tenant");
+    let idle: Option<f64> =
+        sqlx::query_scalar("select sum(idle_share_seconds)::float8 from idle_cost_by_pool_day where day = $1")
+            .bind(day)
+            .fetch_one(pool)
+            .await
+            .expect("idle");
+    (by_pool, by_tenant, idle)
+}
+
+#[tokio::test]
+async fn pruning_past_the_retention_keeps_the_daily_roll_up() {
+    let database = TestDatabase::migrated().await;
+    let pool = database.pool().await;
+    let acme = tenants::create(&pool, "acme", 1).await.expect("tenant").id;
+    // Forty days ago: an instance up for two hours at 0.36 an hour, a job on it for one.
+    let day = (Utc::now() - Duration::days(40)).duration_trunc(Duration::days(1)).expect("day");
+    let at = |minutes: i64| day + Duration::minutes(minutes);
+    let old = instance(&pool, "i-old", (2000, 8192), Some(0.36), at(60), Some(at(180))).await;
+    let job = Uuid::now_v7();
+    let ran = Ran {
+        job,
+        attempt: 1,
+        tenant: acme,
+        queue: "default",
+        instance: old,
+        shape: (1000, 4096),
+        from: at(60),
+        to: at(120),
+        outcome: "succeeded",
+    };
+    attempt(&pool, ran).await;
+    CostRollup::new(pool.clone(), tracking()).tick_at(at(23 * 60)).await.expect("roll up that day");
+    let before = day_views(&pool, day.date_naive()).await;
+    assert!(within(before.0.expect("a pool line"), 0.72, 1e-9), "{before:?}");
+    assert_eq!(before.1.map(|(_, attempts)| attempts), Some(1), "{before:?}");
+    assert!(before.2.expect("idle") > 0.0, "{before:?}");
+
+    // Forty days on, with a retention of thirty: the detail goes, the day stays.
+    let pruning = CostRollup { retention_days: 30, max_buckets: 2, ..CostRollup::new(pool.clone(), tracking()) };
+    pruning.tick_at(Utc::now()).await.expect("roll up and prune");
+    let left: (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from cost_allocations), (select count(*) from job_attempts),
+                (select count(*) from instances)",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("counts");
+    assert_eq!(left, (0, 0, 0), "allocations, attempts and instances past the retention are pruned");
+    assert_eq!(cost::job_cost(&pool, job).await.expect("cost"), None, "a job's cost goes with the detail");
+    let after = day_views(&pool, day.date_naive()).await;
+    assert_eq!(after, before, "the daily views answer from the daily roll-up");
+    let report = cost::report(&pool, GroupBy::Day, day.date_naive(), day.date_naive(), ReportScope::All)
+        .await
+        .expect("report");
+    assert_eq!(report.len(), 1, "{report:?}");
+    assert!(within(report[0].attributed_amount + report[0].idle_amount, 0.72, 1e-9), "{report:?}");
+}
+
+#[tokio::test]
+async fn an_attempt_on_a_worker_no_instance_records_is_unpriced_and_a_missing_price() {
+    let database = TestDatabase::migrated().await;
+    let pool = database.pool().await;
+    let acme = tenants::create(&pool, "acme", 1).await.expect("tenant").id;
+    let (job, worker) = (Uuid::now_v7(), Uuid::now_v7());
+    let now = Utc::now();
+    sqlx::query(
+        "insert into job_attempts (job_id, attempt, tenant_id, queue, pool, worker_id, instance_id, cpu_millis,
+                                   memory_mib, started_at, ended_at, outcome)
+         values ($1, 1, $2, 'default', 'by-hand', $3, null, 1000, 512, $4, $5, 'succeeded')",
+    )
+    .bind(job)
+    .bind(acme)
+    .bind(worker)
+    .bind(now - Duration::minutes(90))
+    .bind(now - Duration::minutes(60))
+    .execute(&pool)
+    .await
+    .expect("attempt");
+    let cost = cost::job_cost(&pool, job).await.expect("cost").expect("an attempt ran");
+    assert!(cost.unpriced && cost.amount.is_none(), "unpriced, never free: {cost:?}");
+
+    let facts = hodei_api::store::recommendations::facts(&pool, now - Duration::days(1), now, 600)
+        .await
+        .expect("facts");
+    let unrecorded: Vec<_> = facts
+        .unpriced
+        .iter()
+        .filter(|unpriced| unpriced.provider == hodei_core::recommend::UNRECORDED_PROVIDER)
+        .collect();
+    assert_eq!(unrecorded.len(), 1, "{:?}", facts.unpriced);
+    assert_eq!((unrecorded[0].pool.as_str(), unrecorded[0].instances), ("by-hand", 1));
+    assert!(within(unrecorded[0].instance_hours, 0.5, 1e-6), "{:?}", unrecorded[0]);
 }

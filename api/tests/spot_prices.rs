@@ -13,7 +13,7 @@ use hodei_api::reconcile::Reconciler;
 use hodei_api::store::cost::{self, Tracking};
 use hodei_api::store::pools;
 use hodei_api::testing::TestDatabase;
-use hodei_core::cost::Weights;
+use hodei_core::cost::Weighting;
 use hodei_core::pool::PoolSpec;
 use hodei_provider_aws::testing::{self, Fault, FaultProxy, MotoServer};
 use hodei_provider_aws::{AwsClients, Ec2Provider};
@@ -25,7 +25,7 @@ use uuid::Uuid;
 const MOTO_SPOT_PRICE: f64 = 0.00001;
 
 fn tracking() -> Tracking {
-    Tracking { by_tenant: true, by_job: true, weights: Weights::default() }
+    Tracking { by_tenant: true, by_job: true, weighting: Weighting::default() }
 }
 
 fn within(actual: f64, expected: f64, fraction: f64) -> bool {

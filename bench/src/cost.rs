@@ -14,7 +14,7 @@ use hodei_api::config::Config;
 use hodei_api::db;
 use hodei_api::loops::CostRollup;
 use hodei_api::store::cost::{self, GroupBy, ReportScope, Tracking};
-use hodei_core::cost::Weights;
+use hodei_core::cost::Weighting;
 
 use crate::e2e::percentile;
 
@@ -92,10 +92,10 @@ pub async fn cost(args: CostArgs, config: &Config) -> anyhow::Result<()> {
         started.elapsed()
     );
 
-    let tracking = Tracking { by_tenant: true, by_job: true, weights: Weights::default() };
+    let tracking = Tracking { by_tenant: true, by_job: true, weighting: Weighting::default() };
     let rollup = CostRollup { max_buckets: u32::MAX, ..CostRollup::new(pool.clone(), tracking) };
     let started = Instant::now();
-    let rolled = rollup.tick().await?;
+    let rolled = rollup.tick().await?.context("another replica leads the cost roll-up")?;
     let took = started.elapsed();
     println!(
         "roll-up: {} buckets, {} instance-buckets, {} attempt-buckets in {:.2} s",

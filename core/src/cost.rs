@@ -165,6 +165,56 @@ impl Weights {
     }
 }
 
+/// Where an instance's weights come from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Weighting {
+    /// From the instance's own price split, as OpenCost splits a node's price: its cores at
+    /// `per_core_hour` against its GiB at `per_gib_hour`, so
+    /// `w_cpu = cores · per_core_hour / (cores · per_core_hour + GiB · per_gib_hour)`. A
+    /// memory-heavy instance weighs memory more than a compute-heavy one. Only the ratio of
+    /// the two rates matters.
+    PriceSplit { per_core_hour: f64, per_gib_hour: f64 },
+    /// The same weights for every instance.
+    Fixed(Weights),
+}
+
+impl Default for Weighting {
+    /// The price split at OpenCost's default prices: 0.031611 per vCPU-hour and 0.004237
+    /// per GiB-hour (about 0.65 CPU, 0.35 memory on 4 GiB per vCPU; 0.48 CPU on 8 GiB).
+    fn default() -> Self {
+        Self::PriceSplit { per_core_hour: 0.031611, per_gib_hour: 0.004237 }
+    }
+}
+
+impl Weighting {
+    /// Rates that are finite and positive, or fixed weights that are valid.
+    pub fn is_valid(&self) -> bool {
+        match *self {
+            Self::PriceSplit { per_core_hour, per_gib_hour } => {
+                per_core_hour.is_finite() && per_gib_hour.is_finite() && per_core_hour > 0.0 && per_gib_hour > 0.0
+            }
+            Self::Fixed(weights) => weights.is_valid(),
+        }
+    }
+
+    /// The weights of an instance that offers `cpu_millis` and `memory_mib`. An instance
+    /// that offers only one resource (or neither) weighs that one alone (or both evenly).
+    pub fn weights_for(&self, cpu_millis: u32, memory_mib: u32) -> Weights {
+        match *self {
+            Self::Fixed(weights) => weights,
+            Self::PriceSplit { per_core_hour, per_gib_hour } => {
+                let cpu = f64::from(cpu_millis) / 1000.0 * per_core_hour;
+                let memory = f64::from(memory_mib) / 1024.0 * per_gib_hour;
+                if cpu + memory > 0.0 {
+                    Weights { cpu: cpu / (cpu + memory), memory: memory / (cpu + memory) }
+                } else {
+                    Weights { cpu: 0.5, memory: 0.5 }
+                }
+            }
+        }
+    }
+}
+
 /// The part of an instance's life to account, with what it offers and costs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceWindow {
@@ -210,8 +260,10 @@ pub struct Attribution {
     pub idle_amount: Option<f64>,
 }
 
-/// Splits the instance's window between `attempts` (clipped to the window) and idle.
-pub fn attribute(instance: &InstanceWindow, attempts: &[AttemptWindow], weights: Weights) -> Attribution {
+/// Splits the instance's window between `attempts` (clipped to the window) and idle,
+/// weighing CPU and memory as `weighting` says for this instance's shape.
+pub fn attribute(instance: &InstanceWindow, attempts: &[AttemptWindow], weighting: Weighting) -> Attribution {
+    let weights = weighting.weights_for(instance.cpu_millis, instance.memory_mib);
     let start = instance.start;
     let end = instance.end.max(start);
     let seconds_between =
@@ -370,7 +422,7 @@ mod tests {
 
     #[test]
     fn an_idle_instance_is_all_idle() {
-        let split = attribute(&instance(Some(3.6), 3600), &[], Weights::default());
+        let split = attribute(&instance(Some(3.6), 3600), &[], Weighting::default());
         assert_eq!(split.instance_seconds, 3600.0);
         assert_eq!(split.instance_amount, Some(3.6));
         assert_eq!(split.idle_amount, Some(3.6));
@@ -379,7 +431,7 @@ mod tests {
     #[test]
     fn a_half_instance_job_pays_half_while_it_runs() {
         // Half the CPU and half the memory for the first half hour: a quarter of the cost.
-        let split = attribute(&instance(Some(3.6), 3600), &[attempt(2000, 4096, 0, 1800)], Weights::default());
+        let split = attribute(&instance(Some(3.6), 3600), &[attempt(2000, 4096, 0, 1800)], Weighting::default());
         assert_eq!(split.attempts[0].seconds, 1800.0);
         assert!(close(split.attempts[0].amount.expect("priced"), 0.9));
         assert!(close(split.idle_amount.expect("priced"), 2.7));
@@ -388,7 +440,7 @@ mod tests {
     #[test]
     fn weights_split_cpu_and_memory() {
         // All the CPU, no memory: the CPU weight of the instance.
-        let weights = Weights { cpu: 0.65, memory: 0.35 };
+        let weights = Weighting::Fixed(Weights { cpu: 0.65, memory: 0.35 });
         let split = attribute(&instance(Some(1.0), 3600), &[attempt(4000, 0, 0, 3600)], weights);
         assert!(close(split.attempts[0].amount.expect("priced"), 0.65));
         assert!(close(split.idle_amount.expect("priced"), 0.35));
@@ -398,7 +450,7 @@ mod tests {
     fn overcommitted_attempts_are_scaled_to_the_instance() {
         // Two attempts each asking for all of it, overlapping for 600 s of 1200 s each.
         let attempts = [attempt(4000, 8192, 0, 1200), attempt(4000, 8192, 600, 1800)];
-        let split = attribute(&instance(Some(3.6), 1800), &attempts, Weights::default());
+        let split = attribute(&instance(Some(3.6), 1800), &attempts, Weighting::default());
         // 600 s alone + 600 s at a half each.
         assert!(close(split.attempts[0].share_seconds, 900.0));
         assert!(close(split.attempts[1].share_seconds, 900.0));
@@ -408,21 +460,21 @@ mod tests {
 
     #[test]
     fn attempts_are_clipped_to_the_window() {
-        let split = attribute(&instance(Some(3.6), 3600), &[attempt(4000, 8192, -600, 600)], Weights::default());
+        let split = attribute(&instance(Some(3.6), 3600), &[attempt(4000, 8192, -600, 600)], Weighting::default());
         assert_eq!(split.attempts[0].seconds, 600.0);
         assert!(close(split.attempts[0].amount.expect("priced"), 0.6));
     }
 
     #[test]
     fn requests_above_capacity_count_as_all_of_it() {
-        let split = attribute(&instance(Some(3.6), 3600), &[attempt(8000, 16384, 0, 3600)], Weights::default());
+        let split = attribute(&instance(Some(3.6), 3600), &[attempt(8000, 16384, 0, 3600)], Weighting::default());
         assert!(close(split.attempts[0].amount.expect("priced"), 3.6));
         assert!(close(split.idle_amount.expect("priced"), 0.0));
     }
 
     #[test]
     fn an_unpriced_instance_has_shares_but_no_amounts() {
-        let split = attribute(&instance(None, 3600), &[attempt(2000, 4096, 0, 3600)], Weights::default());
+        let split = attribute(&instance(None, 3600), &[attempt(2000, 4096, 0, 3600)], Weighting::default());
         assert_eq!(split.attempts[0].amount, None);
         assert_eq!(split.idle_amount, None);
         assert_eq!(split.instance_amount, None);
@@ -456,8 +508,43 @@ mod tests {
     #[test]
     fn default_weights_are_valid() {
         assert!(Weights::default().is_valid());
+        assert!(Weighting::default().is_valid());
         assert!(!Weights { cpu: 0.7, memory: 0.7 }.is_valid());
         assert!(!Weights { cpu: -0.5, memory: 1.5 }.is_valid());
+        assert!(!Weighting::PriceSplit { per_core_hour: 0.0, per_gib_hour: 1.0 }.is_valid());
+        assert!(!Weighting::PriceSplit { per_core_hour: 1.0, per_gib_hour: f64::NAN }.is_valid());
+    }
+
+    #[test]
+    fn the_price_split_weighs_each_shape_by_what_its_resources_cost() {
+        let split = Weighting::PriceSplit { per_core_hour: 0.03, per_gib_hour: 0.005 };
+        // 4 cores at 0.03 = 0.12 against 16 GiB at 0.005 = 0.08.
+        let general = split.weights_for(4000, 16384);
+        assert!(close(general.cpu, 0.6) && close(general.memory, 0.4), "{general:?}");
+        // The same cores with twice the memory: memory weighs more.
+        let memory_heavy = split.weights_for(4000, 32768);
+        assert!(close(memory_heavy.cpu, 0.12 / 0.28), "{memory_heavy:?}");
+        assert!(memory_heavy.memory > general.memory);
+        assert!(close(split.weights_for(4000, 0).cpu, 1.0));
+        assert!(close(split.weights_for(0, 0).cpu, 0.5));
+        // OpenCost's default prices give the documented split on 4 GiB per vCPU.
+        let default = Weighting::default().weights_for(4000, 16384);
+        assert!((default.cpu - 0.65).abs() < 0.01, "{default:?}");
+        // Fixed weights ignore the shape.
+        let fixed = Weighting::Fixed(Weights { cpu: 0.9, memory: 0.1 });
+        assert_eq!(fixed.weights_for(1000, 65536), Weights { cpu: 0.9, memory: 0.1 });
+    }
+
+    #[test]
+    fn a_memory_heavy_instance_charges_memory_more() {
+        // All the memory and none of the CPU of an 8 GiB, 4-core instance, and of a 64 GiB one.
+        let priced = |memory_mib: u32| InstanceWindow { memory_mib, ..instance(Some(1.0), 3600) };
+        let share = |memory_mib: u32| {
+            attribute(&priced(memory_mib), &[attempt(0, memory_mib, 0, 3600)], Weighting::default()).attempts[0]
+                .amount
+                .expect("priced")
+        };
+        assert!(share(65536) > share(8192), "{} <= {}", share(65536), share(8192));
     }
 
     fn change(from: i64, price: Option<f64>) -> PriceChange {
@@ -529,13 +616,19 @@ mod tests {
         fn attributed_plus_idle_is_the_instance_cost(
             end in 1i64..100_000,
             price in 0.0f64..50.0,
-            cpu_share in 0.5f64..1.0,
+            cpu_share in 0.0f64..1.0,
+            rates in proptest::option::of((0.0001f64..1.0, 0.0001f64..1.0)),
+            capacity in (0u32..64_000, 0u32..262_144),
             shapes in proptest::collection::vec((0u32..9000, 0u32..20_000, -1000i64..101_000, 0i64..50_000), 0..12),
         ) {
-            let window = instance(Some(price), end);
+            let window = InstanceWindow { cpu_millis: capacity.0, memory_mib: capacity.1, ..instance(Some(price), end) };
             let attempts: Vec<AttemptWindow> =
                 shapes.iter().map(|&(cpu, memory, start, length)| attempt(cpu, memory, start, start + length)).collect();
-            let split = attribute(&window, &attempts, Weights { cpu: cpu_share, memory: 1.0 - cpu_share });
+            let weighting = match rates {
+                Some((per_core_hour, per_gib_hour)) => Weighting::PriceSplit { per_core_hour, per_gib_hour },
+                None => Weighting::Fixed(Weights { cpu: cpu_share, memory: 1.0 - cpu_share }),
+            };
+            let split = attribute(&window, &attempts, weighting);
             let attributed: f64 = split.attempts.iter().map(|cost| cost.amount.expect("priced")).sum();
             let total = split.instance_amount.expect("priced");
             prop_assert!(close(attributed + split.idle_amount.expect("priced"), total), "{attributed} + {:?} != {total}", split.idle_amount);
@@ -573,7 +666,7 @@ mod tests {
                     .max_by_key(|change| change.from)
                     .map_or(Some(launch_price), |change| change.price_per_hour);
                 prop_assert_eq!(segment.price_per_hour, in_force);
-                let split = attribute(segment, &attempts, Weights::default());
+                let split = attribute(segment, &attempts, Weighting::default());
                 accounted += split.attempts.iter().map(|cost| cost.amount.expect("priced")).sum::<f64>()
                     + split.idle_amount.expect("priced");
                 let length = (segment.end - segment.start).num_seconds() as f64;

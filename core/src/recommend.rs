@@ -584,7 +584,30 @@ fn schedule(pool: &PoolUsage, period_hours: f64, month: f64, thresholds: &Thresh
     })
 }
 
+/// The provider an [`Unpriced`] names for workers that no ledger instance records (they
+/// registered by hand rather than through a pool's provisioning): no price can name them.
+pub const UNRECORDED_PROVIDER: &str = "unrecorded";
+
 fn missing_price(unpriced: &Unpriced) -> Recommendation {
+    if unpriced.provider == UNRECORDED_PROVIDER {
+        return Recommendation {
+            kind: Kind::MissingPrice,
+            pool: unpriced.pool.clone(),
+            action: format!(
+                "run the workers of pool {} through a pool's provisioning so the ledger records and prices them: {} workers registered by hand ran jobs for {:.2} hours, so their cost is unknown",
+                unpriced.pool, unpriced.instances, unpriced.instance_hours
+            ),
+            setting: "pools".to_owned(),
+            current: None,
+            suggested: None,
+            evidence: vec![
+                evidence("unrecorded_workers", unpriced.instances as f64, "workers"),
+                evidence("unrecorded_attempt_hours", unpriced.instance_hours, "hours"),
+            ],
+            windows: Vec::new(),
+            estimated_monthly_saving: None,
+        };
+    }
     Recommendation {
         kind: Kind::MissingPrice,
         pool: unpriced.pool.clone(),
@@ -803,6 +826,23 @@ mod tests {
         assert_eq!(kinds(&found), [(Kind::IdleCapacity, "size"), (Kind::MissingPrice, "prices")]);
         assert!(found.iter().all(|r| r.estimated_monthly_saving.is_none()));
         assert!(found[1].action.contains("m5.xlarge"), "{}", found[1].action);
+    }
+
+    #[test]
+    fn workers_no_ledger_records_are_a_missing_price_of_their_pool() {
+        let unrecorded = Unpriced {
+            pool: "by-hand".to_owned(),
+            provider: UNRECORDED_PROVIDER.to_owned(),
+            instance_type: "unknown".to_owned(),
+            capacity_type: CapacityType::OnDemand,
+            region: "*".to_owned(),
+            instances: 2,
+            instance_hours: 3.5,
+        };
+        let found = recommend(&[], &[], &[unrecorded], 24.0, &Thresholds::default());
+        assert_eq!(kinds(&found), [(Kind::MissingPrice, "pools")]);
+        assert!(found[0].action.contains("by-hand") && found[0].action.contains("3.50 hours"), "{}", found[0].action);
+        assert_eq!(found[0].estimated_monthly_saving, None);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
-use hodei_core::cost::{self, AttemptWindow, InstanceWindow, PriceChange, Weights};
+use hodei_core::cost::{self, AttemptWindow, InstanceWindow, PriceChange, Weighting};
 use sqlx::{FromRow, PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
@@ -283,7 +283,7 @@ pub async fn end_orphaned_instances(db: impl PgExecutor<'_>) -> sqlx::Result<u64
 pub struct Tracking {
     pub by_tenant: bool,
     pub by_job: bool,
-    pub weights: Weights,
+    pub weighting: Weighting,
 }
 
 /// What a roll-up did.
@@ -523,7 +523,7 @@ async fn roll_up_bucket(
         let mut counted = vec![false; ran.len()];
         // Each part of the window at its own price: one row per attempt and part.
         for segment in cost::price_segments(&window, changes) {
-            let split = cost::attribute(&segment, &windows, tracking.weights);
+            let split = cost::attribute(&segment, &windows, tracking.weighting);
             rows.push_split(instance, ran, &split, tracking, &mut counted);
         }
         counted_attempts += counted.iter().filter(|&&counted| counted).count() as u64;
@@ -557,10 +557,12 @@ async fn summarise_day(db: &mut PgConnection, bucket_start: DateTime<Utc>) -> sq
     sqlx::query(
         "with day as (select ($1 at time zone 'UTC')::date as day),
               cleared as (delete from cost_daily d using day where d.day = day.day)
-         insert into cost_daily (day, pool, kind, tenant_id, queue, amount, unpriced_share_seconds, attempts)
+         insert into cost_daily (day, pool, kind, tenant_id, queue, amount, unpriced_share_seconds, attempts,
+                                 share_seconds)
          select day.day, a.pool, a.kind, a.tenant_id, a.queue, coalesce(sum(a.amount), 0)::float8,
                 coalesce(sum(a.share_seconds) filter (where a.amount is null), 0),
-                count(distinct (a.job_id, a.attempt)) filter (where a.kind = 'attempt')
+                count(distinct (a.job_id, a.attempt)) filter (where a.kind = 'attempt'),
+                sum(a.share_seconds)
            from cost_allocations a, day
           where a.bucket_start >= day.day::timestamp at time zone 'UTC'
             and a.bucket_start < (day.day + 1)::timestamp at time zone 'UTC'
@@ -657,7 +659,8 @@ impl AllocationRows {
     }
 }
 
-/// Forgets what is older than the retention: allocations, attempts and ended instances.
+/// Forgets the detail older than the retention: hourly allocations, attempts and ended
+/// instances. The daily roll-up (`cost_daily`, and the `_day` views over it) is kept.
 pub async fn prune(db: &PgPool, now: DateTime<Utc>, retention_days: u32) -> sqlx::Result<()> {
     let horizon = now - Duration::days(retention_days.into());
     let mut transaction = db.begin().await?;
@@ -679,12 +682,21 @@ pub struct JobCost {
     pub unpriced: bool,
 }
 
+/// An attempt that ran on a worker no ledger instance records (one registered by hand, not
+/// provisioned by a pool) has no price: the job is unpriced, never free.
 pub async fn job_cost(db: impl PgExecutor<'_>, job: Uuid) -> sqlx::Result<Option<JobCost>> {
-    let row: Option<(Option<f64>, String, bool)> =
-        sqlx::query_as("select amount::float8, currency, unpriced from cost_by_job where job_id = $1")
-            .bind(job)
-            .fetch_optional(db)
-            .await?;
+    let row: Option<(Option<f64>, String, bool)> = sqlx::query_as(
+        "with ledgerless as (
+             select exists (select 1 from job_attempts where job_id = $1 and instance_id is null) as ran
+         )
+         select case when l.ran then null else c.amount::float8 end, coalesce(c.currency, 'USD'),
+                l.ran or coalesce(c.unpriced, false)
+           from ledgerless l left join cost_by_job c on c.job_id = $1
+          where c.job_id is not null or l.ran",
+    )
+    .bind(job)
+    .fetch_optional(db)
+    .await?;
     Ok(row.map(|(amount, currency, unpriced)| JobCost { amount, currency, unpriced }))
 }
 

@@ -180,10 +180,19 @@ pub async fn facts(
                     as instance_hours
            from instances
           where price_per_hour is null and launched_at < $2 and (terminated_at is null or terminated_at > $1)
-          group by 1, 2, 3, 4, 5 order by 1, 2, 3, 4, 5",
+          group by 1, 2, 3, 4, 5
+         union all
+         -- Attempts on workers no ledger instance records: their cost is unknown too.
+         select pool, $3, 'unknown', 'on_demand', '*', count(distinct worker_id),
+                (sum(extract(epoch from least(ended_at, $2) - greatest(started_at, $1))) / 3600)::float8
+           from job_attempts
+          where instance_id is null and started_at < $2 and ended_at > $1
+          group by 1
+          order by 1, 2, 3, 4, 5",
     )
     .bind(from)
     .bind(to)
+    .bind(hodei_core::recommend::UNRECORDED_PROVIDER)
     .fetch_all(db)
     .await?;
 
