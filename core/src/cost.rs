@@ -91,7 +91,7 @@ pub fn validate_prices(prices: &[PriceSpec]) -> Result<(), ValidationErrors> {
             errors.add(field("instance_type"), "must be an instance type (letters, digits, '.', '-', '_') or '*'");
         }
         if !is_name(&price.region) {
-            errors.add(field("region"), "must be a region (letters, digits, '-') or '*'");
+            errors.add(field("region"), "must be a region (letters, digits, '.', '-', '_') or '*'");
         }
         if !price.price_per_hour.is_finite() || !(0.0..=1_000_000.0).contains(&price.price_per_hour) {
             errors.add(

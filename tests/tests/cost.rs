@@ -54,6 +54,14 @@ async fn jobs_show_their_cost_and_tenants_see_only_their_own() {
     .await;
     refused.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
     assert!(refused.body.to_string().contains("prices[0].price_per_hour"), "{refused:?}");
+    for (price, field) in [
+        (json!({"provider": "aws-ec2", "instance_type": "m5.large", "price_per_hour": 0.1, "currency": "EUR"}), "prices[0].currency"),
+        (json!({"provider": "aws-ec2", "instance_type": "m5 large!", "price_per_hour": 0.1}), "prices[0].instance_type"),
+    ] {
+        let refused = put(&admin, "/api/v1/prices", json!({"prices": [price]})).await;
+        refused.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+        assert_eq!(refused.body["errors"][0]["field"], field, "{refused:?}");
+    }
     let refused = put(&acme, "/api/v1/prices", json!({"prices": []})).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{refused:?}");
     let prices = admin.get("/api/v1/prices").await;
@@ -183,6 +191,10 @@ async fn jobs_show_their_cost_and_tenants_see_only_their_own() {
         tenants_total += own.body["total"].as_f64().expect("total");
     }
     assert!(close(tenants_total, attributed, 1e-9), "{tenants_total} vs {attributed}");
+    // Another tenant's job, and so its cost, is not there for a tenant key.
+    let foreign = acme.get(&format!("/api/v1/jobs/{}", globex_jobs[0])).await;
+    assert_eq!(foreign.status, StatusCode::NOT_FOUND, "{foreign:?}");
+    assert!(foreign.body.get("cost").is_none(), "{foreign:?}");
 
     // CSV: a standard reader parses it, and its totals are the JSON's.
     for group_by in ["tenant", "pool", "queue", "day"] {
