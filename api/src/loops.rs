@@ -633,6 +633,9 @@ impl Schedules {
             for (queue, submitted) in &fired.submissions {
                 self.metrics.record_submission(&fired.tenant, &[queue.as_str()], submitted);
             }
+            for queue in &fired.abandoned {
+                self.metrics.record_abandoned(queue);
+            }
             if !fired.jobs.is_empty() || fired.skipped > 0 || fired.rejected > 0 {
                 tracing::debug!(
                     schedule = %fired.schedule_id,

@@ -1,10 +1,14 @@
 //! Firing schedules against a real Postgres: however many transactions try a due fire at
 //! once, it happens once, with one job; a fire rolled back (a replica dying mid-fire)
 //! leaves nothing and is fired by the next claimer; overlap `skip` records a fire without
-//! a job while the previous one waits, `cancel_previous` cancels it; and the claim reads
-//! the due index, not the table.
+//! a job while the previous one waits, `cancel_previous` cancels it (counted as
+//! abandoned); and the claim reads the due index, not the table.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
+use hodei_api::loops::Schedules;
+use hodei_api::metrics::{Metrics, Snapshot};
 use hodei_api::store::enqueue::{QueueSettingsCache, SubmitContext};
 use hodei_api::store::schedules::{self, FireOutcome};
 use hodei_api::store::tenants;
@@ -147,15 +151,17 @@ async fn overlap_cancel_previous_cancels_the_waiting_job_before_submitting() {
     let database = TestDatabase::migrated().await;
     let pool = database.pool().await;
     let (tenant_id, schedule_id, _) = due_schedule(&pool, &schedule("cancel_previous", "run_once"), 1).await;
-    let registry = PolicyRegistry::shipped();
-    let settings = QueueSettingsCache::disabled();
-    let context = SubmitContext { registry: &registry, settings: &settings };
-    let mut connection = pool.acquire().await.expect("connection");
+    // The loop `hodei serve` runs, so what it counts is what production counts.
+    let metrics = Arc::new(Metrics::new());
+    let looped = Schedules {
+        metrics: metrics.clone(),
+        ..Schedules::new(pool.clone(), Arc::new(PolicyRegistry::shipped()), Arc::new(QueueSettingsCache::disabled()))
+    };
 
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while fires(&pool, schedule_id).await.len() < 2 {
         assert!(tokio::time::Instant::now() < deadline, "two fires within 10 s");
-        schedules::fire_next(&mut connection, context).await.expect("fire");
+        looped.tick().await.expect("fire");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let recorded = fires(&pool, schedule_id).await;
@@ -169,6 +175,10 @@ async fn overlap_cancel_previous_cancels_the_waiting_job_before_submitting() {
     .expect("states");
     assert_eq!(states, ["cancelled", "queued"], "{recorded:?}");
     assert_eq!(job_count(&pool, tenant_id).await, recorded.len() as i64);
+    // Each job cancelled while it waited is abandoned, as a cancel through the API is.
+    let text = metrics.render(&Snapshot::default());
+    let abandoned = format!("hodei_jobs_abandoned_total{{queue=\"default\"}} {}", recorded.len() - 1);
+    assert!(text.contains(&abandoned), "{abandoned} in\n{text}");
 }
 
 #[tokio::test]

@@ -106,7 +106,9 @@ pub struct ValidSchedule {
 
 impl ScheduleSpec {
     /// Checks every field; errors are named by field (`cron`, `time_zone`,
-    /// `job.command.argv`). `now` is what the job's own validation compares to.
+    /// `job.command.argv`). `now` is what the job's own validation compares to. Whether
+    /// the job's queue exists is the control plane's to check (it refuses a schedule
+    /// naming an unknown queue as it refuses such a submission).
     pub fn validate(&self, now: DateTime<Utc>) -> Result<ValidSchedule, ValidationErrors> {
         let mut errors = ValidationErrors::new();
         if let Err(message) = check_resource_name(&self.name) {

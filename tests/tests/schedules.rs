@@ -1,6 +1,7 @@
 //! Cron schedules end to end: a tenant's schedule fires every second and its jobs run on a
 //! real worker; pause stops the fires and resume restarts them; bad input answers 422
-//! naming the field and stores nothing; another tenant sees nothing. And exactly once:
+//! naming the field (a job in a queue that does not exist: 404, as `POST /jobs` answers)
+//! and stores nothing; another tenant sees nothing. And exactly once:
 //! three replicas on one database, one killed with SIGKILL and another started, fire every
 //! second of a `run_all` schedule once, with one job each, no duplicate and no gap.
 
@@ -168,6 +169,14 @@ async fn a_schedule_fires_jobs_that_run_and_pauses_and_resumes() {
             reply.body["errors"].as_array().expect("errors").iter().filter_map(|e| e["field"].as_str()).collect();
         assert_eq!(fields, [field], "{reply:?}");
     }
+    // A job naming a queue that does not exist: refused as `POST /jobs` refuses it.
+    let mut body = every_second("bad");
+    body["job"]["queue"] = json!("nowhere");
+    let submitted = acme.post("/api/v1/jobs", body["job"].clone()).await;
+    submitted.assert_problem(StatusCode::NOT_FOUND, "unknown_queue");
+    let reply = acme.post("/api/v1/schedules", body).await;
+    reply.assert_problem(StatusCode::NOT_FOUND, "unknown_queue");
+    assert_eq!(reply.body["detail"], submitted.body["detail"], "{reply:?}");
     let stored: i64 = sqlx::query_scalar("select count(*) from schedules").fetch_one(&pool).await.expect("count");
     assert_eq!(stored, 1, "a refused schedule was stored");
     acme.post("/api/v1/schedules", every_second("tick")).await.assert_problem(StatusCode::CONFLICT, "schedule_exists");

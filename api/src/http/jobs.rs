@@ -378,8 +378,8 @@ fn key_reused() -> ApiError {
     )
 }
 
-/// 404: a queue the request names does not exist.
-fn unknown_queues(queues: Vec<String>) -> ApiError {
+/// 404: a queue the request names does not exist (a job's, or a schedule's job's).
+pub(crate) fn unknown_queues(queues: Vec<String>) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "unknown_queue", format!("no queue named {}", queues.join(", ")))
 }
 

@@ -128,10 +128,13 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 }
 
 /// Create a schedule (tenant keys only: its jobs belong to the caller's tenant).
+///
+/// Its job must name a queue that exists, as a submission must (404 `unknown_queue`).
 #[utoipa::path(
     post, path = "/schedules", tag = "schedules", request_body = ScheduleSpec, security(("bearer" = [])),
     responses(
         (status = 201, body = Schedule),
+        (status = 404, description = "the job names a queue that does not exist (as for `POST /jobs`)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "the tenant has a schedule with this name", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "a cron expression that does not parse, an unknown time zone or an invalid job (the field is named)", body = Problem, content_type = "application/problem+json")
     )
@@ -143,6 +146,12 @@ async fn create_schedule(
 ) -> Result<(StatusCode, axum::Json<Schedule>), ApiError> {
     let now = store::database_now(&state.db).await?;
     let schedule = spec.validate(now)?;
+    // Refused as a submission naming it would be. (A queue deleted later makes each fire
+    // a recorded rejection.)
+    let missing = store::enqueue::missing_queues(&state.db, std::slice::from_ref(&schedule.job.queue)).await?;
+    if !missing.is_empty() {
+        return Err(crate::http::jobs::unknown_queues(missing));
+    }
     let created = schedules::create(&state.db, tenant.id, &schedule, now).await?;
     Ok((StatusCode::CREATED, axum::Json(created.into())))
 }

@@ -593,7 +593,7 @@ fn idempotency_keys(idempotency: Option<&Idempotency>, count: usize) -> Vec<Opti
 }
 
 /// The names among `queues` that no queue has.
-async fn missing_queues(db: impl PgExecutor<'_>, queues: &[String]) -> sqlx::Result<Vec<String>> {
+pub async fn missing_queues(db: impl PgExecutor<'_>, queues: &[String]) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar(
         "select distinct q from unnest($1::text[]) as q where not exists (select 1 from queues where name = q) order by q",
     )

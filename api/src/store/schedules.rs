@@ -253,6 +253,9 @@ pub struct Fired {
     pub rejected: usize,
     /// Fire times another transaction had recorded already (none while the row lock holds).
     pub already_fired: usize,
+    /// The queue of each previous job that `cancel_previous` cancelled while it waited
+    /// (abandoned), for counting once committed.
+    pub abandoned: Vec<String>,
 }
 
 #[derive(FromRow)]
@@ -313,7 +316,13 @@ pub async fn fire_next(db: &mut PgConnection, context: SubmitContext<'_>) -> sql
         if active.is_some() { Previous::Active } else { Previous::Idle },
     );
     if let (true, Some(previous_job)) = (plan.cancel_previous, active) {
-        jobs::cancel(&mut transaction, Some(claimed.tenant_id), previous_job).await?;
+        let cancelled = jobs::cancel(&mut transaction, Some(claimed.tenant_id), previous_job).await?;
+        // Cancelled at once (not merely asked to stop): it was still waiting.
+        if let jobs::CancelResult::Done(job) = cancelled {
+            if job.state == JobState::Cancelled {
+                fired.abandoned.push(job.queue);
+            }
+        }
     }
     for fire in &plan.fires {
         // Each fire starts a trace of its own, which its job carries to its worker.
