@@ -258,17 +258,21 @@ impl LeaseReaper {
         Self { db, timeouts, interval: Duration::from_secs(1), metrics: Arc::new(Metrics::new()) }
     }
 
-    /// One pass; returns how many attempts it gave up.
+    /// One pass; returns how many attempts it gave up. Counts them, and the workers it
+    /// marked gone (how many jobs each had run), once the pass has committed.
     pub async fn tick(&self) -> anyhow::Result<usize> {
         let mut connection = self.db.acquire().await?;
         let random = dispatch::random_fraction()?;
-        let reaped = crate::store::assignment::expire_leases(&mut connection, self.timeouts, random).await?;
-        for attempt in &reaped {
+        let expired = crate::store::assignment::expire_leases(&mut connection, self.timeouts, random).await?;
+        for attempt in &expired.attempts {
             let source =
                 if attempt.lease_expired { FailureSource::LeaseExpired } else { FailureSource::AssignmentTimedOut };
             self.metrics.record_failure(source, &attempt.result);
         }
-        Ok(reaped.len())
+        for worker in &expired.workers_gone {
+            self.metrics.record_worker_left(&worker.pool, worker.jobs_run);
+        }
+        Ok(expired.attempts.len())
     }
 
     pub async fn run(self, shutdown: CancellationToken) {

@@ -2,8 +2,8 @@
 //! Counters and histograms are updated where their events happen (a submission's
 //! admission, a scheduling cycle, a recorded result, a provisioning attempt, an HTTP
 //! request) and live in this process; the gauges that only the database knows (queue
-//! lengths and waits, workers by state, pool sizes) are read at each scrape, one query per
-//! group (`store::gauges`). Rendered as OpenMetrics text with `prometheus-client`.
+//! lengths and waits, workers by state, pool sizes, what tenants hold, the month's costs)
+//! are read at each scrape, one query per group (`store::gauges`). Rendered as OpenMetrics text with `prometheus-client`.
 //! Labels are bounded: queue, tenant, pool, state, reason, outcome, route, status class;
 //! never a job or worker id. This module does no IO.
 
@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 use crate::store::assignment::{CycleOutcome, Recorded};
 use crate::store::dispatch::FailureResult;
 use crate::store::enqueue::SubmitOutcome;
-use crate::store::gauges::{MonthCost, PoolSize, QueueGauges, WorkerCount};
+use crate::store::gauges::{MonthCost, PoolSize, QueueGauges, TenantUsage, WorkerCount};
 
 /// The content type of the exposition, for scrapers that ask for OpenMetrics (Prometheus does).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -341,7 +341,7 @@ impl Metrics {
         r.register("hodei_worker_heartbeats", "Worker heartbeats received.", metrics.heartbeats.clone());
         r.register(
             "hodei_worker_jobs_run",
-            "Jobs a worker had run when it deregistered (how much workers are reused).",
+            "Jobs a worker had run when it left: deregistered, or marked gone once silent (how much workers are reused).",
             metrics.worker_jobs_run.clone(),
         );
         r.register(
@@ -391,9 +391,10 @@ impl Metrics {
     /// every path that submits (the API, schedules) counts through this, after its commit.
     pub fn record_submission(&self, tenant: &str, named_queues: &[&str], outcome: &SubmitOutcome) {
         match outcome {
-            SubmitOutcome::Created { decisions, deferred, .. } => {
+            SubmitOutcome::Created { decisions, deferred, evicted, .. } => {
                 self.record_admission(tenant, named_queues, decisions);
                 self.record_deferrals(tenant, deferred);
+                self.record_dead_letters("evicted", *evicted);
             }
             SubmitOutcome::OverQuota(rejection) => self.record_quota_rejection(
                 tenant,
@@ -523,7 +524,8 @@ impl Metrics {
         self.job_outcomes.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
-    /// Jobs dead-lettered outside a result (evicted by a full queue, expired deadlines).
+    /// Jobs dead-lettered outside a result (evicted by a full queue, with the submission
+    /// that displaced them; expired deadlines, by the scheduling cycle).
     pub fn record_dead_letters(&self, reason: &str, jobs: u64) {
         if jobs > 0 {
             self.dead_letters.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc_by(jobs);
@@ -539,7 +541,8 @@ impl Metrics {
         self.heartbeats.inc();
     }
 
-    /// A worker of `pool` left after running `jobs_run` jobs.
+    /// A worker of `pool` left after running `jobs_run` jobs: it deregistered, or the lease
+    /// reaper marked it gone.
     pub fn record_worker_left(&self, pool: &str, jobs_run: i64) {
         self.worker_jobs_run.get_or_create(&PoolLabels { pool: pool.to_owned() }).observe(jobs_run.max(0) as f64);
     }
@@ -602,6 +605,7 @@ pub struct Snapshot {
     pub queues: Vec<QueueGauges>,
     pub workers: Vec<WorkerCount>,
     pub pools: Vec<PoolSize>,
+    pub tenants: Vec<TenantUsage>,
     pub costs: Vec<MonthCost>,
     pub database: DatabasePool,
 }
@@ -699,6 +703,27 @@ impl Snapshot {
         r.register("hodei_pool_members", "A pool's members, by provisioning status.", members);
         r.register("hodei_pool_busy_workers", "A pool's live workers running at least one job.", busy);
 
+        let running = Gauges::<TenantLabels>::default();
+        let cpu = Gauges::<TenantLabels>::default();
+        let memory = Gauges::<TenantLabels>::default();
+        for usage in &self.tenants {
+            let labels = TenantLabels { tenant: usage.tenant.clone() };
+            running.get_or_create(&labels).set(usage.running_jobs as f64);
+            cpu.get_or_create(&labels).set(usage.cpu_millis as f64 / 1000.0);
+            memory.get_or_create(&labels).set(usage.memory_mib as f64 * 1024.0 * 1024.0);
+        }
+        r.register(
+            "hodei_tenant_running_jobs",
+            "Attempts of a tenant's jobs that workers hold now (assigned or running).",
+            running,
+        );
+        r.register("hodei_tenant_cpu_cores", "CPU (cores) a tenant's assigned and running attempts reserve.", cpu);
+        r.register(
+            "hodei_tenant_memory_bytes",
+            "Memory (bytes) a tenant's assigned and running attempts reserve.",
+            memory,
+        );
+
         let pool_cost = Gauges::<PoolPartLabels>::default();
         let tenant_cost = Gauges::<TenantLabels>::default();
         for cost in &self.costs {
@@ -754,6 +779,7 @@ mod tests {
         let snapshot = Snapshot {
             database: DatabasePool { connections: 3, idle: 1, max: 16 },
             workers: vec![WorkerCount { pool: "local".into(), state: "idle".into(), workers: 2 }],
+            tenants: vec![TenantUsage { tenant: "acme".into(), running_jobs: 2, cpu_millis: 1500, memory_mib: 512 }],
             ..Snapshot::default()
         };
         let text = metrics.render(&snapshot);
@@ -765,6 +791,9 @@ mod tests {
         assert!(text.contains("route=\"/api/v1/jobs/{id}\",status=\"4xx\""), "{text}");
         assert!(text.contains("hodei_workers{pool=\"local\",state=\"idle\"} 2.0"), "{text}");
         assert!(text.contains("hodei_db_pool_max_connections 16.0"), "{text}");
+        assert!(text.contains("hodei_tenant_running_jobs{tenant=\"acme\"} 2.0"), "{text}");
+        assert!(text.contains("hodei_tenant_cpu_cores{tenant=\"acme\"} 1.5"), "{text}");
+        assert!(text.contains("hodei_tenant_memory_bytes{tenant=\"acme\"} 536870912.0"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert_eq!(text.matches("# EOF").count(), 1);
 

@@ -1,6 +1,7 @@
 //! `/metrics` from a real `hodei serve` with a real `hodei-worker`: the scrape passes
-//! `promtool check metrics`, holds the families recorded where events happen, and can be
-//! served on its own port; every metric the dashboards and the alert rules name is in a
+//! `promtool check metrics`, holds the families recorded where events happen (evictions
+//! among the dead letters, what a tenant's running jobs hold, the reuse of a worker the
+//! lease reaper marked gone), and can be served on its own port; every metric the dashboards and the alert rules name is in a
 //! real scrape, and the rules pass `promtool check rules` and `promtool test rules`.
 //! promtool comes from `.ci/promtool` (Debian's `prometheus` package, unpacked under the
 //! user's cache); the tests fail, saying why, when it cannot be had.
@@ -180,7 +181,7 @@ fn all_expressions() -> Vec<(String, String)> {
 async fn a_real_scrape_passes_promtool_and_holds_what_dashboards_and_alerts_read() {
     let system = start_system().await;
     let acme = system.server.tenant("acme").await;
-    let _worker = start_worker(&system.server.url, "metrics-worker", &["--slots", "2"]);
+    let mut worker = start_worker(&system.server.url, "metrics-worker", &["--slots", "2"]);
     let mut ids = Vec::new();
     for argv in [vec!["true"], vec!["true"], vec!["false"]] {
         let reply = acme.post("/api/v1/jobs", json!({"command": {"argv": argv}, "max_attempts": 1})).await;
@@ -196,6 +197,17 @@ async fn a_real_scrape_passes_promtool_and_holds_what_dashboards_and_alerts_read
     let waiting = waiting.body["id"].as_str().unwrap_or_else(|| panic!("{waiting:?}")).to_owned();
     let cancelled = acme.post(&format!("/api/v1/jobs/{waiting}/cancel"), json!({})).await;
     assert_eq!(cancelled.body["state"], "cancelled", "{cancelled:?}");
+    // A full `evict_lowest` queue takes a higher-priority job in the place of a lower one,
+    // which is dead-lettered. Their label is offered by no worker, so both would wait.
+    let bounded = json!({"name": "bounded", "policy": "priority", "max_size": 1, "overflow": "evict_lowest"});
+    let created = system.server.admin().post("/api/v1/queues", bounded).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    for priority in [1, 9] {
+        let job = json!({"queue": "bounded", "priority": priority, "command": {"argv": ["true"]},
+                         "resources": {"labels": {"gpu": "none"}}});
+        let reply = acme.post("/api/v1/jobs", job).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+    }
 
     let text = scrape_until(
         &system.server.url,
@@ -204,6 +216,8 @@ async fn a_real_scrape_passes_promtool_and_holds_what_dashboards_and_alerts_read
             "hodei_job_results_total{outcome=\"succeeded\"} 2",
             "hodei_job_results_total{outcome=\"dead_lettered\"} 1",
             "hodei_dead_letters_total{reason=",
+            "hodei_dead_letters_total{reason=\"evicted\"} 1",
+            "hodei_queue_overflow_total{queue=\"bounded\",mode=\"evict_lowest\"} 1",
             "hodei_assignments_total{outcome=\"started\"} 3",
             "hodei_jobs_abandoned_total{queue=\"default\"} 1",
             "hodei_dispatch_wait_seconds_count{queue=\"default\"} 3",
@@ -242,6 +256,32 @@ async fn a_real_scrape_passes_promtool_and_holds_what_dashboards_and_alerts_read
 
     run_promtool(&["check", "rules", "alerts.yml"], None);
     run_promtool(&["test", "rules", "alerts_test.yml"], None);
+
+    // What a tenant's running job holds, while it runs.
+    let long = json!({"command": {"argv": ["sleep", "30"]}, "resources": {"cpu_millis": 250, "memory_mib": 128}});
+    let long = acme.post("/api/v1/jobs", long).await;
+    let long = long.body["id"].as_str().unwrap_or_else(|| panic!("{long:?}")).to_owned();
+    wait_for_state(&acme, &long, &["running"]).await;
+    scrape_until(
+        &system.server.url,
+        &[
+            "hodei_tenant_running_jobs{tenant=\"acme\"} 1.0",
+            "hodei_tenant_cpu_cores{tenant=\"acme\"} 0.25",
+            "hodei_tenant_memory_bytes{tenant=\"acme\"} 134217728.0",
+        ],
+    )
+    .await;
+    let stopping = acme.post(&format!("/api/v1/jobs/{long}/cancel"), json!({})).await;
+    assert_eq!(stopping.status, StatusCode::OK, "{stopping:?}");
+    wait_for_state(&acme, &long, &["cancelled"]).await;
+    scrape_until(&system.server.url, &["hodei_tenant_running_jobs{tenant=\"acme\"} 0.0"]).await;
+
+    // A worker that dies without deregistering is marked gone by the lease reaper, and
+    // how many jobs it ran is observed as for one that deregisters.
+    let reuse = "hodei_worker_jobs_run_count{pool=\"default\"}";
+    assert!(!text.contains(reuse), "no worker has left yet:\n{text}");
+    worker.kill().await.expect("kill the worker");
+    scrape_until(&system.server.url, &["hodei_worker_jobs_run_count{pool=\"default\"} 1"]).await;
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! `/metrics`: the Prometheus exposition (OpenMetrics text) of `crate::metrics` — this
 //! process's counters and histograms, and the gauges read from the database for this
-//! scrape (one query per group: queues, workers, pools). Open, like a probe. Served on the
+//! scrape (one query per group: queues, workers, pools, tenants, costs). Open, like a probe. Served on the
 //! API's listener, or on its own (`metrics.prometheus.port`); and the middleware that
 //! times every HTTP request by its matched route.
 
@@ -55,7 +55,7 @@ async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Result<Res
     })
 }
 
-/// What this scrape reads: four statements on one connection, and the pool's use.
+/// What this scrape reads: five statements on one connection, and the pool's use.
 async fn snapshot(state: &AppState) -> Result<Snapshot, ApiError> {
     // Read before a connection is taken for the scrape itself.
     let database = DatabasePool {
@@ -67,8 +67,9 @@ async fn snapshot(state: &AppState) -> Result<Snapshot, ApiError> {
     let queues = gauges::queues(&mut *connection, WINDOW_SECONDS).await?;
     let workers = gauges::workers(&mut *connection).await?;
     let pools = gauges::pools(&mut *connection).await?;
+    let tenants = gauges::tenant_usage(&mut *connection).await?;
     let costs = gauges::month_costs(&mut *connection).await?;
-    Ok(Snapshot { queues, workers, pools, costs, database })
+    Ok(Snapshot { queues, workers, pools, tenants, costs, database })
 }
 
 /// Times every request by its method, matched route template (never the raw path, whose

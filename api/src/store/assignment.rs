@@ -823,9 +823,10 @@ pub async fn abandon_worker(
 /// Gives up attempts whose lease expired (their worker stopped heartbeating) or that their
 /// worker did not start in time: each is a failed attempt — retried or dead-lettered —
 /// fenced by its attempt number. Then marks
-/// workers silent for longer than `lease` as gone. Returns the attempts it gave up.
+/// workers silent for longer than `lease` as gone. Returns the attempts it gave up and the
+/// workers it marked gone.
 /// After an outage of the whole control plane, leases are extended instead (see below).
-pub async fn expire_leases(db: &mut PgConnection, timeouts: Timeouts, random: f64) -> sqlx::Result<Vec<Reaped>> {
+pub async fn expire_leases(db: &mut PgConnection, timeouts: Timeouts, random: f64) -> sqlx::Result<LeasesExpired> {
     let lease = timeouts.lease;
     let mut transaction = db.begin().await?;
     // If no replica has reaped for half a lease, the control plane was down and workers had
@@ -874,18 +875,21 @@ pub async fn expire_leases(db: &mut PgConnection, timeouts: Timeouts, random: f6
         let result = dispatch::fail(&mut transaction, &failure, random).await?;
         reaped.push(Reaped { lease_expired: *lease_expired, result });
     }
-    sqlx::query(
-        "update workers set state = 'gone', gone_at = now()
-         where gone_at is null and last_heartbeat_at < now() - make_interval(secs => $1)",
-    )
-    .bind(lease.as_secs_f64())
-    .execute(&mut *transaction)
-    .await?;
+    let workers_gone = crate::store::workers::mark_silent_gone(&mut *transaction, lease).await?;
     if !expired.is_empty() {
         sqlx::query("select pg_notify('hodei_ready', 'capacity')").execute(&mut *transaction).await?;
     }
     transaction.commit().await?;
-    Ok(reaped)
+    Ok(LeasesExpired { attempts: reaped, workers_gone })
+}
+
+/// What one pass of the lease reaper did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeasesExpired {
+    /// The attempts it gave up.
+    pub attempts: Vec<Reaped>,
+    /// The workers it marked gone, silent for longer than a lease.
+    pub workers_gone: Vec<crate::store::workers::Left>,
 }
 
 /// An attempt the lease reaper gave up, and what became of it.

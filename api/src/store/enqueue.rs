@@ -39,8 +39,9 @@ pub use hodei_core::admission::{FULL_QUEUE_RETRY_AFTER_SECONDS, MAX_REDIRECTS};
 pub enum SubmitOutcome {
     /// Every job was written. `jobs` holds the full records only when they were asked for;
     /// `decisions` says, job by job, what admission did (accepted, redirected, admitted by
-    /// evicting a lower-priority job).
-    Created { ids: Vec<Uuid>, jobs: Vec<Job>, decisions: Vec<Decision>, deferred: Vec<Deferred> },
+    /// evicting a lower-priority job); `evicted` counts the jobs dead-lettered (reason
+    /// `evicted`) to make room for them.
+    Created { ids: Vec<Uuid>, jobs: Vec<Job>, decisions: Vec<Decision>, deferred: Vec<Deferred>, evicted: u64 },
     /// The idempotency key was seen before with the same request: the original ids.
     Replayed { ids: Vec<Uuid>, jobs: Vec<Job> },
     /// The idempotency key was seen before with a different request. Nothing was written.
@@ -372,13 +373,15 @@ pub async fn submit(
         drop(transaction);
         return reject(db, submitter, &rejection).await;
     }
-    evict(&mut transaction, &loads.victims(&plan)).await?;
+    let evicted = evict(&mut transaction, &loads.victims(&plan)).await?;
     let placements = placer.place(&states, jobs, &plan.decisions, &quota_decisions);
     let outcome = insert_or_replay(&mut transaction, submitter, jobs, &placements, idempotency, return_jobs).await?;
-    if matches!(outcome, SubmitOutcome::Created { .. }) {
-        transaction.commit().await?;
+    if !matches!(outcome, SubmitOutcome::Created { .. }) {
+        // Nothing was written: the evictions roll back with the rest.
+        return Ok(outcome);
     }
-    Ok(outcome.decided(plan.decisions).deferred_by(&quota_decisions))
+    transaction.commit().await?;
+    Ok(outcome.decided(plan.decisions).deferred_by(&quota_decisions).with_evictions(evicted))
 }
 
 /// What each job asks of its tenant's quota.
@@ -412,8 +415,18 @@ impl SubmitOutcome {
     /// The outcome with admission's `decisions`, if the jobs were created.
     fn decided(self, decisions: Vec<Decision>) -> Self {
         match self {
-            SubmitOutcome::Created { ids, jobs, deferred, .. } => {
-                SubmitOutcome::Created { ids, jobs, decisions, deferred }
+            SubmitOutcome::Created { ids, jobs, deferred, evicted, .. } => {
+                SubmitOutcome::Created { ids, jobs, decisions, deferred, evicted }
+            }
+            other => other,
+        }
+    }
+
+    /// The outcome with the number of jobs evicted to admit it, if the jobs were created.
+    fn with_evictions(self, evicted: u64) -> Self {
+        match self {
+            SubmitOutcome::Created { ids, jobs, decisions, deferred, .. } => {
+                SubmitOutcome::Created { ids, jobs, decisions, deferred, evicted }
             }
             other => other,
         }
@@ -422,7 +435,7 @@ impl SubmitOutcome {
     /// The outcome with the jobs the tenant's quota deferred, if the jobs were created.
     fn deferred_by(self, quota: &[QuotaDecision]) -> Self {
         match self {
-            SubmitOutcome::Created { ids, jobs, decisions, .. } => {
+            SubmitOutcome::Created { ids, jobs, decisions, evicted, .. } => {
                 let deferred = ids
                     .iter()
                     .zip(quota)
@@ -431,7 +444,7 @@ impl SubmitOutcome {
                         QuotaDecision::Accepted => None,
                     })
                     .collect();
-                SubmitOutcome::Created { ids, jobs, decisions, deferred }
+                SubmitOutcome::Created { ids, jobs, decisions, deferred, evicted }
             }
             other => other,
         }
@@ -667,10 +680,12 @@ async fn queue_size(db: &mut PgConnection, queue: &str, cap: i64) -> sqlx::Resul
 }
 
 /// Dead-letters the given ready jobs of each queue with reason `evicted`. They were read
-/// and locked by `read_loads`, in the same transaction.
-async fn evict(db: &mut PgConnection, victims: &[(String, Vec<Uuid>)]) -> sqlx::Result<()> {
+/// and locked by `read_loads`, in the same transaction. Returns how many it dead-lettered.
+async fn evict(db: &mut PgConnection, victims: &[(String, Vec<Uuid>)]) -> sqlx::Result<u64> {
+    let mut evicted = 0;
     for (queue, ids) in victims.iter().filter(|(_, ids)| !ids.is_empty()) {
-        sqlx::query(
+        // One activity row per job moved: the statement's row count is the evictions'.
+        evicted += sqlx::query(
             "with removed as (
                 delete from ready_jobs where queue = $1 and job_id = any($2) returning job_id
              ), moved as (
@@ -689,9 +704,10 @@ async fn evict(db: &mut PgConnection, victims: &[(String, Vec<Uuid>)]) -> sqlx::
         .bind(queue)
         .bind(ids)
         .execute(&mut *db)
-        .await?;
+        .await?
+        .rows_affected();
     }
-    Ok(())
+    Ok(evicted)
 }
 
 /// Records a rejection (outside any transaction, so it survives) and reports it.
@@ -750,7 +766,7 @@ async fn insert_or_replay(
         } else {
             Vec::new()
         };
-        return Ok(SubmitOutcome::Created { ids, jobs, decisions: Vec::new(), deferred: Vec::new() });
+        return Ok(SubmitOutcome::Created { ids, jobs, decisions: Vec::new(), deferred: Vec::new(), evicted: 0 });
     }
     if inserted == 0 {
         // A queue deleted since its settings were read: the statement writes nothing then.

@@ -1,5 +1,6 @@
 //! What `/metrics` reads from the database at a scrape: the numbers that only the
-//! database knows (queue lengths and waits, workers by state, pool sizes). One query per
+//! database knows (queue lengths and waits, workers by state, pool sizes, what each
+//! tenant's jobs hold, month-to-date costs). One query per
 //! group of families, whatever the number of queues, workers or pools. Read-only; counts
 //! of events (submissions, dispatches, results) are never recomputed here: they are
 //! counted where they happen.
@@ -160,6 +161,33 @@ pub async fn pools(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<PoolSize>> {
              group by w.pool
          ) b on b.pool = p.id
          order by p.id",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// What one tenant's jobs hold on workers now: the attempts assigned or running, and the
+/// resources they reserve.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct TenantUsage {
+    /// The tenant's name.
+    pub tenant: String,
+    pub running_jobs: i64,
+    pub cpu_millis: i64,
+    pub memory_mib: i64,
+}
+
+/// Every tenant's usage, in one statement: tenants holding nothing report zeros, so a
+/// tenant's series drops to zero rather than vanishing when its last job ends. Read from
+/// `worker_jobs` (each row carries its tenant) through `worker_jobs (tenant_id)`.
+pub async fn tenant_usage(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<TenantUsage>> {
+    sqlx::query_as(
+        "select t.name as tenant, count(h.job_id) as running_jobs,
+                coalesce(sum(h.cpu_millis), 0)::int8 as cpu_millis,
+                coalesce(sum(h.memory_mib), 0)::int8 as memory_mib
+           from tenants t left join worker_jobs h on h.tenant_id = t.id
+          group by t.name
+          order by t.name",
     )
     .fetch_all(db)
     .await

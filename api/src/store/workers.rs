@@ -153,7 +153,21 @@ pub async fn deregister(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Optio
     .await
 }
 
-/// A worker that deregistered: its pool and how many jobs it had run.
+/// Marks gone every live worker silent for longer than `lease` (it stopped heartbeating:
+/// its process died, or its host did). Returns each with its pool and jobs run.
+pub async fn mark_silent_gone(db: impl PgExecutor<'_>, lease: std::time::Duration) -> sqlx::Result<Vec<Left>> {
+    sqlx::query_as(
+        "update workers set state = 'gone', gone_at = now()
+         where gone_at is null and last_heartbeat_at < now() - make_interval(secs => $1)
+         returning pool, jobs_run",
+    )
+    .bind(lease.as_secs_f64())
+    .fetch_all(db)
+    .await
+}
+
+/// A worker that left (it deregistered, or went silent and was marked gone): its pool and
+/// how many jobs it had run.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Left {
     pub pool: String,
