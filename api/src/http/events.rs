@@ -48,6 +48,12 @@ pub const EVENT_KINDS: [&str; 11] = [
 /// How often a follower with nothing new looks again.
 const STREAM_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// How often an idle stream sends a heartbeat comment, unless `AppState` says otherwise.
+pub const DEFAULT_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The comment an idle stream sends (`: heartbeat`), which keeps proxies from closing it.
+pub const HEARTBEAT: &str = "heartbeat";
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -218,7 +224,7 @@ async fn stream_events(
         let event = follower.next().await?;
         Some((Ok(event), follower))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)).text("heartbeat")))
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(state.event_keep_alive).text(HEARTBEAT)))
 }
 
 /// One stream follower: reads pages after its position, hands them out one by one, and

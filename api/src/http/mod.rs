@@ -74,6 +74,8 @@ pub struct AppState {
     pub cost_spread_idle: bool,
     /// How many days hour buckets of historical metrics are kept.
     pub metric_history_retention_days: u32,
+    /// How often the event stream sends a heartbeat comment on an idle connection.
+    pub event_keep_alive: std::time::Duration,
 }
 
 /// Bounds on pools from the configuration (`max_pools`, `max_pool_size`).
@@ -107,6 +109,7 @@ impl AppState {
             cost_recommendations: hodei_core::recommend::Thresholds::default(),
             metric_history_retention_days: 90,
             cost_spread_idle: false,
+            event_keep_alive: events::DEFAULT_KEEP_ALIVE,
         }
     }
 
@@ -134,6 +137,12 @@ impl AppState {
 
     pub fn with_metric_history_retention_days(mut self, days: u32) -> Self {
         self.metric_history_retention_days = days;
+        self
+    }
+
+    /// How often the event stream sends a heartbeat comment on an idle connection.
+    pub fn with_event_keep_alive(mut self, interval: std::time::Duration) -> Self {
+        self.event_keep_alive = interval;
         self
     }
 
