@@ -1,11 +1,16 @@
 //! Historical metrics: the roll-up counts every event once, whatever restarts and gaps
-//! come between its runs, and samples the gauges as they are.
+//! come between its runs, and samples the gauges as they are, once per minute however
+//! many replicas roll up.
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use hodei_api::loops::MetricHistory;
-use hodei_api::store::history;
+use hodei_api::store::enqueue::{self, SubmitOutcome};
+use hodei_api::store::jobs::Submitter;
+use hodei_api::store::{history, tenants};
 use hodei_api::testing::TestDatabase;
 use hodei_core::history::{Metric, Resolution};
+use hodei_core::ordering::PolicyRegistry;
+use hodei_core::{JobSpec, ValidJob};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -103,4 +108,50 @@ async fn every_event_counts_once_across_restarts_and_gaps() {
     rollup.tick_at(minute(65) + Duration::seconds(3)).await.expect("once more");
     let last = values(&db, Resolution::Minute, Metric::Dispatched, start).await;
     assert_eq!(last.last(), Some(&(minute(65), 7.0)), "{last:?}");
+}
+
+/// `jobs` ready in `default`, submitted as the API submits them.
+async fn submit(db: &PgPool, tenant_id: Uuid, jobs: usize) {
+    let job: ValidJob = serde_json::from_value::<JobSpec>(serde_json::json!({"command": {"argv": ["true"]}}))
+        .expect("spec")
+        .validate(Utc::now())
+        .expect("valid");
+    let registry = PolicyRegistry::shipped();
+    let settings = enqueue::QueueSettingsCache::disabled();
+    let context = enqueue::SubmitContext { registry: &registry, settings: &settings };
+    let submitter = Submitter { tenant_id, tenant_name: "acme", traceparent: None };
+    let mut connection = db.acquire().await.expect("connection");
+    let outcome = enqueue::submit(&mut connection, context, submitter, &vec![job; jobs], None, false).await;
+    assert!(matches!(outcome, Ok(SubmitOutcome::Created { .. })), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn an_hours_gauge_mean_counts_each_minute_once_however_many_replicas_sample_it() {
+    let database = TestDatabase::migrated().await;
+    let db = database.pool().await;
+    let tenant_id = tenants::create(&db, "acme", 1).await.expect("tenant").id;
+    let start = (Utc::now() - Duration::hours(3)).duration_trunc(Duration::hours(1)).expect("hour");
+    let minute = |m: i64| start + Duration::minutes(m);
+
+    // Minute 0: one replica samples an empty queue.
+    let first = MetricHistory::new(db.clone());
+    first.tick_at(minute(0) + Duration::seconds(10)).await.expect("roll");
+    // Minute 1: two jobs wait, and two replicas sample them, one after the other.
+    submit(&db, tenant_id, 2).await;
+    let second = MetricHistory::new(db.clone());
+    first.tick_at(minute(1) + Duration::seconds(10)).await.expect("roll");
+    second.tick_at(minute(1) + Duration::seconds(40)).await.expect("roll again");
+
+    assert_eq!(values(&db, Resolution::Minute, Metric::QueueLength, start).await, [(minute(0), 0.0), (minute(1), 2.0)]);
+    // One sample per minute: (0 + 2) / 2, as with one replica. Counting every roll-up's
+    // sample would give (0 + 2 + 2) / 3.
+    assert_eq!(values(&db, Resolution::Hour, Metric::QueueLength, start).await, [(start, 1.0)]);
+
+    // A later minute of the same hour moves the mean by one minute's weight.
+    second.tick_at(minute(2) + Duration::seconds(5)).await.expect("roll");
+    first.tick_at(minute(2) + Duration::seconds(6)).await.expect("roll");
+    first.tick_at(minute(2) + Duration::seconds(7)).await.expect("roll");
+    let hour = values(&db, Resolution::Hour, Metric::QueueLength, start).await;
+    assert_eq!(hour.len(), 1, "{hour:?}");
+    assert!((hour[0].1 - 4.0 / 3.0).abs() < 1e-9, "(0 + 2 + 2) / 3 minutes: {hour:?}");
 }

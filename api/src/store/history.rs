@@ -36,7 +36,8 @@ struct Row {
 }
 
 /// Recomputes the event metrics of every bucket from the last final one to `now`, samples
-/// the gauges into `now`'s buckets, and prunes what is past its retention. One transaction.
+/// the gauges into `now`'s minute and averages its hour's minutes, and prunes what is past
+/// its retention. One transaction.
 pub async fn roll_up(db: &PgPool, now: DateTime<Utc>, retention: Duration) -> sqlx::Result<RolledUp> {
     let mut transaction = db.begin().await?;
     let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock($1)")
@@ -49,8 +50,9 @@ pub async fn roll_up(db: &PgPool, now: DateTime<Utc>, retention: Duration) -> sq
     let mut done = RolledUp { rolled: true, ..RolledUp::default() };
     for resolution in [Resolution::Minute, Resolution::Hour] {
         done.event_rows += roll_events(&mut transaction, resolution, now).await?;
-        done.gauge_rows += sample_gauges(&mut transaction, resolution, now).await?;
     }
+    done.gauge_rows += sample_gauges(&mut transaction, now).await?;
+    done.gauge_rows += average_gauges_by_hour(&mut transaction, now).await?;
     sqlx::query(
         "delete from metric_history
           where (resolution = 'minute' and bucket_start < $1) or (resolution = 'hour' and bucket_start < $2)",
@@ -161,9 +163,11 @@ async fn insert(db: &mut PgConnection, resolution: Resolution, rows: &[Row]) -> 
 }
 
 /// Queue lengths and oldest waits, pool sizes, readiness, busy workers and utilisation as
-/// they are now, into `now`'s bucket: a minute keeps the latest sample, an hour the mean.
-async fn sample_gauges(db: &mut PgConnection, resolution: Resolution, now: DateTime<Utc>) -> sqlx::Result<u64> {
-    let bucket = now.duration_trunc(resolution.duration()).unwrap_or(now);
+/// they are now, into `now`'s minute bucket, which keeps the latest sample: however many
+/// roll-ups run in a minute (one per replica, or a replica's retry), the minute holds one
+/// sample.
+async fn sample_gauges(db: &mut PgConnection, now: DateTime<Utc>) -> sqlx::Result<u64> {
+    let bucket = now.duration_trunc(Resolution::Minute.duration()).unwrap_or(now);
     let sampled = sqlx::query(
         "with gauges as (
              select q.name as series, m.metric, m.value
@@ -196,18 +200,40 @@ async fn sample_gauges(db: &mut PgConnection, resolution: Resolution, now: DateT
          )
          insert into metric_history (resolution, metric, series, bucket_start, value, samples)
          select $1, metric, series, $2, value, 1 from gauges
-         on conflict (resolution, metric, series, bucket_start) do update
-             set value = case when $1 = 'minute' then excluded.value
-                              else (metric_history.value * metric_history.samples + excluded.value)
-                                   / (metric_history.samples + 1) end,
-                 samples = metric_history.samples + 1",
+         on conflict (resolution, metric, series, bucket_start) do update set value = excluded.value",
     )
-    .bind(resolution.as_str())
+    .bind(Resolution::Minute.as_str())
     .bind(bucket)
     .bind(now)
     .execute(db)
     .await?;
     Ok(sampled.rows_affected())
+}
+
+/// The gauges of `now`'s hour bucket: the mean of its minute buckets (`samples` of them),
+/// recomputed from them, so each minute counts once whichever replicas sampled it and
+/// however often. Minute buckets are kept a day, so an open hour's minutes are all there.
+async fn average_gauges_by_hour(db: &mut PgConnection, now: DateTime<Utc>) -> sqlx::Result<u64> {
+    let hour = now.duration_trunc(Resolution::Hour.duration()).unwrap_or(now);
+    let gauges: Vec<&str> =
+        Metric::ALL.iter().filter(|metric| metric.is_gauge()).map(|metric| metric.as_str()).collect();
+    let averaged = sqlx::query(
+        "insert into metric_history (resolution, metric, series, bucket_start, value, samples)
+         select $1, metric, series, $3, avg(value), count(*)::int4
+           from metric_history
+          where resolution = $2 and bucket_start >= $3 and bucket_start < $4 and metric = any($5)
+          group by metric, series
+         on conflict (resolution, metric, series, bucket_start) do update
+             set value = excluded.value, samples = excluded.samples",
+    )
+    .bind(Resolution::Hour.as_str())
+    .bind(Resolution::Minute.as_str())
+    .bind(hour)
+    .bind(hour + Resolution::Hour.duration())
+    .bind(&gauges)
+    .execute(db)
+    .await?;
+    Ok(averaged.rows_affected())
 }
 
 /// One series' buckets of `resolution` in `from..to`, in order.
