@@ -100,6 +100,8 @@ pub struct Config {
     pub cost_tracking: CostTrackingConfig,
     /// Tenant quotas' defaults and burst sessions.
     pub multi_tenancy: MultiTenancyConfig,
+    /// How long finished jobs, their logs and queue activity are kept.
+    pub retention: RetentionConfig,
     /// The file this configuration was read from, for reloading.
     #[serde(skip)]
     pub source_file: Option<PathBuf>,
@@ -137,6 +139,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             cost_tracking: CostTrackingConfig::default(),
             multi_tenancy: MultiTenancyConfig::default(),
+            retention: RetentionConfig::default(),
             source_file: None,
             default_pools: Vec::new(),
         }
@@ -307,6 +310,129 @@ impl CostTrackingConfig {
         }
         for (field, message) in self.recommendations.problems() {
             problems.push(format!("cost_tracking.recommendations.{field}: {message}"));
+        }
+    }
+}
+
+/// Retention: finished jobs (with their events and logs), the logs of finished jobs, and
+/// queue activity are deleted once past these ages, in batches, by one replica at a time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// `HODEI_RETENTION_ENABLED`.
+    pub enabled: bool,
+    /// Hours a job is kept after it finished, by final state.
+    pub succeeded_hours: u32,
+    pub cancelled_hours: u32,
+    /// How long a dead letter waits for a redrive.
+    pub dead_lettered_hours: u32,
+    /// Hours a finished job's output is kept (at most as long as the job).
+    pub logs_hours: u32,
+    /// Hours of queue admissions and dispatches kept (at least 25: quotas read the last day).
+    pub queue_activity_hours: u32,
+    /// Hours a job submitted with an idempotency key is kept at least, after its submission.
+    pub idempotency_window_hours: u32,
+    /// Queues that keep their finished jobs for other times than the above.
+    pub queues: Vec<QueueRetentionConfig>,
+    /// How often the pruning runs, in seconds.
+    pub interval_seconds: u32,
+    /// Rows deleted per statement at most (1–100000).
+    pub batch_size: u32,
+}
+
+/// One queue's own retention of finished jobs; what it leaves out is the default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueRetentionConfig {
+    pub queue: String,
+    pub succeeded_hours: Option<u32>,
+    pub cancelled_hours: Option<u32>,
+    pub dead_lettered_hours: Option<u32>,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            succeeded_hours: 24,
+            cancelled_hours: 24,
+            dead_lettered_hours: 168,
+            logs_hours: 72,
+            queue_activity_hours: 168,
+            idempotency_window_hours: 24,
+            queues: Vec::new(),
+            interval_seconds: 60,
+            batch_size: 1000,
+        }
+    }
+}
+
+impl RetentionConfig {
+    pub fn policy(&self) -> crate::store::retention::Policy {
+        let hours = |hours: u32| chrono::Duration::hours(hours.into());
+        crate::store::retention::Policy {
+            succeeded: hours(self.succeeded_hours),
+            cancelled: hours(self.cancelled_hours),
+            dead_lettered: hours(self.dead_lettered_hours),
+            logs: hours(self.logs_hours),
+            queue_activity: hours(self.queue_activity_hours),
+            idempotency_window: hours(self.idempotency_window_hours),
+            queues: self
+                .queues
+                .iter()
+                .map(|queue| crate::store::retention::QueueRetention {
+                    queue: queue.queue.clone(),
+                    succeeded: queue.succeeded_hours.map(hours),
+                    cancelled: queue.cancelled_hours.map(hours),
+                    dead_lettered: queue.dead_lettered_hours.map(hours),
+                })
+                .collect(),
+            batch: self.batch_size.into(),
+        }
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        const MAX_HOURS: u32 = 24 * 3650;
+        let mut hours = vec![
+            ("succeeded_hours".to_owned(), self.succeeded_hours),
+            ("cancelled_hours".to_owned(), self.cancelled_hours),
+            ("dead_lettered_hours".to_owned(), self.dead_lettered_hours),
+            ("logs_hours".to_owned(), self.logs_hours),
+            ("idempotency_window_hours".to_owned(), self.idempotency_window_hours),
+        ];
+        for (index, queue) in self.queues.iter().enumerate() {
+            for (name, value) in [
+                ("succeeded_hours", queue.succeeded_hours),
+                ("cancelled_hours", queue.cancelled_hours),
+                ("dead_lettered_hours", queue.dead_lettered_hours),
+            ] {
+                if let Some(value) = value {
+                    hours.push((format!("queues[{index}].{name}"), value));
+                }
+            }
+            if let Err(message) = hodei_core::names::check_resource_name(&queue.queue) {
+                problems.push(format!("retention.queues[{index}].queue: {message}"));
+            }
+        }
+        for (field, value) in hours {
+            if !(1..=MAX_HOURS).contains(&value) {
+                problems.push(format!("retention.{field}: must be between 1 and {MAX_HOURS}, got {value}"));
+            }
+        }
+        if !(25..=MAX_HOURS).contains(&self.queue_activity_hours) {
+            problems.push(format!(
+                "retention.queue_activity_hours: must be between 25 and {MAX_HOURS}, got {}",
+                self.queue_activity_hours
+            ));
+        }
+        if !(1..=86_400).contains(&self.interval_seconds) {
+            problems.push(format!(
+                "retention.interval_seconds: must be between 1 and 86400, got {}",
+                self.interval_seconds
+            ));
+        }
+        if !(1..=100_000).contains(&self.batch_size) {
+            problems.push(format!("retention.batch_size: must be between 1 and 100000, got {}", self.batch_size));
         }
     }
 }
@@ -554,6 +680,7 @@ pub const ENVIRONMENT_OVERRIDES: &[(&str, &str)] = &[
     ("HODEI_FAIR_SHARING_ENABLED", "multi_tenancy.fair_sharing.enabled"),
     ("HODEI_FAIR_SHARING_HALF_LIFE_MINUTES", "multi_tenancy.fair_sharing.half_life_minutes"),
     ("HODEI_COST_TRACKING_ENABLED", "cost_tracking.enabled"),
+    ("HODEI_RETENTION_ENABLED", "retention.enabled"),
     ("HODEI_COST_TRACKING_TRACK_BY_TENANT", "cost_tracking.track_by_tenant"),
     ("HODEI_COST_TRACKING_TRACK_BY_JOB", "cost_tracking.track_by_job"),
     ("HODEI_COST_RETENTION_DAYS", "cost_tracking.retention_days"),
@@ -723,6 +850,7 @@ impl Config {
             }
         }
         self.cost_tracking.problems(&mut problems);
+        self.retention.problems(&mut problems);
         self.multi_tenancy.problems(&mut problems);
         let history = &self.metrics.history;
         if !(1..=3600).contains(&history.interval_seconds) {
@@ -841,6 +969,7 @@ fn environment_value(field: &str, value: &str) -> serde_yaml::Value {
         "providers.local.enabled"
             | "metrics.history.enabled"
             | "cost_tracking.enabled"
+            | "retention.enabled"
             | "cost_tracking.track_by_tenant"
             | "cost_tracking.track_by_job"
             | "cost_tracking.spread_idle_to_tenants"
@@ -1039,6 +1168,39 @@ mod tests {
             .to_string();
         assert!(message.contains("metrics.history.retention_days"), "{message}");
         assert!(!message.contains("idle_threshold_percent"), "{message}");
+    }
+
+    #[test]
+    fn retention_is_read_and_checked() {
+        let config = Config::load(None, &environment(&[])).expect("valid");
+        let policy = config.retention.policy();
+        assert!(config.retention.enabled);
+        assert_eq!(
+            (policy.succeeded, policy.dead_lettered),
+            (chrono::Duration::hours(24), chrono::Duration::hours(168))
+        );
+        let file = write("retention:\n  succeeded_hours: 2\n  queues:\n    - {queue: audit, succeeded_hours: 720}\n");
+        let config =
+            Config::load(Some(file.path()), &environment(&[("HODEI_RETENTION_ENABLED", "false")])).expect("valid");
+        assert!(!config.retention.enabled);
+        let policy = config.retention.policy();
+        assert_eq!(policy.succeeded, chrono::Duration::hours(2));
+        assert_eq!(policy.queues[0].succeeded, Some(chrono::Duration::hours(720)));
+        assert_eq!(policy.queues[0].cancelled, None);
+        for (yaml, field) in [
+            ("retention: {succeeded_hours: 0}\n", "retention.succeeded_hours"),
+            ("retention: {queue_activity_hours: 24}\n", "retention.queue_activity_hours"),
+            ("retention: {batch_size: 0}\n", "retention.batch_size"),
+            ("retention: {queues: [{queue: Audit}]}\n", "retention.queues[0].queue"),
+            (
+                "retention: {queues: [{queue: audit, dead_lettered_hours: 0}]}\n",
+                "retention.queues[0].dead_lettered_hours",
+            ),
+        ] {
+            let file = write(yaml);
+            let message = Config::load(Some(file.path()), &environment(&[])).expect_err(yaml).to_string();
+            assert!(message.contains(field), "{yaml}: {message}");
+        }
     }
 
     #[test]

@@ -310,14 +310,9 @@ impl Leadership {
     /// so a holder that keeps ticking keeps it.
     pub async fn lead(&self, db: &PgPool, interval: Duration) -> sqlx::Result<bool> {
         let lease = interval.mul_f64(1.5) + Duration::from_secs(60);
-        let held = crate::store::leases::acquire_or_renew(
-            db,
-            self.name,
-            self.holder,
-            &self.holder_info,
-            lease.as_secs_f64(),
-        )
-        .await?;
+        let held =
+            crate::store::leases::acquire_or_renew(db, self.name, self.holder, &self.holder_info, lease.as_secs_f64())
+                .await?;
         Ok(held.is_some())
     }
 
@@ -668,5 +663,91 @@ impl Schedules {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+}
+
+/// Prunes what is past its retention (`store::retention`): finished jobs with their events
+/// and logs, the logs of finished jobs, queue activity. One replica at a time (the
+/// `retention` lease); each tick deletes batch after batch of each kind until a batch
+/// comes back short or `max_batches` ran, so a backlog is worked off over several ticks
+/// and no statement holds its locks for long.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    pub db: PgPool,
+    pub leadership: Leadership,
+    pub policy: crate::store::retention::Policy,
+    pub interval: Duration,
+    /// Batches of each kind per tick at most.
+    pub max_batches: u32,
+}
+
+impl Retention {
+    pub fn new(db: PgPool, policy: crate::store::retention::Policy) -> Self {
+        Self {
+            db,
+            leadership: Leadership::new("retention"),
+            policy,
+            interval: Duration::from_secs(60),
+            max_batches: 100,
+        }
+    }
+
+    /// One pass as of the database's clock, if this replica leads; `None` when another does.
+    pub async fn tick(&self) -> anyhow::Result<Option<crate::store::retention::Pruned>> {
+        if !self.leadership.lead(&self.db, self.interval).await? {
+            return Ok(None);
+        }
+        let now = crate::store::database_now(&self.db).await?;
+        Ok(Some(self.tick_at(now).await?))
+    }
+
+    /// One pass as of `now` (tests prune as of a later time).
+    pub async fn tick_at(&self, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<crate::store::retention::Pruned> {
+        use crate::store::retention::{self, Pruned};
+        let mut pruned = Pruned::default();
+        let batch = u64::try_from(self.policy.batch).unwrap_or(u64::MAX);
+        for _ in 0..self.max_batches {
+            let done = retention::prune_jobs(&self.db, now, &self.policy).await?;
+            pruned.add(done);
+            if done.jobs < batch {
+                break;
+            }
+        }
+        for _ in 0..self.max_batches {
+            let done = retention::prune_logs(&self.db, now, &self.policy).await?;
+            pruned.add(done);
+            if done.logs < batch {
+                break;
+            }
+        }
+        for _ in 0..self.max_batches {
+            let done = retention::prune_queue_activity(&self.db, now, &self.policy).await?;
+            pruned.add(done);
+            if done.queue_activity < batch {
+                break;
+            }
+        }
+        Ok(pruned)
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            match self.tick().await {
+                Ok(Some(pruned)) if pruned != crate::store::retention::Pruned::default() => tracing::info!(
+                    jobs = pruned.jobs,
+                    events = pruned.events,
+                    logs = pruned.logs,
+                    queue_activity = pruned.queue_activity,
+                    "pruned what is past its retention"
+                ),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(error = format!("{error:#}"), "pruning failed; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+        }
+        self.leadership.release(&self.db).await;
     }
 }

@@ -102,6 +102,13 @@ pub async fn serve_http(
         };
         tokio::spawn(rollup.run(shutdown.clone()))
     });
+    let retention = config.retention.enabled.then(|| {
+        let pruning = crate::loops::Retention {
+            interval: std::time::Duration::from_secs(config.retention.interval_seconds.into()),
+            ..crate::loops::Retention::new(pool.clone(), config.retention.policy())
+        };
+        tokio::spawn(pruning.run(shutdown.clone()))
+    });
     let spot_prices = (config.cost_tracking.enabled && !providers.is_empty()).then(|| {
         let refresh = SpotPriceRefresh {
             interval: std::time::Duration::from_secs(u64::from(config.cost_tracking.spot_price_refresh_minutes) * 60),
@@ -166,6 +173,9 @@ pub async fn serve_http(
     }
     if let Some(cost_rollup) = cost_rollup {
         let _ = cost_rollup.await;
+    }
+    if let Some(retention) = retention {
+        let _ = retention.await;
     }
     if let Some(metric_history) = metric_history {
         let _ = metric_history.await;

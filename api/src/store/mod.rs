@@ -18,6 +18,7 @@ pub mod queue_status;
 pub mod queues;
 pub mod quotas;
 pub mod recommendations;
+pub mod retention;
 pub mod schedules;
 pub mod tenants;
 pub mod workers;
