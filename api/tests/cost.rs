@@ -394,9 +394,8 @@ async fn pruning_past_the_retention_keeps_the_daily_roll_up() {
     assert_eq!(cost::job_cost(&pool, job).await.expect("cost"), None, "a job's cost goes with the detail");
     let after = day_views(&pool, day.date_naive()).await;
     assert_eq!(after, before, "the daily views answer from the daily roll-up");
-    let report = cost::report(&pool, GroupBy::Day, day.date_naive(), day.date_naive(), ReportScope::All)
-        .await
-        .expect("report");
+    let report =
+        cost::report(&pool, GroupBy::Day, day.date_naive(), day.date_naive(), ReportScope::All).await.expect("report");
     assert_eq!(report.len(), 1, "{report:?}");
     assert!(within(report[0].attributed_amount + report[0].idle_amount, 0.72, 1e-9), "{report:?}");
 }
@@ -424,9 +423,8 @@ async fn an_attempt_on_a_worker_no_instance_records_is_unpriced_and_a_missing_pr
     let cost = cost::job_cost(&pool, job).await.expect("cost").expect("an attempt ran");
     assert!(cost.unpriced && cost.amount.is_none(), "unpriced, never free: {cost:?}");
 
-    let facts = hodei_api::store::recommendations::facts(&pool, now - Duration::days(1), now, 600)
-        .await
-        .expect("facts");
+    let facts =
+        hodei_api::store::recommendations::facts(&pool, now - Duration::days(1), now, 600).await.expect("facts");
     let unrecorded: Vec<_> = facts
         .unpriced
         .iter()

@@ -55,8 +55,14 @@ async fn jobs_show_their_cost_and_tenants_see_only_their_own() {
     refused.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
     assert!(refused.body.to_string().contains("prices[0].price_per_hour"), "{refused:?}");
     for (price, field) in [
-        (json!({"provider": "aws-ec2", "instance_type": "m5.large", "price_per_hour": 0.1, "currency": "EUR"}), "prices[0].currency"),
-        (json!({"provider": "aws-ec2", "instance_type": "m5 large!", "price_per_hour": 0.1}), "prices[0].instance_type"),
+        (
+            json!({"provider": "aws-ec2", "instance_type": "m5.large", "price_per_hour": 0.1, "currency": "EUR"}),
+            "prices[0].currency",
+        ),
+        (
+            json!({"provider": "aws-ec2", "instance_type": "m5 large!", "price_per_hour": 0.1}),
+            "prices[0].instance_type",
+        ),
     ] {
         let refused = put(&admin, "/api/v1/prices", json!({"prices": [price]})).await;
         refused.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
