@@ -27,17 +27,21 @@ pub struct Promoter {
     pub batch: i64,
     /// Longest sleep between ticks when nothing is due sooner.
     pub max_idle: Duration,
+    /// Where the jobs it dead-letters (their queue no longer exists) are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Promoter {
     pub fn new(db: PgPool, policies: Arc<PolicyRegistry>) -> Self {
-        Self { db, policies, batch: 500, max_idle: Duration::from_secs(1) }
+        Self { db, policies, batch: 500, max_idle: Duration::from_secs(1), metrics: Arc::new(Metrics::new()) }
     }
 
     /// Promotes what is due now; returns how many jobs it moved.
     pub async fn tick(&self) -> anyhow::Result<usize> {
         let mut connection = self.db.acquire().await?;
-        Ok(dispatch::promote_due(&mut connection, &self.policies, self.batch).await?)
+        let promoted = dispatch::promote_due(&mut connection, &self.policies, self.batch).await?;
+        self.metrics.record_dead_letters("queue_deleted", promoted.queue_deleted);
+        Ok(promoted.moved)
     }
 
     /// How long until the next scheduled job is due (capped at `max_idle`).

@@ -125,7 +125,8 @@ pub async fn serve_http(
         pool.clone(),
         shutdown.clone(),
     ));
-    let promoter = tokio::spawn(Promoter::new(pool.clone(), state.policies.clone()).run(shutdown.clone()));
+    let promoter = Promoter { metrics: metrics.clone(), ..Promoter::new(pool.clone(), state.policies.clone()) };
+    let promoter = tokio::spawn(promoter.run(shutdown.clone()));
     let schedules = crate::loops::Schedules {
         metrics: metrics.clone(),
         ..crate::loops::Schedules::new(pool.clone(), state.policies.clone(), state.queue_settings.clone())

@@ -109,7 +109,7 @@ impl Store {
     async fn promote_everything_due_now(&self) -> usize {
         sqlx::query("update scheduled_jobs set run_at = now()").execute(&self.pool).await.expect("make due");
         let mut connection = self.pool.acquire().await.expect("connection");
-        dispatch::promote_due(&mut connection, &self.registry, 100).await.expect("promote")
+        dispatch::promote_due(&mut connection, &self.registry, 100).await.expect("promote").moved
     }
 
     async fn redrive(&self, filter: RedriveFilter) -> dispatch::Rerun {

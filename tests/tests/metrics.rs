@@ -209,6 +209,20 @@ async fn a_real_scrape_passes_promtool_and_holds_what_dashboards_and_alerts_read
         assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
     }
 
+    // A finished job of a queue deleted since, run again: dead-lettered (`queue_deleted`).
+    let admin = system.server.admin();
+    let created = admin.post("/api/v1/queues", json!({"name": "doomed"})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let doomed = json!({"queue": "doomed", "command": {"argv": ["true"]}, "not_before": later});
+    let doomed = acme.post("/api/v1/jobs", doomed).await;
+    let doomed = doomed.body["id"].as_str().unwrap_or_else(|| panic!("{doomed:?}")).to_owned();
+    let cancelled = acme.post(&format!("/api/v1/jobs/{doomed}/cancel"), json!({})).await;
+    assert_eq!(cancelled.body["state"], "cancelled", "{cancelled:?}");
+    assert_eq!(admin.delete("/api/v1/queues/doomed").await.status, StatusCode::NO_CONTENT);
+    let retried = acme.post("/api/v1/jobs/retry", json!({"queue": "doomed"})).await;
+    assert_eq!(retried.body["ids"], json!([]), "{retried:?}");
+    assert_eq!(acme.get(&format!("/api/v1/jobs/{doomed}")).await.body["dead_letter_reason"], "queue_deleted");
+
     let text = scrape_until(
         &system.server.url,
         &[
@@ -217,6 +231,7 @@ async fn a_real_scrape_passes_promtool_and_holds_what_dashboards_and_alerts_read
             "hodei_job_results_total{outcome=\"dead_lettered\"} 1",
             "hodei_dead_letters_total{reason=",
             "hodei_dead_letters_total{reason=\"evicted\"} 1",
+            "hodei_dead_letters_total{reason=\"queue_deleted\"} 1",
             "hodei_queue_overflow_total{queue=\"bounded\",mode=\"evict_lowest\"} 1",
             "hodei_assignments_total{outcome=\"started\"} 3",
             "hodei_jobs_abandoned_total{queue=\"default\"} 1",

@@ -133,6 +133,7 @@ async fn redrive_one(
     let filter =
         RedriveFilter { tenant_scope: principal.tenant_scope(), job_id: Some(job.id), limit: 1, ..Default::default() };
     let redriven = dispatch::redrive(&mut connection, &state.policies, &filter).await?;
+    state.metrics.record_dead_letters("queue_deleted", redriven.queue_deleted);
     if let Some(refused) = redriven.refused.first() {
         return Err(queue_full(&refused.queue, refused.retry_after_seconds));
     }
@@ -171,5 +172,7 @@ async fn redrive_many(
         limit,
     };
     let mut connection = state.db.acquire().await?;
-    Ok(axum::Json(Redriven { ids: dispatch::redrive(&mut connection, &state.policies, &filter).await?.ids }))
+    let redriven = dispatch::redrive(&mut connection, &state.policies, &filter).await?;
+    state.metrics.record_dead_letters("queue_deleted", redriven.queue_deleted);
+    Ok(axum::Json(Redriven { ids: redriven.ids }))
 }

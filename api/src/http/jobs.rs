@@ -817,6 +817,7 @@ async fn retry_job(
     let retried =
         crate::store::dispatch::retry_finished(&mut connection, &state.policies, principal.tenant_scope(), &[job_id])
             .await?;
+    state.metrics.record_dead_letters("queue_deleted", retried.queue_deleted);
     if let Some(refused) = retried.refused.first() {
         return Err(queue_full(&refused.queue, refused.retry_after_seconds));
     }
@@ -961,5 +962,6 @@ async fn retry_jobs(
     let retried =
         crate::store::dispatch::retry_finished(&mut connection, &state.policies, principal.tenant_scope(), &ids)
             .await?;
+    state.metrics.record_dead_letters("queue_deleted", retried.queue_deleted);
     Ok(axum::Json(BulkResult { ids: retried.ids }))
 }

@@ -192,17 +192,18 @@ const REQUEUE_COLUMNS: &str = "j.id, j.tenant_id, j.queue, j.priority, j.cpu_mil
 /// Ranks `jobs` against their queues as they are now and inserts their ready rows, marking
 /// them queued with an event of `kind`. Only jobs still in state `from` move (a cancel
 /// that committed meanwhile wins; their waiting rows are removed all the same). Jobs whose
-/// queue no longer exists are dead-lettered instead. Returns how many were offered.
+/// queue no longer exists are dead-lettered instead (`queue_deleted`).
 async fn requeue(
     db: &mut PgConnection,
     registry: &PolicyRegistry,
     jobs: Vec<Requeue>,
     kind: &str,
     from: &[JobState],
-) -> sqlx::Result<usize> {
+) -> sqlx::Result<Requeued> {
     if jobs.is_empty() {
-        return Ok(0);
+        return Ok(Requeued::default());
     }
+    let mut queue_deleted = 0;
     let pairs: Vec<(String, Uuid)> = jobs.iter().map(|j| (j.queue.clone(), j.tenant_id)).collect();
     let states = crate::store::enqueue::queue_states_for_pairs(&mut *db, &pairs).await?;
     let now = Utc::now();
@@ -212,6 +213,7 @@ async fn requeue(
         let Some(state) = states.get(&(job.queue.clone(), job.tenant_id)) else {
             sqlx::query("delete from scheduled_jobs where job_id = $1").bind(job.id).execute(&mut *db).await?;
             dead_letter(db, job.id, job.tenant_id, 0, "queue_deleted", "its queue no longer exists").await?;
+            queue_deleted += 1;
             continue;
         };
         let rankable = RankableJob {
@@ -261,7 +263,25 @@ async fn requeue(
     .bind(from.iter().map(|state| state.as_str()).collect::<Vec<_>>())
     .execute(&mut *db)
     .await?;
-    Ok(count)
+    Ok(Requeued { offered: count, queue_deleted })
+}
+
+/// What `requeue` did with the jobs it was given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Requeued {
+    /// Jobs offered back to their queues.
+    offered: usize,
+    /// Jobs dead-lettered because their queue no longer exists.
+    queue_deleted: u64,
+}
+
+/// What one promotion pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Promoted {
+    /// Jobs moved into their ready queues.
+    pub moved: usize,
+    /// Jobs dead-lettered (`queue_deleted`) because their queue no longer exists.
+    pub queue_deleted: u64,
 }
 
 /// Moves scheduled jobs whose time has come into their ready queues, up to `limit` at a
@@ -269,7 +289,7 @@ async fn requeue(
 /// A promotion returns a job to the queue that admitted it: it keeps its place, however
 /// full the queue (`hodei_core::admission`, `EntryKind::Return`). A scheduled job was
 /// counted against the queue's limit since its admission, so this never changes the count.
-pub async fn promote_due(db: &mut PgConnection, registry: &PolicyRegistry, limit: i64) -> sqlx::Result<usize> {
+pub async fn promote_due(db: &mut PgConnection, registry: &PolicyRegistry, limit: i64) -> sqlx::Result<Promoted> {
     use hodei_core::admission::{self, Admission, Entry, EntryKind};
     let mut transaction = db.begin().await?;
     let due: Vec<Requeue> = sqlx::query_as(&format!(
@@ -292,9 +312,9 @@ pub async fn promote_due(db: &mut PgConnection, registry: &PolicyRegistry, limit
         .filter(|(_, decision)| decision.queue().is_some())
         .map(|(j, _)| j)
         .collect();
-    let promoted = requeue(&mut transaction, registry, due, "job.queued", &[JobState::Scheduled]).await?;
+    let requeued = requeue(&mut transaction, registry, due, "job.queued", &[JobState::Scheduled]).await?;
     transaction.commit().await?;
-    Ok(promoted)
+    Ok(Promoted { moved: requeued.offered, queue_deleted: requeued.queue_deleted })
 }
 
 /// Which dead letters to redrive.
@@ -314,6 +334,8 @@ pub struct Rerun {
     pub ids: Vec<Uuid>,
     /// The jobs a full queue refused; they are left as they were.
     pub refused: Vec<RefusedRerun>,
+    /// The jobs dead-lettered (`queue_deleted`) because their queue no longer exists.
+    pub queue_deleted: u64,
 }
 
 /// A job a full queue refused to take back.
@@ -370,12 +392,12 @@ async fn start_new_run(
     .bind(&ids)
     .execute(&mut *db)
     .await?;
-    requeue(&mut *db, registry, jobs, kind, from).await?;
+    let requeued = requeue(&mut *db, registry, jobs, kind, from).await?;
     let ids = sqlx::query_scalar("select id from jobs where id = any($1) and state = 'queued' order by id")
         .bind(&ids)
         .fetch_all(&mut *db)
         .await?;
-    Ok(Rerun { ids, refused })
+    Ok(Rerun { ids, refused, queue_deleted: requeued.queue_deleted })
 }
 
 /// Splits reruns into those their queues take and those a full queue refuses, holding the
