@@ -368,29 +368,6 @@ impl Default for RetentionConfig {
 }
 
 impl RetentionConfig {
-    pub fn policy(&self) -> crate::store::retention::Policy {
-        let hours = |hours: u32| chrono::Duration::hours(hours.into());
-        crate::store::retention::Policy {
-            succeeded: hours(self.succeeded_hours),
-            cancelled: hours(self.cancelled_hours),
-            dead_lettered: hours(self.dead_lettered_hours),
-            logs: hours(self.logs_hours),
-            queue_activity: hours(self.queue_activity_hours),
-            idempotency_window: hours(self.idempotency_window_hours),
-            queues: self
-                .queues
-                .iter()
-                .map(|queue| crate::store::retention::QueueRetention {
-                    queue: queue.queue.clone(),
-                    succeeded: queue.succeeded_hours.map(hours),
-                    cancelled: queue.cancelled_hours.map(hours),
-                    dead_lettered: queue.dead_lettered_hours.map(hours),
-                })
-                .collect(),
-            batch: self.batch_size.into(),
-        }
-    }
-
     fn problems(&self, problems: &mut Vec<String>) {
         const MAX_HOURS: u32 = 24 * 3650;
         let mut hours = vec![
@@ -1173,20 +1150,15 @@ mod tests {
     #[test]
     fn retention_is_read_and_checked() {
         let config = Config::load(None, &environment(&[])).expect("valid");
-        let policy = config.retention.policy();
         assert!(config.retention.enabled);
-        assert_eq!(
-            (policy.succeeded, policy.dead_lettered),
-            (chrono::Duration::hours(24), chrono::Duration::hours(168))
-        );
+        assert_eq!((config.retention.succeeded_hours, config.retention.dead_lettered_hours), (24, 168));
         let file = write("retention:\n  succeeded_hours: 2\n  queues:\n    - {queue: audit, succeeded_hours: 720}\n");
         let config =
             Config::load(Some(file.path()), &environment(&[("HODEI_RETENTION_ENABLED", "false")])).expect("valid");
         assert!(!config.retention.enabled);
-        let policy = config.retention.policy();
-        assert_eq!(policy.succeeded, chrono::Duration::hours(2));
-        assert_eq!(policy.queues[0].succeeded, Some(chrono::Duration::hours(720)));
-        assert_eq!(policy.queues[0].cancelled, None);
+        assert_eq!(config.retention.succeeded_hours, 2);
+        assert_eq!(config.retention.queues[0].succeeded_hours, Some(720));
+        assert_eq!(config.retention.queues[0].cancelled_hours, None);
         for (yaml, field) in [
             ("retention: {succeeded_hours: 0}\n", "retention.succeeded_hours"),
             ("retention: {queue_activity_hours: 24}\n", "retention.queue_activity_hours"),

@@ -105,7 +105,7 @@ pub async fn serve_http(
     let retention = config.retention.enabled.then(|| {
         let pruning = crate::loops::Retention {
             interval: std::time::Duration::from_secs(config.retention.interval_seconds.into()),
-            ..crate::loops::Retention::new(pool.clone(), config.retention.policy())
+            ..crate::loops::Retention::new(pool.clone(), store::retention::Policy::from_config(&config.retention))
         };
         tokio::spawn(pruning.run(shutdown.clone()))
     });

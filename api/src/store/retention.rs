@@ -43,6 +43,30 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The policy `retention` configures.
+    pub fn from_config(config: &crate::config::RetentionConfig) -> Self {
+        let hours = |hours: u32| chrono::Duration::hours(hours.into());
+        Self {
+            succeeded: hours(config.succeeded_hours),
+            cancelled: hours(config.cancelled_hours),
+            dead_lettered: hours(config.dead_lettered_hours),
+            logs: hours(config.logs_hours),
+            queue_activity: hours(config.queue_activity_hours),
+            idempotency_window: hours(config.idempotency_window_hours),
+            queues: config
+                .queues
+                .iter()
+                .map(|queue| QueueRetention {
+                    queue: queue.queue.clone(),
+                    succeeded: queue.succeeded_hours.map(hours),
+                    cancelled: queue.cancelled_hours.map(hours),
+                    dead_lettered: queue.dead_lettered_hours.map(hours),
+                })
+                .collect(),
+            batch: config.batch_size.into(),
+        }
+    }
+
     /// The shortest time any finished job is kept: no job created later can be due.
     fn shortest_job_retention(&self) -> Duration {
         let overrides =
@@ -171,6 +195,26 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
+
+    #[test]
+    fn the_configured_hours_become_the_policy() {
+        let config = crate::config::RetentionConfig {
+            succeeded_hours: 2,
+            queues: vec![crate::config::QueueRetentionConfig {
+                queue: "audit".to_owned(),
+                succeeded_hours: Some(720),
+                cancelled_hours: None,
+                dead_lettered_hours: None,
+            }],
+            ..Default::default()
+        };
+        let policy = Policy::from_config(&config);
+        assert_eq!((policy.succeeded, policy.dead_lettered), (Duration::hours(2), Duration::hours(168)));
+        assert_eq!(policy.queues[0].succeeded, Some(Duration::hours(720)));
+        assert_eq!(policy.queues[0].cancelled, None);
+        assert_eq!(policy.shortest_job_retention(), Duration::hours(2));
+        assert_eq!(policy.batch, 1000);
+    }
 
     #[test]
     fn the_first_id_of_a_millisecond_orders_before_every_id_made_in_it_or_later() {
