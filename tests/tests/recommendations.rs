@@ -149,7 +149,10 @@ async fn recommendations_name_idle_capacity_right_sizing_spot_schedules_and_miss
     let body = &reply.body;
     let recommendations = body["recommendations"].as_array().expect("recommendations");
 
-    // Four instances where the busiest hour used 6 × (0.65 × 1/4 + 0.35 × 1/8) = 1.24.
+    // Four instances where the busiest hour used 6 jobs' shares of a quarter of the CPU and
+    // an eighth of the memory, weighed by the instance's price split: 6 × 0.206 = 1.24.
+    let weights = hodei_core::cost::Weighting::default().weights_for(4000, 16384);
+    let busiest_expected = 6.0 * (weights.cpu * 0.25 + weights.memory * 0.125);
     let idle = find(recommendations, "idle_capacity", "batch");
     assert_eq!(
         (idle["setting"].as_str(), idle["current"].as_str(), idle["suggested"].as_str()),
@@ -162,7 +165,7 @@ async fn recommendations_name_idle_capacity_right_sizing_spot_schedules_and_miss
         .iter()
         .find(|e| e["name"] == "busiest_hour_instances")
         .expect("busiest hour");
-    assert!((busiest["value"].as_f64().expect("value") - 6.0 * 0.20625).abs() < 1e-6, "{idle:#}");
+    assert!((busiest["value"].as_f64().expect("value") - busiest_expected).abs() < 1e-6, "{idle:#}");
     assert_eq!(idle["estimated_monthly_saving"].as_f64(), Some(2.0 * 0.2 * 730.0), "{idle:#}");
 
     // Jobs of a quarter of the CPU: the cheapest type their largest fits, not the one too small.
