@@ -8,7 +8,7 @@ use hodei_core::job::CancelOutcome;
 use hodei_core::JobState;
 use hodei_protocol::trace_context::TraceParent;
 use sqlx::types::Json;
-use sqlx::{FromRow, PgConnection, PgExecutor};
+use sqlx::{FromRow, PgConnection, PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::store::events;
@@ -239,29 +239,58 @@ pub struct JobFilter {
 }
 
 /// Newest first. Returns up to `limit` jobs and whether more follow.
+///
+/// What a filter reads does not grow with history: a finished state is read through the
+/// `outcome` indexes, a waiting or running one through the table that holds such jobs
+/// (`ready_jobs`, `worker_jobs`, `scheduled_jobs`, each ordered by job id), a queue
+/// through `jobs_tenant_queue_idx`, everything else through the tenant's (or all) jobs
+/// newest first. Only the filters given are in the statement, so each gets its own plan.
 pub async fn list(db: impl PgExecutor<'_>, filter: &JobFilter) -> sqlx::Result<(Vec<Job>, bool)> {
-    let rows: Vec<JobRow> = sqlx::query_as(&format!(
-        "select {JOB_COLUMNS}, t.name as tenant from jobs j join tenants t on t.id = j.tenant_id
-         where ($1::uuid is null or j.tenant_id = $1)
-           and ($2::text is null or j.state = $2)
-           and ($3::text is null or j.queue = $3)
-           and ($4::timestamptz is null or j.created_at >= $4)
-           and ($5::timestamptz is null or j.created_at < $5)
-           and ($6::uuid is null or j.id < $6)
-           and ($8::text is null or j.dead_letter_reason = $8)
-         order by j.id desc
-         limit $7"
-    ))
-    .bind(filter.tenant_scope)
-    .bind(filter.state.map(JobState::as_str))
-    .bind(&filter.queue)
-    .bind(filter.created_after)
-    .bind(filter.created_before)
-    .bind(filter.before_id)
-    .bind(filter.limit + 1)
-    .bind(&filter.dead_letter_reason)
-    .fetch_all(db)
-    .await?;
+    let mut query = QueryBuilder::<Postgres>::new(format!("select {JOB_COLUMNS}, t.name as tenant from "));
+    // The column the page is ordered and cut by: the holding table's job id where there is one.
+    let order = match filter.state {
+        Some(state @ (JobState::Queued | JobState::Assigned | JobState::Running | JobState::Scheduled)) => {
+            let holder = match state {
+                JobState::Queued => "ready_jobs",
+                JobState::Scheduled => "scheduled_jobs",
+                _ => "worker_jobs",
+            };
+            query.push(format_args!("{holder} h join jobs j on j.id = h.job_id join tenants t on t.id = j.tenant_id"));
+            query.push(" where j.state = ").push_bind(state.as_str());
+            if let (Some(tenant), false) = (filter.tenant_scope, state == JobState::Scheduled) {
+                query.push(" and h.tenant_id = ").push_bind(tenant);
+            }
+            "h.job_id"
+        }
+        Some(state) => {
+            query.push("jobs j join tenants t on t.id = j.tenant_id where j.outcome = ").push_bind(state.as_str());
+            "j.id"
+        }
+        None => {
+            query.push("jobs j join tenants t on t.id = j.tenant_id where true");
+            "j.id"
+        }
+    };
+    if let Some(tenant) = filter.tenant_scope {
+        query.push(" and j.tenant_id = ").push_bind(tenant);
+    }
+    if let Some(queue) = &filter.queue {
+        query.push(" and j.queue = ").push_bind(queue);
+    }
+    if let Some(after) = filter.created_after {
+        query.push(" and j.created_at >= ").push_bind(after);
+    }
+    if let Some(before) = filter.created_before {
+        query.push(" and j.created_at < ").push_bind(before);
+    }
+    if let Some(reason) = &filter.dead_letter_reason {
+        query.push(" and j.dead_letter_reason = ").push_bind(reason);
+    }
+    if let Some(before_id) = filter.before_id {
+        query.push(format_args!(" and {order} < ")).push_bind(before_id);
+    }
+    query.push(format_args!(" order by {order} desc limit ")).push_bind(filter.limit + 1);
+    let rows: Vec<JobRow> = query.build_query_as().fetch_all(db).await?;
     let has_more = rows.len() as i64 > filter.limit;
     let jobs = rows.into_iter().take(filter.limit as usize).map(JobRow::into_job).collect::<sqlx::Result<_>>()?;
     Ok((jobs, has_more))
