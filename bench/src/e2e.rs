@@ -49,6 +49,8 @@ pub enum BenchCommand {
     Cost(crate::cost::CostArgs),
     /// What tenant quotas add to the scheduling cycle, at many tenants with quotas.
     Quotas(crate::quotas::QuotasArgs),
+    /// List, filter and status reads with millions of jobs in the table (written in SQL).
+    Reads(crate::reads::ReadsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +110,7 @@ pub async fn run(command: BenchCommand, config: &Config) -> anyhow::Result<()> {
         BenchCommand::Scrape(args) => crate::scrape::scrape(args, config).await,
         BenchCommand::Cost(args) => crate::cost::cost(args, config).await,
         BenchCommand::Quotas(args) => crate::quotas::quotas(args, config).await,
+        BenchCommand::Reads(args) => crate::reads::reads(args, config).await,
     }
 }
 

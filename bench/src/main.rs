@@ -8,6 +8,7 @@ mod e2e;
 mod engine;
 mod pools;
 mod quotas;
+mod reads;
 mod scrape;
 mod workers;
 
