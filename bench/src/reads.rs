@@ -29,6 +29,10 @@ pub struct ReadsArgs {
     chunk: i64,
     #[arg(long, default_value_t = 30)]
     samples: usize,
+    /// Read the jobs an earlier run wrote (as the tenant with the most waiting jobs)
+    /// instead of writing more.
+    #[arg(long)]
+    reuse: bool,
 }
 
 /// Job `i` of `n`, in state `state`, created `(n - i)` steps before now over a week.
@@ -55,9 +59,22 @@ pub async fn reads(args: ReadsArgs, config: &Config) -> anyhow::Result<()> {
     let (_server, url, admin_key) =
         start_server_with_env(config, &[("HODEI_RETENTION_ENABLED", "false".to_owned())]).await?;
     let client = reqwest::Client::new();
-    let tenant_key = create_bench_tenant(&client, &url, &admin_key).await?;
     let database_url = config.require_database_url()?.expose().to_owned();
     let pool = db::connect(&database_url, 2).await?;
+    if args.reuse {
+        let name: String = sqlx::query_scalar(
+            "select t.name from ready_jobs r join tenants t on t.id = r.tenant_id group by t.name order by count(*) desc limit 1",
+        )
+        .fetch_one(&pool)
+        .await
+        .context("no waiting jobs of an earlier run")?;
+        let response =
+            client.post(format!("{url}/api/v1/tenants/{name}/api-keys")).bearer_auth(&admin_key).send().await?;
+        let body: serde_json::Value = response.json().await?;
+        let tenant_key = body["key"].as_str().context("the key response has no key")?.to_owned();
+        return time_reads(&client, &url, &admin_key, &tenant_key, args.samples).await;
+    }
+    let tenant_key = create_bench_tenant(&client, &url, &admin_key).await?;
     let tenant: uuid::Uuid = sqlx::query_scalar("select id from tenants order by created_at desc limit 1")
         .fetch_one(&pool)
         .await
@@ -143,7 +160,17 @@ pub async fn reads(args: ReadsArgs, config: &Config) -> anyhow::Result<()> {
         args.tenant_jobs,
         started.elapsed().as_secs_f64()
     );
+    time_reads(&client, &url, &admin_key, &tenant_key, args.samples).await
+}
 
+/// Times each read `samples` times (after two to warm up), one after the other.
+async fn time_reads(
+    client: &reqwest::Client,
+    url: &str,
+    admin_key: &str,
+    tenant_key: &str,
+    samples_per_read: usize,
+) -> anyhow::Result<()> {
     let reads: [(&str, &str, bool); 13] = [
         ("newest 50", "/api/v1/jobs?limit=50", false),
         ("queued", "/api/v1/jobs?state=queued&limit=50", false),
@@ -160,9 +187,9 @@ pub async fn reads(args: ReadsArgs, config: &Config) -> anyhow::Result<()> {
         ("/metrics", "/metrics", true),
     ];
     for (name, path, admin) in reads {
-        let key = if admin { &admin_key } else { &tenant_key };
-        let mut samples = Vec::with_capacity(args.samples);
-        for round in 0..args.samples + 2 {
+        let key = if admin { admin_key } else { tenant_key };
+        let mut samples = Vec::with_capacity(samples_per_read);
+        for round in 0..samples_per_read + 2 {
             let started = Instant::now();
             let response = client.get(format!("{url}{path}")).bearer_auth(key).send().await?;
             let status = response.status();

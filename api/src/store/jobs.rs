@@ -255,26 +255,58 @@ pub async fn list(db: impl PgExecutor<'_>, filter: &JobFilter) -> sqlx::Result<(
                 JobState::Scheduled => "scheduled_jobs",
                 _ => "worker_jobs",
             };
-            query.push(format_args!("{holder} h join jobs j on j.id = h.job_id join tenants t on t.id = j.tenant_id"));
-            query.push(" where j.state = ").push_bind(state.as_str());
+            // The holding rows newest first, read on their own (`offset 0` keeps the
+            // planner from folding them into a scan of `jobs`), then each job by its key:
+            // the page ends after `limit` of them, whatever else the table holds.
+            query.push(format_args!("(select h.job_id from {holder} h where true"));
             if let (Some(tenant), false) = (filter.tenant_scope, state == JobState::Scheduled) {
                 query.push(" and h.tenant_id = ").push_bind(tenant);
             }
+            if let (Some(queue), false) = (&filter.queue, holder == "worker_jobs") {
+                query.push(" and h.queue = ").push_bind(queue);
+            }
+            if holder == "worker_jobs" {
+                // An attempt held is started once its job runs.
+                query.push(" and h.started = ").push_bind(state == JobState::Running);
+            }
+            if let Some(before_id) = filter.before_id {
+                query.push(" and h.job_id < ").push_bind(before_id);
+            }
+            query.push(" order by h.job_id desc offset 0) h join jobs j on j.id = h.job_id");
+            query.push(" join tenants t on t.id = j.tenant_id where j.state = ").push_bind(state.as_str());
             "h.job_id"
         }
-        Some(state) => {
-            query.push("jobs j join tenants t on t.id = j.tenant_id where j.outcome = ").push_bind(state.as_str());
-            "j.id"
-        }
-        None => {
+        Some(_) | None => {
             query.push("jobs j join tenants t on t.id = j.tenant_id where true");
             "j.id"
         }
     };
-    if let Some(tenant) = filter.tenant_scope {
+    // Read from `jobs` itself, the page comes from the index that serves the filter, in
+    // its order: its leading columns are pinned by a range of one value (`between $1 and
+    // $1`) and lead the `order by`. With an equality instead, the planner drops them from
+    // the order and may take the primary key, assuming a tenant's rows are spread evenly
+    // through time, and scan all the newer jobs of others to find an old tenant's page.
+    let mut index_order = String::new();
+    if order == "j.id" {
+        let mut pin = |query: &mut QueryBuilder<'_, Postgres>, column: &str| {
+            query.push(format_args!(" and j.{column} between "));
+            index_order.push_str(&format!("j.{column} desc, "));
+        };
+        if let Some(tenant) = filter.tenant_scope {
+            pin(&mut query, "tenant_id");
+            query.push_bind(tenant).push(" and ").push_bind(tenant);
+        }
+        if let Some(state) = filter.state {
+            pin(&mut query, "outcome");
+            query.push_bind(state.as_str()).push(" and ").push_bind(state.as_str());
+        } else if let (Some(queue), Some(_)) = (&filter.queue, filter.tenant_scope) {
+            pin(&mut query, "queue");
+            query.push_bind(queue).push(" and ").push_bind(queue);
+        }
+    } else if let Some(tenant) = filter.tenant_scope {
         query.push(" and j.tenant_id = ").push_bind(tenant);
     }
-    if let Some(queue) = &filter.queue {
+    if let (Some(queue), false) = (&filter.queue, index_order.contains("j.queue")) {
         query.push(" and j.queue = ").push_bind(queue);
     }
     if let Some(after) = filter.created_after {
@@ -286,11 +318,15 @@ pub async fn list(db: impl PgExecutor<'_>, filter: &JobFilter) -> sqlx::Result<(
     if let Some(reason) = &filter.dead_letter_reason {
         query.push(" and j.dead_letter_reason = ").push_bind(reason);
     }
-    if let Some(before_id) = filter.before_id {
-        query.push(format_args!(" and {order} < ")).push_bind(before_id);
+    if let (Some(before_id), "j.id") = (filter.before_id, order) {
+        query.push(" and j.id < ").push_bind(before_id);
     }
-    query.push(format_args!(" order by {order} desc limit ")).push_bind(filter.limit + 1);
-    let rows: Vec<JobRow> = query.build_query_as().fetch_all(db).await?;
+    query.push(format_args!(" order by {index_order}{order} desc limit "));
+    query.push_bind(filter.limit + 1);
+    // Planned with its values every time (an unnamed statement): a plan cached for any
+    // tenant would not know that one tenant's rows are a tenth of the table and another's a
+    // handful, nor which end of the table they sit at.
+    let rows: Vec<JobRow> = query.build_query_as().persistent(false).fetch_all(db).await?;
     let has_more = rows.len() as i64 > filter.limit;
     let jobs = rows.into_iter().take(filter.limit as usize).map(JobRow::into_job).collect::<sqlx::Result<_>>()?;
     Ok((jobs, has_more))
