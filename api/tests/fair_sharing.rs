@@ -4,37 +4,21 @@
 //! other's jobs have the earlier tags. With fair sharing off, tags decide.
 
 use chrono::Utc;
-use hodei_api::store::enqueue::{self, SubmitOutcome};
-use hodei_api::store::jobs::Submitter;
 use hodei_api::store::queues::{self, RetrySettings};
 use hodei_api::store::quotas::{self, TenancySettings};
 use hodei_api::store::tenants;
 use hodei_api::testing::TestDatabase;
-use hodei_core::ordering::PolicyRegistry;
 use hodei_core::queue::QueueSettings;
 use hodei_core::{JobSpec, ValidJob};
 use serde_json::json;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 mod support;
-use support::{register_worker, scheduler};
+use support::{register_worker, scheduler, submit};
 
 fn job(cpu_millis: u32) -> ValidJob {
     let spec = json!({"queue": "shared", "command": {"argv": ["true"]}, "resources": {"cpu_millis": cpu_millis}});
     serde_json::from_value::<JobSpec>(spec).expect("spec").validate(Utc::now()).expect("valid")
-}
-
-async fn submit(pool: &PgPool, tenant: (Uuid, &str), jobs: &[ValidJob]) -> Vec<Uuid> {
-    let registry = PolicyRegistry::shipped();
-    let settings = enqueue::QueueSettingsCache::disabled();
-    let context = enqueue::SubmitContext { registry: &registry, settings: &settings };
-    let submitter = Submitter { tenant_id: tenant.0, tenant_name: tenant.1, traceparent: None };
-    let mut connection = pool.acquire().await.expect("connection");
-    match enqueue::submit(&mut connection, context, submitter, jobs, None, false).await.expect("submit") {
-        SubmitOutcome::Created { ids, .. } => ids,
-        other => panic!("not created: {other:?}"),
-    }
 }
 
 async fn fair_sharing(pool: &PgPool, enabled: bool) {
@@ -58,7 +42,7 @@ async fn past_usage_is_accrued_and_the_lower_dominant_share_goes_first() {
 
     // `heavy` holds a worker for a minute (as the accrual sees it: its last update was a
     // minute before the next one).
-    let running = submit(&pool, (heavy, "heavy"), &[job(2000)]).await;
+    let running = submit(&pool, (heavy, "heavy"), &[job(2000)], None).await;
     register_worker(&pool, 1).await;
     let assigned = scheduler(&pool, 200, 500).tick().await.expect("cycle").assigned;
     assert_eq!(assigned.iter().map(|a| a.job_id).collect::<Vec<_>>(), running);
@@ -86,8 +70,8 @@ async fn past_usage_is_accrued_and_the_lower_dominant_share_goes_first() {
         .expect("end");
 
     // `heavy` submits first, so its tags come first; one slot is free.
-    let heavy_jobs = submit(&pool, (heavy, "heavy"), &[job(100), job(100)]).await;
-    let light_jobs = submit(&pool, (light, "light"), &[job(100), job(100)]).await;
+    let heavy_jobs = submit(&pool, (heavy, "heavy"), &[job(100), job(100)], None).await;
+    let light_jobs = submit(&pool, (light, "light"), &[job(100), job(100)], None).await;
     register_worker(&pool, 1).await;
     sqlx::query("update workers set gone_at = now() where id in (select id from workers order by id limit 1)")
         .execute(&pool)

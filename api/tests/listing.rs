@@ -3,11 +3,9 @@
 
 use chrono::{Duration, Utc};
 use hodei_api::store::assignment::{self, AttemptResult};
-use hodei_api::store::enqueue::{self, SubmitOutcome};
-use hodei_api::store::jobs::{self, JobFilter, Submitter};
+use hodei_api::store::jobs::{self, JobFilter};
 use hodei_api::store::tenants;
 use hodei_api::testing::TestDatabase;
-use hodei_core::ordering::PolicyRegistry;
 use hodei_core::{JobSpec, JobState, ValidJob};
 use serde_json::json;
 use sqlx::PgPool;
@@ -15,7 +13,7 @@ use uuid::Uuid;
 
 #[allow(dead_code)] // the shared helpers this file does not use
 mod support;
-use support::{register_worker, scheduler};
+use support::{register_worker, scheduler, submit};
 
 fn job(queue: &str, max_attempts: u32, later: bool) -> ValidJob {
     let mut spec = json!({"queue": queue, "command": {"argv": ["true"]},
@@ -25,18 +23,6 @@ fn job(queue: &str, max_attempts: u32, later: bool) -> ValidJob {
     }
     let spec: JobSpec = serde_json::from_value(spec).expect("spec");
     spec.validate(Utc::now()).expect("valid")
-}
-
-async fn submit(pool: &PgPool, tenant: (Uuid, &str), jobs: &[ValidJob]) -> Vec<Uuid> {
-    let registry = PolicyRegistry::shipped();
-    let settings = enqueue::QueueSettingsCache::disabled();
-    let context = enqueue::SubmitContext { registry: &registry, settings: &settings };
-    let submitter = Submitter { tenant_id: tenant.0, tenant_name: tenant.1, traceparent: None };
-    let mut connection = pool.acquire().await.expect("connection");
-    match enqueue::submit(&mut connection, context, submitter, jobs, None, false).await.expect("submit") {
-        SubmitOutcome::Created { ids, .. } => ids,
-        other => panic!("not created: {other:?}"),
-    }
 }
 
 /// Every page of `filter`, `limit` at a time, following the cursor.
@@ -65,7 +51,7 @@ async fn every_filter_lists_what_a_scan_of_all_jobs_finds() {
         // Three to run (one fails for good), then more than the worker holds: three stay
         // assigned (one of them started), the rest wait; two wait for a time; one is cancelled.
         let batch = [job("default", 1, false), job("low", 1, false), job("default", 1, false)];
-        submit(&pool, (tenant, name), &batch).await;
+        submit(&pool, (tenant, name), &batch, None).await;
         let assigned = scheduler(&pool, 10, 10).tick().await.expect("cycle").assigned;
         let results: Vec<AttemptResult> = assigned
             .iter()
@@ -80,9 +66,9 @@ async fn every_filter_lists_what_a_scan_of_all_jobs_finds() {
         let mut connection = pool.acquire().await.expect("connection");
         assignment::finish_many(&mut connection, worker, &results, 0.5).await.expect("finish");
         let more: Vec<ValidJob> = (0..7).map(|i| job(if i % 2 == 0 { "default" } else { "low" }, 1, false)).collect();
-        submit(&pool, (tenant, name), &more).await;
-        submit(&pool, (tenant, name), &[job("low", 1, true), job("default", 1, true)]).await;
-        let cancelled = submit(&pool, (tenant, name), &[job("default", 1, false)]).await;
+        submit(&pool, (tenant, name), &more, None).await;
+        submit(&pool, (tenant, name), &[job("low", 1, true), job("default", 1, true)], None).await;
+        let cancelled = submit(&pool, (tenant, name), &[job("default", 1, false)], None).await;
         jobs::cancel(&mut connection, Some(tenant), cancelled[0]).await.expect("cancel");
     }
     let assigned = scheduler(&pool, 10, 6).tick().await.expect("cycle").assigned;

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+#[allow(dead_code)] // the shared helpers this file does not use
 mod support;
 use support::{register_worker, scheduler};
 

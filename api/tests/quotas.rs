@@ -16,6 +16,7 @@ use hodei_core::quota::Limits;
 use hodei_core::JobSpec;
 use serde_json::json;
 
+#[allow(dead_code)] // the shared helpers this file does not use
 mod support;
 use support::{register_worker, scheduler};
 

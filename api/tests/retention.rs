@@ -7,12 +7,10 @@
 use chrono::{DateTime, Duration, Utc};
 use hodei_api::loops::Retention;
 use hodei_api::store::assignment::{self, AttemptResult};
-use hodei_api::store::enqueue::{self, SubmitOutcome};
-use hodei_api::store::jobs::{self, Idempotency, Submitter};
+use hodei_api::store::jobs::{self, Idempotency};
 use hodei_api::store::retention::{Policy, Pruned, QueueRetention};
 use hodei_api::store::tenants;
 use hodei_api::testing::TestDatabase;
-use hodei_core::ordering::PolicyRegistry;
 use hodei_core::{JobSpec, ValidJob};
 use serde_json::json;
 use sqlx::PgPool;
@@ -49,19 +47,8 @@ fn job(queue: &str, max_attempts: u32) -> ValidJob {
 }
 
 async fn submit(pool: &PgPool, tenant_id: Uuid, job: ValidJob, key: Option<&str>) -> Uuid {
-    let registry = PolicyRegistry::shipped();
-    let settings = enqueue::QueueSettingsCache::disabled();
-    let context = enqueue::SubmitContext { registry: &registry, settings: &settings };
-    let submitter = Submitter { tenant_id, tenant_name: "acme", traceparent: None };
     let idempotency = key.map(|key| Idempotency { key: key.to_owned(), fingerprint: vec![1, 2, 3] });
-    let mut connection = pool.acquire().await.expect("connection");
-    match enqueue::submit(&mut connection, context, submitter, &[job], idempotency.as_ref(), false)
-        .await
-        .expect("submit")
-    {
-        SubmitOutcome::Created { ids, .. } => ids[0],
-        other => panic!("not created: {other:?}"),
-    }
+    support::submit(pool, (tenant_id, "acme"), &[job], idempotency.as_ref()).await[0]
 }
 
 /// Which of `ids` are still there, and how many events and log chunks they have.

@@ -14,6 +14,7 @@ use hodei_core::{JobSpec, ValidJob};
 use serde_json::json;
 use uuid::Uuid;
 
+#[allow(dead_code)] // the shared helpers this file does not use
 mod support;
 use support::{register_worker, scheduler};
 

@@ -3,7 +3,11 @@
 
 use hodei_api::loops::Scheduler;
 use hodei_api::store::assignment::CycleLimits;
+use hodei_api::store::enqueue::{self, SubmitOutcome};
+use hodei_api::store::jobs::{Idempotency, Submitter};
 use hodei_api::store::workers;
+use hodei_core::ordering::PolicyRegistry;
+use hodei_core::ValidJob;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -26,4 +30,17 @@ pub async fn register_worker(pool: &PgPool, slots: i32) -> Uuid {
 /// The scheduling cycle `hodei serve` runs, with these limits per cycle.
 pub fn scheduler(pool: &PgPool, workers: i64, jobs: i64) -> Scheduler {
     Scheduler { limits: CycleLimits { workers, jobs }, ..Scheduler::new(pool.clone()) }
+}
+
+/// Submits `jobs` for `tenant` (id and name) as the API does; their ids.
+pub async fn submit(pool: &PgPool, tenant: (Uuid, &str), jobs: &[ValidJob], key: Option<&Idempotency>) -> Vec<Uuid> {
+    let registry = PolicyRegistry::shipped();
+    let settings = enqueue::QueueSettingsCache::disabled();
+    let context = enqueue::SubmitContext { registry: &registry, settings: &settings };
+    let submitter = Submitter { tenant_id: tenant.0, tenant_name: tenant.1, traceparent: None };
+    let mut connection = pool.acquire().await.expect("connection");
+    match enqueue::submit(&mut connection, context, submitter, jobs, key, false).await.expect("submit") {
+        SubmitOutcome::Created { ids, .. } => ids,
+        other => panic!("not created: {other:?}"),
+    }
 }
