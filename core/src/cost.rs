@@ -78,9 +78,16 @@ fn is_name(value: &str) -> bool {
             && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
 }
 
+/// The most prices a list may hold.
+pub const MAX_PRICES: usize = 10_000;
+
 /// Checks a price list; field names are `prices[i].…`. Two entries for the same key are refused.
 pub fn validate_prices(prices: &[PriceSpec]) -> Result<(), ValidationErrors> {
     let mut errors = ValidationErrors::new();
+    if prices.len() > MAX_PRICES {
+        errors.add("prices", format!("must hold at most {MAX_PRICES} prices, got {}", prices.len()));
+        return errors.into_result(());
+    }
     let mut seen = std::collections::BTreeSet::new();
     for (index, price) in prices.iter().enumerate() {
         let field = |name: &str| format!("prices[{index}].{name}");
@@ -503,6 +510,7 @@ mod tests {
         assert_eq!(fields(&[price("a", 1.0, "USD"), price("a", 2.0, "USD")]), ["prices[1].instance_type"]);
         let shaped = PriceSpec { cpu_millis: Some(0), memory_mib: Some(2048), ..price("m5.large", 0.1, "USD") };
         assert_eq!(fields(&[shaped]), ["prices[0].cpu_millis"]);
+        assert_eq!(fields(&vec![price("*", 1.0, "USD"); MAX_PRICES + 1]), ["prices"]);
     }
 
     #[test]

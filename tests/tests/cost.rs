@@ -68,6 +68,13 @@ async fn jobs_show_their_cost_and_tenants_see_only_their_own() {
         refused.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
         assert_eq!(refused.body["errors"][0]["field"], field, "{refused:?}");
     }
+    // More prices than a list may hold: refused by count, not by the size of the body.
+    let too_many: Vec<Value> = (0..10_001)
+        .map(|i| json!({"provider": "aws-ec2", "instance_type": format!("t{i}"), "price_per_hour": 0.1}))
+        .collect();
+    let refused = put(&admin, "/api/v1/prices", json!({"prices": too_many})).await;
+    refused.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_eq!(refused.body["errors"][0]["field"], "prices", "{refused:?}");
     let refused = put(&acme, "/api/v1/prices", json!({"prices": []})).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{refused:?}");
     let prices = admin.get("/api/v1/prices").await;

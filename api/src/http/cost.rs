@@ -21,17 +21,20 @@ use crate::store::cost::{self, GroupBy, ReportScope};
 use crate::store::recommendations;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list_prices, replace_prices))
-        .routes(routes!(cost_report))
-        .routes(routes!(recommendations))
+    OpenApiRouter::new().routes(routes!(cost_report)).routes(routes!(recommendations))
+}
+
+/// The price list, with a body limit of its own (`PRICES_BODY_LIMIT`): a list of the most
+/// prices allowed, each with the longest names, must fit.
+pub fn prices_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_prices, replace_prices))
 }
 
 /// The price list.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PriceList {
-    /// At most 10,000 prices.
+    /// At most 10,000 prices (`hodei_core::cost::MAX_PRICES`).
     #[schema(max_items = 10000)]
     pub prices: Vec<PriceSpec>,
 }

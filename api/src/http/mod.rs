@@ -40,6 +40,8 @@ pub mod workers;
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 /// Largest request body for a batch submission.
 pub const BATCH_BODY_LIMIT: usize = 16 * 1024 * 1024;
+/// Largest price list body: 10,000 prices with names of the longest length take ~3.5 MiB.
+pub const PRICES_BODY_LIMIT: usize = 8 * 1024 * 1024;
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
 /// What every handler shares. Holds no state of its own: all of it is in Postgres.
@@ -227,8 +229,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(cost::router())
         .merge(history::router())
         .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
-        // Inner limits win over outer ones, so the batch route keeps its larger limit.
-        .merge(jobs::batch_router().layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)));
+        // Inner limits win over outer ones, so these routes keep their larger limits.
+        .merge(jobs::batch_router().layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)))
+        .merge(cost::prices_router().layer(DefaultBodyLimit::max(PRICES_BODY_LIMIT)));
     OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(health::router()).merge(metrics::router()).nest("/api/v1", api)
 }
 
