@@ -301,12 +301,18 @@ pub struct Leadership {
     pub name: &'static str,
     holder: uuid::Uuid,
     holder_info: String,
+    /// The lease this replica last held, to give up on shutdown.
+    held: Arc<Mutex<Option<crate::store::leases::Lease>>>,
 }
 
 impl Leadership {
     pub fn new(name: &'static str) -> Self {
-        let host = std::fs::read_to_string("/etc/hostname").map(|name| name.trim().to_owned()).unwrap_or_default();
-        Self { name, holder: uuid::Uuid::now_v7(), holder_info: format!("{host} pid {}", std::process::id()) }
+        Self {
+            name,
+            holder: uuid::Uuid::now_v7(),
+            holder_info: crate::store::leases::holder_info(),
+            held: Arc::default(),
+        }
     }
 
     /// Takes or renews the lease for a loop that ticks every `interval`; whether this
@@ -317,17 +323,16 @@ impl Leadership {
         let held =
             crate::store::leases::acquire_or_renew(db, self.name, self.holder, &self.holder_info, lease.as_secs_f64())
                 .await?;
+        if let Ok(mut last) = self.held.lock() {
+            *last = held;
+        }
         Ok(held.is_some())
     }
 
     /// Gives the lease up (on shutdown) so another replica takes over at its next tick.
     pub async fn release(&self, db: &PgPool) {
-        let released = sqlx::query("update leader_leases set expires_at = now() where name = $1 and holder = $2")
-            .bind(self.name)
-            .bind(self.holder)
-            .execute(db)
-            .await;
-        if let Err(error) = released {
+        let Some(lease) = self.held.lock().ok().and_then(|mut last| last.take()) else { return };
+        if let Err(error) = crate::store::leases::release(db, self.name, lease).await {
             tracing::debug!(%error, lease = self.name, "releasing the lease failed; it expires by itself");
         }
     }
@@ -707,28 +712,16 @@ impl Retention {
 
     /// One pass as of `now` (tests prune as of a later time).
     pub async fn tick_at(&self, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<crate::store::retention::Pruned> {
-        use crate::store::retention::{self, Pruned};
+        use crate::store::retention::{self, Kind, Pruned};
         let mut pruned = Pruned::default();
         let batch = u64::try_from(self.policy.batch).unwrap_or(u64::MAX);
-        for _ in 0..self.max_batches {
-            let done = retention::prune_jobs(&self.db, now, &self.policy).await?;
-            pruned.add(done);
-            if done.jobs < batch {
-                break;
-            }
-        }
-        for _ in 0..self.max_batches {
-            let done = retention::prune_logs(&self.db, now, &self.policy).await?;
-            pruned.add(done);
-            if done.logs < batch {
-                break;
-            }
-        }
-        for _ in 0..self.max_batches {
-            let done = retention::prune_queue_activity(&self.db, now, &self.policy).await?;
-            pruned.add(done);
-            if done.queue_activity < batch {
-                break;
+        for kind in Kind::ALL {
+            for _ in 0..self.max_batches {
+                let done = retention::prune(&self.db, now, &self.policy, kind).await?;
+                pruned.add(done);
+                if done.rows(kind) < batch {
+                    break;
+                }
             }
         }
         Ok(pruned)

@@ -88,7 +88,6 @@ pub struct Reconciler {
 
 impl Reconciler {
     pub fn new(db: PgPool, providers: Providers, heartbeat: Duration) -> Self {
-        let host = std::fs::read_to_string("/etc/hostname").map(|name| name.trim().to_owned()).unwrap_or_default();
         Self {
             db,
             providers,
@@ -98,7 +97,7 @@ impl Reconciler {
             lease_name: LEADER_LEASE.to_owned(),
             metrics: Arc::new(Metrics::new()),
             holder: Uuid::now_v7(),
-            holder_info: format!("{host} pid {}", std::process::id()),
+            holder_info: leases::holder_info(),
             leading: Arc::default(),
         }
     }

@@ -6,6 +6,12 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+/// How a holder describes itself in `leader_leases.holder_info`: its host and process.
+pub fn holder_info() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|name| name.trim().to_owned()).unwrap_or_default();
+    format!("{host} pid {}", std::process::id())
+}
+
 /// A lease as its holder knows it: writes are fenced by this term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {

@@ -95,6 +95,38 @@ impl Pruned {
         self.logs += other.logs;
         self.queue_activity += other.queue_activity;
     }
+
+    /// The rows of `kind` deleted: a batch shorter than the policy's was the last one due.
+    pub fn rows(&self, kind: Kind) -> u64 {
+        match kind {
+            Kind::Jobs => self.jobs,
+            Kind::Logs => self.logs,
+            Kind::QueueActivity => self.queue_activity,
+        }
+    }
+}
+
+/// What a batch deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Finished jobs, with their events (and, by foreign key, their logs).
+    Jobs,
+    /// Output of finished jobs.
+    Logs,
+    QueueActivity,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Jobs, Kind::Logs, Kind::QueueActivity];
+}
+
+/// Deletes one batch of `kind` past its retention as of `now`.
+pub async fn prune(db: &PgPool, now: DateTime<Utc>, policy: &Policy, kind: Kind) -> sqlx::Result<Pruned> {
+    match kind {
+        Kind::Jobs => prune_jobs(db, now, policy).await,
+        Kind::Logs => prune_logs(db, now, policy).await,
+        Kind::QueueActivity => prune_queue_activity(db, now, policy).await,
+    }
 }
 
 fn seconds(duration: Duration) -> f64 {
@@ -111,9 +143,9 @@ fn first_id_at(at: DateTime<Utc>) -> Uuid {
 }
 
 /// Deletes one batch of finished jobs past their retention as of `now`, with their events.
-pub async fn prune_jobs(db: &PgPool, now: DateTime<Utc>, policy: &Policy) -> sqlx::Result<Pruned> {
+async fn prune_jobs(db: &PgPool, now: DateTime<Utc>, policy: &Policy) -> sqlx::Result<Pruned> {
     let queues: Vec<&str> = policy.queues.iter().map(|queue| queue.queue.as_str()).collect();
-    let hours = |pick: fn(&QueueRetention) -> Option<Duration>| -> Vec<Option<f64>> {
+    let overrides = |pick: fn(&QueueRetention) -> Option<Duration>| -> Vec<Option<f64>> {
         policy.queues.iter().map(|queue| pick(queue).map(seconds)).collect()
     };
     let (jobs, events): (i64, i64) = sqlx::query_as(
@@ -139,9 +171,9 @@ pub async fn prune_jobs(db: &PgPool, now: DateTime<Utc>, policy: &Policy) -> sql
          select (select count(*) from deleted), (select count(*) from events)",
     )
     .bind(&queues)
-    .bind(hours(|queue| queue.succeeded))
-    .bind(hours(|queue| queue.cancelled))
-    .bind(hours(|queue| queue.dead_lettered))
+    .bind(overrides(|queue| queue.succeeded))
+    .bind(overrides(|queue| queue.cancelled))
+    .bind(overrides(|queue| queue.dead_lettered))
     .bind(first_id_at(now - policy.shortest_job_retention()))
     .bind(now)
     .bind(seconds(policy.succeeded))
@@ -155,7 +187,7 @@ pub async fn prune_jobs(db: &PgPool, now: DateTime<Utc>, policy: &Policy) -> sql
 }
 
 /// Deletes one batch of output older than the log retention of jobs that finished before it.
-pub async fn prune_logs(db: &PgPool, now: DateTime<Utc>, policy: &Policy) -> sqlx::Result<Pruned> {
+async fn prune_logs(db: &PgPool, now: DateTime<Utc>, policy: &Policy) -> sqlx::Result<Pruned> {
     let deleted = sqlx::query(
         "with doomed as (
              select l.seq from job_logs l join jobs j on j.id = l.job_id
@@ -176,7 +208,7 @@ pub async fn prune_logs(db: &PgPool, now: DateTime<Utc>, policy: &Policy) -> sql
 }
 
 /// Deletes one batch of queue activity older than its retention.
-pub async fn prune_queue_activity(db: &PgPool, now: DateTime<Utc>, policy: &Policy) -> sqlx::Result<Pruned> {
+async fn prune_queue_activity(db: &PgPool, now: DateTime<Utc>, policy: &Policy) -> sqlx::Result<Pruned> {
     let deleted = sqlx::query(
         "delete from queue_activity where id in (
              select id from queue_activity where at < $1 - make_interval(secs => $2) order by id limit $3
