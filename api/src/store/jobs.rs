@@ -247,47 +247,50 @@ pub struct JobFilter {
 /// newest first. Only the filters given are in the statement, so each gets its own plan.
 pub async fn list(db: impl PgExecutor<'_>, filter: &JobFilter) -> sqlx::Result<(Vec<Job>, bool)> {
     let mut query = QueryBuilder::<Postgres>::new(format!("select {JOB_COLUMNS}, t.name as tenant from "));
-    // The column the page is ordered and cut by: the holding table's job id where there is one.
-    let order = match filter.state {
-        Some(state @ (JobState::Queued | JobState::Assigned | JobState::Running | JobState::Scheduled)) => {
-            let holder = match state {
-                JobState::Queued => "ready_jobs",
-                JobState::Scheduled => "scheduled_jobs",
-                _ => "worker_jobs",
-            };
-            // The holding rows newest first, read on their own (`offset 0` keeps the
-            // planner from folding them into a scan of `jobs`), then each job by its key:
-            // the page ends after `limit` of them, whatever else the table holds.
-            query.push(format_args!("(select h.job_id from {holder} h where true"));
-            if let (Some(tenant), false) = (filter.tenant_scope, state == JobState::Scheduled) {
-                query.push(" and h.tenant_id = ").push_bind(tenant);
-            }
-            if let (Some(queue), false) = (&filter.queue, holder == "worker_jobs") {
-                query.push(" and h.queue = ").push_bind(queue);
-            }
-            if holder == "worker_jobs" {
-                // An attempt held is started once its job runs.
-                query.push(" and h.started = ").push_bind(state == JobState::Running);
-            }
-            if let Some(before_id) = filter.before_id {
-                query.push(" and h.job_id < ").push_bind(before_id);
-            }
-            query.push(" order by h.job_id desc offset 0) h join jobs j on j.id = h.job_id");
-            query.push(" join tenants t on t.id = j.tenant_id where j.state = ").push_bind(state.as_str());
-            "h.job_id"
-        }
-        Some(_) | None => {
-            query.push("jobs j join tenants t on t.id = j.tenant_id where true");
-            "j.id"
-        }
+    // Waiting and running jobs are listed from the table that holds them while they do.
+    let holder = match filter.state {
+        Some(JobState::Queued) => Some("ready_jobs"),
+        Some(JobState::Scheduled) => Some("scheduled_jobs"),
+        Some(JobState::Assigned | JobState::Running) => Some("worker_jobs"),
+        _ => None,
     };
-    // Read from `jobs` itself, the page comes from the index that serves the filter, in
-    // its order: its leading columns are pinned by a range of one value (`between $1 and
-    // $1`) and lead the `order by`. With an equality instead, the planner drops them from
-    // the order and may take the primary key, assuming a tenant's rows are spread evenly
-    // through time, and scan all the newer jobs of others to find an old tenant's page.
+    // The column the page is ordered and cut by, after the leading columns of the index
+    // that serves it (`index_order`).
     let mut index_order = String::new();
-    if order == "j.id" {
+    let order = if let (Some(holder), Some(state)) = (holder, filter.state) {
+        // The holding rows newest first, read on their own (`offset 0` keeps the planner
+        // from folding them into a scan of `jobs`), then each job by its key: the page
+        // ends after `limit` of them, whatever else the table holds.
+        query.push(format_args!("(select h.job_id from {holder} h where true"));
+        if let (Some(tenant), false) = (filter.tenant_scope, state == JobState::Scheduled) {
+            query.push(" and h.tenant_id = ").push_bind(tenant);
+        }
+        if holder == "worker_jobs" {
+            // An attempt held is started once its job runs.
+            query.push(" and h.started = ").push_bind(state == JobState::Running);
+        } else if let Some(queue) = &filter.queue {
+            query.push(" and h.queue = ").push_bind(queue);
+        }
+        if let Some(before_id) = filter.before_id {
+            query.push(" and h.job_id < ").push_bind(before_id);
+        }
+        query.push(" order by h.job_id desc offset 0) h join jobs j on j.id = h.job_id");
+        query.push(" join tenants t on t.id = j.tenant_id where j.state = ").push_bind(state.as_str());
+        if let Some(tenant) = filter.tenant_scope {
+            query.push(" and j.tenant_id = ").push_bind(tenant);
+        }
+        if let Some(queue) = &filter.queue {
+            query.push(" and j.queue = ").push_bind(queue);
+        }
+        "h.job_id"
+    } else {
+        // Read from `jobs` itself, the page comes from the index that serves the filter, in
+        // its order: its leading columns are pinned by a range of one value (`between $1
+        // and $1`) and lead the `order by`. With an equality instead, the planner drops
+        // them from the order and may take the primary key, assuming a tenant's rows are
+        // spread evenly through time, and scan all the newer jobs of others to find an old
+        // tenant's page.
+        query.push("jobs j join tenants t on t.id = j.tenant_id where true");
         let mut pin = |query: &mut QueryBuilder<'_, Postgres>, column: &str| {
             query.push(format_args!(" and j.{column} between "));
             index_order.push_str(&format!("j.{column} desc, "));
@@ -296,19 +299,29 @@ pub async fn list(db: impl PgExecutor<'_>, filter: &JobFilter) -> sqlx::Result<(
             pin(&mut query, "tenant_id");
             query.push_bind(tenant).push(" and ").push_bind(tenant);
         }
-        if let Some(state) = filter.state {
-            pin(&mut query, "outcome");
-            query.push_bind(state.as_str()).push(" and ").push_bind(state.as_str());
-        } else if let (Some(queue), Some(_)) = (&filter.queue, filter.tenant_scope) {
-            pin(&mut query, "queue");
-            query.push_bind(queue).push(" and ").push_bind(queue);
+        match (filter.state, &filter.queue, filter.tenant_scope) {
+            (Some(state), queue, _) => {
+                pin(&mut query, "outcome");
+                query.push_bind(state.as_str()).push(" and ").push_bind(state.as_str());
+                if let Some(queue) = queue {
+                    query.push(" and j.queue = ").push_bind(queue);
+                }
+            }
+            (None, Some(queue), Some(_)) => {
+                pin(&mut query, "queue");
+                query.push_bind(queue).push(" and ").push_bind(queue);
+            }
+            // An admin's queue filter: no index leads with the queue alone.
+            (None, Some(queue), None) => {
+                query.push(" and j.queue = ").push_bind(queue);
+            }
+            (None, None, _) => {}
         }
-    } else if let Some(tenant) = filter.tenant_scope {
-        query.push(" and j.tenant_id = ").push_bind(tenant);
-    }
-    if let (Some(queue), false) = (&filter.queue, index_order.contains("j.queue")) {
-        query.push(" and j.queue = ").push_bind(queue);
-    }
+        if let Some(before_id) = filter.before_id {
+            query.push(" and j.id < ").push_bind(before_id);
+        }
+        "j.id"
+    };
     if let Some(after) = filter.created_after {
         query.push(" and j.created_at >= ").push_bind(after);
     }
@@ -317,9 +330,6 @@ pub async fn list(db: impl PgExecutor<'_>, filter: &JobFilter) -> sqlx::Result<(
     }
     if let Some(reason) = &filter.dead_letter_reason {
         query.push(" and j.dead_letter_reason = ").push_bind(reason);
-    }
-    if let (Some(before_id), "j.id") = (filter.before_id, order) {
-        query.push(" and j.id < ").push_bind(before_id);
     }
     query.push(format_args!(" order by {index_order}{order} desc limit "));
     query.push_bind(filter.limit + 1);
