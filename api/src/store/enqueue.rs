@@ -309,7 +309,7 @@ pub async fn submit(
         let decisions = as_named(jobs);
         let placements = placer.place(&states, jobs, &decisions, &[]);
         let outcome = insert_or_replay(db, submitter, jobs, &placements, idempotency, return_jobs).await?;
-        return Ok(outcome.decided(decisions));
+        return Ok(outcome.decided(decisions, 0));
     }
 
     // A size-limited or fair queue, or a tenant limit, is involved: admit in one
@@ -345,7 +345,7 @@ pub async fn submit(
             let outcome =
                 insert_or_replay(&mut transaction, submitter, jobs, &placements, Some(idempotency), return_jobs)
                     .await?;
-            return Ok(outcome.decided(decisions));
+            return Ok(outcome.decided(decisions, 0));
         }
     }
 
@@ -381,7 +381,7 @@ pub async fn submit(
         return Ok(outcome);
     }
     transaction.commit().await?;
-    Ok(outcome.decided(plan.decisions).deferred_by(&quota_decisions).with_evictions(evicted))
+    Ok(outcome.decided(plan.decisions, evicted).deferred_by(&quota_decisions))
 }
 
 /// What each job asks of its tenant's quota.
@@ -412,20 +412,11 @@ async fn reject_over_quota(
 }
 
 impl SubmitOutcome {
-    /// The outcome with admission's `decisions`, if the jobs were created.
-    fn decided(self, decisions: Vec<Decision>) -> Self {
+    /// The outcome with admission's `decisions` and the number of jobs `evicted` to make
+    /// room for them, if the jobs were created.
+    fn decided(self, decisions: Vec<Decision>, evicted: u64) -> Self {
         match self {
-            SubmitOutcome::Created { ids, jobs, deferred, evicted, .. } => {
-                SubmitOutcome::Created { ids, jobs, decisions, deferred, evicted }
-            }
-            other => other,
-        }
-    }
-
-    /// The outcome with the number of jobs evicted to admit it, if the jobs were created.
-    fn with_evictions(self, evicted: u64) -> Self {
-        match self {
-            SubmitOutcome::Created { ids, jobs, decisions, deferred, .. } => {
+            SubmitOutcome::Created { ids, jobs, deferred, .. } => {
                 SubmitOutcome::Created { ids, jobs, decisions, deferred, evicted }
             }
             other => other,

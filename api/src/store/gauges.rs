@@ -179,7 +179,7 @@ pub struct TenantUsage {
 
 /// Every tenant's usage, in one statement: tenants holding nothing report zeros, so a
 /// tenant's series drops to zero rather than vanishing when its last job ends. Read from
-/// `worker_jobs` (each row carries its tenant) through `worker_jobs (tenant_id)`.
+/// `worker_jobs` (each row carries its tenant) through `worker_jobs (tenant_id, job_id)`.
 pub async fn tenant_usage(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<TenantUsage>> {
     sqlx::query_as(
         "select t.name as tenant, count(h.job_id) as running_jobs,
