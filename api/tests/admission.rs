@@ -165,6 +165,44 @@ async fn evict_lowest_only_evicts_jobs_of_lower_priority_than_the_newcomer() {
 }
 
 #[tokio::test]
+async fn a_victim_the_scheduling_cycle_holds_is_waited_for_not_passed_over() {
+    let store = store().await;
+    store
+        .queue("evicting", "priority", |q| {
+            q.max_size = Some(1);
+            q.overflow = OverflowPolicy::EvictLowest;
+        })
+        .await;
+    let low = store.submit_ids(vec![json!({"queue": "evicting", "priority": 1})]).await[0];
+    // A cycle looking at the queue holds its rows as `CYCLE_CANDIDATES` takes them.
+    let mut cycle = store.pool.begin().await.expect("begin");
+    let held: Vec<Uuid> = sqlx::query_scalar(
+        "select job_id from ready_jobs where queue = 'evicting' order by rank, seq for update skip locked",
+    )
+    .fetch_all(&mut *cycle)
+    .await
+    .expect("hold");
+    assert_eq!(held, [low]);
+
+    let store = std::sync::Arc::new(store);
+    let submitting = tokio::spawn({
+        let store = store.clone();
+        async move { store.submit(vec![json!({"queue": "evicting", "priority": 9})]).await }
+    });
+    // The submission waits on the row lock; once the cycle lets go, it evicts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store.scalar("select count(*) from pg_stat_activity where wait_event_type = 'Lock'").await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the submission never waited for the held job");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    cycle.rollback().await.expect("release");
+    let outcome = submitting.await.expect("submission");
+    assert!(matches!(outcome, SubmitOutcome::Created { .. }), "{outcome:?}");
+    assert_eq!(store.state(low).await, JobState::DeadLettered);
+    assert_eq!(store.waiting("evicting").await, 1);
+}
+
+#[tokio::test]
 async fn a_batch_that_partly_fits_is_rejected_whole_and_recorded_once() {
     let store = store().await;
     store.queue("strict", "fifo", |q| q.max_size = Some(3)).await;

@@ -498,8 +498,12 @@ impl Loads {
 /// bounded queue (counted up to its limit) and, for an `evict_lowest` queue that
 /// submissions may overflow, its lowest-priority ready jobs below the highest newcomer's
 /// priority, as many as there are entries. Those are locked (`for update`), so they are
-/// still there to evict when the plan says so; jobs other transactions hold are skipped.
-/// Call it holding the queues' locks.
+/// still there to evict when the plan says so. A job the scheduling cycle holds at that
+/// moment is waited for, not skipped (skipping would refuse a submission as `queue_full`
+/// because a cycle happened to be looking at the job it would evict); the cycle never
+/// waits on admission's locks, so the wait is short and cannot deadlock. A job the cycle
+/// assigned meanwhile is gone when the wait ends, and the size is read again, since it
+/// left room. Call it holding the queues' locks.
 pub(crate) async fn read_loads(
     db: &mut PgConnection,
     queues: &[&QueueSettings],
@@ -513,7 +517,7 @@ pub(crate) async fn read_loads(
             loads.queues.push(QueueLoad::new(settings, 0, Vec::new()));
             continue;
         };
-        let size = queue_size(&mut *db, &settings.name, max_size).await?;
+        let mut size = queue_size(&mut *db, &settings.name, max_size).await?;
         let may_evict = settings.overflow == OverflowPolicy::EvictLowest
             && !submissions.is_empty()
             && size + submissions.len() as i64 > max_size;
@@ -521,13 +525,16 @@ pub(crate) async fn read_loads(
         if let (true, Some(highest)) = (may_evict, submissions.iter().max()) {
             let lowest: Vec<(Uuid, i16)> = sqlx::query_as(
                 "select job_id, priority from ready_jobs where queue = $1 and priority < $2
-                 order by priority, seq desc limit $3 for update skip locked",
+                 order by priority, seq desc limit $3 for update",
             )
             .bind(&settings.name)
             .bind(highest)
             .bind(submissions.len() as i64)
             .fetch_all(&mut *db)
             .await?;
+            if lowest.len() < submissions.len() {
+                size = queue_size(&mut *db, &settings.name, max_size).await?;
+            }
             evictable = lowest.iter().map(|(_, priority)| *priority).collect();
             loads.evictable_ids.insert(settings.name.clone(), lowest.into_iter().map(|(id, _)| id).collect());
         }
