@@ -62,6 +62,16 @@ pub struct E2eArgs {
     /// Slots per worker.
     #[arg(long, default_value_t = 8)]
     slots: usize,
+    /// How the workers run jobs: `process` spawns `true` for each; `noop` runs nothing
+    /// (`hodei-worker run --executor noop`), so the run measures the control plane alone.
+    #[arg(long, value_enum, default_value_t = WorkerExecutor::Process)]
+    executor: WorkerExecutor,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WorkerExecutor {
+    Process,
+    Noop,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -349,7 +359,7 @@ async fn end_to_end(args: E2eArgs, config: &Config) -> anyhow::Result<()> {
     // The machine's own ceiling for no-op jobs: spawning `true` with as many at once as the
     // workers have slots, and nothing else running.
     let spawned = Instant::now();
-    let spawns = 3000;
+    let spawns = if args.executor == WorkerExecutor::Process { 3000 } else { 0 };
     let mut running = tokio::task::JoinSet::new();
     for _ in 0..spawns {
         if running.len() >= args.workers * args.slots {
@@ -360,7 +370,7 @@ async fn end_to_end(args: E2eArgs, config: &Config) -> anyhow::Result<()> {
     while running.join_next().await.is_some() {}
     let spawn_rate = spawns as f64 / spawned.elapsed().as_secs_f64();
 
-    let (_server, url, admin_key) = start_server(config).await?;
+    let (server, url, admin_key) = start_server(config).await?;
     let worker_binary = sibling_binary("hodei-worker")?;
     let mut workers = Vec::new();
     for index in 0..args.workers {
@@ -376,6 +386,11 @@ async fn end_to_end(args: E2eArgs, config: &Config) -> anyhow::Result<()> {
                     &args.slots.to_string(),
                 ])
                 .args(["--cpu-millis", &(args.slots * 1000).to_string(), "--memory-mib", "65536"])
+                .args(match args.executor {
+                    WorkerExecutor::Process => &[][..],
+                    WorkerExecutor::Noop => &["--executor", "noop"][..],
+                })
+                .envs((args.executor == WorkerExecutor::Noop).then_some(("HODEI_WORKER_NOOP_EXECUTOR", "allow")))
                 .env("HODEI_WORKER_REGISTRATION_TOKEN", BENCH_REGISTRATION_TOKEN)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -395,6 +410,7 @@ async fn end_to_end(args: E2eArgs, config: &Config) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    let meter = crate::footprint::Meter::start(&pool, &url).await?;
     let mut ids: Vec<uuid::Uuid> = Vec::with_capacity(args.jobs);
     for chunk in (0..args.jobs).collect::<Vec<_>>().chunks(1000) {
         let jobs: Vec<_> =
@@ -424,6 +440,7 @@ async fn end_to_end(args: E2eArgs, config: &Config) -> anyhow::Result<()> {
         // Rarely: this count is a scan, and the benchmark must not load the database it measures.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let window = meter.end(&pool).await?;
     // From the first submission to the last completion, by the database's clock.
     let seconds: f64 = sqlx::query_scalar(
         "select extract(epoch from max(finished_at) - min(created_at))::float8 from jobs where id = any($1)",
@@ -446,20 +463,29 @@ async fn end_to_end(args: E2eArgs, config: &Config) -> anyhow::Result<()> {
     .fetch_one(&pool)
     .await?;
     let E2eLatency { assigned_p50, assigned_p95, assigned_p99, started_p50, started_p95, started_p99 } = latency;
+    drop(workers);
+    drop(server);
+    let footprint = window.per_job(&pool, ids.len()).await?;
+    let ceiling = match args.executor {
+        WorkerExecutor::Process => format!(
+            "spawning `true` alone on this machine, {} at once: {spawn_rate:.0} processes/s; end to end is {:.0}% of it",
+            args.workers * args.slots,
+            100.0 * ids.len() as f64 / seconds / spawn_rate
+        ),
+        WorkerExecutor::Noop => "no-op executor: the workers ran nothing (the control plane alone)".to_owned(),
+    };
     println!(
         "end to end: {} no-op jobs, {} workers x {} slots, batched submit to all succeeded in {seconds:.1} s: {:.0} jobs/s\n  \
          submit->assigned ms: p50 {assigned_p50:.1}  p95 {assigned_p95:.1}  p99 {assigned_p99:.1}\n  \
          submit->started ms: p50 {started_p50:.1}  p95 {started_p95:.1}  p99 {started_p99:.1}\n  \
          (latencies include queueing behind the batch: this is a saturation run, not the steady-rate one)\n\
-         spawning `true` alone on this machine, {} at once: {spawn_rate:.0} processes/s; end to end is {:.0}% of it",
+         {ceiling}\n{footprint}",
         ids.len(),
         args.workers,
         args.slots,
         ids.len() as f64 / seconds,
-        args.workers * args.slots,
-        100.0 * ids.len() as f64 / seconds / spawn_rate
     );
-    drop(workers);
+    println!("{}", json!({"bench": "e2e", "jobs_per_second": ids.len() as f64 / seconds, "footprint": footprint}));
     Ok(())
 }
 

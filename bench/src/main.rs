@@ -6,6 +6,7 @@
 mod cost;
 mod e2e;
 mod engine;
+mod footprint;
 mod pools;
 mod quotas;
 mod reads;

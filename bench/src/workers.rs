@@ -89,7 +89,7 @@ pub struct RunningArgs {
 }
 
 /// Clock ticks per second in `/proc/<pid>/stat` (`USER_HZ`, 100 on every Linux ABI).
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+pub(crate) const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 /// The environment variable that marks the processes of one benchmark run's jobs.
 const RUN_MARKER_VARIABLE: &str = "HODEI_BENCH_RUN";
@@ -163,6 +163,7 @@ pub async fn latency(args: LatencyArgs, config: &Config) -> anyhow::Result<()> {
     let total = warmup_requests + (args.duration * args.rate) as usize;
     let body = Arc::new(json!({"command": {"argv": ["true"]}}));
     let watch = CpuWatch::new(&pool, &server, fleet.pids()).await?;
+    let meter = crate::footprint::Meter::start(&pool, &url).await?;
     let cpu_before = watch.snapshot()?;
     let submits =
         open_loop(args.rate, total, |_| submit_job(client.clone(), url.clone(), tenant_key.clone(), body.clone()))
@@ -177,9 +178,12 @@ pub async fn latency(args: LatencyArgs, config: &Config) -> anyhow::Result<()> {
     let http = Percentiles::of(measured.iter().filter(|s| s.outcome.is_ok()).map(|s| s.latency).collect());
 
     let finished = wait_for_all(&pool, &ids, &["succeeded"], Duration::from_secs(120)).await?;
+    let window = meter.end(&pool).await?;
     let delays = job_delays(&pool, &ids).await?;
     drop(fleet);
     drop(server);
+    // Every job of the window: the warm-up's too.
+    let footprint = window.per_job(&pool, submits.iter().filter(|s| s.outcome.is_ok()).count()).await?;
 
     // Little's law: slots busy on average = arrival rate x mean time a job holds its slot.
     let mean_held =
@@ -200,6 +204,7 @@ pub async fn latency(args: LatencyArgs, config: &Config) -> anyhow::Result<()> {
          slot held (assigned->finished) ms: {slot_held}\n  \
          slots busy on average (rate x mean hold): {busy_slots:.1} of {total_slots}\n  \
          CPU while submitting: {cpu}\n  \
+         {footprint}\n  \
          ({negative} jobs had assigned_at before created_at: the cycle's now() is its transaction start)\n  \
          target p95 submit->assigned < 5 ms: {assigned_verdict}; p95 submit->started < 20 ms: {started_verdict}",
         rate = args.rate,
@@ -220,7 +225,7 @@ pub async fn latency(args: LatencyArgs, config: &Config) -> anyhow::Result<()> {
             "slots": args.slots, "submitted": measured.len(), "errors": errors, "succeeded": finished,
             "http_submit_ms": http, "submit_to_assigned_ms": assigned, "submit_to_started_ms": started,
             "assigned_to_started_ms": assigned_to_started, "slot_held_ms": slot_held, "busy_slots": busy_slots,
-            "cpu_percent_of_one_core": cpu,
+            "cpu_percent_of_one_core": cpu, "footprint": footprint,
             "target_met": {"assigned_p95_lt_5ms": assigned.p95 < 5.0, "started_p95_lt_20ms": started.p95 < 20.0},
         })
     );
@@ -549,6 +554,37 @@ fn process_stat(pid: u32) -> Option<ProcessStat> {
     })
 }
 
+/// The postmaster of `pool`'s Postgres, when it runs on this machine (and is visible in
+/// `/proc`): the parent of one of its backends.
+pub(crate) async fn postmaster_of(pool: &PgPool) -> anyhow::Result<Option<u32>> {
+    let backend: i32 = sqlx::query_scalar("select pg_backend_pid()").fetch_one(pool).await?;
+    let postmaster = u32::try_from(backend)
+        .ok()
+        .and_then(process_stat)
+        .filter(|backend| backend.command == "postgres")
+        .map(|backend| backend.parent)
+        .filter(|parent| process_stat(*parent).is_some_and(|stat| stat.command == "postgres"));
+    if postmaster.is_none() {
+        eprintln!("Postgres does not run on this machine (or is not visible in /proc): no database CPU");
+    }
+    Ok(postmaster)
+}
+
+/// The CPU ticks of a Postgres cluster so far: its postmaster, the children it has
+/// reaped, and its live children.
+pub(crate) fn cluster_ticks(postmaster: u32) -> u64 {
+    let Ok(pids) = all_pids() else { return 0 };
+    pids.into_iter()
+        .filter_map(|pid| Some((pid, process_stat(pid)?)))
+        .filter(|(_, stat)| stat.command == "postgres")
+        .map(|(pid, stat)| match pid == postmaster {
+            true => stat.own_ticks + stat.reaped_children_ticks,
+            false if stat.parent == postmaster => stat.own_ticks,
+            false => 0,
+        })
+        .sum()
+}
+
 /// The processes whose CPU a benchmark reports.
 #[derive(Debug, Clone)]
 struct CpuWatch {
@@ -606,18 +642,8 @@ impl std::fmt::Display for CpuShares {
 
 impl CpuWatch {
     async fn new(pool: &PgPool, server: &ChildServer, workers: Vec<u32>) -> anyhow::Result<Self> {
-        let (backend, database): (i32, String) =
-            sqlx::query_as("select pg_backend_pid(), current_database()").fetch_one(pool).await?;
-        // A backend's parent is the postmaster, if this backend is a local process at all.
-        let postmaster = u32::try_from(backend)
-            .ok()
-            .and_then(process_stat)
-            .filter(|backend| backend.command == "postgres")
-            .map(|backend| backend.parent)
-            .filter(|parent| process_stat(*parent).is_some_and(|stat| stat.command == "postgres"));
-        if postmaster.is_none() {
-            eprintln!("Postgres does not run on this machine (or is not visible in /proc): no database CPU");
-        }
+        let database: String = sqlx::query_scalar("select current_database()").fetch_one(pool).await?;
+        let postmaster = postmaster_of(pool).await?;
         Ok(Self { postmaster, database_in_command_line: format!(" {database} "), server: server.id(), workers })
     }
 
