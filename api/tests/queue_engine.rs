@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use hodei_api::store::assignment::{self, Assigned, AttemptResult, Recorded};
 use hodei_api::store::dispatch::{self, Failure, FailureResult, RedriveFilter};
 use hodei_api::store::enqueue::{self, SubmitOutcome};
@@ -253,6 +253,71 @@ async fn concurrent_cycles_dispatch_every_job_exactly_once() {
     assert_eq!(engine.scalar("select count(*) from jobs where state = 'succeeded' and attempt = 1").await, JOBS as i64);
     assert_eq!(engine.scalar("select count(*) from job_events where kind = 'job.assigned'").await, JOBS as i64);
     assert_eq!(engine.scalar("select count(*) from worker_jobs").await, 0);
+}
+
+#[tokio::test]
+async fn a_report_that_starts_and_ends_an_attempt_records_both_in_one_write_of_the_job() {
+    let engine = engine().await;
+    let acme = engine.tenant("acme", 1).await;
+    engine.submit_ids(acme, vec![json!({}), json!({}), json!({})]).await;
+    let assigned = engine.claim(3).await;
+    assert_eq!(assigned.len(), 3);
+    let (ok, failed, stale) = (&assigned[0], &assigned[1], &assigned[2]);
+    let worker = ok.worker_id;
+    let result =
+        |a: &Assigned, exit_code| AttemptResult { job_id: a.job_id, attempt: a.attempt, exit_code, error: None };
+
+    // Inside an outer transaction, so its own counters show what the report wrote.
+    let mut outer = engine.pool.begin().await.expect("begin");
+    let (started, recorded) =
+        assignment::record_report(&mut outer, worker, &[(ok.job_id, ok.attempt)], &[result(ok, Some(0))], 0.5)
+            .await
+            .expect("report");
+    assert_eq!((started.len(), recorded.as_slice()), (1, &[Recorded::Succeeded][..]));
+    let job_updates: i64 = sqlx::query_scalar("select n_tup_upd from pg_stat_xact_user_tables where relname = 'jobs'")
+        .fetch_one(&mut *outer)
+        .await
+        .expect("counters");
+    assert_eq!(job_updates, 1, "the job went from assigned to succeeded in one write");
+    outer.commit().await.expect("commit");
+    let (state, exit_code, started_at, finished_at): (
+        String,
+        Option<i32>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+    ) = sqlx::query_as("select state, exit_code, started_at, finished_at from jobs where id = $1")
+        .bind(ok.job_id)
+        .fetch_one(&engine.pool)
+        .await
+        .expect("job");
+    assert_eq!((state.as_str(), exit_code), ("succeeded", Some(0)));
+    assert!(started_at.is_some() && started_at <= finished_at, "{started_at:?} {finished_at:?}");
+    let kinds: Vec<String> = sqlx::query_scalar("select kind from job_events where job_id = $1 order by id")
+        .bind(ok.job_id)
+        .fetch_all(&engine.pool)
+        .await
+        .expect("events");
+    assert_eq!(kinds, ["job.submitted", "job.assigned", "job.started", "job.succeeded"]);
+
+    // A failure in the same report keeps its start and exit code; a start of an attempt
+    // the worker does not hold, and its result, change nothing.
+    let starts = [(failed.job_id, failed.attempt), (stale.job_id, stale.attempt + 1)];
+    let results = [result(failed, Some(3)), AttemptResult { attempt: stale.attempt + 1, ..result(stale, Some(0)) }];
+    let mut connection = engine.pool.acquire().await.expect("connection");
+    let (started, recorded) =
+        assignment::record_report(&mut connection, worker, &starts, &results, 0.5).await.expect("report");
+    assert_eq!(started.iter().map(|s| s.job_id).collect::<Vec<_>>(), [failed.job_id]);
+    assert!(matches!(recorded[0], Recorded::Failed(_)), "{recorded:?}");
+    assert_eq!(recorded[1], Recorded::Stale);
+    let failed_row: (Option<i32>, Option<DateTime<Utc>>) =
+        sqlx::query_as("select exit_code, started_at from jobs where id = $1")
+            .bind(failed.job_id)
+            .fetch_one(&engine.pool)
+            .await
+            .expect("failed job");
+    assert_eq!(failed_row.0, Some(3));
+    assert!(failed_row.1.is_some(), "a failed attempt keeps when it started");
+    assert_eq!(engine.state(stale.job_id).await, JobState::Assigned);
 }
 
 #[tokio::test]

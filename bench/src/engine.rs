@@ -2,7 +2,7 @@
 //! HTTP in the way, so its numbers compare directly with the bare-SQL ceiling that
 //! `shared/bench/pgbench` measures for the same shape of work. Jobs are dispatched by the
 //! scheduling cycle `hodei serve` runs (`loops::Scheduler`) to registered workers, and
-//! their results recorded as a worker's report is (`store::assignment::finish_many`).
+//! their starts and results recorded as a worker's report is (`store::assignment::record_report`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -317,7 +317,8 @@ async fn measure_dispatch(bench: &Arc<Bench>, queue: &str, refill: bool) -> anyh
                         })
                         .collect();
                     let mut connection = b.pool.acquire().await?;
-                    assignment::finish_many(&mut connection, worker, &results, 0.5).await?;
+                    let starts: Vec<(Uuid, i32)> = assigned.iter().map(|a| (a.job_id, a.attempt)).collect();
+                    assignment::record_report(&mut connection, worker, &starts, &results, 0.5).await?;
                     drop(connection);
                     if refill {
                         b.submit(&refill_jobs[..assigned.len()]).await?;

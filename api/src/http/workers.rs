@@ -187,7 +187,12 @@ async fn start_job(
     let id = identity.check(&id)?;
     let job_id = parse_job(&job_id)?;
     let mut connection = state.db.acquire().await?;
-    let started = assignment::start_many(&mut *connection, id, &[(job_id, report.attempt)]).await?;
+    let started = assignment::start_many(
+        &mut *connection,
+        id,
+        &[assignment::StartReport { job_id, attempt: report.attempt, succeeds_here: false }],
+    )
+    .await?;
     record_starts(&state, &started);
     if started.iter().any(|started| started.job_id == job_id) {
         Ok(StatusCode::NO_CONTENT)
@@ -242,11 +247,17 @@ async fn post_reports(
         )
         .into());
     }
-    let mut connection = state.db.acquire().await?;
     let starts: Vec<(Uuid, i32)> = reports.started.iter().map(|s| (s.job_id, s.attempt)).collect();
-    let recorded =
-        if starts.is_empty() { Vec::new() } else { assignment::start_many(&mut *connection, id, &starts).await? };
+    let results: Vec<AttemptResult> = reports
+        .finished
+        .into_iter()
+        .map(|f| AttemptResult { job_id: f.job_id, attempt: f.attempt, exit_code: f.exit_code, error: f.error })
+        .collect();
+    let random = crate::store::dispatch::random_fraction()?;
+    let mut connection = state.db.acquire().await?;
+    let (recorded, finished) = assignment::record_report(&mut connection, id, &starts, &results, random).await?;
     record_starts(&state, &recorded);
+    state.metrics.record_results(&finished);
     let started = starts
         .iter()
         .map(|(job_id, _)| ReportOutcome {
@@ -258,23 +269,11 @@ async fn post_reports(
             },
         })
         .collect();
-    let results: Vec<AttemptResult> = reports
-        .finished
-        .into_iter()
-        .map(|f| AttemptResult { job_id: f.job_id, attempt: f.attempt, exit_code: f.exit_code, error: f.error })
+    let finished = results
+        .iter()
+        .zip(&finished)
+        .map(|(result, recorded)| ReportOutcome { job_id: result.job_id, outcome: outcome(recorded) })
         .collect();
-    let finished = if results.is_empty() {
-        Vec::new()
-    } else {
-        let random = crate::store::dispatch::random_fraction()?;
-        let recorded = assignment::finish_many(&mut connection, id, &results, random).await?;
-        state.metrics.record_results(&recorded);
-        results
-            .iter()
-            .zip(&recorded)
-            .map(|(result, recorded)| ReportOutcome { job_id: result.job_id, outcome: outcome(recorded) })
-            .collect()
-    };
     Ok(axum::Json(ReportsReply { started, finished }))
 }
 

@@ -559,7 +559,19 @@ pub async fn take_assignments(db: &mut PgConnection, worker_id: Uuid) -> sqlx::R
 
 /// The worker started the attempt. False when the attempt is not this worker's current one.
 pub async fn start(db: &mut PgConnection, worker_id: Uuid, job_id: Uuid, attempt: i32) -> sqlx::Result<bool> {
-    Ok(start_many(db, worker_id, &[(job_id, attempt)]).await?.iter().any(|started| started.job_id == job_id))
+    let start = StartReport { job_id, attempt, succeeds_here: false };
+    Ok(start_many(db, worker_id, &[start]).await?.iter().any(|started| started.job_id == job_id))
+}
+
+/// A worker's report that it started an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StartReport {
+    pub job_id: Uuid,
+    pub attempt: i32,
+    /// The same transaction records the attempt's success next (`finish_in`): the job goes
+    /// from `assigned` to `succeeded` in one write of its row, which `dispatch::complete`
+    /// makes (with `started_at`); only its `job.started` event is written here.
+    pub succeeds_here: bool,
 }
 
 /// An attempt its worker started.
@@ -570,37 +582,48 @@ pub struct Started {
     pub since_submission_seconds: f64,
 }
 
-/// The worker started these attempts; returns those that were its current ones.
+/// The worker started these attempts; returns those that were its current ones. An
+/// attempt that `succeeds_here` is only checked (its hold locked, so nothing takes it
+/// away before its result is recorded) and given its `job.started` event.
 pub async fn start_many(
     db: impl sqlx::PgExecutor<'_>,
     worker_id: Uuid,
-    attempts: &[(Uuid, i32)],
+    attempts: &[StartReport],
 ) -> sqlx::Result<Vec<Started>> {
     let mut sorted = attempts.to_vec();
     sorted.sort();
-    let (ids, numbers): (Vec<Uuid>, Vec<i32>) = sorted.into_iter().unzip();
     sqlx::query_as(
         "with reported as (
-            select * from unnest($1::uuid[], $2::int4[]) as r(job_id, attempt)
+            select * from unnest($1::uuid[], $2::int4[], $4::bool[]) as r(job_id, attempt, succeeds_here)
          ), held as (
             update worker_jobs w set started = true from reported r
-            where w.job_id = r.job_id and w.worker_id = $3 and w.attempt = r.attempt
+            where w.job_id = r.job_id and w.worker_id = $3 and w.attempt = r.attempt and not r.succeeds_here
             returning w.job_id, w.attempt
+         ), ending as (
+            select w.job_id, w.attempt from worker_jobs w join reported r on r.job_id = w.job_id
+            where w.worker_id = $3 and w.attempt = r.attempt and r.succeeds_here
+            for update of w
          ), job as (
             update jobs j set state = 'running', started_at = now(), updated_at = now()
             from held h
             where j.id = h.job_id and j.attempt = h.attempt and j.worker_id = $3 and j.state = 'assigned'
             returning j.id, j.tenant_id, j.attempt, j.created_at
+         ), started as (
+            select id, tenant_id, attempt, created_at from job
+            union all
+            select j.id, j.tenant_id, j.attempt, j.created_at from jobs j join ending e on e.job_id = j.id
+            where j.attempt = e.attempt and j.worker_id = $3 and j.state = 'assigned'
          ), event as (
             insert into job_events (tenant_id, job_id, kind, state, attempt, data)
             select tenant_id, id, 'job.started', 'running', attempt, jsonb_build_object('worker_id', $3::uuid)
-            from job order by id
+            from started order by id
          )
-         select id as job_id, extract(epoch from now() - created_at)::float8 as since_submission_seconds from job",
+         select id as job_id, extract(epoch from now() - created_at)::float8 as since_submission_seconds from started",
     )
-    .bind(&ids)
-    .bind(&numbers)
+    .bind(sorted.iter().map(|s| s.job_id).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|s| s.attempt).collect::<Vec<_>>())
     .bind(worker_id)
+    .bind(sorted.iter().map(|s| s.succeeds_here).collect::<Vec<_>>())
     .fetch_all(db)
     .await
 }
@@ -612,6 +635,13 @@ pub struct AttemptResult {
     pub attempt: i32,
     pub exit_code: Option<i32>,
     pub error: Option<String>,
+}
+
+impl AttemptResult {
+    /// Exited 0 with no error: the job succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == Some(0) && self.error.is_none()
+    }
 }
 
 /// What recording a result did.
@@ -643,19 +673,60 @@ pub async fn finish_many(
     random: f64,
 ) -> sqlx::Result<Vec<Recorded>> {
     let mut transaction = db.begin().await?;
+    let recorded = finish_in(&mut transaction, worker_id, results, random).await?;
+    transaction.commit().await?;
+    Ok(recorded)
+}
+
+/// A worker's report: starts and results, recorded in one transaction (one commit). An
+/// attempt that starts and succeeds in the same report has its row written once.
+pub async fn record_report(
+    db: &mut PgConnection,
+    worker_id: Uuid,
+    starts: &[(Uuid, i32)],
+    results: &[AttemptResult],
+    random: f64,
+) -> sqlx::Result<(Vec<Started>, Vec<Recorded>)> {
+    let succeeded: HashSet<(Uuid, i32)> =
+        results.iter().filter(|r| r.succeeded()).map(|r| (r.job_id, r.attempt)).collect();
+    let starts: Vec<StartReport> = starts
+        .iter()
+        .map(|&(job_id, attempt)| StartReport {
+            job_id,
+            attempt,
+            succeeds_here: succeeded.contains(&(job_id, attempt)),
+        })
+        .collect();
+    let mut transaction = db.begin().await?;
+    let started =
+        if starts.is_empty() { Vec::new() } else { start_many(&mut *transaction, worker_id, &starts).await? };
+    let recorded =
+        if results.is_empty() { Vec::new() } else { finish_in(&mut transaction, worker_id, results, random).await? };
+    transaction.commit().await?;
+    Ok((started, recorded))
+}
+
+/// `finish_many` on a connection inside the caller's transaction.
+async fn finish_in(
+    db: &mut PgConnection,
+    worker_id: Uuid,
+    results: &[AttemptResult],
+    random: f64,
+) -> sqlx::Result<Vec<Recorded>> {
     let mut order: Vec<&AttemptResult> = results.iter().collect();
     order.sort_by_key(|result| result.job_id);
     // The worker's hold on the job is the fence: a result only counts from the holder.
     let held: HashSet<Uuid> = sqlx::query_scalar(
         "with reported as (
-            select * from unnest($1::uuid[], $2::int4[], $3::int4[]) as r(job_id, attempt, exit_code)
+            select * from unnest($1::uuid[], $2::int4[], $3::int4[], $5::bool[]) as r(job_id, attempt, exit_code, succeeded)
          ), released as (
             delete from worker_jobs w using reported r
             where w.job_id = r.job_id and w.attempt = r.attempt and w.worker_id = $4
             returning w.job_id
          ), coded as (
+            -- A success's exit code (0) is written with its state, by `dispatch::complete`.
             update jobs j set exit_code = r.exit_code from reported r join released d on d.job_id = r.job_id
-            where j.id = r.job_id
+            where j.id = r.job_id and not r.succeeded
          )
          select job_id from released",
     )
@@ -663,23 +734,21 @@ pub async fn finish_many(
     .bind(order.iter().map(|r| r.attempt).collect::<Vec<_>>())
     .bind(order.iter().map(|r| r.exit_code).collect::<Vec<_>>())
     .bind(worker_id)
-    .fetch_all(&mut *transaction)
+    .bind(order.iter().map(|r| r.succeeded()).collect::<Vec<_>>())
+    .fetch_all(&mut *db)
     .await?
     .into_iter()
     .collect();
-    let succeeded: Vec<(Uuid, i32)> = order
-        .iter()
-        .filter(|r| held.contains(&r.job_id) && r.exit_code == Some(0) && r.error.is_none())
-        .map(|r| (r.job_id, r.attempt))
-        .collect();
+    let succeeded: Vec<(Uuid, i32)> =
+        order.iter().filter(|r| held.contains(&r.job_id) && r.succeeded()).map(|r| (r.job_id, r.attempt)).collect();
     if !succeeded.is_empty() {
-        dispatch::complete(&mut *transaction, &succeeded).await?;
+        dispatch::complete(&mut *db, &succeeded).await?;
     }
     let mut recorded = Vec::with_capacity(results.len());
     for result in results {
         if !held.contains(&result.job_id) {
             recorded.push(Recorded::Stale);
-        } else if result.exit_code == Some(0) && result.error.is_none() {
+        } else if result.succeeded() {
             recorded.push(Recorded::Succeeded);
         } else {
             let error = result.error.clone().unwrap_or_else(|| match result.exit_code {
@@ -687,14 +756,13 @@ pub async fn finish_many(
                 None => "ended without an exit code".to_owned(),
             });
             let failure = Failure { job_id: result.job_id, attempt: result.attempt, error, retryable: true };
-            recorded.push(Recorded::Failed(dispatch::fail(&mut transaction, &failure, random).await?));
+            recorded.push(Recorded::Failed(dispatch::fail(&mut *db, &failure, random).await?));
         }
     }
     if !held.is_empty() {
         // Capacity came free: wake the scheduler.
-        sqlx::query("select pg_notify('hodei_ready', 'capacity')").execute(&mut *transaction).await?;
+        sqlx::query("select pg_notify('hodei_ready', 'capacity')").execute(&mut *db).await?;
     }
-    transaction.commit().await?;
     Ok(recorded)
 }
 

@@ -22,7 +22,8 @@ pub async fn complete(db: impl PgExecutor<'_>, attempts: &[(Uuid, i32)]) -> sqlx
     let numbers: Vec<i32> = attempts.iter().map(|(_, attempt)| *attempt).collect();
     sqlx::query_scalar(
         "with done as (
-            update jobs j set state = 'succeeded', finished_at = now(), updated_at = now()
+            update jobs j set state = 'succeeded', exit_code = 0, started_at = coalesce(j.started_at, now()),
+                finished_at = now(), updated_at = now()
             from unnest($1::uuid[], $2::int4[]) as c(id, attempt)
             where j.id = c.id and j.attempt = c.attempt and j.state in ('assigned', 'running')
             returning j.id, j.tenant_id, j.attempt
