@@ -586,7 +586,7 @@ async fn idempotency_keys_exist(
     count: usize,
 ) -> sqlx::Result<bool> {
     let keys = idempotency_keys(Some(idempotency), count);
-    sqlx::query_scalar("select exists (select 1 from jobs where tenant_id = $1 and idempotency_key = any($2))")
+    sqlx::query_scalar("select exists (select 1 from jobs where tenant_id = $1 and idempotency_key = any($2) and idempotency_key is not null)")
         .bind(submitter.tenant_id)
         .bind(keys.into_iter().flatten().collect::<Vec<String>>())
         .fetch_one(db)
@@ -834,7 +834,7 @@ async fn insert_jobs(db: &mut PgConnection, batch: &InsertBatch<'_>) -> sqlx::Re
             -- Nothing at all if a queue was deleted since its settings were read.
             where not exists (select 1 from input i where not exists (select 1 from queues q where q.name = i.queue))
             order by id
-            on conflict on constraint jobs_idempotency_key do nothing
+            on conflict (tenant_id, idempotency_key) where idempotency_key is not null do nothing
             returning *
          ), ready as (
             insert into ready_jobs (job_id, queue, tenant_id, priority, rank, fair, cpu_millis, memory_mib, labels,

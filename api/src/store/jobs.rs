@@ -200,7 +200,7 @@ pub(crate) async fn find_by_idempotency_keys(
     sqlx::query_as(&format!(
         "select {JOB_COLUMNS}, $3::text as tenant
          from unnest($2::text[]) with ordinality as k(key, ord)
-         join jobs j on j.tenant_id = $1 and j.idempotency_key = k.key
+         join jobs j on j.tenant_id = $1 and j.idempotency_key = k.key and j.idempotency_key is not null
          order by k.ord"
     ))
     .bind(submitter.tenant_id)
