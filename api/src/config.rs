@@ -321,17 +321,19 @@ impl CostTrackingConfig {
 pub struct RetentionConfig {
     /// `HODEI_RETENTION_ENABLED`.
     pub enabled: bool,
-    /// Hours a job is kept after it finished, by final state.
-    pub succeeded_hours: u32,
-    pub cancelled_hours: u32,
+    /// Hours a job is kept after it finished, by final state. These hours, and those of
+    /// logs and the idempotency window, may be fractions (`0.25`: 15 minutes), at least a
+    /// minute.
+    pub succeeded_hours: f64,
+    pub cancelled_hours: f64,
     /// How long a dead letter waits for a redrive.
-    pub dead_lettered_hours: u32,
+    pub dead_lettered_hours: f64,
     /// Hours a finished job's output is kept (at most as long as the job).
-    pub logs_hours: u32,
+    pub logs_hours: f64,
     /// Hours of queue admissions and dispatches kept (at least 25: quotas read the last day).
     pub queue_activity_hours: u32,
     /// Hours a job submitted with an idempotency key is kept at least, after its submission.
-    pub idempotency_window_hours: u32,
+    pub idempotency_window_hours: f64,
     /// Queues that keep their finished jobs for other times than the above.
     pub queues: Vec<QueueRetentionConfig>,
     /// How often the pruning runs, in seconds.
@@ -345,21 +347,21 @@ pub struct RetentionConfig {
 #[serde(deny_unknown_fields)]
 pub struct QueueRetentionConfig {
     pub queue: String,
-    pub succeeded_hours: Option<u32>,
-    pub cancelled_hours: Option<u32>,
-    pub dead_lettered_hours: Option<u32>,
+    pub succeeded_hours: Option<f64>,
+    pub cancelled_hours: Option<f64>,
+    pub dead_lettered_hours: Option<f64>,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            succeeded_hours: 24,
-            cancelled_hours: 24,
-            dead_lettered_hours: 168,
-            logs_hours: 72,
+            succeeded_hours: 24.0,
+            cancelled_hours: 24.0,
+            dead_lettered_hours: 168.0,
+            logs_hours: 72.0,
             queue_activity_hours: 168,
-            idempotency_window_hours: 24,
+            idempotency_window_hours: 24.0,
             queues: Vec::new(),
             interval_seconds: 60,
             batch_size: 1000,
@@ -392,8 +394,10 @@ impl RetentionConfig {
             }
         }
         for (field, value) in hours {
-            if !(1..=MAX_HOURS).contains(&value) {
-                problems.push(format!("retention.{field}: must be between 1 and {MAX_HOURS}, got {value}"));
+            if !(value.is_finite() && (1.0 / 60.0..=f64::from(MAX_HOURS)).contains(&value)) {
+                problems.push(format!(
+                    "retention.{field}: must be between one minute (0.0167) and {MAX_HOURS} hours, got {value}"
+                ));
             }
         }
         if !(25..=MAX_HOURS).contains(&self.queue_activity_hours) {
@@ -1151,16 +1155,20 @@ mod tests {
     fn retention_is_read_and_checked() {
         let config = Config::load(None, &environment(&[])).expect("valid");
         assert!(config.retention.enabled);
-        assert_eq!((config.retention.succeeded_hours, config.retention.dead_lettered_hours), (24, 168));
-        let file = write("retention:\n  succeeded_hours: 2\n  queues:\n    - {queue: audit, succeeded_hours: 720}\n");
+        assert_eq!((config.retention.succeeded_hours, config.retention.dead_lettered_hours), (24.0, 168.0));
+        let file = write(
+            "retention:\n  succeeded_hours: 2\n  logs_hours: 0.25\n  queues:\n    - {queue: audit, succeeded_hours: 720}\n",
+        );
         let config =
             Config::load(Some(file.path()), &environment(&[("HODEI_RETENTION_ENABLED", "false")])).expect("valid");
         assert!(!config.retention.enabled);
-        assert_eq!(config.retention.succeeded_hours, 2);
-        assert_eq!(config.retention.queues[0].succeeded_hours, Some(720));
+        assert_eq!((config.retention.succeeded_hours, config.retention.logs_hours), (2.0, 0.25));
+        assert_eq!(config.retention.queues[0].succeeded_hours, Some(720.0));
         assert_eq!(config.retention.queues[0].cancelled_hours, None);
         for (yaml, field) in [
             ("retention: {succeeded_hours: 0}\n", "retention.succeeded_hours"),
+            ("retention: {cancelled_hours: 0.01}\n", "retention.cancelled_hours"),
+            ("retention: {logs_hours: .nan}\n", "retention.logs_hours"),
             ("retention: {queue_activity_hours: 24}\n", "retention.queue_activity_hours"),
             ("retention: {batch_size: 0}\n", "retention.batch_size"),
             ("retention: {queues: [{queue: Audit}]}\n", "retention.queues[0].queue"),

@@ -45,13 +45,13 @@ pub struct Policy {
 impl Policy {
     /// The policy `retention` configures.
     pub fn from_config(config: &crate::config::RetentionConfig) -> Self {
-        let hours = |hours: u32| chrono::Duration::hours(hours.into());
+        let hours = |hours: f64| chrono::Duration::milliseconds((hours * 3_600_000.0).round() as i64);
         Self {
             succeeded: hours(config.succeeded_hours),
             cancelled: hours(config.cancelled_hours),
             dead_lettered: hours(config.dead_lettered_hours),
             logs: hours(config.logs_hours),
-            queue_activity: hours(config.queue_activity_hours),
+            queue_activity: hours(config.queue_activity_hours.into()),
             idempotency_window: hours(config.idempotency_window_hours),
             queues: config
                 .queues
@@ -231,10 +231,10 @@ mod tests {
     #[test]
     fn the_configured_hours_become_the_policy() {
         let config = crate::config::RetentionConfig {
-            succeeded_hours: 2,
+            succeeded_hours: 2.0,
             queues: vec![crate::config::QueueRetentionConfig {
                 queue: "audit".to_owned(),
-                succeeded_hours: Some(720),
+                succeeded_hours: Some(720.0),
                 cancelled_hours: None,
                 dead_lettered_hours: None,
             }],
