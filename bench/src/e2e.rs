@@ -51,6 +51,12 @@ pub enum BenchCommand {
     Quotas(crate::quotas::QuotasArgs),
     /// List, filter and status reads with millions of jobs in the table (written in SQL).
     Reads(crate::reads::ReadsArgs),
+    /// A steady stream of no-op jobs for a long time with a short retention: table and
+    /// index sizes, dead rows and autovacuum runs over time.
+    Sustain(crate::sustain::SustainArgs),
+    /// Very many jobs running at once on simulated workers (100,000 by default): API
+    /// latency under a probe, assignment of new work, heartbeats over time.
+    Hold(crate::hold::HoldArgs),
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +127,8 @@ pub async fn run(command: BenchCommand, config: &Config) -> anyhow::Result<()> {
         BenchCommand::Cost(args) => crate::cost::cost(args, config).await,
         BenchCommand::Quotas(args) => crate::quotas::quotas(args, config).await,
         BenchCommand::Reads(args) => crate::reads::reads(args, config).await,
+        BenchCommand::Sustain(args) => crate::sustain::sustain(args, config).await,
+        BenchCommand::Hold(args) => crate::hold::hold(args, config).await,
     }
 }
 

@@ -7,10 +7,12 @@ mod cost;
 mod e2e;
 mod engine;
 mod footprint;
+mod hold;
 mod pools;
 mod quotas;
 mod reads;
 mod scrape;
+mod sustain;
 mod workers;
 
 use std::path::PathBuf;

@@ -153,6 +153,7 @@ pub async fn latency(args: LatencyArgs, config: &Config) -> anyhow::Result<()> {
             slots: args.slots,
             cpu_millis: (args.slots * 1000) as i64,
             memory_mib: (args.slots * 1024) as i64,
+            noop: false,
         },
     )?;
     fleet.wait_registered(&pool).await?;
@@ -363,11 +364,13 @@ where
 
 /// How many `hodei-worker` processes to start, and what each offers.
 #[derive(Debug, Clone, Copy)]
-struct FleetSpec {
-    workers: usize,
-    slots: usize,
-    cpu_millis: i64,
-    memory_mib: i64,
+pub(crate) struct FleetSpec {
+    pub workers: usize,
+    pub slots: usize,
+    pub cpu_millis: i64,
+    pub memory_mib: i64,
+    /// `hodei-worker run --executor noop`: nothing runs, each job is reported succeeded.
+    pub noop: bool,
 }
 
 /// The `hodei-worker` processes of one benchmark run. Their jobs run in process groups of
@@ -376,14 +379,14 @@ struct FleetSpec {
 /// backstop, dropping the fleet) kills every process that carries it — first while the
 /// workers are alive, so they reap their children, then the workers, then any straggler.
 #[derive(Debug)]
-struct WorkerFleet {
+pub(crate) struct WorkerFleet {
     workers: Vec<tokio::process::Child>,
     run_id: String,
     log_dir: PathBuf,
 }
 
 impl WorkerFleet {
-    fn start(url: &str, spec: FleetSpec) -> anyhow::Result<Self> {
+    pub(crate) fn start(url: &str, spec: FleetSpec) -> anyhow::Result<Self> {
         let binary = crate::e2e::sibling_binary("hodei-worker")?;
         let run_id = Uuid::now_v7().simple().to_string();
         let log_dir = std::env::temp_dir().join(format!("hodei-bench-{run_id}"));
@@ -396,6 +399,8 @@ impl WorkerFleet {
                 .args(["--api-url", url, "run", "--name", &format!("{}{index}", fleet.name_prefix())])
                 .args(["--slots", &spec.slots.to_string()])
                 .args(["--cpu-millis", &spec.cpu_millis.to_string(), "--memory-mib", &spec.memory_mib.to_string()])
+                .args(if spec.noop { &["--executor", "noop"][..] } else { &[][..] })
+                .envs(spec.noop.then_some(("HODEI_WORKER_NOOP_EXECUTOR", "allow")))
                 .env("HODEI_WORKER_REGISTRATION_TOKEN", BENCH_REGISTRATION_TOKEN)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
@@ -421,7 +426,7 @@ impl WorkerFleet {
         self.workers.iter().filter_map(tokio::process::Child::id).collect()
     }
 
-    async fn wait_registered(&self, pool: &PgPool) -> anyhow::Result<()> {
+    pub(crate) async fn wait_registered(&self, pool: &PgPool) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let registered: i64 =
@@ -1041,6 +1046,7 @@ pub async fn running(args: RunningArgs, config: &Config) -> anyhow::Result<()> {
             slots: slots_per_worker,
             cpu_millis: hodei_core::job::MAX_CPU_MILLIS,
             memory_mib: hodei_core::job::MAX_MEMORY_MIB,
+            noop: false,
         },
     )?;
     fleet.wait_registered(&pool).await?;
