@@ -21,5 +21,6 @@ pub mod store;
 /// Test support (a database per test); built for tests only.
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod worker_tokens;
 
 pub use http::{app, AppState};

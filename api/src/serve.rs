@@ -62,6 +62,7 @@ pub async fn serve_http(
     let state = AppState::new(pool.clone(), PolicyRegistry::shipped())
         .with_metrics(metrics.clone(), metrics_port.is_none())
         .with_workers(workers, assigned)
+        .with_worker_tokens(crate::worker_tokens::WorkerTokens::spawn(pool.clone(), shutdown.clone()))
         .with_shutdown(shutdown.clone())
         .with_providers(providers.clone())
         .with_cost_retention_days(config.cost_tracking.retention_days)

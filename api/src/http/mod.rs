@@ -56,6 +56,8 @@ pub struct AppState {
     pub workers: workers::WorkerSettings,
     /// Wakes workers' long polls when work is assigned.
     pub assigned: Wakeup,
+    /// Live workers' tokens (`worker_tokens`): looked up once, forgotten when gone.
+    pub worker_tokens: Arc<crate::worker_tokens::WorkerTokens>,
     /// Cancelled when the server shuts down, so long polls end at once.
     pub shutdown: tokio_util::sync::CancellationToken,
     /// What each provider this process knows allows, for validating pools.
@@ -101,6 +103,7 @@ impl AppState {
             queue_settings: Arc::new(QueueSettingsCache::new(QUEUE_SETTINGS_TTL)),
             workers: workers::WorkerSettings::default(),
             assigned: Wakeup::default(),
+            worker_tokens: crate::worker_tokens::WorkerTokens::uncached(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             provider_limits: Arc::new(vec![crate::provider::local_limits()]),
             providers: crate::provider::Providers::default(),
@@ -119,6 +122,11 @@ impl AppState {
     pub fn with_metrics(mut self, metrics: Arc<Metrics>, on_api_listener: bool) -> Self {
         self.metrics = metrics;
         self.metrics_on_api_listener = on_api_listener;
+        self
+    }
+
+    pub fn with_worker_tokens(mut self, tokens: Arc<crate::worker_tokens::WorkerTokens>) -> Self {
+        self.worker_tokens = tokens;
         self
     }
 

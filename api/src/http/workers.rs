@@ -320,7 +320,9 @@ impl FromRequestParts<AppState> for WorkerIdentity {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer_token(&parts.headers)?;
-        workers::resolve_token(&state.db, &hash_key(token))
+        state
+            .worker_tokens
+            .resolve(&state.db, &hash_key(token))
             .await?
             .map(WorkerIdentity)
             .ok_or_else(|| ApiError::unauthorized("unknown worker token, or the worker has deregistered"))
@@ -532,6 +534,7 @@ async fn deregister(
     if let Some(left) = workers::deregister(&state.db, id).await? {
         state.metrics.record_worker_left(&left.pool, left.jobs_run);
     }
+    state.worker_tokens.forget(id);
     tracing::info!(worker = %id, "worker deregistered");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,0 +1,154 @@
+//! Worker tokens resolved without a database round trip per request. A worker makes one
+//! or two requests per job (its long poll, its reports) and every one of them carried a
+//! token lookup; a live worker's token now comes from memory once it has been looked up.
+//!
+//! A worker stops being live only by being marked gone (`gone_at`: deregistration, the
+//! lease reaper, scale-in, the reconciler) or deleted, and a trigger notifies
+//! `hodei_worker_gone` with its id in the same transaction (migration
+//! `20261207000005`). Each replica listens; a notification forgets the worker's token, so
+//! its next request is looked up again and refused. The window is the notification's
+//! delivery after the commit (milliseconds); what a gone worker could send in it changes
+//! nothing, since every write of the worker protocol is fenced on the worker's hold or
+//! row in its own statement. Tokens are cached only while the listener is connected: when
+//! it is lost (notifications may have been missed), the cache is emptied and not used
+//! again until a new listener is in place. A lookup that races with a notification is not
+//! cached (`generation`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::store::workers;
+
+/// The channel a worker's id is notified on when it stops being live.
+pub const WORKER_GONE_CHANNEL: &str = "hodei_worker_gone";
+
+/// Live workers' tokens at most; past that the cache starts over.
+const MAX_ENTRIES: usize = 100_000;
+
+#[derive(Debug, Default)]
+pub struct WorkerTokens {
+    cache: Mutex<Cache>,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    /// A listener is connected: what is cached is forgotten when it must be.
+    listening: bool,
+    /// Bumped whenever a token is forgotten, so a lookup that was under way does not
+    /// cache what it read before.
+    generation: u64,
+    by_hash: HashMap<Vec<u8>, Uuid>,
+}
+
+impl WorkerTokens {
+    /// Looks every token up in the database (no listener runs).
+    pub fn uncached() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Caches tokens while a listener on `WORKER_GONE_CHANNEL` runs, until `shutdown`.
+    pub fn spawn(db: PgPool, shutdown: CancellationToken) -> Arc<Self> {
+        let tokens = Self::uncached();
+        let listening = tokens.clone();
+        tokio::spawn(async move {
+            while !shutdown.is_cancelled() {
+                if let Err(error) = listen(&db, &listening, &shutdown).await {
+                    tracing::warn!(%error, "listening for gone workers failed; reconnecting");
+                }
+                listening.stop_listening();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+        tokens
+    }
+
+    /// The live worker `token_hash` belongs to.
+    pub async fn resolve(&self, db: &PgPool, token_hash: &[u8]) -> sqlx::Result<Option<Uuid>> {
+        let generation = {
+            let cache = self.lock();
+            if cache.listening {
+                if let Some(id) = cache.by_hash.get(token_hash) {
+                    return Ok(Some(*id));
+                }
+            }
+            cache.generation
+        };
+        let found = workers::resolve_token(db, token_hash).await?;
+        if let Some(id) = found {
+            let mut cache = self.lock();
+            if cache.listening && cache.generation == generation {
+                if cache.by_hash.len() >= MAX_ENTRIES {
+                    cache.by_hash.clear();
+                }
+                cache.by_hash.insert(token_hash.to_vec(), id);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether tokens are being cached (a listener is connected).
+    pub fn is_listening(&self) -> bool {
+        self.lock().listening
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Cache> {
+        // The cache holds no invariant a panic elsewhere could break half-way.
+        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Forgets `worker`'s token at once: for the replica that marks it gone itself, so
+    /// its own next request is refused without waiting for the notification.
+    pub fn forget(&self, worker: Uuid) {
+        let mut cache = self.lock();
+        cache.generation += 1;
+        cache.by_hash.retain(|_, id| *id != worker);
+    }
+
+    fn forget_all(&self) {
+        let mut cache = self.lock();
+        cache.generation += 1;
+        cache.by_hash.clear();
+    }
+
+    fn start_listening(&self) {
+        let mut cache = self.lock();
+        cache.generation += 1;
+        cache.listening = true;
+    }
+
+    fn stop_listening(&self) {
+        let mut cache = self.lock();
+        cache.generation += 1;
+        cache.listening = false;
+        cache.by_hash.clear();
+    }
+}
+
+/// Listens until `shutdown` or until the connection is lost (`try_recv` answers `None`
+/// then: notifications may have been missed, so the caller stops caching).
+async fn listen(db: &PgPool, tokens: &WorkerTokens, shutdown: &CancellationToken) -> sqlx::Result<()> {
+    let mut listener = PgListener::connect_with(db).await?;
+    listener.listen(WORKER_GONE_CHANNEL).await?;
+    tokens.start_listening();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            message = listener.try_recv() => match message? {
+                Some(notification) => match notification.payload().parse::<Uuid>() {
+                    Ok(worker) => tokens.forget(worker),
+                    Err(_) => tokens.forget_all(),
+                },
+                None => return Ok(()),
+            },
+        }
+    }
+}
