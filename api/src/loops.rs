@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{FailureSource, Metrics};
 use crate::store::dispatch;
+use crate::worker_tokens::{WorkerTokens, WORKER_GONE_CHANNEL};
 
 /// The channel a statement-level trigger on `ready_jobs` notifies (once per transaction).
 pub const READY_CHANNEL: &str = "hodei_ready";
@@ -79,7 +80,8 @@ pub const ASSIGNED_CHANNEL: &str = "hodei_assigned";
 /// jobs become ready or capacity frees, a worker's long poll when work is assigned to it
 /// (the payload names the worker, so only its own poll wakes). A notification that comes
 /// while a waiter is busy is kept for its next wait, never lost. Waiters still poll as a
-/// fallback: a notification can be missed while the listener reconnects.
+/// fallback: a notification can be missed while the listener reconnects. The listening
+/// is `Notifications`'.
 #[derive(Debug, Clone)]
 pub struct Wakeup {
     inner: Arc<WakeupInner>,
@@ -104,26 +106,6 @@ fn bump(sender: &watch::Sender<u64>) {
 }
 
 impl Wakeup {
-    /// Listens on `channel` until `shutdown`, reconnecting after errors.
-    pub fn spawn(db: PgPool, channel: &'static str, shutdown: CancellationToken) -> Self {
-        let wakeup = Self::default();
-        let notifier = wakeup.clone();
-        tokio::spawn(async move {
-            while !shutdown.is_cancelled() {
-                if let Err(error) = listen(&db, channel, &notifier, &shutdown).await {
-                    tracing::warn!(%error, channel, "listening for notifications failed; reconnecting");
-                    // Wake everyone: something may have been missed.
-                    notifier.notify_all();
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
-        });
-        wakeup
-    }
-
     /// Records a notification with `payload`.
     fn notify(&self, payload: &str) {
         bump(&self.inner.any);
@@ -182,13 +164,60 @@ impl Drop for Waiter {
     }
 }
 
-async fn listen(db: &PgPool, channel: &str, wakeup: &Wakeup, shutdown: &CancellationToken) -> sqlx::Result<()> {
-    let mut listener = PgListener::connect_with(db).await?;
-    listener.listen(channel).await?;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            message = listener.recv() => wakeup.notify(message?.payload()),
+/// What the process's notifications wake: the scheduler (`READY_CHANNEL`), workers' long
+/// polls (`ASSIGNED_CHANNEL`) and the worker-token cache (`WORKER_GONE_CHANNEL`).
+#[derive(Debug, Clone)]
+pub struct Notifications {
+    pub ready: Wakeup,
+    pub assigned: Wakeup,
+    pub worker_tokens: Arc<WorkerTokens>,
+}
+
+impl Notifications {
+    /// Listens on every channel in one session until `shutdown`, reconnecting after
+    /// errors. One session, because Postgres signals every session that listens in a
+    /// database for every notification there, whatever its channel: a session per
+    /// channel would wake three backends per notification.
+    pub fn spawn(db: PgPool, shutdown: CancellationToken) -> Self {
+        let notifications =
+            Self { ready: Wakeup::default(), assigned: Wakeup::default(), worker_tokens: WorkerTokens::uncached() };
+        let listening = notifications.clone();
+        tokio::spawn(async move {
+            while !shutdown.is_cancelled() {
+                if let Err(error) = listening.listen(&db, &shutdown).await {
+                    tracing::warn!(%error, "listening for notifications failed; reconnecting");
+                }
+                // The session ended: what was notified meanwhile may be missed. Wake
+                // everyone, and stop trusting cached tokens until a session is back.
+                listening.worker_tokens.stop_listening();
+                listening.ready.notify_all();
+                listening.assigned.notify_all();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+        notifications
+    }
+
+    /// Until `shutdown`, or until the session is lost (`try_recv` answers `None`).
+    async fn listen(&self, db: &PgPool, shutdown: &CancellationToken) -> sqlx::Result<()> {
+        let mut listener = PgListener::connect_with(db).await?;
+        listener.listen_all([READY_CHANNEL, ASSIGNED_CHANNEL, WORKER_GONE_CHANNEL]).await?;
+        self.worker_tokens.start_listening();
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                message = listener.try_recv() => message?,
+            };
+            let Some(notification) = message else { return Ok(()) };
+            match notification.channel() {
+                READY_CHANNEL => self.ready.notify(notification.payload()),
+                ASSIGNED_CHANNEL => self.assigned.notify(notification.payload()),
+                WORKER_GONE_CHANNEL => self.worker_tokens.notified(notification.payload()),
+                _ => {}
+            }
         }
     }
 }

@@ -17,9 +17,7 @@ use std::sync::Arc;
 use hodei_core::ordering::PolicyRegistry;
 use hodei_core::pool::PoolSpec;
 
-use crate::loops::{
-    CostRollup, LeaseReaper, Promoter, Scheduler, SpotPriceRefresh, Wakeup, ASSIGNED_CHANNEL, READY_CHANNEL,
-};
+use crate::loops::{CostRollup, LeaseReaper, Notifications, Promoter, Scheduler, SpotPriceRefresh};
 use crate::provider::{LocalProvider, LocalSettings, Providers};
 use crate::reconcile::Reconciler;
 use crate::store::assignment::Timeouts;
@@ -52,8 +50,8 @@ pub async fn serve_http(
         config.worker_heartbeat_seconds,
         config.worker_lease_seconds,
     );
-    let assigned = Wakeup::spawn(pool.clone(), ASSIGNED_CHANNEL, shutdown.clone());
-    let ready = Wakeup::spawn(pool.clone(), READY_CHANNEL, shutdown.clone());
+    let notifications = Notifications::spawn(pool.clone(), shutdown.clone());
+    let (assigned, ready) = (notifications.assigned.clone(), notifications.ready.clone());
     let (providers, local) = providers(config, address).await;
     // One set of metric families for the process: the API, the loops and the reconciler
     // record into it, and `/metrics` renders it.
@@ -62,7 +60,7 @@ pub async fn serve_http(
     let state = AppState::new(pool.clone(), PolicyRegistry::shipped())
         .with_metrics(metrics.clone(), metrics_port.is_none())
         .with_workers(workers, assigned)
-        .with_worker_tokens(crate::worker_tokens::WorkerTokens::spawn(pool.clone(), shutdown.clone()))
+        .with_worker_tokens(notifications.worker_tokens.clone())
         .with_shutdown(shutdown.clone())
         .with_providers(providers.clone())
         .with_cost_retention_days(config.cost_tracking.retention_days)

@@ -5,7 +5,7 @@
 //! A worker stops being live only by being marked gone (`gone_at`: deregistration, the
 //! lease reaper, scale-in, the reconciler) or deleted, and a trigger notifies
 //! `hodei_worker_gone` with its id in the same transaction (migration
-//! `20261207000005`). Each replica listens; a notification forgets the worker's token, so
+//! `20261207000005`). Each replica listens (`loops::Notifications`); a notification forgets the worker's token, so
 //! its next request is looked up again and refused. The window is the notification's
 //! delivery after the commit (milliseconds); what a gone worker could send in it changes
 //! nothing, since every write of the worker protocol is fenced on the worker's hold or
@@ -14,13 +14,9 @@
 //! again until a new listener is in place. A lookup that races with a notification is not
 //! cached (`generation`).
 
+use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
-
-use sqlx::postgres::PgListener;
-use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::store::workers;
@@ -47,28 +43,10 @@ struct Cache {
 }
 
 impl WorkerTokens {
-    /// Looks every token up in the database (no listener runs).
+    /// Looks every token up in the database until a listening session starts
+    /// (`loops::Notifications` drives it).
     pub fn uncached() -> Arc<Self> {
         Arc::default()
-    }
-
-    /// Caches tokens while a listener on `WORKER_GONE_CHANNEL` runs, until `shutdown`.
-    pub fn spawn(db: PgPool, shutdown: CancellationToken) -> Arc<Self> {
-        let tokens = Self::uncached();
-        let listening = tokens.clone();
-        tokio::spawn(async move {
-            while !shutdown.is_cancelled() {
-                if let Err(error) = listen(&db, &listening, &shutdown).await {
-                    tracing::warn!(%error, "listening for gone workers failed; reconnecting");
-                }
-                listening.stop_listening();
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        });
-        tokens
     }
 
     /// The live worker `token_hash` belongs to.
@@ -113,42 +91,32 @@ impl WorkerTokens {
         cache.by_hash.retain(|_, id| *id != worker);
     }
 
+    /// A notification on `WORKER_GONE_CHANNEL` (`loops::Notifications` listens).
+    pub(crate) fn notified(&self, payload: &str) {
+        match payload.parse::<Uuid>() {
+            Ok(worker) => self.forget(worker),
+            Err(_) => self.forget_all(),
+        }
+    }
+
     fn forget_all(&self) {
         let mut cache = self.lock();
         cache.generation += 1;
         cache.by_hash.clear();
     }
 
-    fn start_listening(&self) {
+    /// A listening session is in place: tokens may be cached.
+    pub(crate) fn start_listening(&self) {
         let mut cache = self.lock();
         cache.generation += 1;
         cache.listening = true;
     }
 
-    fn stop_listening(&self) {
+    /// The session is gone: forget everything, and cache nothing until the next one.
+    pub(crate) fn stop_listening(&self) {
         let mut cache = self.lock();
         cache.generation += 1;
         cache.listening = false;
         cache.by_hash.clear();
-    }
-}
-
-/// Listens until `shutdown` or until the connection is lost (`try_recv` answers `None`
-/// then: notifications may have been missed, so the caller stops caching).
-async fn listen(db: &PgPool, tokens: &WorkerTokens, shutdown: &CancellationToken) -> sqlx::Result<()> {
-    let mut listener = PgListener::connect_with(db).await?;
-    listener.listen(WORKER_GONE_CHANNEL).await?;
-    tokens.start_listening();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            message = listener.try_recv() => match message? {
-                Some(notification) => match notification.payload().parse::<Uuid>() {
-                    Ok(worker) => tokens.forget(worker),
-                    Err(_) => tokens.forget_all(),
-                },
-                None => return Ok(()),
-            },
-        }
     }
 }

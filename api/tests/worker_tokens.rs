@@ -1,12 +1,12 @@
-//! Worker tokens served from memory (`worker_tokens`) against a real Postgres: a cached
-//! token needs no lookup, and a worker that is marked gone, deleted, or whose replica's
-//! listener is lost, is refused again.
+//! Worker tokens served from memory (`worker_tokens`, fed by `loops::Notifications`)
+//! against a real Postgres: a cached token needs no lookup, and a worker that is marked
+//! gone, deleted, or whose replica's listener is lost, is refused again.
 
 use std::time::{Duration, Instant};
 
+use hodei_api::loops::Notifications;
 use hodei_api::store::workers;
 use hodei_api::testing::TestDatabase;
-use hodei_api::worker_tokens::WorkerTokens;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -51,7 +51,7 @@ async fn a_live_workers_token_is_served_from_memory_until_the_worker_is_gone() {
     let database = TestDatabase::migrated().await;
     let pool = database.pool().await;
     let shutdown = CancellationToken::new();
-    let tokens = WorkerTokens::spawn(pool.clone(), shutdown.clone());
+    let tokens = Notifications::spawn(pool.clone(), shutdown.clone()).worker_tokens;
     until("the listener is connected", async || tokens.is_listening()).await;
 
     let (gone_token, deleted_token) = (b"token-of-a-worker-that-leaves", b"token-of-a-worker-deleted-now");
@@ -87,7 +87,7 @@ async fn a_lost_listener_empties_the_cache_until_it_is_back() {
     let database = TestDatabase::migrated().await;
     let pool = database.pool().await;
     let shutdown = CancellationToken::new();
-    let tokens = WorkerTokens::spawn(pool.clone(), shutdown.clone());
+    let tokens = Notifications::spawn(pool.clone(), shutdown.clone()).worker_tokens;
     until("the listener is connected", async || tokens.is_listening()).await;
     let token = b"token-cached-before-the-listener-is-lost";
     let worker = register(&pool, token).await;

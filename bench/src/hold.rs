@@ -212,21 +212,21 @@ pub async fn hold(args: HoldArgs, config: &Config) -> anyhow::Result<()> {
         "probe: {count} requests at {}/s over {} s (get a running job, list 50, submit), {} errors{}\n  \
          API ms: p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}   target p95 < 50 ms: {}\n  \
          probe jobs started: {probes_started} of {}; submit->assigned p50 {:.1} p95 {:.1} ms; submit->started p50 {:.1} p95 {:.1} ms\n  \
-         during the probe, per request: {footprint}",
+         the database during the probe, per probe request: {footprint}",
         args.probe_rate,
         args.probe_seconds,
         errors.len(),
         errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default(),
-        ms(0.50),
-        ms(0.95),
-        ms(0.99),
+        ms(50.0),
+        ms(95.0),
+        ms(99.0),
         latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-        if ms(0.95) < 50.0 { "met" } else { "MISSED" },
+        if ms(95.0) < 50.0 { "met" } else { "MISSED" },
         probe_ids.len(),
-        percentile(&assigned, 0.50),
-        percentile(&assigned, 0.95),
-        percentile(&started, 0.50),
-        percentile(&started, 0.95),
+        percentile(&assigned, 50.0),
+        percentile(&assigned, 95.0),
+        percentile(&started, 50.0),
+        percentile(&started, 95.0),
     );
 
     // Heartbeats per window, from when the jobs were all running.
@@ -243,13 +243,13 @@ pub async fn hold(args: HoldArgs, config: &Config) -> anyhow::Result<()> {
             beats.iter().filter(|(at, _, _)| *at >= from && *at < from + window).map(|(_, l, _)| *l).collect();
         let failed = beats.iter().filter(|(at, _, ok)| *at >= from && *at < from + window && !ok).count();
         in_window.sort();
-        let p99 = percentile(&in_window, 0.99);
+        let p99 = percentile(&in_window, 99.0);
         println!(
             "  {:5.0}-{:<5.0} s: {} beats, p50 {:.1} ms, p99 {:.1} ms, {failed} refused",
             from.as_secs_f64(),
             (from + window).as_secs_f64(),
             in_window.len(),
-            percentile(&in_window, 0.5),
+            percentile(&in_window, 50.0),
             p99
         );
         rows.push(json!({"from_s": from.as_secs_f64(), "beats": in_window.len(), "p99_ms": p99, "refused": failed}));
@@ -258,7 +258,7 @@ pub async fn hold(args: HoldArgs, config: &Config) -> anyhow::Result<()> {
     println!(
         "{}",
         json!({"bench": "hold", "jobs": args.jobs, "running": running, "workers": args.workers, "slots": slots,
-               "fill_seconds": fill_seconds, "probe_p50_ms": ms(0.5), "probe_p95_ms": ms(0.95), "probe_p99_ms": ms(0.99),
+               "fill_seconds": fill_seconds, "probe_p50_ms": ms(50.0), "probe_p95_ms": ms(95.0), "probe_p99_ms": ms(99.0),
                "probe_errors": errors.len(), "probe_jobs": probe_ids.len(), "probe_jobs_started": probes_started,
                "heartbeat_windows": rows, "footprint": footprint})
     );
