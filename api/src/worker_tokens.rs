@@ -4,9 +4,9 @@
 //!
 //! A worker stops being live only by being marked gone (`gone_at`: deregistration, the
 //! lease reaper, scale-in, the reconciler) or deleted, and a trigger notifies
-//! `hodei_worker_gone` with its id in the same transaction (migration
-//! `20261207000005`). Each replica listens (`loops::Notifications`); a notification forgets the worker's token, so
-//! its next request is looked up again and refused. The window is the notification's
+//! `hodei_worker_gone` with its id in the same transaction (migration `20261207000005`).
+//! Each replica listens (`loops::Notifications`); a notification forgets the worker's
+//! token, so its next request is looked up again and refused. The window is the notification's
 //! delivery after the commit (milliseconds); what a gone worker could send in it changes
 //! nothing, since every write of the worker protocol is fenced on the worker's hold or
 //! row in its own statement. Tokens are cached only while the listener is connected: when
@@ -14,9 +14,10 @@
 //! again until a new listener is in place. A lookup that races with a notification is not
 //! cached (`generation`).
 
-use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::store::workers;
@@ -100,9 +101,7 @@ impl WorkerTokens {
     }
 
     fn forget_all(&self) {
-        let mut cache = self.lock();
-        cache.generation += 1;
-        cache.by_hash.clear();
+        self.lock().forget_all();
     }
 
     /// A listening session is in place: tokens may be cached.
@@ -115,8 +114,14 @@ impl WorkerTokens {
     /// The session is gone: forget everything, and cache nothing until the next one.
     pub(crate) fn stop_listening(&self) {
         let mut cache = self.lock();
-        cache.generation += 1;
         cache.listening = false;
-        cache.by_hash.clear();
+        cache.forget_all();
+    }
+}
+
+impl Cache {
+    fn forget_all(&mut self) {
+        self.generation += 1;
+        self.by_hash.clear();
     }
 }

@@ -51,6 +51,15 @@ impl Store {
         queues::upsert(&self.pool, &settings, retry).await.expect("queue");
     }
 
+    /// A `priority` queue named `evicting` that holds `max_size` jobs and evicts its lowest.
+    async fn evicting_queue(&self, max_size: i64) {
+        self.queue("evicting", "priority", |q| {
+            q.max_size = Some(max_size);
+            q.overflow = OverflowPolicy::EvictLowest;
+        })
+        .await;
+    }
+
     async fn submit(&self, specs: Vec<Value>) -> SubmitOutcome {
         let jobs: Vec<ValidJob> = specs.into_iter().map(job).collect();
         let mut connection = self.pool.acquire().await.expect("connection");
@@ -129,12 +138,7 @@ fn rejected_by(outcome: &SubmitOutcome) -> Option<&str> {
 #[tokio::test]
 async fn evict_lowest_only_evicts_jobs_of_lower_priority_than_the_newcomer() {
     let store = store().await;
-    store
-        .queue("evicting", "priority", |q| {
-            q.max_size = Some(2);
-            q.overflow = OverflowPolicy::EvictLowest;
-        })
-        .await;
+    store.evicting_queue(2).await;
     let older = store.submit_ids(vec![json!({"queue": "evicting", "priority": 5})]).await[0];
     let newer = store.submit_ids(vec![json!({"queue": "evicting", "priority": 5})]).await[0];
 
@@ -167,12 +171,7 @@ async fn evict_lowest_only_evicts_jobs_of_lower_priority_than_the_newcomer() {
 #[tokio::test]
 async fn a_victim_the_scheduling_cycle_holds_is_waited_for_not_passed_over() {
     let store = store().await;
-    store
-        .queue("evicting", "priority", |q| {
-            q.max_size = Some(1);
-            q.overflow = OverflowPolicy::EvictLowest;
-        })
-        .await;
+    store.evicting_queue(1).await;
     let low = store.submit_ids(vec![json!({"queue": "evicting", "priority": 1})]).await[0];
     // A cycle looking at the queue holds its rows as `CYCLE_CANDIDATES` takes them.
     let mut cycle = store.pool.begin().await.expect("begin");
@@ -263,12 +262,7 @@ async fn redirects_follow_the_chain_and_a_cycle_is_rejected() {
 #[tokio::test]
 async fn a_redrive_into_a_full_queue_is_refused_and_the_job_stays_dead_lettered() {
     let store = store().await;
-    store
-        .queue("evicting", "priority", |q| {
-            q.max_size = Some(1);
-            q.overflow = OverflowPolicy::EvictLowest;
-        })
-        .await;
+    store.evicting_queue(1).await;
     let low = store.submit_ids(vec![json!({"queue": "evicting", "priority": 1})]).await[0];
     let high = store.submit_ids(vec![json!({"queue": "evicting", "priority": 9})]).await[0];
     assert_eq!(store.state(low).await, JobState::DeadLettered);

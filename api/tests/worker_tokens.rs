@@ -2,28 +2,29 @@
 //! against a real Postgres: a cached token needs no lookup, and a worker that is marked
 //! gone, deleted, or whose replica's listener is lost, is refused again.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hodei_api::loops::Notifications;
 use hodei_api::store::workers;
 use hodei_api::testing::TestDatabase;
+use hodei_api::worker_tokens::WorkerTokens;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-async fn register(pool: &PgPool, token: &[u8]) -> Uuid {
-    let labels = Default::default();
-    let worker = workers::NewWorker {
-        name: "cached",
-        pool: "default",
-        cpu_millis: 1000,
-        memory_mib: 1024,
-        slots: 1,
-        labels: &labels,
-        instance_id: None,
-        token_hash: token,
-    };
-    workers::register(pool, &worker).await.expect("register").id
+#[allow(dead_code)] // the shared helpers this file does not use
+mod support;
+use support::register_worker_with_token;
+
+/// A migrated database and the process's notifications session on it, once it listens.
+async fn listening() -> (TestDatabase, PgPool, CancellationToken, Arc<WorkerTokens>) {
+    let database = TestDatabase::migrated().await;
+    let pool = database.pool().await;
+    let shutdown = CancellationToken::new();
+    let tokens = Notifications::spawn(pool.clone(), shutdown.clone()).worker_tokens;
+    until("the listener is connected", async || tokens.is_listening()).await;
+    (database, pool, shutdown, tokens)
 }
 
 /// Waits, up to 30 s, until `check` holds.
@@ -48,15 +49,11 @@ async fn change_stored_token(pool: &PgPool, worker: Uuid) {
 
 #[tokio::test]
 async fn a_live_workers_token_is_served_from_memory_until_the_worker_is_gone() {
-    let database = TestDatabase::migrated().await;
-    let pool = database.pool().await;
-    let shutdown = CancellationToken::new();
-    let tokens = Notifications::spawn(pool.clone(), shutdown.clone()).worker_tokens;
-    until("the listener is connected", async || tokens.is_listening()).await;
+    let (_database, pool, shutdown, tokens) = listening().await;
 
     let (gone_token, deleted_token) = (b"token-of-a-worker-that-leaves", b"token-of-a-worker-deleted-now");
-    let leaving = register(&pool, gone_token).await;
-    let deleted = register(&pool, deleted_token).await;
+    let leaving = register_worker_with_token(&pool, 1, gone_token).await;
+    let deleted = register_worker_with_token(&pool, 1, deleted_token).await;
     assert_eq!(tokens.resolve(&pool, gone_token).await.expect("resolve"), Some(leaving));
     assert_eq!(tokens.resolve(&pool, deleted_token).await.expect("resolve"), Some(deleted));
     assert_eq!(tokens.resolve(&pool, b"nobody's token").await.expect("resolve"), None);
@@ -84,13 +81,9 @@ async fn a_live_workers_token_is_served_from_memory_until_the_worker_is_gone() {
 
 #[tokio::test]
 async fn a_lost_listener_empties_the_cache_until_it_is_back() {
-    let database = TestDatabase::migrated().await;
-    let pool = database.pool().await;
-    let shutdown = CancellationToken::new();
-    let tokens = Notifications::spawn(pool.clone(), shutdown.clone()).worker_tokens;
-    until("the listener is connected", async || tokens.is_listening()).await;
+    let (_database, pool, shutdown, tokens) = listening().await;
     let token = b"token-cached-before-the-listener-is-lost";
-    let worker = register(&pool, token).await;
+    let worker = register_worker_with_token(&pool, 1, token).await;
     assert_eq!(tokens.resolve(&pool, token).await.expect("resolve"), Some(worker));
     change_stored_token(&pool, worker).await;
     assert_eq!(tokens.resolve(&pool, token).await.expect("resolve"), Some(worker), "served from memory");

@@ -13,6 +13,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use tokio::sync::Mutex;
 
+use crate::workers::{FleetSpec, WorkerFleet};
 use hodei_api::auth::generate_key;
 use hodei_api::config::Config;
 
@@ -379,44 +380,12 @@ async fn end_to_end(args: E2eArgs, config: &Config) -> anyhow::Result<()> {
     let spawn_rate = spawns as f64 / spawned.elapsed().as_secs_f64();
 
     let (server, url, admin_key) = start_server(config).await?;
-    let worker_binary = sibling_binary("hodei-worker")?;
-    let mut workers = Vec::new();
-    for index in 0..args.workers {
-        workers.push(
-            tokio::process::Command::new(&worker_binary)
-                .args([
-                    "--api-url",
-                    &url,
-                    "run",
-                    "--name",
-                    &format!("bench-{index}"),
-                    "--slots",
-                    &args.slots.to_string(),
-                ])
-                .args(["--cpu-millis", &(args.slots * 1000).to_string(), "--memory-mib", "65536"])
-                .args(match args.executor {
-                    WorkerExecutor::Process => &[][..],
-                    WorkerExecutor::Noop => &["--executor", "noop"][..],
-                })
-                .envs((args.executor == WorkerExecutor::Noop).then_some(("HODEI_WORKER_NOOP_EXECUTOR", "allow")))
-                .env("HODEI_WORKER_REGISTRATION_TOKEN", BENCH_REGISTRATION_TOKEN)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("starting {}", worker_binary.display()))?,
-        );
-    }
+    let pool = hodei_api::db::connect(config.require_database_url()?.expose(), 2).await?;
+    let noop = args.executor == WorkerExecutor::Noop;
+    let workers = WorkerFleet::start(&url, FleetSpec::sized(args.workers, args.slots, noop))?;
+    workers.wait_registered(&pool).await?;
     let client = reqwest::Client::new();
     let tenant_key = create_bench_tenant(&client, &url, &admin_key).await?;
-    let pool = hodei_api::db::connect(config.require_database_url()?.expose(), 2).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while sqlx::query_scalar::<_, i64>("select count(*) from workers where gone_at is null").fetch_one(&pool).await?
-        < args.workers as i64
-    {
-        anyhow::ensure!(Instant::now() < deadline, "workers did not register");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     let meter = crate::footprint::Meter::start(&pool, &url).await?;
     let mut ids: Vec<uuid::Uuid> = Vec::with_capacity(args.jobs);

@@ -201,6 +201,7 @@ pub async fn hold(args: HoldArgs, config: &Config) -> anyhow::Result<()> {
     drop(server);
     let footprint = window.per_job(&pool, count).await?;
 
+    let cpu = footprint.postgres_cpu_percent.map_or("n/a".to_owned(), |percent| format!("{percent:.0}%"));
     latencies.sort();
     let ms = |p: f64| percentile(&latencies, p);
     let mut assigned: Vec<Duration> =
@@ -212,7 +213,7 @@ pub async fn hold(args: HoldArgs, config: &Config) -> anyhow::Result<()> {
         "probe: {count} requests at {}/s over {} s (get a running job, list 50, submit), {} errors{}\n  \
          API ms: p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}   target p95 < 50 ms: {}\n  \
          probe jobs started: {probes_started} of {}; submit->assigned p50 {:.1} p95 {:.1} ms; submit->started p50 {:.1} p95 {:.1} ms\n  \
-         the database during the probe, per probe request: {footprint}",
+         Postgres during the probe: {cpu} of one core",
         args.probe_rate,
         args.probe_seconds,
         errors.len(),

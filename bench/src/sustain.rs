@@ -89,16 +89,7 @@ pub async fn sustain(args: SustainArgs, config: &Config) -> anyhow::Result<()> {
     if autovacuum != "on" {
         eprintln!("autovacuum is {autovacuum} in this Postgres: dead rows will only be reclaimed by pruning");
     }
-    let fleet = WorkerFleet::start(
-        &url,
-        FleetSpec {
-            workers: args.workers,
-            slots: args.slots,
-            cpu_millis: (args.slots * 1000) as i64,
-            memory_mib: (args.slots * 1024) as i64,
-            noop: true,
-        },
-    )?;
+    let fleet = WorkerFleet::start(&url, FleetSpec::sized(args.workers, args.slots, true))?;
     fleet.wait_registered(&pool).await?;
     let client = reqwest::Client::new();
     let key = create_bench_tenant(&client, &url, &admin_key).await?;

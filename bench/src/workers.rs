@@ -146,16 +146,7 @@ pub async fn latency(args: LatencyArgs, config: &Config) -> anyhow::Result<()> {
     ensure!(args.rate > 0.0 && args.duration > 0.0 && args.warmup >= 0.0, "--rate and --duration must be positive");
     let (server, url, admin_key) = start_server_with_env(config, &[]).await?;
     let pool = hodei_api::db::connect(config.require_database_url()?.expose(), 2).await?;
-    let fleet = WorkerFleet::start(
-        &url,
-        FleetSpec {
-            workers: args.workers,
-            slots: args.slots,
-            cpu_millis: (args.slots * 1000) as i64,
-            memory_mib: (args.slots * 1024) as i64,
-            noop: false,
-        },
-    )?;
+    let fleet = WorkerFleet::start(&url, FleetSpec::sized(args.workers, args.slots, false))?;
     fleet.wait_registered(&pool).await?;
     let client = http_client()?;
     let tenant_key = create_bench_tenant(&client, &url, &admin_key).await?;
@@ -371,6 +362,13 @@ pub(crate) struct FleetSpec {
     pub memory_mib: i64,
     /// `hodei-worker run --executor noop`: nothing runs, each job is reported succeeded.
     pub noop: bool,
+}
+
+impl FleetSpec {
+    /// Workers with `slots` slots each, and a CPU and 1 GiB of memory per slot.
+    pub(crate) fn sized(workers: usize, slots: usize, noop: bool) -> Self {
+        Self { workers, slots, cpu_millis: (slots * 1000) as i64, memory_mib: (slots * 1024) as i64, noop }
+    }
 }
 
 /// The `hodei-worker` processes of one benchmark run. Their jobs run in process groups of

@@ -586,11 +586,14 @@ async fn idempotency_keys_exist(
     count: usize,
 ) -> sqlx::Result<bool> {
     let keys = idempotency_keys(Some(idempotency), count);
-    sqlx::query_scalar("select exists (select 1 from jobs where tenant_id = $1 and idempotency_key = any($2) and idempotency_key is not null)")
-        .bind(submitter.tenant_id)
-        .bind(keys.into_iter().flatten().collect::<Vec<String>>())
-        .fetch_one(db)
-        .await
+    sqlx::query_scalar(
+        "select exists (select 1 from jobs
+         where tenant_id = $1 and idempotency_key = any($2) and idempotency_key is not null)",
+    )
+    .bind(submitter.tenant_id)
+    .bind(keys.into_iter().flatten().collect::<Vec<String>>())
+    .fetch_one(db)
+    .await
 }
 
 /// The idempotency key of each job: the client's key for a single job, `<key>#<i>` for

@@ -13,7 +13,12 @@ use uuid::Uuid;
 
 /// A worker with room for `slots` jobs of any size.
 pub async fn register_worker(pool: &PgPool, slots: i32) -> Uuid {
-    let (labels, token) = (Default::default(), Uuid::now_v7());
+    register_worker_with_token(pool, slots, Uuid::now_v7().as_bytes()).await
+}
+
+/// `register_worker`, with `token_hash` as the hash of its token.
+pub async fn register_worker_with_token(pool: &PgPool, slots: i32, token_hash: &[u8]) -> Uuid {
+    let labels = Default::default();
     let worker = workers::NewWorker {
         name: "test",
         pool: "default",
@@ -22,7 +27,7 @@ pub async fn register_worker(pool: &PgPool, slots: i32) -> Uuid {
         slots,
         labels: &labels,
         instance_id: None,
-        token_hash: token.as_bytes(),
+        token_hash,
     };
     workers::register(pool, &worker).await.expect("register").id
 }
