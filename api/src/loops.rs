@@ -705,7 +705,8 @@ impl Schedules {
 }
 
 /// Prunes what is past its retention (`store::retention`): finished jobs with their events
-/// and logs, the logs of finished jobs, queue activity. One replica at a time (the
+/// and logs, the logs of finished jobs, queue activity; and folds the waiting-job counters
+/// of backends that have exited (`store::queue_backlog`). One replica at a time (the
 /// `retention` lease); each tick deletes batch after batch of each kind until a batch
 /// comes back short or `max_batches` ran, so a backlog is worked off over several ticks
 /// and no statement holds its locks for long.
@@ -753,6 +754,8 @@ impl Retention {
                 }
             }
         }
+        // The waiting-job counters of backends that have exited (`store::queue_backlog`).
+        crate::store::queue_backlog::fold(&self.db).await?;
         Ok(pruned)
     }
 

@@ -789,3 +789,125 @@ async fn fair_tags_move_only_within_their_own_queue() {
     assert_eq!(placed[0].queue, "first");
     assert_eq!(ranks("second").await, second_before, "the second queue's tags are its own");
 }
+
+/// What `queue_backlog` counts, per queue and tenant, against what the two tables hold.
+async fn backlog_against_tables(pool: &PgPool) -> (Vec<(String, Uuid, i64, i64)>, Vec<(String, Uuid, i64, i64)>) {
+    let counted = sqlx::query_as(
+        "select queue, tenant_id, sum(ready)::int8, sum(scheduled)::int8 from queue_backlog
+         group by 1, 2 having sum(ready) <> 0 or sum(scheduled) <> 0 order by 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("counted");
+    let held = sqlx::query_as(
+        "select queue, tenant_id, count(*) filter (where ready)::int8, count(*) filter (where not ready)::int8
+         from (select queue, tenant_id, true as ready from ready_jobs
+               union all select queue, tenant_id, false from scheduled_jobs) w
+         group by 1, 2 order by 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("held");
+    (counted, held)
+}
+
+#[tokio::test]
+async fn the_queue_counters_hold_what_the_queues_hold_through_every_path() {
+    let engine = engine().await;
+    let (acme, globex) = (engine.tenant("acme", 1).await, engine.tenant("globex", 1).await);
+    let later = (Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let retried = json!({"max_attempts": 3});
+    let queued = engine.submit_ids(acme, (0..30).map(|_| retried.clone()).collect()).await;
+    engine.submit_ids(globex, (0..10).map(|_| json!({"queue": "low"})).collect()).await;
+    let delayed = engine.submit_ids(acme, (0..5).map(|_| json!({"not_before": later})).collect()).await;
+    engine.submit_ids(globex, (0..3).map(|_| json!({"not_before": later})).collect()).await;
+
+    let mut connection = engine.pool.acquire().await.expect("connection");
+    for id in [queued[0], queued[1], delayed[0]] {
+        jobs::cancel(&mut connection, Some(acme.id), id).await.expect("cancel");
+    }
+    // A waiting job whose row goes (the cascade from `jobs`).
+    sqlx::query("delete from jobs where id = $1").bind(queued[2]).execute(&engine.pool).await.expect("delete");
+    let claimed = engine.claim(12).await;
+    for attempt in claimed.iter().take(3) {
+        engine.report(attempt, 1).await; // failed: retried later, or dead-lettered
+    }
+    sqlx::query("update scheduled_jobs set run_at = now() - interval '1 second' where job_id = any($1)")
+        .bind(&delayed[1..3])
+        .execute(&engine.pool)
+        .await
+        .expect("due");
+    let promoter = hodei_api::loops::Promoter::new(engine.pool.clone(), std::sync::Arc::new(engine.registry.clone()));
+    promoter.tick().await.expect("promote");
+    // Submits and cycles at once, each on its own connection.
+    let mut concurrent = tokio::task::JoinSet::new();
+    for round in 0..4 {
+        let pool = engine.pool.clone();
+        let tenant = if round % 2 == 0 { (acme.id, "acme") } else { (globex.id, "globex") };
+        concurrent.spawn(async move {
+            let jobs: Vec<ValidJob> = (0..25).map(|_| job(json!({"queue": "low"}))).collect();
+            support::submit(&pool, tenant, &jobs, None).await;
+        });
+        let pool = engine.pool.clone();
+        concurrent.spawn(async move {
+            register_worker(&pool, 5).await;
+            scheduler(&pool, 200, 5).tick().await.expect("cycle");
+        });
+    }
+    while let Some(done) = concurrent.join_next().await {
+        done.expect("task");
+    }
+
+    let (counted, held) = backlog_against_tables(&engine.pool).await;
+    assert_eq!(counted, held);
+    assert!(held.len() >= 3, "both tenants wait in both queues: {held:?}");
+    for name in ["default", "low"] {
+        let queue = queues::get(&engine.pool, name).await.expect("get").expect("queue");
+        let status = queue_status::status(&mut connection, &queue, 600, None).await.expect("status");
+        let in_queue = held.iter().filter(|(queue, ..)| queue == name);
+        let (ready, scheduled) = in_queue.clone().fold((0, 0), |(r, s), (_, _, ready, sch)| (r + ready, s + sch));
+        assert_eq!((status.length, status.scheduled), (ready, scheduled), "{name}");
+        let per_tenant: i64 = status.tenants.iter().map(|tenant| tenant.ready).sum();
+        assert_eq!(per_tenant, ready, "{name}: {:?}", status.tenants);
+        let scoped = queue_status::status(&mut connection, &queue, 600, Some(acme.id)).await.expect("status");
+        let acme_ready = in_queue.filter(|(_, tenant, ..)| *tenant == acme.id).map(|(.., ready, _)| ready).sum::<i64>();
+        assert_eq!(scoped.length, acme_ready, "{name}");
+        assert!(scoped.tenants.iter().all(|tenant| tenant.tenant == "acme"), "{:?}", scoped.tenants);
+    }
+}
+
+#[tokio::test]
+async fn the_counters_of_exited_backends_fold_into_one_row_without_changing_a_count() {
+    let engine = engine().await;
+    let acme = engine.tenant("acme", 1).await;
+    // Written through a pool of its own, whose backends then exit.
+    let other = engine._database.pool().await;
+    let jobs: Vec<ValidJob> = (0..7).map(|_| job(json!({}))).collect();
+    support::submit(&other, (acme.id, "acme"), &jobs, None).await;
+    let slots: Vec<i32> =
+        sqlx::query_scalar("select distinct slot from queue_backlog").fetch_all(&engine.pool).await.expect("slots");
+    other.close().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while engine.scalar("select count(*) from pg_stat_activity a join queue_backlog b on b.slot = a.pid").await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the backends of {slots:?} did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A queue that once counted something and now counts nothing.
+    sqlx::query("insert into queue_backlog (queue, tenant_id, slot) values ('low', $1, 0)")
+        .bind(acme.id)
+        .execute(&engine.pool)
+        .await
+        .expect("empty row");
+    let (before, _) = backlog_against_tables(&engine.pool).await;
+
+    let policy = hodei_api::store::retention::Policy::from_config(&Default::default());
+    hodei_api::loops::Retention::new(engine.pool.clone(), policy).tick().await.expect("retention").expect("leads");
+
+    let rows: Vec<(String, i32, i64)> = sqlx::query_as("select queue, slot, ready from queue_backlog order by 1")
+        .fetch_all(&engine.pool)
+        .await
+        .expect("rows");
+    assert_eq!(rows, [("default".to_owned(), 0, 7)], "one folded row; the empty one dropped");
+    let (after, held) = backlog_against_tables(&engine.pool).await;
+    assert_eq!((&after, &held), (&before, &before));
+}

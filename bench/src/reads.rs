@@ -134,8 +134,8 @@ pub async fn reads(args: ReadsArgs, config: &Config) -> anyhow::Result<()> {
     .execute(&pool)
     .await?;
     sqlx::query(
-        "insert into scheduled_jobs (job_id, queue, run_at)
-         select id, queue, now() + interval '1 year' from jobs where tenant_id = $1 and state = 'scheduled'",
+        "insert into scheduled_jobs (job_id, queue, tenant_id, run_at)
+         select id, queue, tenant_id, now() + interval '1 year' from jobs where tenant_id = $1 and state = 'scheduled'",
     )
     .bind(tenant)
     .execute(&pool)

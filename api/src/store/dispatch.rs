@@ -119,7 +119,7 @@ pub async fn fail(db: &mut PgConnection, failure: &Failure, random: f64) -> sqlx
                         last_error = $3, updated_at = now()
                     where id = $1 returning id, tenant_id, attempt, queue, run_at
                  ), scheduled as (
-                    insert into scheduled_jobs (job_id, queue, run_at) select id, queue, run_at from job
+                    insert into scheduled_jobs (job_id, queue, tenant_id, run_at) select id, queue, tenant_id, run_at from job
                  ), event as (
                     insert into job_events (tenant_id, job_id, kind, state, attempt, data)
                     select tenant_id, id, 'job.retry_scheduled', 'scheduled', attempt,

@@ -846,8 +846,8 @@ async fn insert_jobs(db: &mut PgConnection, batch: &InsertBatch<'_>) -> sqlx::Re
                 j.deadline, case when i.deferred is not null then 'tenant_at_quota' end, i.deferred
             from j join input i on i.id = j.id where j.state = 'queued' order by j.id
          ), scheduled as (
-            insert into scheduled_jobs (job_id, queue, run_at)
-            select id, queue, run_at from j where state = 'scheduled'
+            insert into scheduled_jobs (job_id, queue, tenant_id, run_at)
+            select id, queue, tenant_id, run_at from j where state = 'scheduled'
          ), events as (
             insert into job_events (tenant_id, job_id, kind, state, data)
             select tenant_id, id, 'job.submitted', state,

@@ -51,23 +51,26 @@ fn ratio(part: i64, whole: i64) -> f64 {
 }
 
 /// Every queue's gauges over the last `window_seconds`, in one statement. Each queue's
-/// rows are reached through its own indexes (`ready_jobs (queue, enqueued_at)`,
-/// `scheduled_jobs (queue)`, `queue_activity (queue, at)`).
+/// rows are reached through its own indexes: its counters (`queue_backlog`), the oldest
+/// entries of `ready_jobs (queue, enqueued_at)`, its activity (`queue_activity (queue, at)`).
 pub async fn queues(db: impl PgExecutor<'_>, window_seconds: i64) -> sqlx::Result<Vec<QueueGauges>> {
     sqlx::query_as(
-        "select q.name as queue, r.length, s.scheduled, r.oldest_wait_seconds, r.sla_breaching_now,
+        "select q.name as queue, s.length, s.scheduled, r.oldest_wait_seconds, r.sla_breaching_now,
                 w.dispatched, w.wait_p50_ms, w.wait_p95_ms, w.wait_p99_ms,
                 a.sla_breaches, a.accepted, a.rejected, a.redirected_away, a.evicted, a.cancelled_while_queued,
                 coalesce(i.jobs, 0) as redirected_in
          from queues q
          cross join lateral (
-             select count(*) as length,
-                    extract(epoch from now() - min(enqueued_at))::float8 as oldest_wait_seconds,
-                    count(*) filter (where q.sla_max_wait_seconds is not null
-                        and enqueued_at < now() - make_interval(secs => q.sla_max_wait_seconds)) as sla_breaching_now
+             select coalesce(sum(ready), 0)::int8 as length, coalesce(sum(scheduled), 0)::int8 as scheduled
+             from queue_backlog where queue = q.name
+         ) s
+         cross join lateral (
+             select extract(epoch from now() - min(enqueued_at))::float8 as oldest_wait_seconds,
+                    (select count(*) from ready_jobs
+                     where q.sla_max_wait_seconds is not null and queue = q.name
+                       and enqueued_at < now() - make_interval(secs => q.sla_max_wait_seconds)) as sla_breaching_now
              from ready_jobs where queue = q.name
          ) r
-         cross join lateral (select count(*) as scheduled from scheduled_jobs where queue = q.name) s
          cross join lateral (
              select count(wait) as dispatched,
                     percentile_cont(0.5) within group (order by wait) as wait_p50_ms,

@@ -644,8 +644,8 @@ mod tests {
         let scheduled = submitted(&mut db, submitter).await;
         mark_running(&mut db, scheduled.id).await;
         sqlx::query(
-            "with j as (update jobs set state = 'cancelled', finished_at = now() where id = $1 returning id, queue)
-             insert into scheduled_jobs (job_id, queue, run_at) select id, queue, now() from j",
+            "with j as (update jobs set state = 'cancelled', finished_at = now() where id = $1 returning id, queue, tenant_id)
+             insert into scheduled_jobs (job_id, queue, tenant_id, run_at) select id, queue, tenant_id, now() from j",
         )
         .bind(scheduled.id)
         .execute(&mut *db)

@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod leases;
 pub mod logs;
 pub mod pools;
+pub mod queue_backlog;
 pub mod queue_status;
 pub mod queues;
 pub mod quotas;

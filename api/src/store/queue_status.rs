@@ -1,11 +1,13 @@
 //! Queue status: how long a queue is, how long its jobs wait, how often it breaches its
 //! SLA, overflows or is abandoned, and whose work is in it. Computed on demand from the
-//! ready queue and the queue's activity log (admissions, and one row per dispatch with its
-//! waits), over a recent window. Read-only.
+//! queue's counters (`queue_backlog`), the ready queue's oldest entries and the queue's
+//! activity log (admissions, and one row per dispatch with its waits), over a recent
+//! window. Read-only.
 
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::store::queue_backlog;
 use crate::store::queues::Queue;
 
 /// Wait-time percentiles over the window, in milliseconds.
@@ -67,21 +69,21 @@ pub async fn status(
     tenant_scope: Option<Uuid>,
 ) -> sqlx::Result<QueueStatus> {
     let name = &queue.settings.name;
-    let (length, oldest_wait_seconds, breaching_now): (i64, Option<f64>, i64) = sqlx::query_as(
-        "select count(*), extract(epoch from now() - min(enqueued_at))::float8,
-                count(*) filter (where $2::int4 is not null and enqueued_at < now() - make_interval(secs => $2))
-         from ready_jobs where queue = $1 and ($3::uuid is null or tenant_id = $3)",
+    let backlog = queue_backlog::of_queue(&mut *db, name, tenant_scope).await?;
+    let length = backlog.iter().map(|tenant| tenant.ready).sum();
+    let scheduled = backlog.iter().map(|tenant| tenant.scheduled).sum();
+    // The oldest is the first entry of `ready_jobs (queue, enqueued_at)`; the jobs past
+    // the SLA are a range of it (counted only when the queue has an SLA).
+    let (oldest_wait_seconds, breaching_now): (Option<f64>, i64) = sqlx::query_as(
+        "select (select extract(epoch from now() - min(enqueued_at))::float8 from ready_jobs
+                 where queue = $1 and ($3::uuid is null or tenant_id = $3)),
+                case when $2::int4 is null then 0 else
+                    (select count(*) from ready_jobs
+                     where queue = $1 and enqueued_at < now() - make_interval(secs => $2)
+                       and ($3::uuid is null or tenant_id = $3)) end",
     )
     .bind(name)
     .bind(queue.settings.sla_max_wait_seconds.map(|s| s as i32))
-    .bind(tenant_scope)
-    .fetch_one(&mut *db)
-    .await?;
-    let (scheduled,): (i64,) = sqlx::query_as(
-        "select count(*) from scheduled_jobs s join jobs j on j.id = s.job_id
-         where s.queue = $1 and ($2::uuid is null or j.tenant_id = $2)",
-    )
-    .bind(name)
     .bind(tenant_scope)
     .fetch_one(&mut *db)
     .await?;
@@ -124,15 +126,6 @@ pub async fn status(
     .bind(tenant_scope)
     .fetch_one(&mut *db)
     .await?;
-    let tenants: Vec<(String, i64)> = sqlx::query_as(
-        "select t.name, count(*) from ready_jobs r join tenants t on t.id = r.tenant_id
-         where r.queue = $1 and ($2::uuid is null or r.tenant_id = $2)
-         group by t.name order by count(*) desc, t.name",
-    )
-    .bind(name)
-    .bind(tenant_scope)
-    .fetch_all(&mut *db)
-    .await?;
 
     let submitted = count("accepted") + redirected_in;
     let (rejected, redirected_away, evicted) = (count("rejected"), count("redirected"), count("evicted"));
@@ -158,6 +151,10 @@ pub async fn status(
         deadline_expired: count("deadline_expired"),
         abandonment_rate: ratio(cancelled_while_queued, submitted),
         overflow_rate: ratio(rejected + redirected_away + evicted, offered),
-        tenants: tenants.into_iter().map(|(tenant, ready)| TenantBacklog { tenant, ready }).collect(),
+        tenants: backlog
+            .into_iter()
+            .filter(|tenant| tenant.ready > 0)
+            .map(|tenant| TenantBacklog { tenant: tenant.tenant, ready: tenant.ready })
+            .collect(),
     })
 }

@@ -222,8 +222,7 @@ pub async fn usage(db: impl PgExecutor<'_>, tenant_id: Uuid) -> sqlx::Result<Usa
 pub async fn queued(db: impl PgExecutor<'_>, tenant_id: Uuid, cap: i64) -> sqlx::Result<i64> {
     sqlx::query_scalar(
         "select (select count(*) from (select 1 from ready_jobs where tenant_id = $1 limit $2) r)
-              + (select count(*) from (select 1 from scheduled_jobs s join jobs j on j.id = s.job_id
-                                       where j.tenant_id = $1 limit $2) s)",
+              + (select count(*) from (select 1 from scheduled_jobs where tenant_id = $1 limit $2) s)",
     )
     .bind(tenant_id)
     .bind(cap)
