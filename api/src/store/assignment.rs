@@ -239,7 +239,7 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
     let workers_full = locked.len() as i64 >= limits.workers;
     // The capacity read is cheap to run and dear to plan (0.27 ms), and with its array
     // parameter the planner would plan it anew on every call; a generic plan serves every
-    // cycle (the cycle's other statements get one anyway).
+    // cycle. For it alone: the candidates read below must be planned with its values.
     sqlx::query("set local plan_cache_mode = force_generic_plan").execute(&mut *transaction).await?;
     let free: Vec<FreeRow> = sqlx::query_as(
         "select w.id, w.cpu_millis - coalesce(u.cpu, 0)::int4 as free_cpu,
@@ -258,6 +258,7 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
     .bind(&locked)
     .fetch_all(&mut *transaction)
     .await?;
+    sqlx::query("set local plan_cache_mode = default").execute(&mut *transaction).await?;
     let free: Vec<FreeRow> = free.into_iter().filter(|w| w.free_slots > 0).collect();
     if free.is_empty() {
         return Ok(CycleOutcome::default());
@@ -279,10 +280,15 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
         if room <= 0 {
             break;
         }
+        // Planned with its values every time (an unnamed statement): after five runs a
+        // prepared statement may switch to a generic plan, and the generic plan of this
+        // one, not knowing its limit, reads the whole queue and sorts it (seconds at a
+        // million jobs, where the custom plan reads the head of the order index).
         let mut rows: Vec<CandidateRow> = sqlx::query_as(CYCLE_CANDIDATES)
             .bind(&step.queue)
             .bind(room.min(step.max_jobs as i64))
             .bind(&saturated.tenants)
+            .persistent(false)
             .fetch_all(&mut *transaction)
             .await?;
         rows.iter_mut().for_each(|row| row.queue.clone_from(&step.queue));
