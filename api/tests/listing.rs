@@ -1,7 +1,7 @@
 //! Listing jobs: every filter, read through the table or index that serves it, returns what
 //! a scan of all jobs would, page by page, for a tenant and for an admin.
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use hodei_api::store::assignment::{self, AttemptResult};
 use hodei_api::store::jobs::{self, JobFilter};
 use hodei_api::store::tenants;
@@ -143,4 +143,32 @@ async fn every_filter_lists_what_a_scan_of_all_jobs_finds() {
             .expect("reasons");
     let failed = reasons.iter().filter(|reason| reason.as_deref() == Some("failed")).count();
     assert_eq!(all_pages(&pool, &filter).await.len(), failed, "{reasons:?}");
+    // An admin's queue filter reads each tenant's page of the queue: with a created-at
+    // window, the window is applied before each tenant's page is cut.
+    let middle: DateTime<Utc> = sqlx::query_scalar(
+        "select created_at from jobs where queue = 'low' order by id offset (select count(*) / 2 from jobs where queue = 'low') limit 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("middle");
+    for (after, before) in [(Some(middle), None), (None, Some(middle))] {
+        let filter = JobFilter {
+            queue: Some("low".to_owned()),
+            created_after: after,
+            created_before: before,
+            limit: 1,
+            ..JobFilter::default()
+        };
+        let scanned: Vec<Uuid> = sqlx::query_scalar(
+            "select id from jobs where queue = 'low' and ($1::timestamptz is null or created_at >= $1)
+               and ($2::timestamptz is null or created_at < $2) order by id desc",
+        )
+        .bind(after)
+        .bind(before)
+        .fetch_all(&pool)
+        .await
+        .expect("scan");
+        assert!(!scanned.is_empty());
+        assert_eq!(all_pages(&pool, &filter).await, scanned, "after {after:?}, before {before:?}");
+    }
 }

@@ -3,7 +3,8 @@
 //! for it in a mix of states (with the rows that hold waiting and running jobs), plus
 //! `--other-jobs` finished jobs of other tenants, directly in SQL, in time order over the
 //! last week (ids are time-ordered, as `hodei` makes them). Then it times each read
-//! `--samples` times, one after the other, as the tenant (and `/metrics` as an admin).
+//! `--samples` times, one after the other, as the tenant (`/metrics` and the lists marked
+//! `admin:` as an admin).
 //! Use a scratch database: the rows stay there (a new run adds more).
 
 use std::time::Instant;
@@ -171,7 +172,7 @@ async fn time_reads(
     tenant_key: &str,
     samples_per_read: usize,
 ) -> anyhow::Result<()> {
-    let reads: [(&str, &str, bool); 13] = [
+    let reads: [(&str, &str, bool); 18] = [
         ("newest 50", "/api/v1/jobs?limit=50", false),
         ("queued", "/api/v1/jobs?state=queued&limit=50", false),
         ("scheduled", "/api/v1/jobs?state=scheduled&limit=50", false),
@@ -185,6 +186,12 @@ async fn time_reads(
         ("queue status", "/api/v1/queues/default/status", false),
         ("queue status (low)", "/api/v1/queues/low/status", false),
         ("/metrics", "/metrics", true),
+        // An admin sees every tenant's jobs.
+        ("admin: newest 50", "/api/v1/jobs?limit=50", true),
+        ("admin: queued", "/api/v1/jobs?state=queued&limit=50", true),
+        ("admin: succeeded", "/api/v1/jobs?state=succeeded&limit=50", true),
+        ("admin: queue high", "/api/v1/jobs?queue=high&limit=50", true),
+        ("admin: queue low", "/api/v1/jobs?queue=low&limit=50", true),
     ];
     for (name, path, admin) in reads {
         let key = if admin { admin_key } else { tenant_key };

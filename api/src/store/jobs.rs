@@ -243,10 +243,11 @@ pub struct JobFilter {
 /// What a filter reads does not grow with history: a finished state is read through the
 /// `outcome` indexes, a waiting or running one through the table that holds such jobs
 /// (`ready_jobs`, `worker_jobs`, `scheduled_jobs`, each ordered by job id), a queue
-/// through `jobs_tenant_queue_idx`, everything else through the tenant's (or all) jobs
+/// through `jobs_tenant_queue_idx` (for an admin, one probe per tenant), everything else through the tenant's (or all) jobs
 /// newest first. Only the filters given are in the statement, so each gets its own plan.
 pub async fn list(db: impl PgExecutor<'_>, filter: &JobFilter) -> sqlx::Result<(Vec<Job>, bool)> {
     let mut query = QueryBuilder::<Postgres>::new(format!("select {JOB_COLUMNS}, t.name as tenant from "));
+    let admin_queue = filter.state.is_none() && filter.queue.is_some() && filter.tenant_scope.is_none();
     // Waiting and running jobs are listed from the table that holds them while they do.
     let holder = match filter.state {
         Some(JobState::Queued) => Some("ready_jobs"),
@@ -290,7 +291,15 @@ pub async fn list(db: impl PgExecutor<'_>, filter: &JobFilter) -> sqlx::Result<(
         // them from the order and may take the primary key, assuming a tenant's rows are
         // spread evenly through time, and scan all the newer jobs of others to find an old
         // tenant's page.
-        query.push("jobs j join tenants t on t.id = j.tenant_id where true");
+        if admin_queue {
+            // An admin's queue filter: no index leads with the queue alone, so each
+            // tenant's newest page in the queue is read from `jobs_tenant_queue_idx`
+            // (one short probe per tenant), and the pages are merged.
+            query.push("tenants t cross join lateral (select j.* from jobs j where j.tenant_id between t.id and t.id");
+            index_order.push_str("j.tenant_id desc, j.queue desc, ");
+        } else {
+            query.push("jobs j join tenants t on t.id = j.tenant_id where true");
+        }
         let mut pin = |query: &mut QueryBuilder<'_, Postgres>, column: &str| {
             query.push(format_args!(" and j.{column} between "));
             index_order.push_str(&format!("j.{column} desc, "));
@@ -311,9 +320,8 @@ pub async fn list(db: impl PgExecutor<'_>, filter: &JobFilter) -> sqlx::Result<(
                 pin(&mut query, "queue");
                 query.push_bind(queue).push(" and ").push_bind(queue);
             }
-            // An admin's queue filter: no index leads with the queue alone.
             (None, Some(queue), None) => {
-                query.push(" and j.queue = ").push_bind(queue);
+                query.push(" and j.queue between ").push_bind(queue).push(" and ").push_bind(queue);
             }
             (None, None, _) => {}
         }
@@ -333,6 +341,9 @@ pub async fn list(db: impl PgExecutor<'_>, filter: &JobFilter) -> sqlx::Result<(
     }
     query.push(format_args!(" order by {index_order}{order} desc limit "));
     query.push_bind(filter.limit + 1);
+    if admin_queue {
+        query.push(") j order by j.id desc limit ").push_bind(filter.limit + 1);
+    }
     // Planned with its values every time (an unnamed statement): a plan cached for any
     // tenant would not know that one tenant's rows are a tenth of the table and another's a
     // handful, nor which end of the table they sit at.
