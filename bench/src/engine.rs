@@ -135,15 +135,24 @@ impl Bench {
     /// Takes every job still waiting in `queue` out of it (cancelled), so that the next
     /// phase's cycles see only their own queue.
     async fn clear(&self, queue: &str) -> anyhow::Result<()> {
-        sqlx::query(
-            "with removed as (delete from ready_jobs where queue = $1 returning job_id)
-             update jobs j set state = 'cancelled', finished_at = now(), updated_at = now()
-             from removed r where j.id = r.job_id",
-        )
-        .bind(queue)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        // In chunks, each well inside the pool's statement timeout at a million jobs.
+        loop {
+            let cleared = sqlx::query(
+                "with removed as (
+                    delete from ready_jobs where job_id in (select job_id from ready_jobs where queue = $1 limit 50000)
+                    returning job_id
+                 )
+                 update jobs j set state = 'cancelled', finished_at = now(), updated_at = now()
+                 from removed r where j.id = r.job_id",
+            )
+            .bind(queue)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if cleared == 0 {
+                return Ok(());
+            }
+        }
     }
 
     /// Registers a worker with room for one cycle's batch of jobs of any size.

@@ -294,8 +294,10 @@ pub async fn list(db: impl PgExecutor<'_>, filter: &JobFilter) -> sqlx::Result<(
         if admin_queue {
             // An admin's queue filter: no index leads with the queue alone, so each
             // tenant's newest page in the queue is read from `jobs_tenant_queue_idx`
-            // (one short probe per tenant), and the pages are merged.
-            query.push("tenants t cross join lateral (select j.* from jobs j where j.tenant_id between t.id and t.id");
+            // (one short probe per tenant), and the pages are merged. The tenant is an
+            // equality: with a range of one value from the outer row, the scan would be
+            // positioned by the tenant alone and walk all of its jobs for the queue.
+            query.push("tenants t cross join lateral (select j.* from jobs j where j.tenant_id = t.id");
             index_order.push_str("j.tenant_id desc, j.queue desc, ");
         } else {
             query.push("jobs j join tenants t on t.id = j.tenant_id where true");
