@@ -20,6 +20,7 @@ use crate::auth::Principal;
 use crate::config::MAX_QUOTA;
 use crate::error::{ApiError, Json, Problem};
 use crate::http::AppState;
+use crate::store::queue_backlog;
 use crate::store::quotas::{self, BurstSession, StartBurst};
 use crate::store::tenants;
 
@@ -254,7 +255,7 @@ async fn quotas_view(state: &AppState, tenant: &tenants::Tenant) -> Result<Tenan
     let own = quotas::own(&mut *connection, tenant.id).await?;
     let limits = quotas::limits(&mut *connection, tenant.id).await?;
     let used = quotas::usage(&mut *connection, tenant.id).await?;
-    let queued = quotas::queued(&mut *connection, tenant.id, QUEUED_COUNT_CAP).await?;
+    let queued = queue_backlog::of_tenant(&mut *connection, tenant.id, QUEUED_COUNT_CAP).await?;
     let (month_cost, _) = quotas::month_cost(&mut *connection, tenant.id).await?;
     let settings = quotas::settings(&mut *connection).await?;
     let burst = quotas::latest_session(&mut *connection, tenant.id).await?.filter(|s| s.active).map(Into::into);

@@ -517,7 +517,7 @@ pub(crate) async fn read_loads(
             loads.queues.push(QueueLoad::new(settings, 0, Vec::new()));
             continue;
         };
-        let mut size = queue_size(&mut *db, &settings.name, max_size).await?;
+        let mut size = crate::store::queue_backlog::in_queue(&mut *db, &settings.name, max_size).await?;
         let may_evict = settings.overflow == OverflowPolicy::EvictLowest
             && !submissions.is_empty()
             && size + submissions.len() as i64 > max_size;
@@ -533,7 +533,7 @@ pub(crate) async fn read_loads(
             .fetch_all(&mut *db)
             .await?;
             if lowest.len() < submissions.len() {
-                size = queue_size(&mut *db, &settings.name, max_size).await?;
+                size = crate::store::queue_backlog::in_queue(&mut *db, &settings.name, max_size).await?;
             }
             evictable = lowest.iter().map(|(_, priority)| *priority).collect();
             loads.evictable_ids.insert(settings.name.clone(), lowest.into_iter().map(|(id, _)| id).collect());
@@ -666,18 +666,6 @@ impl Placer<'_> {
             })
             .collect()
     }
-}
-
-/// Jobs waiting in `queue` (ready or scheduled), counted up to `cap`.
-async fn queue_size(db: &mut PgConnection, queue: &str, cap: i64) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        "select (select count(*) from (select 1 from ready_jobs where queue = $1 limit $2) r)
-              + (select count(*) from (select 1 from scheduled_jobs where queue = $1 limit $2) s)",
-    )
-    .bind(queue)
-    .bind(cap)
-    .fetch_one(db)
-    .await
 }
 
 /// Dead-letters the given ready jobs of each queue with reason `evicted`. They were read

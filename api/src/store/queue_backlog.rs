@@ -1,7 +1,8 @@
 //! Waiting jobs per queue and tenant, counted where they are written: triggers on
 //! `ready_jobs` and `scheduled_jobs` add each statement's rows to `queue_backlog`, one row
 //! per queue, tenant and backend (see the migration `queue_backlog`). Reading a queue's
-//! length is a sum over a few rows, whatever its depth.
+//! length, or a tenant's waiting jobs, is a sum over a few rows, whatever its depth: queue
+//! status, the metrics, a bounded queue's admission and the queued-jobs quota read them.
 
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
@@ -30,6 +31,28 @@ pub async fn of_queue(db: &mut PgConnection, queue: &str, tenant_scope: Option<U
     .bind(queue)
     .bind(tenant_scope)
     .fetch_all(db)
+    .await
+}
+
+/// The jobs waiting (ready or scheduled) in `queue`, or `cap` if more.
+pub async fn in_queue(db: impl PgExecutor<'_>, queue: &str, cap: i64) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "select least(coalesce(sum(ready + scheduled), 0), $2)::int8 from queue_backlog where queue = $1",
+    )
+    .bind(queue)
+    .bind(cap)
+    .fetch_one(db)
+    .await
+}
+
+/// The jobs `tenant_id` has waiting (ready or scheduled) in any queue, or `cap` if more.
+pub async fn of_tenant(db: impl PgExecutor<'_>, tenant_id: Uuid, cap: i64) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "select least(coalesce(sum(ready + scheduled), 0), $2)::int8 from queue_backlog where tenant_id = $1",
+    )
+    .bind(tenant_id)
+    .bind(cap)
+    .fetch_one(db)
     .await
 }
 

@@ -218,18 +218,6 @@ pub async fn usage(db: impl PgExecutor<'_>, tenant_id: Uuid) -> sqlx::Result<Usa
     Ok(Usage { cpu_millis, memory_mib, jobs })
 }
 
-/// A tenant's jobs waiting (ready or scheduled), counted up to `cap`.
-pub async fn queued(db: impl PgExecutor<'_>, tenant_id: Uuid, cap: i64) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        "select (select count(*) from (select 1 from ready_jobs where tenant_id = $1 limit $2) r)
-              + (select count(*) from (select 1 from scheduled_jobs where tenant_id = $1 limit $2) s)",
-    )
-    .bind(tenant_id)
-    .bind(cap)
-    .fetch_one(db)
-    .await
-}
-
 /// A tenant's attributed cost this calendar month (UTC), and the seconds left in it.
 pub async fn month_cost(db: impl PgExecutor<'_>, tenant_id: Uuid) -> sqlx::Result<(f64, i64)> {
     sqlx::query_as(
@@ -251,7 +239,7 @@ pub async fn load(db: &mut PgConnection, tenant_id: Uuid, limits: Limits) -> sql
         load.usage = usage(&mut *db, tenant_id).await?;
     }
     if let Some(max) = limits.max_queued_jobs {
-        load.queued = queued(&mut *db, tenant_id, max.saturating_add(1)).await?;
+        load.queued = crate::store::queue_backlog::of_tenant(&mut *db, tenant_id, max.saturating_add(1)).await?;
     }
     if limits.monthly_budget.is_some() {
         load.budget_enforced = settings(&mut *db).await?.budget_enforced;
