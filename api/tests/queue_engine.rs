@@ -930,3 +930,55 @@ async fn the_counters_of_exited_backends_fold_into_one_row_without_changing_a_co
     let (after, held) = backlog_against_tables(&engine.pool).await;
     assert_eq!((&after, &held), (&before, &before));
 }
+
+/// The rows of `ready_jobs` this transaction has read, by scans and through indexes.
+async fn ready_rows_read(db: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "select coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) from pg_stat_xact_user_tables
+         where relname = 'ready_jobs'",
+    )
+    .fetch_one(db)
+    .await
+    .expect("counters")
+}
+
+#[tokio::test]
+async fn a_cycle_reads_as_many_candidates_as_its_free_slots_call_for() {
+    let engine = engine().await;
+    let acme = engine.tenant("acme", 1).await;
+    // Deep enough that the cycle's statements read the queue through its indexes.
+    for _ in 0..4 {
+        engine.submit_ids(acme, (0..1000).map(|_| json!({})).collect()).await;
+    }
+    sqlx::query("analyze ready_jobs").execute(&engine.pool).await.expect("analyze");
+    register_worker(&engine.pool, 2).await;
+    let cycle = scheduler(&engine.pool, 10, 500);
+    // Inside an outer transaction, so the rows the cycle read stay in its table counters.
+    let mut connection = engine.pool.acquire().await.expect("connection");
+    let mut outer = sqlx::Connection::begin(&mut *connection).await.expect("begin");
+    let outcome = assignment::run_cycle(&mut outer, cycle.strategy, cycle.limits).await.expect("cycle");
+    assert_eq!(outcome.assigned.len(), 2, "both slots filled");
+    assert!(!outcome.more, "the cycle used what it had: nothing to run again for");
+    let read = ready_rows_read(&mut outer).await;
+    // The budget is 32 (twice 2 slots, at least 32); the limit would read 500.
+    assert!(read < 100, "a cycle with 2 free slots read {read} ready rows");
+}
+
+#[tokio::test]
+async fn jobs_no_worker_can_run_at_the_head_do_not_keep_others_from_free_slots() {
+    let engine = engine().await;
+    let acme = engine.tenant("acme", 1).await;
+    // More jobs than the smallest budget, needing a label no worker has, ahead of one that fits.
+    let labelled =
+        engine.submit_ids(acme, (0..40).map(|_| json!({"resources": {"labels": {"gpu": "a100"}}})).collect());
+    let labelled = labelled.await;
+    let plain = engine.submit_ids(acme, vec![json!({})]).await;
+    register_worker(&engine.pool, 1).await;
+    let outcome = scheduler(&engine.pool, 10, 500).tick().await.expect("cycle");
+    assert_eq!(ids(&outcome.assigned), plain, "the job behind the head runs");
+    let mut connection = engine.pool.acquire().await.expect("connection");
+    for id in [labelled[0], labelled[39]] {
+        let pending = assignment::pending(&mut connection, id).await.expect("pending").expect("queued");
+        assert_eq!(pending.code, "no_worker_with_labels", "{id}");
+    }
+}

@@ -2,7 +2,8 @@
 //! while its tenant was under quota says `tenant_at_quota` once the tenant is at a limit
 //! the job would pass (the cycle passes over such a tenant's rows without noting anything
 //! on them) and is not assigned, and stops saying so, and runs, when the limit no longer
-//! holds it back.
+//! holds it back. A job that waits only for busy workers says `waiting_for_capacity`, from
+//! the workers as they are, without the cycle writing its row.
 
 use chrono::Utc;
 use hodei_api::store::assignment;
@@ -10,6 +11,7 @@ use hodei_api::store::enqueue::{self, SubmitOutcome};
 use hodei_api::store::jobs::Submitter;
 use hodei_api::store::quotas;
 use hodei_api::store::tenants;
+use hodei_api::store::workers;
 use hodei_api::testing::TestDatabase;
 use hodei_core::ordering::PolicyRegistry;
 use hodei_core::quota::Limits;
@@ -18,7 +20,7 @@ use serde_json::json;
 
 #[allow(dead_code)] // the shared helpers this file does not use
 mod support;
-use support::{register_worker, scheduler};
+use support::{register_worker, scheduler, submit};
 
 #[tokio::test]
 async fn a_waiting_job_says_when_its_tenant_is_at_quota() {
@@ -63,4 +65,71 @@ async fn a_waiting_job_says_when_its_tenant_is_at_quota() {
     assert_eq!(pending.code, "queued", "a reason the quota no longer gives is not kept");
     let cycle = scheduler(&pool, 10, 10).tick().await.expect("cycle");
     assert_eq!(cycle.assigned.iter().map(|a| a.job_id).collect::<Vec<_>>(), [id]);
+}
+
+#[tokio::test]
+async fn a_job_waiting_for_busy_workers_says_so_without_the_cycle_writing_it() {
+    let database = TestDatabase::migrated().await;
+    let pool = database.pool().await;
+    let tenant = tenants::create(&pool, "acme", 1).await.expect("tenant");
+    let job = |cpu: i32| {
+        let spec = json!({"command": {"argv": ["true"]}, "resources": {"cpu_millis": cpu}});
+        serde_json::from_value::<JobSpec>(spec).expect("spec").validate(Utc::now()).expect("valid")
+    };
+    let ids = submit(&pool, (tenant.id, "acme"), &[job(600), job(500)], None).await;
+    // Room for both by slots, for one of them by CPU.
+    let labels = Default::default();
+    let worker = workers::NewWorker {
+        name: "small",
+        pool: "default",
+        cpu_millis: 1000,
+        memory_mib: 4096,
+        slots: 2,
+        labels: &labels,
+        instance_id: None,
+        token_hash: b"small",
+    };
+    workers::register(&pool, &worker).await.expect("register");
+    let mut connection = pool.acquire().await.expect("connection");
+    let code = |pending: Option<assignment::Pending>| pending.expect("queued").code;
+    assert_eq!(code(assignment::pending(&mut connection, ids[1]).await.expect("pending")), "queued");
+    // What the row holds, and the version of it (`xmin` changes with every write).
+    let row = |id| {
+        sqlx::query_as::<_, (Option<String>, String)>(
+            "select pending_code, xmin::text from ready_jobs where job_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+    };
+    let before = row(ids[1]).await.expect("row");
+
+    let cycle = scheduler(&pool, 10, 10).tick().await.expect("cycle");
+    assert_eq!(cycle.assigned.iter().map(|a| a.job_id).collect::<Vec<_>>(), [ids[0]], "CPU for one");
+    let pending = assignment::pending(&mut connection, ids[1]).await.expect("pending").expect("queued");
+    assert_eq!(
+        (pending.code.as_str(), pending.message.as_str()),
+        ("waiting_for_capacity", "the workers that can run this job are busy")
+    );
+    assert_eq!(row(ids[1]).await.expect("row"), before, "the cycle did not write the waiting row");
+
+    // A note an earlier cycle left (say, before a labelled worker came) is cleared by the
+    // next cycle that finds the job only waits for capacity.
+    sqlx::query(
+        "update ready_jobs set pending_code = 'no_worker_with_labels', pending_message = 'm' where job_id = $1",
+    )
+    .bind(ids[1])
+    .execute(&pool)
+    .await
+    .expect("note");
+    assert_eq!(code(assignment::pending(&mut connection, ids[1]).await.expect("pending")), "no_worker_with_labels");
+    let cycle = scheduler(&pool, 10, 10).tick().await.expect("cycle");
+    assert!(cycle.assigned.is_empty(), "still no room");
+    assert_eq!(row(ids[1]).await.expect("row").0, None, "the stale note is gone");
+    assert_eq!(code(assignment::pending(&mut connection, ids[1]).await.expect("pending")), "waiting_for_capacity");
+
+    // A worker with room: the job is queued for the next cycle, which runs it.
+    register_worker(&pool, 1).await;
+    assert_eq!(code(assignment::pending(&mut connection, ids[1]).await.expect("pending")), "queued");
+    let cycle = scheduler(&pool, 10, 10).tick().await.expect("cycle");
+    assert_eq!(cycle.assigned.iter().map(|a| a.job_id).collect::<Vec<_>>(), [ids[1]]);
 }

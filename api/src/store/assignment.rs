@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use hodei_core::dispatch::plan_dispatch;
 use hodei_core::fairness::{retags, slot_order, HeadRow};
-use hodei_core::placement::{place, Demand, FreeWorker, PoolKind, Strategy, TotalCapacity, Unplaced};
+use hodei_core::placement::{
+    candidate_budget, could_run, place, read_wider, Demand, FreeWorker, PoolKind, Strategy, TotalCapacity, Unplaced,
+};
 use hodei_core::quota::{place_within_quotas, TenantQuota};
 use sqlx::types::Json;
 use sqlx::{Acquire, FromRow, PgConnection};
@@ -73,6 +75,8 @@ struct CandidateRow {
     slot: bool,
     /// Offered to placement: every untagged slot, and each tenant's best jobs for its slots.
     candidate: bool,
+    /// Its row holds a note from an earlier cycle on why it waits (`pending_code`).
+    noted: bool,
 }
 
 /// The next rows of a queue, for the scheduling cycle. In tag order they are slots: how
@@ -83,13 +87,16 @@ struct CandidateRow {
 /// `$1` queue, `$2` how many slots, `$3` tenants to pass over (at quota: their jobs would
 /// only be held again, and must not take the places of other tenants' jobs).
 pub const CYCLE_CANDIDATES: &str = "with slots as (
-        select job_id, cpu_millis, memory_mib, labels, tenant_id, rank, priority, seq, fair from ready_jobs
+        select job_id, cpu_millis, memory_mib, labels, tenant_id, rank, priority, seq, fair,
+               pending_code is not null as noted
+        from ready_jobs
         where queue = $1 and tenant_id <> all($3::uuid[]) order by rank, seq limit $2 for update skip locked
     ), per_tenant as (
         select tenant_id, count(*) as slots from slots where fair group by tenant_id
     ), best as (
         select b.* from per_tenant p cross join lateral (
-            select r.job_id, r.cpu_millis, r.memory_mib, r.labels, r.tenant_id, r.rank, r.priority, r.seq, r.fair
+            select r.job_id, r.cpu_millis, r.memory_mib, r.labels, r.tenant_id, r.rank, r.priority, r.seq, r.fair,
+                   r.pending_code is not null as noted
             from ready_jobs r
             where r.queue = $1 and r.fair and r.tenant_id = p.tenant_id
             order by r.priority desc, r.seq limit p.slots
@@ -103,6 +110,15 @@ pub const CYCLE_CANDIDATES: &str = "with slots as (
     from best b where not exists (select 1 from slots s where s.job_id = b.job_id)";
 
 impl CandidateRow {
+    fn demand(&self) -> Demand<Uuid> {
+        Demand {
+            id: self.job_id,
+            cpu_millis: self.cpu_millis.into(),
+            memory_mib: self.memory_mib.into(),
+            labels: self.labels.0.clone(),
+        }
+    }
+
     fn head(&self) -> HeadRow<Uuid, Uuid> {
         HeadRow {
             job: self.job_id,
@@ -115,6 +131,60 @@ impl CandidateRow {
             candidate: self.candidate,
         }
     }
+}
+
+/// What a cycle read from the queues, in dispatch order.
+struct Candidates {
+    /// Offered to placement.
+    candidates: Vec<CandidateRow>,
+    /// Locked with them, not offered (a `fair` queue's slots that are not their tenant's best).
+    locked: Vec<CandidateRow>,
+    /// Where each step's candidates start: fair sharing reorders within a step only.
+    steps: Vec<usize>,
+}
+
+/// Reads and locks up to `budget` candidates: tiers, anti-starvation, each queue's policy
+/// order (`hodei_core::dispatch::plan_dispatch`), passing over `saturated` tenants.
+async fn read_candidates(
+    db: &mut PgConnection,
+    heads: &[hodei_core::dispatch::QueueHead],
+    database_now: f64,
+    saturated: &[Uuid],
+    budget: usize,
+) -> sqlx::Result<Candidates> {
+    let mut read = Candidates { candidates: Vec::new(), locked: Vec::new(), steps: Vec::new() };
+    let mut seen: HashSet<Uuid> = HashSet::new();
+    for step in plan_dispatch(heads, database_now, budget) {
+        read.steps.push(read.candidates.len());
+        let room = budget.saturating_sub(read.candidates.len());
+        if room == 0 {
+            break;
+        }
+        // Planned with its values every time (an unnamed statement): after five runs a
+        // prepared statement may switch to a generic plan, and the generic plan of this
+        // one, not knowing its limit, reads the whole queue and sorts it (seconds at a
+        // million jobs, where the custom plan reads the head of the order index).
+        let mut rows: Vec<CandidateRow> = sqlx::query_as(CYCLE_CANDIDATES)
+            .bind(&step.queue)
+            .bind(room.min(step.max_jobs) as i64)
+            .bind(saturated)
+            .persistent(false)
+            .fetch_all(&mut *db)
+            .await?;
+        rows.iter_mut().for_each(|row| row.queue.clone_from(&step.queue));
+        // A queue listed twice (starving, then in tier order) must not repeat a job.
+        for row in in_slot_order(rows) {
+            if !seen.insert(row.job_id) {
+                continue;
+            }
+            if row.candidate {
+                read.candidates.push(row);
+            } else {
+                read.locked.push(row);
+            }
+        }
+    }
+    Ok(read)
 }
 
 /// A step's rows in the order they are offered to placement (`hodei_core::fairness::slot_order`).
@@ -268,50 +338,6 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
     // are checked again under the tenants' locks below).
     let saturated = quotas::saturated(&mut *transaction).await?;
 
-    // Candidates in dispatch order: tiers, anti-starvation, each queue's policy order.
-    let mut candidates: Vec<CandidateRow> = Vec::new();
-    let mut locked_rows: Vec<CandidateRow> = Vec::new();
-    let mut seen: HashSet<Uuid> = HashSet::new();
-    // Where each step's candidates start: fair sharing reorders within a step only.
-    let mut steps: Vec<usize> = Vec::new();
-    for step in plan_dispatch(&heads, database_now, limits.jobs as usize) {
-        steps.push(candidates.len());
-        let room = limits.jobs - candidates.len() as i64;
-        if room <= 0 {
-            break;
-        }
-        // Planned with its values every time (an unnamed statement): after five runs a
-        // prepared statement may switch to a generic plan, and the generic plan of this
-        // one, not knowing its limit, reads the whole queue and sorts it (seconds at a
-        // million jobs, where the custom plan reads the head of the order index).
-        let mut rows: Vec<CandidateRow> = sqlx::query_as(CYCLE_CANDIDATES)
-            .bind(&step.queue)
-            .bind(room.min(step.max_jobs as i64))
-            .bind(&saturated.tenants)
-            .persistent(false)
-            .fetch_all(&mut *transaction)
-            .await?;
-        rows.iter_mut().for_each(|row| row.queue.clone_from(&step.queue));
-        // A queue listed twice (starving, then in tier order) must not repeat a job.
-        for row in in_slot_order(rows) {
-            if !seen.insert(row.job_id) {
-                continue;
-            }
-            if row.candidate {
-                candidates.push(row);
-            } else {
-                locked_rows.push(row);
-            }
-        }
-    }
-    if candidates.is_empty() {
-        return Ok(CycleOutcome::default());
-    }
-    let jobs_full = candidates.len() as i64 >= limits.jobs;
-    if let Some(half_life) = saturated.fair_sharing_half_life_seconds {
-        candidates = in_fair_share_order(&mut transaction, candidates, &steps, half_life).await?;
-    }
-
     let workers: Vec<(FreeWorker<Uuid>, TotalCapacity)> = free
         .iter()
         .map(|w| {
@@ -333,15 +359,29 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
             )
         })
         .collect();
-    let demands: Vec<Demand<Uuid>> = candidates
-        .iter()
-        .map(|c| Demand {
-            id: c.job_id,
-            cpu_millis: c.cpu_millis.into(),
-            memory_mib: c.memory_mib.into(),
-            labels: c.labels.0.clone(),
-        })
-        .collect();
+    // As many candidates as the free slots call for; the whole limit when those cannot
+    // fill them. Rows this transaction locked in the first read are read again in the
+    // second (`skip locked` passes over other transactions' locks only). With tenant
+    // limits on, always the whole limit: which candidates a tenant's quota lets through is
+    // known only under its lock, taken after the read.
+    let free_slots: usize = free.iter().map(|w| w.free_slots as usize).sum();
+    let limit = limits.jobs as usize;
+    let budget = if saturated.any_limits { limit } else { candidate_budget(free_slots, limit) };
+    let mut read = read_candidates(&mut transaction, &heads, database_now, &saturated.tenants, budget).await?;
+    let runnable = || read.candidates.iter().filter(|c| could_run(&c.demand(), &workers)).count();
+    if read_wider(read.candidates.len(), budget, limit, runnable(), free_slots) {
+        read = read_candidates(&mut transaction, &heads, database_now, &saturated.tenants, limit).await?;
+    }
+    let Candidates { mut candidates, locked: mut locked_rows, steps } = read;
+    if candidates.is_empty() {
+        return Ok(CycleOutcome::default());
+    }
+    let jobs_full = candidates.len() >= limit;
+    if let Some(half_life) = saturated.fair_sharing_half_life_seconds {
+        candidates = in_fair_share_order(&mut transaction, candidates, &steps, half_life).await?;
+    }
+
+    let demands: Vec<Demand<Uuid>> = candidates.iter().map(CandidateRow::demand).collect();
     // Limited tenants' locks, then their usage: exact against every other cycle.
     let locked = if saturated.any_limits {
         let mut tenants: Vec<Uuid> = candidates.iter().map(|c| c.tenant_id).collect();
@@ -359,7 +399,8 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
         let placed = place_within_quotas(strategy, &jobs, &workers, &tenants);
         (placed.placement, placed.bursting, placed.opened)
     };
-    record_pending_reasons(&mut transaction, &placement.unplaced).await?;
+    let noted: HashSet<Uuid> = candidates.iter().filter(|c| c.noted).map(|c| c.job_id).collect();
+    record_pending_reasons(&mut transaction, &placement.unplaced, &noted).await?;
     let placed: BTreeSet<Uuid> = placement.assigned.iter().map(|(job, _)| *job).collect();
     locked_rows.extend(candidates);
     // Tags are per queue: each queue's rows move only among themselves.
@@ -475,20 +516,33 @@ pub fn pending_reason(unplaced: &Unplaced) -> (&'static str, String) {
     }
 }
 
-/// Notes on each unplaced candidate why it waits, writing only what changed.
-async fn record_pending_reasons(db: &mut PgConnection, unplaced: &[(Uuid, Unplaced)]) -> sqlx::Result<()> {
+/// Notes on each unplaced candidate why it waits, writing only what changed. A job that
+/// only waits for busy workers gets no note (and loses an older one, if its row has one:
+/// `noted`): that is the common case under load, where noting it would rewrite every
+/// waiting row once, and `pending` tells it from the workers when it is asked. When there
+/// is nothing to note, no statement is run.
+async fn record_pending_reasons(
+    db: &mut PgConnection,
+    unplaced: &[(Uuid, Unplaced)],
+    noted: &HashSet<Uuid>,
+) -> sqlx::Result<()> {
+    let unplaced: Vec<&(Uuid, Unplaced)> =
+        unplaced.iter().filter(|(id, reason)| *reason != Unplaced::NoFreeCapacity || noted.contains(id)).collect();
     if unplaced.is_empty() {
         return Ok(());
     }
-    let reasons: Vec<(&'static str, String)> = unplaced.iter().map(|(_, reason)| pending_reason(reason)).collect();
+    let reasons: Vec<Option<(&'static str, String)>> = unplaced
+        .iter()
+        .map(|(_, reason)| (*reason != Unplaced::NoFreeCapacity).then(|| pending_reason(reason)))
+        .collect();
     sqlx::query(
         "update ready_jobs r set pending_code = u.code, pending_message = u.message
          from unnest($1::uuid[], $2::text[], $3::text[]) as u(job_id, code, message)
          where r.job_id = u.job_id and (r.pending_code, r.pending_message) is distinct from (u.code, u.message)",
     )
     .bind(unplaced.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-    .bind(reasons.iter().map(|(code, _)| *code).collect::<Vec<_>>())
-    .bind(reasons.iter().map(|(_, message)| message.as_str()).collect::<Vec<_>>())
+    .bind(reasons.iter().map(|reason| reason.as_ref().map(|(code, _)| *code)).collect::<Vec<_>>())
+    .bind(reasons.iter().map(|reason| reason.as_ref().map(|(_, message)| message.as_str())).collect::<Vec<_>>())
     .execute(db)
     .await?;
     Ok(())
@@ -507,19 +561,34 @@ pub struct Pending {
 
 /// Why `job_id` is still waiting, if it is in a ready queue. A tenant at a quota that
 /// this job would pass says so (`tenant_at_quota`), whatever the last cycle noted: the
-/// cycle passes over a saturated tenant's rows without touching them.
+/// cycle passes over a saturated tenant's rows without touching them. Without a note from
+/// the cycle, a job that some live worker could run, were it not full, is
+/// `waiting_for_capacity`; otherwise it is `queued` behind the jobs ahead of it.
 pub async fn pending(db: &mut PgConnection, job_id: Uuid) -> sqlx::Result<Option<Pending>> {
     #[allow(clippy::type_complexity)]
-    let row: Option<(Option<String>, Option<String>, i64, i64, Uuid, i32, i32)> = sqlx::query_as(
+    let row: Option<(Option<String>, Option<String>, i64, i64, bool, Uuid, i32, i32)> = sqlx::query_as(
         "select r.pending_code, r.pending_message,
                 (select count(*) from ready_jobs a where a.queue = r.queue and (a.rank, a.seq) < (r.rank, r.seq)),
-                (select count(*) from workers where gone_at is null), r.tenant_id, r.cpu_millis, r.memory_mib
+                (select count(*) from workers where gone_at is null),
+                -- Workers that could run it are there, and every one of them is full for it.
+                exists (select 1 from workers w where w.gone_at is null and w.state in ('idle', 'busy')
+                          and w.labels @> r.labels and w.cpu_millis >= r.cpu_millis and w.memory_mib >= r.memory_mib)
+                and not exists (
+                    select 1 from workers w cross join lateral (
+                        select coalesce(sum(h.cpu_millis), 0) as cpu, coalesce(sum(h.memory_mib), 0) as memory,
+                               count(*) as slots
+                        from worker_jobs h where h.worker_id = w.id
+                    ) u
+                    where w.gone_at is null and w.state in ('idle', 'busy') and w.labels @> r.labels
+                      and w.slots > u.slots and w.cpu_millis - u.cpu >= r.cpu_millis
+                      and w.memory_mib - u.memory >= r.memory_mib),
+                r.tenant_id, r.cpu_millis, r.memory_mib
          from ready_jobs r where r.job_id = $1",
     )
     .bind(job_id)
     .fetch_optional(&mut *db)
     .await?;
-    let Some((code, message, ahead, live_workers, tenant_id, cpu_millis, memory_mib)) = row else {
+    let Some((code, message, ahead, live_workers, workers_full, tenant_id, cpu_millis, memory_mib)) = row else {
         return Ok(None);
     };
     let limits = quotas::limits(&mut *db, tenant_id).await?;
@@ -534,6 +603,10 @@ pub async fn pending(db: &mut PgConnection, job_id: Uuid) -> sqlx::Result<Option
         _ if live_workers == 0 => ("no_workers".to_owned(), "no worker is registered".to_owned()),
         _ if at_quota.is_some() => ("tenant_at_quota".to_owned(), at_quota.map(|e| e.describe()).unwrap_or_default()),
         (Some(code), Some(message)) if code != "tenant_at_quota" => (code, message),
+        _ if workers_full => {
+            let (code, message) = pending_reason(&Unplaced::NoFreeCapacity);
+            (code.to_owned(), message)
+        }
         _ => ("queued".to_owned(), format!("waiting for dispatch behind {ahead} job(s) in its queue")),
     };
     Ok(Some(Pending { code, message, position: ahead }))
