@@ -804,6 +804,33 @@ struct InsertBatch<'a> {
 /// how many were inserted.
 async fn insert_jobs(db: &mut PgConnection, batch: &InsertBatch<'_>) -> sqlx::Result<Vec<InsertedRow>> {
     let (jobs, placements, submitter) = (batch.jobs, batch.placements, batch.submitter);
+    // Only the parts a batch needs: without keys an insert cannot conflict (the key index
+    // is partial), and it is cheaper as a plain insert than as a speculative one; a table
+    // written no row by a statement still runs its statement triggers (the counters).
+    let on_key_conflict = if batch.keys.iter().any(Option::is_some) {
+        "on conflict (tenant_id, idempotency_key) where idempotency_key is not null do nothing"
+    } else {
+        ""
+    };
+    let ready = if placements.iter().any(|p| !p.scheduled) {
+        "ready as (
+            insert into ready_jobs (job_id, queue, tenant_id, priority, rank, fair, cpu_millis, memory_mib, labels,
+                deadline, pending_code, pending_message)
+            select j.id, j.queue, j.tenant_id, j.priority, i.rank, i.fair, j.cpu_millis, j.memory_mib, j.labels,
+                j.deadline, case when i.deferred is not null then 'tenant_at_quota' end, i.deferred
+            from j join input i on i.id = j.id where j.state = 'queued' order by j.id
+         ),"
+    } else {
+        ""
+    };
+    let scheduled = if placements.iter().any(|p| p.scheduled) {
+        "scheduled as (
+            insert into scheduled_jobs (job_id, queue, tenant_id, run_at)
+            select id, queue, tenant_id, run_at from j where state = 'scheduled'
+         ),"
+    } else {
+        ""
+    };
     sqlx::query_as(&format!(
         "with input as (
             select * from unnest($1::uuid[], $2::text[], $3::int2[], $4::jsonb[], $5::jsonb[], $6::text[],
@@ -825,18 +852,9 @@ async fn insert_jobs(db: &mut PgConnection, batch: &InsertBatch<'_>) -> sqlx::Re
             -- Nothing at all if a queue was deleted since its settings were read.
             where not exists (select 1 from input i where not exists (select 1 from queues q where q.name = i.queue))
             order by id
-            on conflict (tenant_id, idempotency_key) where idempotency_key is not null do nothing
+            {on_key_conflict}
             returning *
-         ), ready as (
-            insert into ready_jobs (job_id, queue, tenant_id, priority, rank, fair, cpu_millis, memory_mib, labels,
-                deadline, pending_code, pending_message)
-            select j.id, j.queue, j.tenant_id, j.priority, i.rank, i.fair, j.cpu_millis, j.memory_mib, j.labels,
-                j.deadline, case when i.deferred is not null then 'tenant_at_quota' end, i.deferred
-            from j join input i on i.id = j.id where j.state = 'queued' order by j.id
-         ), scheduled as (
-            insert into scheduled_jobs (job_id, queue, tenant_id, run_at)
-            select id, queue, tenant_id, run_at from j where state = 'scheduled'
-         ), events as (
+         ), {ready} {scheduled} events as (
             insert into job_events (tenant_id, job_id, kind, state, data)
             select tenant_id, id, 'job.submitted', state,
                 jsonb_build_object('queue', queue, 'priority', priority)
