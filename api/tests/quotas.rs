@@ -121,7 +121,8 @@ async fn a_job_waiting_for_busy_workers_says_so_without_the_cycle_writing_it() {
     .execute(&pool)
     .await
     .expect("note");
-    assert_eq!(code(assignment::pending(&mut connection, ids[1]).await.expect("pending")), "no_worker_with_labels");
+    // It is passed over at once: a live worker has the labels and the size.
+    assert_eq!(code(assignment::pending(&mut connection, ids[1]).await.expect("pending")), "waiting_for_capacity");
     let cycle = scheduler(&pool, 10, 10).tick().await.expect("cycle");
     assert!(cycle.assigned.is_empty(), "still no room");
     assert_eq!(row(ids[1]).await.expect("row").0, None, "the stale note is gone");

@@ -88,14 +88,6 @@ fn has_labels(worker: &BTreeMap<String, String>, required: &BTreeMap<String, Str
     required.iter().all(|(key, value)| worker.get(key) == Some(value))
 }
 
-/// Some worker of `workers` could run `job` once it has room: it has the job's labels and
-/// is large enough when idle.
-pub fn could_run<J, W>(job: &Demand<J>, workers: &[(FreeWorker<W>, TotalCapacity)]) -> bool {
-    workers.iter().any(|(w, total)| {
-        has_labels(&w.labels, &job.labels) && total.cpu_millis >= job.cpu_millis && total.memory_mib >= job.memory_mib
-    })
-}
-
 /// How many candidate jobs a scheduling cycle reads (and locks) for `free_slots` free
 /// slots, at most `limit`: twice the slots, so that jobs which do not fit where the slots
 /// are do not leave them empty, and at least `MIN_CANDIDATES`. Under load the slots are
@@ -107,15 +99,6 @@ pub fn candidate_budget(free_slots: usize, limit: usize) -> usize {
 
 /// The fewest candidates a cycle reads (`candidate_budget`).
 pub const MIN_CANDIDATES: usize = 32;
-
-/// Whether a cycle that read `read` candidates on a `budget` below its `limit`, of which
-/// `runnable` could run on its workers at all (`could_run`), reads again up to the limit:
-/// when the budget ran out and the jobs it found cannot fill the free slots (jobs whose
-/// labels or size no free worker has stand at the head of the queue), so that jobs behind
-/// them are not kept from slots they fit.
-pub fn read_wider(read: usize, budget: usize, limit: usize, runnable: usize, free_slots: usize) -> bool {
-    budget < limit && read >= budget && runnable < free_slots
-}
 
 /// Places `jobs` on `workers` (with each worker's total capacity, for reasons).
 pub fn place<J: Clone, W: Clone>(
@@ -203,28 +186,6 @@ mod tests {
         assert_eq!(candidate_budget(50, 500), 100);
         assert_eq!(candidate_budget(400, 500), 500);
         assert_eq!(candidate_budget(50, 10), 10, "never past the limit");
-    }
-
-    #[test]
-    fn a_cycle_reads_wider_only_when_its_head_cannot_fill_the_slots() {
-        // 100 read of a budget of 100, only 3 of them runnable, 50 slots free: wider.
-        assert!(read_wider(100, 100, 500, 3, 50));
-        assert!(!read_wider(100, 100, 500, 60, 50), "enough runnable jobs for the slots");
-        assert!(!read_wider(40, 100, 500, 3, 50), "the queue holds no more");
-        assert!(!read_wider(500, 500, 500, 3, 50), "already at the limit");
-    }
-
-    #[test]
-    fn a_job_could_run_on_a_worker_with_its_labels_and_size() {
-        let mut gpu = worker("gpu", PoolKind::Static, 1000, 1000);
-        gpu.0.labels.insert("gpu".into(), "a100".into());
-        gpu.0.free_slots = 0;
-        let labelled =
-            Demand { id: 1, cpu_millis: 500, memory_mib: 10, labels: [("gpu".to_owned(), "a100".to_owned())].into() };
-        assert!(could_run(&labelled, std::slice::from_ref(&gpu)), "full now, but it could");
-        assert!(!could_run(&Demand { cpu_millis: 2000, ..labelled.clone() }, std::slice::from_ref(&gpu)));
-        let plain = worker("plain", PoolKind::Static, 4000, 4000);
-        assert!(!could_run(&labelled, std::slice::from_ref(&plain)), "no worker has the label");
     }
 
     fn worker(id: &str, kind: PoolKind, cpu: i64, memory: i64) -> (FreeWorker<String>, TotalCapacity) {

@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use hodei_core::dispatch::plan_dispatch;
 use hodei_core::fairness::{retags, slot_order, HeadRow};
-use hodei_core::placement::{
-    candidate_budget, could_run, place, read_wider, Demand, FreeWorker, PoolKind, Strategy, TotalCapacity, Unplaced,
-};
+use hodei_core::placement::{candidate_budget, place, Demand, FreeWorker, PoolKind, Strategy, TotalCapacity, Unplaced};
 use hodei_core::quota::{place_within_quotas, TenantQuota};
 use sqlx::types::Json;
 use sqlx::{Acquire, FromRow, PgConnection};
@@ -141,6 +139,9 @@ struct Candidates {
     locked: Vec<CandidateRow>,
     /// Where each step's candidates start: fair sharing reorders within a step only.
     steps: Vec<usize>,
+    /// The budget ran out: some step got as many rows as it asked for (a queue listed
+    /// twice returns its first rows again, so the candidates alone may count fewer).
+    exhausted: bool,
 }
 
 /// Reads and locks up to `budget` candidates: tiers, anti-starvation, each queue's policy
@@ -152,25 +153,28 @@ async fn read_candidates(
     saturated: &[Uuid],
     budget: usize,
 ) -> sqlx::Result<Candidates> {
-    let mut read = Candidates { candidates: Vec::new(), locked: Vec::new(), steps: Vec::new() };
+    let mut read = Candidates { candidates: Vec::new(), locked: Vec::new(), steps: Vec::new(), exhausted: false };
     let mut seen: HashSet<Uuid> = HashSet::new();
     for step in plan_dispatch(heads, database_now, budget) {
         read.steps.push(read.candidates.len());
         let room = budget.saturating_sub(read.candidates.len());
         if room == 0 {
+            read.exhausted = true;
             break;
         }
+        let asked = room.min(step.max_jobs);
         // Planned with its values every time (an unnamed statement): after five runs a
         // prepared statement may switch to a generic plan, and the generic plan of this
         // one, not knowing its limit, reads the whole queue and sorts it (seconds at a
         // million jobs, where the custom plan reads the head of the order index).
         let mut rows: Vec<CandidateRow> = sqlx::query_as(CYCLE_CANDIDATES)
             .bind(&step.queue)
-            .bind(room.min(step.max_jobs) as i64)
+            .bind(asked as i64)
             .bind(saturated)
             .persistent(false)
             .fetch_all(&mut *db)
             .await?;
+        read.exhausted |= rows.iter().filter(|row| row.slot).count() >= asked;
         rows.iter_mut().for_each(|row| row.queue.clone_from(&step.queue));
         // A queue listed twice (starving, then in tier order) must not repeat a job.
         for row in in_slot_order(rows) {
@@ -359,20 +363,24 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
             )
         })
         .collect();
-    // As many candidates as the free slots call for; the whole limit when those cannot
-    // fill them. Rows this transaction locked in the first read are read again in the
-    // second (`skip locked` passes over other transactions' locks only). With tenant
+    // As many candidates as the free slots call for; the whole limit when the budget ran
+    // out and those cannot fill them (jobs at the head that do not fit where the slots
+    // are). Rows this transaction locked in the first read are read again in the second
+    // (`skip locked` passes over other transactions' locks only). With tenant
     // limits on, always the whole limit: which candidates a tenant's quota lets through is
     // known only under its lock, taken after the read.
     let free_slots: usize = free.iter().map(|w| w.free_slots as usize).sum();
     let limit = limits.jobs as usize;
     let budget = if saturated.any_limits { limit } else { candidate_budget(free_slots, limit) };
     let mut read = read_candidates(&mut transaction, &heads, database_now, &saturated.tenants, budget).await?;
-    let runnable = || read.candidates.iter().filter(|c| could_run(&c.demand(), &workers)).count();
-    if read_wider(read.candidates.len(), budget, limit, runnable(), free_slots) {
-        read = read_candidates(&mut transaction, &heads, database_now, &saturated.tenants, limit).await?;
+    if budget < limit && read.exhausted {
+        // Would these fill the slots? (Placement is pure: a trial costs no statement.)
+        let demands: Vec<Demand<Uuid>> = read.candidates.iter().map(CandidateRow::demand).collect();
+        if place(strategy, &demands, &workers).assigned.len() < free_slots {
+            read = read_candidates(&mut transaction, &heads, database_now, &saturated.tenants, limit).await?;
+        }
     }
-    let Candidates { mut candidates, locked: mut locked_rows, steps } = read;
+    let Candidates { mut candidates, locked: mut locked_rows, steps, .. } = read;
     if candidates.is_empty() {
         return Ok(CycleOutcome::default());
     }
@@ -561,19 +569,22 @@ pub struct Pending {
 
 /// Why `job_id` is still waiting, if it is in a ready queue. A tenant at a quota that
 /// this job would pass says so (`tenant_at_quota`), whatever the last cycle noted: the
-/// cycle passes over a saturated tenant's rows without touching them. Without a note from
-/// the cycle, a job that some live worker could run, were it not full, is
-/// `waiting_for_capacity`; otherwise it is `queued` behind the jobs ahead of it.
+/// cycle passes over a saturated tenant's rows without touching them. The cycle's note is
+/// taken otherwise, except that a note of missing labels or size is passed over when a
+/// live worker has both now (the cycle judges by the workers free at the time, and a
+/// worker may have come since). Without a note, a job that some live worker could run,
+/// were it not full, is `waiting_for_capacity`; otherwise it is `queued` behind the jobs
+/// ahead of it.
 pub async fn pending(db: &mut PgConnection, job_id: Uuid) -> sqlx::Result<Option<Pending>> {
     #[allow(clippy::type_complexity)]
-    let row: Option<(Option<String>, Option<String>, i64, i64, bool, Uuid, i32, i32)> = sqlx::query_as(
+    let row: Option<(Option<String>, Option<String>, i64, i64, bool, bool, Uuid, i32, i32)> = sqlx::query_as(
         "select r.pending_code, r.pending_message,
                 (select count(*) from ready_jobs a where a.queue = r.queue and (a.rank, a.seq) < (r.rank, r.seq)),
                 (select count(*) from workers where gone_at is null),
-                -- Workers that could run it are there, and every one of them is full for it.
+                -- A live worker has its labels and size, and one has room for it now.
                 exists (select 1 from workers w where w.gone_at is null and w.state in ('idle', 'busy')
-                          and w.labels @> r.labels and w.cpu_millis >= r.cpu_millis and w.memory_mib >= r.memory_mib)
-                and not exists (
+                          and w.labels @> r.labels and w.cpu_millis >= r.cpu_millis and w.memory_mib >= r.memory_mib),
+                exists (
                     select 1 from workers w cross join lateral (
                         select coalesce(sum(h.cpu_millis), 0) as cpu, coalesce(sum(h.memory_mib), 0) as memory,
                                count(*) as slots
@@ -588,7 +599,7 @@ pub async fn pending(db: &mut PgConnection, job_id: Uuid) -> sqlx::Result<Option
     .bind(job_id)
     .fetch_optional(&mut *db)
     .await?;
-    let Some((code, message, ahead, live_workers, workers_full, tenant_id, cpu_millis, memory_mib)) = row else {
+    let Some((code, message, ahead, live_workers, runnable, room, tenant_id, cpu_millis, memory_mib)) = row else {
         return Ok(None);
     };
     let limits = quotas::limits(&mut *db, tenant_id).await?;
@@ -599,11 +610,12 @@ pub async fn pending(db: &mut PgConnection, job_id: Uuid) -> sqlx::Result<Option
     } else {
         None
     };
+    let outgrown = |code: &str| runnable && matches!(code, "no_worker_with_labels" | "no_worker_large_enough");
     let (code, message) = match (code, message) {
         _ if live_workers == 0 => ("no_workers".to_owned(), "no worker is registered".to_owned()),
         _ if at_quota.is_some() => ("tenant_at_quota".to_owned(), at_quota.map(|e| e.describe()).unwrap_or_default()),
-        (Some(code), Some(message)) if code != "tenant_at_quota" => (code, message),
-        _ if workers_full => {
+        (Some(code), Some(message)) if code != "tenant_at_quota" && !outgrown(&code) => (code, message),
+        _ if runnable && !room => {
             let (code, message) = pending_reason(&Unplaced::NoFreeCapacity);
             (code.to_owned(), message)
         }
