@@ -903,14 +903,31 @@ async fn the_counters_of_exited_backends_fold_into_one_row_without_changing_a_co
     let other = engine._database.pool().await;
     let jobs: Vec<ValidJob> = (0..7).map(|_| job(json!({}))).collect();
     support::submit(&other, (acme.id, "acme"), &jobs, None).await;
-    let slots: Vec<i32> =
-        sqlx::query_scalar("select distinct slot from queue_backlog").fetch_all(&engine.pool).await.expect("slots");
+    // The backends that wrote them, by pid and start time (a pid alone may be reused).
+    let writers: Vec<(i32, DateTime<Utc>)> = sqlx::query_as(
+        "select a.pid, a.backend_start from pg_stat_activity a
+         where a.pid in (select slot from queue_backlog)",
+    )
+    .fetch_all(&engine.pool)
+    .await
+    .expect("writers");
+    assert!(!writers.is_empty(), "the rows were written by live backends");
     other.close().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while engine.scalar("select count(*) from pg_stat_activity a join queue_backlog b on b.slot = a.pid").await > 0 {
-        assert!(std::time::Instant::now() < deadline, "the backends of {slots:?} did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Closing the pool ends its sessions; a backend still there after that is ended here,
+    // waiting until it has exited (`pg_terminate_backend` with a timeout).
+    let (pids, starts): (Vec<i32>, Vec<DateTime<Utc>>) = writers.iter().copied().unzip();
+    let remaining: Vec<(i32, String, Option<bool>)> = sqlx::query_as(
+        "select a.pid, coalesce(a.state, '') || ' ' || coalesce(a.wait_event, '') || ' ' || a.query,
+                pg_terminate_backend(a.pid, 10000)
+         from pg_stat_activity a join unnest($1::int4[], $2::timestamptz[]) as w(pid, started)
+           on a.pid = w.pid and a.backend_start = w.started",
+    )
+    .bind(&pids)
+    .bind(&starts)
+    .fetch_all(&engine.pool)
+    .await
+    .expect("terminate");
+    assert!(remaining.iter().all(|(.., exited)| *exited == Some(true)), "writers did not exit: {remaining:?}");
     // A queue that once counted something and now counts nothing.
     sqlx::query("insert into queue_backlog (queue, tenant_id, slot) values ('low', $1, 0)")
         .bind(acme.id)
@@ -981,4 +998,30 @@ async fn jobs_no_worker_can_run_at_the_head_do_not_keep_others_from_free_slots()
         let pending = assignment::pending(&mut connection, id).await.expect("pending").expect("queued");
         assert_eq!(pending.code, "no_worker_with_labels", "{id}");
     }
+}
+
+#[tokio::test]
+async fn jobs_too_large_for_the_free_room_at_the_head_do_not_keep_smaller_ones_from_it() {
+    let engine = engine().await;
+    let acme = engine.tenant("acme", 1).await;
+    // More jobs than the smallest budget, of which the worker's room takes two, ahead of
+    // small ones.
+    engine.submit_ids(acme, (0..40).map(|_| json!({"resources": {"cpu_millis": 3000}})).collect()).await;
+    let small = engine.submit_ids(acme, (0..10).map(|_| json!({"resources": {"cpu_millis": 100}})).collect()).await;
+    let labels = Default::default();
+    let worker = hodei_api::store::workers::NewWorker {
+        name: "eight",
+        pool: "default",
+        cpu_millis: 8000,
+        memory_mib: 1 << 20,
+        slots: 8,
+        labels: &labels,
+        instance_id: None,
+        token_hash: b"eight",
+    };
+    hodei_api::store::workers::register(&engine.pool, &worker).await.expect("register");
+    let outcome = scheduler(&engine.pool, 10, 500).tick().await.expect("cycle");
+    let assigned: HashSet<Uuid> = ids(&outcome.assigned).into_iter().collect();
+    assert_eq!(assigned.len(), 8, "every slot filled");
+    assert_eq!(assigned.iter().filter(|id| small.contains(id)).count(), 6, "two large ones, then small ones");
 }
