@@ -13,6 +13,7 @@ use hodei_core::{JobSpec, ValidJob};
 use serde_json::json;
 use sqlx::PgPool;
 
+#[allow(dead_code)] // the shared helpers this file does not use
 mod support;
 use support::{register_worker, scheduler, submit};
 

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 #[allow(dead_code)] // the shared helpers this file does not use
 mod support;
-use support::{register_worker, scheduler};
+use support::{register_sized_worker, register_worker, scheduler};
 
 struct Engine {
     _database: TestDatabase,
@@ -1008,18 +1008,7 @@ async fn jobs_too_large_for_the_free_room_at_the_head_do_not_keep_smaller_ones_f
     // small ones.
     engine.submit_ids(acme, (0..40).map(|_| json!({"resources": {"cpu_millis": 3000}})).collect()).await;
     let small = engine.submit_ids(acme, (0..10).map(|_| json!({"resources": {"cpu_millis": 100}})).collect()).await;
-    let labels = Default::default();
-    let worker = hodei_api::store::workers::NewWorker {
-        name: "eight",
-        pool: "default",
-        cpu_millis: 8000,
-        memory_mib: 1 << 20,
-        slots: 8,
-        labels: &labels,
-        instance_id: None,
-        token_hash: b"eight",
-    };
-    hodei_api::store::workers::register(&engine.pool, &worker).await.expect("register");
+    register_sized_worker(&engine.pool, 8000, 8).await;
     let outcome = scheduler(&engine.pool, 10, 500).tick().await.expect("cycle");
     let assigned: HashSet<Uuid> = ids(&outcome.assigned).into_iter().collect();
     assert_eq!(assigned.len(), 8, "every slot filled");

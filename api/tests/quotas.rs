@@ -11,7 +11,6 @@ use hodei_api::store::enqueue::{self, SubmitOutcome};
 use hodei_api::store::jobs::Submitter;
 use hodei_api::store::quotas;
 use hodei_api::store::tenants;
-use hodei_api::store::workers;
 use hodei_api::testing::TestDatabase;
 use hodei_core::ordering::PolicyRegistry;
 use hodei_core::quota::Limits;
@@ -20,7 +19,7 @@ use serde_json::json;
 
 #[allow(dead_code)] // the shared helpers this file does not use
 mod support;
-use support::{register_worker, scheduler, submit};
+use support::{register_sized_worker, register_worker, scheduler, submit};
 
 #[tokio::test]
 async fn a_waiting_job_says_when_its_tenant_is_at_quota() {
@@ -78,18 +77,7 @@ async fn a_job_waiting_for_busy_workers_says_so_without_the_cycle_writing_it() {
     };
     let ids = submit(&pool, (tenant.id, "acme"), &[job(600), job(500)], None).await;
     // Room for both by slots, for one of them by CPU.
-    let labels = Default::default();
-    let worker = workers::NewWorker {
-        name: "small",
-        pool: "default",
-        cpu_millis: 1000,
-        memory_mib: 4096,
-        slots: 2,
-        labels: &labels,
-        instance_id: None,
-        token_hash: b"small",
-    };
-    workers::register(&pool, &worker).await.expect("register");
+    register_sized_worker(&pool, 1000, 2).await;
     let mut connection = pool.acquire().await.expect("connection");
     let code = |pending: Option<assignment::Pending>| pending.expect("queued").code;
     assert_eq!(code(assignment::pending(&mut connection, ids[1]).await.expect("pending")), "queued");

@@ -33,7 +33,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// The largest monthly budget accepted.
 pub const MAX_BUDGET: f64 = 1e12;
-/// Queued jobs are counted up to this many for the quotas view.
+/// The quotas view reports queued jobs up to this many.
 const QUEUED_COUNT_CAP: i64 = 1_000_000;
 
 /// A tenant's own limits. An absent or null field falls back to the deployment's default

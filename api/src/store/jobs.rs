@@ -244,7 +244,8 @@ pub struct JobFilter {
 /// `outcome` indexes, a waiting or running one through the table that holds such jobs
 /// (`ready_jobs`, `worker_jobs`, `scheduled_jobs`, each ordered by job id), a queue
 /// through `jobs_tenant_queue_idx` (for an admin, one probe per tenant), everything else
-/// through the tenant's (or all) jobs newest first. Only the filters given are in the statement, so each gets its own plan.
+/// through the tenant's (or all) jobs newest first. Only the filters given are in the
+/// statement, so each gets its own plan.
 pub async fn list(db: impl PgExecutor<'_>, filter: &JobFilter) -> sqlx::Result<(Vec<Job>, bool)> {
     let mut query = QueryBuilder::<Postgres>::new(format!("select {JOB_COLUMNS}, t.name as tenant from "));
     let admin_queue = filter.state.is_none() && filter.queue.is_some() && filter.tenant_scope.is_none();

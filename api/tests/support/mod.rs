@@ -18,11 +18,20 @@ pub async fn register_worker(pool: &PgPool, slots: i32) -> Uuid {
 
 /// `register_worker`, with `token_hash` as the hash of its token.
 pub async fn register_worker_with_token(pool: &PgPool, slots: i32, token_hash: &[u8]) -> Uuid {
+    register(pool, i32::MAX, slots, token_hash).await
+}
+
+/// A worker with room for `slots` jobs and `cpu_millis` of CPU in all (memory to spare).
+pub async fn register_sized_worker(pool: &PgPool, cpu_millis: i32, slots: i32) -> Uuid {
+    register(pool, cpu_millis, slots, Uuid::now_v7().as_bytes()).await
+}
+
+async fn register(pool: &PgPool, cpu_millis: i32, slots: i32, token_hash: &[u8]) -> Uuid {
     let labels = Default::default();
     let worker = workers::NewWorker {
         name: "test",
         pool: "default",
-        cpu_millis: i32::MAX,
+        cpu_millis,
         memory_mib: i32::MAX,
         slots,
         labels: &labels,
