@@ -608,7 +608,6 @@ async fn failures_retry_with_backoff_then_dead_letter_and_redrive() {
     assert_eq!(engine.report(&first[0], 0).await, Recorded::Stale);
     let failure = Failure { job_id: id, attempt: 1, error: "exit 1".into(), retryable: true };
     assert_eq!(dispatch::fail(&mut connection, &failure, 0.5).await.expect("fail"), FailureResult::Stale);
-    assert!(dispatch::complete(&engine.pool, &[(id, 1)]).await.expect("complete").is_empty());
 
     let dead = engine.report(&second[0], 1).await;
     assert_eq!(dead, Recorded::Failed(FailureResult::DeadLettered { reason: "attempts_exhausted" }));
@@ -621,7 +620,7 @@ async fn failures_retry_with_backoff_then_dead_letter_and_redrive() {
     let third = engine.claim(1).await;
     // A fresh set of attempts, but the attempt number keeps growing: it is the fencing token.
     assert_eq!((third[0].job_id, third[0].attempt), (id, 3));
-    assert!(dispatch::complete(&engine.pool, &[(id, 1)]).await.expect("complete").is_empty());
+    assert_eq!(engine.report(&first[0], 0).await, Recorded::Stale, "a late success of attempt 1");
     let outcome = engine.report(&third[0], 1).await;
     assert!(
         matches!(outcome, Recorded::Failed(FailureResult::RetryScheduled { .. })),
@@ -712,6 +711,53 @@ async fn ready_notifications_are_one_per_transaction() {
         .to_owned();
     assert_ne!(first, second, "the batch of 100 notified once, then the single job once");
     assert!(listener.next_buffered().is_none(), "no further notifications");
+}
+
+#[tokio::test]
+async fn results_that_free_capacity_wake_the_scheduler_once_and_a_stale_one_does_not() {
+    let engine = engine().await;
+    let acme = engine.tenant("acme", 1).await;
+    let ids = engine.submit_ids(acme, vec![json!({}), json!({})]).await;
+    let claimed = engine.claim(2).await;
+    assert_eq!(claimed.len(), 2);
+    let mut listener = sqlx::postgres::PgListener::connect_with(&engine.pool).await.expect("listener");
+    listener.listen(hodei_api::loops::READY_CHANNEL).await.expect("listen");
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("in time")
+            .expect("notification")
+            .payload()
+            .to_owned()
+    };
+
+    let stale = Assigned { attempt: 9, ..claimed[0].clone() };
+    assert_eq!(engine.report(&stale, 0).await, Recorded::Stale);
+    sqlx::query("select pg_notify($1, 'marker')")
+        .bind(hodei_api::loops::READY_CHANNEL)
+        .execute(&engine.pool)
+        .await
+        .expect("notify");
+    let results: Vec<AttemptResult> = claimed
+        .iter()
+        .map(|a| AttemptResult { job_id: a.job_id, attempt: a.attempt, exit_code: Some(0), error: None })
+        .collect();
+    let mut connection = engine.pool.acquire().await.expect("connection");
+    let recorded = assignment::finish_many(&mut connection, claimed[0].worker_id, &results, 0.5).await.expect("finish");
+    assert_eq!(recorded, [Recorded::Succeeded, Recorded::Succeeded]);
+
+    assert_eq!(next().await, "marker", "the stale result notified nothing");
+    assert_eq!(next().await, "capacity", "the two results woke the scheduler");
+    for id in ids {
+        assert_eq!(engine.state(id).await, JobState::Succeeded);
+        let events: Vec<String> = sqlx::query_scalar("select kind from job_events where job_id = $1 order by id")
+            .bind(id)
+            .fetch_all(&engine.pool)
+            .await
+            .expect("events");
+        assert_eq!(events.last().map(String::as_str), Some("job.succeeded"));
+    }
+    assert!(listener.next_buffered().is_none(), "one notification for both");
 }
 
 #[tokio::test]

@@ -664,8 +664,8 @@ pub struct StartReport {
     pub job_id: Uuid,
     pub attempt: i32,
     /// The same transaction records the attempt's success next (`finish_in`): the job goes
-    /// from `assigned` to `succeeded` in one write of its row, which `dispatch::complete`
-    /// makes (with `started_at`); only its `job.started` event is written here.
+    /// from `assigned` to `succeeded` in one write of its row, which that statement makes
+    /// (with `started_at`); only its `job.started` event is written here.
     pub succeeds_here: bool,
 }
 
@@ -767,14 +767,12 @@ pub async fn finish_many(
     results: &[AttemptResult],
     random: f64,
 ) -> sqlx::Result<Vec<Recorded>> {
-    let mut transaction = db.begin().await?;
-    let recorded = finish_in(&mut transaction, worker_id, results, random).await?;
-    transaction.commit().await?;
-    Ok(recorded)
+    Ok(record_report(db, worker_id, &[], results, random).await?.1)
 }
 
 /// A worker's report: starts and results, recorded in one transaction (one commit). An
-/// attempt that starts and succeeds in the same report has its row written once.
+/// attempt that starts and succeeds in the same report has its row written once. A report
+/// of starts alone, or of successes alone, is one statement, which is its own transaction.
 pub async fn record_report(
     db: &mut PgConnection,
     worker_id: Uuid,
@@ -792,16 +790,25 @@ pub async fn record_report(
             succeeds_here: succeeded.contains(&(job_id, attempt)),
         })
         .collect();
+    if starts.is_empty() && results.is_empty() {
+        return Ok(Default::default());
+    }
+    if starts.is_empty() && succeeded.len() == results.len() {
+        return Ok((Vec::new(), finish_in(db, worker_id, results, random).await?));
+    }
+    if results.is_empty() {
+        return Ok((start_many(db, worker_id, &starts).await?, Vec::new()));
+    }
     let mut transaction = db.begin().await?;
     let started =
         if starts.is_empty() { Vec::new() } else { start_many(&mut *transaction, worker_id, &starts).await? };
-    let recorded =
-        if results.is_empty() { Vec::new() } else { finish_in(&mut transaction, worker_id, results, random).await? };
+    let recorded = finish_in(&mut transaction, worker_id, results, random).await?;
     transaction.commit().await?;
     Ok((started, recorded))
 }
 
-/// `finish_many` on a connection inside the caller's transaction.
+/// Records results on `db`: one statement when every result is a success, more (each
+/// failure's retry or dead letter) otherwise, which the caller then runs in a transaction.
 async fn finish_in(
     db: &mut PgConnection,
     worker_id: Uuid,
@@ -810,8 +817,11 @@ async fn finish_in(
 ) -> sqlx::Result<Vec<Recorded>> {
     let mut order: Vec<&AttemptResult> = results.iter().collect();
     order.sort_by_key(|result| result.job_id);
-    // The worker's hold on the job is the fence: a result only counts from the holder.
-    let held: HashSet<Uuid> = sqlx::query_scalar(
+    // The worker's hold on the job is the fence: a result only counts from the holder. One
+    // statement releases the holds, records the successes (state, exit code 0, event) and
+    // the failures' exit codes, and wakes the scheduler when capacity came free (the
+    // notification's subquery runs at the first row returned, so only if some hold went).
+    let held: HashSet<Uuid> = sqlx::query_as::<_, (Uuid, Option<i32>)>(
         "with reported as (
             select * from unnest($1::uuid[], $2::int4[], $3::int4[], $5::bool[]) as r(job_id, attempt, exit_code, succeeded)
          ), released as (
@@ -819,11 +829,19 @@ async fn finish_in(
             where w.job_id = r.job_id and w.attempt = r.attempt and w.worker_id = $4
             returning w.job_id
          ), coded as (
-            -- A success's exit code (0) is written with its state, by `dispatch::complete`.
             update jobs j set exit_code = r.exit_code from reported r join released d on d.job_id = r.job_id
             where j.id = r.job_id and not r.succeeded
+         ), done as (
+            update jobs j set state = 'succeeded', exit_code = 0, started_at = coalesce(j.started_at, now()),
+                finished_at = now(), updated_at = now()
+            from reported r join released d on d.job_id = r.job_id
+            where j.id = r.job_id and j.attempt = r.attempt and r.succeeded and j.state in ('assigned', 'running')
+            returning j.id, j.tenant_id, j.attempt
+         ), events as (
+            insert into job_events (tenant_id, job_id, kind, state, attempt)
+            select tenant_id, id, 'job.succeeded', 'succeeded', attempt from done order by id
          )
-         select job_id from released",
+         select job_id, (select 1 from pg_notify('hodei_ready', 'capacity')) from released",
     )
     .bind(order.iter().map(|r| r.job_id).collect::<Vec<_>>())
     .bind(order.iter().map(|r| r.attempt).collect::<Vec<_>>())
@@ -833,12 +851,8 @@ async fn finish_in(
     .fetch_all(&mut *db)
     .await?
     .into_iter()
+    .map(|(job_id, _)| job_id)
     .collect();
-    let succeeded: Vec<(Uuid, i32)> =
-        order.iter().filter(|r| held.contains(&r.job_id) && r.succeeded()).map(|r| (r.job_id, r.attempt)).collect();
-    if !succeeded.is_empty() {
-        dispatch::complete(&mut *db, &succeeded).await?;
-    }
     let mut recorded = Vec::with_capacity(results.len());
     for result in results {
         if !held.contains(&result.job_id) {
@@ -853,10 +867,6 @@ async fn finish_in(
             let failure = Failure { job_id: result.job_id, attempt: result.attempt, error, retryable: true };
             recorded.push(Recorded::Failed(dispatch::fail(&mut *db, &failure, random).await?));
         }
-    }
-    if !held.is_empty() {
-        // Capacity came free: wake the scheduler.
-        sqlx::query("select pg_notify('hodei_ready', 'capacity')").execute(&mut *db).await?;
     }
     Ok(recorded)
 }

@@ -1,5 +1,5 @@
-//! Jobs after their attempts: finishing an attempt (success, retry with backoff, dead
-//! letter), promoting scheduled jobs when their time comes, and redriving dead letters.
+//! Jobs after their attempts: a failed attempt's retry with backoff or dead letter
+//! (a success is recorded by the report's statement, `assignment::record_report`), promoting scheduled jobs when their time comes, and redriving dead letters.
 //! Taking jobs out of their queues is the scheduling cycle's alone (`store::assignment`). Every state change appends its event in the same
 //! statement or transaction, and every change of an attempt is fenced by the attempt
 //! number, so a late result from an old attempt can never overwrite a newer one.
@@ -9,35 +9,11 @@ use hodei_core::backoff::{decide_failure, jitter_for, FailureDecision};
 use hodei_core::dispatch::QueueHead;
 use hodei_core::ordering::PolicyRegistry;
 use hodei_core::JobState;
-use sqlx::{Acquire, FromRow, PgConnection, PgExecutor};
+use sqlx::{Acquire, FromRow, PgConnection};
 use uuid::Uuid;
 
 use crate::store::enqueue::{RankableJob, Ranker};
 use crate::store::queues;
-
-/// Marks attempts succeeded. Attempts that are no longer current are skipped;
-/// returns the ids that were finished.
-pub async fn complete(db: impl PgExecutor<'_>, attempts: &[(Uuid, i32)]) -> sqlx::Result<Vec<Uuid>> {
-    let ids: Vec<Uuid> = attempts.iter().map(|(id, _)| *id).collect();
-    let numbers: Vec<i32> = attempts.iter().map(|(_, attempt)| *attempt).collect();
-    sqlx::query_scalar(
-        "with done as (
-            update jobs j set state = 'succeeded', exit_code = 0, started_at = coalesce(j.started_at, now()),
-                finished_at = now(), updated_at = now()
-            from unnest($1::uuid[], $2::int4[]) as c(id, attempt)
-            where j.id = c.id and j.attempt = c.attempt and j.state in ('assigned', 'running')
-            returning j.id, j.tenant_id, j.attempt
-         ), events as (
-            insert into job_events (tenant_id, job_id, kind, state, attempt)
-            select tenant_id, id, 'job.succeeded', 'succeeded', attempt from done order by id
-         )
-         select id from done",
-    )
-    .bind(&ids)
-    .bind(&numbers)
-    .fetch_all(db)
-    .await
-}
 
 /// A random number in `[0, 1)` for backoff jitter, from the operating system.
 pub fn random_fraction() -> anyhow::Result<f64> {
