@@ -3,16 +3,19 @@
 //! they decide from is in Postgres, so any number of replicas can run them at once.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use hodei_core::ordering::PolicyRegistry;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::metrics::{FailureSource, Metrics};
+use crate::store::assignment::{self, Assignment};
 use crate::store::dispatch;
 use crate::worker_tokens::{WorkerTokens, WORKER_GONE_CHANNEL};
 
@@ -81,7 +84,13 @@ pub const ASSIGNED_CHANNEL: &str = "hodei_assigned";
 /// (the payload names the worker, so only its own poll wakes). A notification that comes
 /// while a waiter is busy is kept for its next wait, never lost. Waiters still poll as a
 /// fallback: a notification can be missed while the listener reconnects. The listening
-/// is `Notifications`'.
+/// is `Notifications'`.
+///
+/// A keyed waiter can also tell that a look is not needed: after a look that took
+/// everything there was for its key (`Waiter::took_all`), nothing new can be there until
+/// a notification for the key arrives, as long as the process has listened throughout.
+/// A worker's poll right after it was handed work (it polls again at once) then waits
+/// without a query.
 #[derive(Debug, Clone)]
 pub struct Wakeup {
     inner: Arc<WakeupInner>,
@@ -91,13 +100,41 @@ pub struct Wakeup {
 struct WakeupInner {
     /// Bumped by every notification.
     any: watch::Sender<u64>,
-    /// Bumped by notifications whose payload is the key; entries live while waited on.
-    keyed: Mutex<HashMap<String, watch::Sender<u64>>>,
+    keyed: Mutex<Keyed>,
+    /// A session listens: every notification from now on reaches `notify`.
+    listening: AtomicBool,
 }
+
+/// Entries live while waited on, and a while longer after a look took everything, so the
+/// key's next wait can skip its first look.
+#[derive(Debug, Default)]
+struct Keyed {
+    entries: HashMap<String, KeyEntry>,
+    swept_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct KeyEntry {
+    /// Bumped by notifications whose payload is the key.
+    sender: watch::Sender<u64>,
+    /// The key's notification count when a look that took everything began.
+    took_all_at: Option<u64>,
+    /// When that look was recorded.
+    touched: Instant,
+}
+
+/// How long an entry outlives its last waiter.
+const KEEP_ENTRY: Duration = Duration::from_secs(60);
 
 impl Default for Wakeup {
     fn default() -> Self {
-        Self { inner: Arc::new(WakeupInner { any: watch::channel(0).0, keyed: Mutex::default() }) }
+        Self {
+            inner: Arc::new(WakeupInner {
+                any: watch::channel(0).0,
+                keyed: Mutex::default(),
+                listening: AtomicBool::new(false),
+            }),
+        }
     }
 }
 
@@ -105,20 +142,33 @@ fn bump(sender: &watch::Sender<u64>) {
     sender.send_modify(|count| *count = count.wrapping_add(1));
 }
 
+impl WakeupInner {
+    fn keyed(&self) -> MutexGuard<'_, Keyed> {
+        // The map holds no invariant a panic elsewhere could break half-way.
+        self.keyed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 impl Wakeup {
     /// Records a notification with `payload`.
     fn notify(&self, payload: &str) {
         bump(&self.inner.any);
-        if let Some(sender) = self.inner.keyed.lock().ok().and_then(|keyed| keyed.get(payload).cloned()) {
-            bump(&sender);
+        if let Some(entry) = self.inner.keyed().entries.get(payload) {
+            bump(&entry.sender);
         }
     }
 
     fn notify_all(&self) {
         bump(&self.inner.any);
-        if let Ok(keyed) = self.inner.keyed.lock() {
-            keyed.values().for_each(bump);
-        }
+        self.inner.keyed().entries.values().for_each(|entry| bump(&entry.sender));
+    }
+
+    /// A session listens (or stopped listening): until it does again, a waiter cannot
+    /// know that nothing came. Either way every waiter looks again, since what was
+    /// notified before the session started may have been missed.
+    fn set_listening(&self, listening: bool) {
+        self.inner.listening.store(listening, Ordering::SeqCst);
+        self.notify_all();
     }
 
     /// A waiter for every notification, counting from now.
@@ -128,11 +178,20 @@ impl Wakeup {
 
     /// A waiter for notifications whose payload is `key`, counting from now.
     pub fn waiter_for(&self, key: &str) -> Waiter {
-        let receiver = match self.inner.keyed.lock() {
-            Ok(mut keyed) => keyed.entry(key.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe(),
-            Err(_) => self.inner.any.subscribe(),
-        };
-        Waiter { receiver, key: Some(key.to_owned()), inner: self.inner.clone() }
+        let mut keyed = self.inner.keyed();
+        let now = Instant::now();
+        if keyed.swept_at.is_none_or(|swept| now.duration_since(swept) >= KEEP_ENTRY) {
+            keyed
+                .entries
+                .retain(|_, entry| entry.sender.receiver_count() > 0 || now.duration_since(entry.touched) < KEEP_ENTRY);
+            keyed.swept_at = Some(now);
+        }
+        let entry = keyed.entries.entry(key.to_owned()).or_insert_with(|| KeyEntry {
+            sender: watch::channel(0).0,
+            took_all_at: None,
+            touched: now,
+        });
+        Waiter { receiver: entry.sender.subscribe(), key: Some(key.to_owned()), inner: self.inner.clone() }
     }
 }
 
@@ -144,23 +203,93 @@ pub struct Waiter {
     inner: Arc<WakeupInner>,
 }
 
+/// Where a look began, for `Waiter::took_all`.
+#[derive(Debug, Clone, Copy)]
+pub struct LookMark(Option<u64>);
+
 impl Waiter {
     /// Returns at once if a notification came since the last wait; otherwise waits for
     /// one, or until `fallback` passes.
     pub async fn wait(&mut self, fallback: Duration) {
         let _ = tokio::time::timeout(fallback, self.receiver.changed()).await;
     }
+
+    /// Taken just before a look (a query) for the key's work begins.
+    pub fn mark(&self) -> LookMark {
+        LookMark(self.inner.listening.load(Ordering::SeqCst).then(|| *self.receiver.borrow()))
+    }
+
+    /// The look that began at `mark` took everything there was for the key: until a
+    /// notification for the key comes, the next look would find nothing.
+    pub fn took_all(&self, mark: LookMark) {
+        let (Some(key), LookMark(Some(count))) = (&self.key, mark) else { return };
+        if let Some(entry) = self.inner.keyed().entries.get_mut(key) {
+            entry.took_all_at = Some(count);
+            entry.touched = Instant::now();
+        }
+    }
+
+    /// Whether a look could find something: false only while a session has listened
+    /// since the last look that took everything and no notification for the key came.
+    pub fn may_find_some(&self) -> bool {
+        let Some(key) = &self.key else { return true };
+        if !self.inner.listening.load(Ordering::SeqCst) {
+            return true;
+        }
+        let keyed = self.inner.keyed();
+        keyed.entries.get(key).is_none_or(|entry| entry.took_all_at != Some(*entry.sender.borrow()))
+    }
 }
 
 impl Drop for Waiter {
     fn drop(&mut self) {
         let Some(key) = &self.key else { return };
-        if let Ok(mut keyed) = self.inner.keyed.lock() {
-            // This waiter's receiver still counts until the drop ends.
-            if keyed.get(key).is_some_and(|sender| sender.receiver_count() <= 1) {
-                keyed.remove(key);
+        let mut keyed = self.inner.keyed();
+        // This waiter's receiver still counts until the drop ends. An entry that can still
+        // spare its key a look stays, until the sweep in `waiter_for`.
+        if keyed.entries.get(key).is_some_and(|entry| entry.sender.receiver_count() <= 1 && entry.took_all_at.is_none())
+        {
+            keyed.entries.remove(key);
+        }
+    }
+}
+
+/// A worker's long poll: its new assignments at once when there are any, else as soon as
+/// some are made, or none when `wait` ends or the server shuts down. Woken by the
+/// scheduler's notification; every second it looks anyway, as a fallback. It does not
+/// look first when its last look took everything and nothing was assigned to it since
+/// (`Waiter::may_find_some`): a worker polls again as soon as it is handed work.
+pub async fn long_poll(
+    db: &PgPool,
+    assigned: &Wakeup,
+    worker_id: Uuid,
+    wait: Duration,
+    shutdown: &CancellationToken,
+) -> sqlx::Result<Vec<Assignment>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    // Made before the first look, so an assignment in between still wakes this poll.
+    let mut woken = assigned.waiter_for(&worker_id.to_string());
+    let mut look = woken.may_find_some();
+    loop {
+        if look {
+            let mark = woken.mark();
+            let mut connection = db.acquire().await?;
+            let assignments = assignment::take_assignments(&mut connection, worker_id).await?;
+            drop(connection);
+            woken.took_all(mark);
+            if !assignments.is_empty() {
+                return Ok(assignments);
             }
         }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(Vec::new());
+        }
+        tokio::select! {
+            _ = woken.wait((deadline - now).min(Duration::from_secs(1))) => {}
+            _ = shutdown.cancelled() => return Ok(Vec::new()),
+        }
+        look = true;
     }
 }
 
@@ -191,7 +320,7 @@ impl Notifications {
                 // everyone, and stop trusting cached tokens until a session is back.
                 listening.worker_tokens.stop_listening();
                 listening.ready.notify_all();
-                listening.assigned.notify_all();
+                listening.assigned.set_listening(false);
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -205,6 +334,7 @@ impl Notifications {
     async fn listen(&self, db: &PgPool, shutdown: &CancellationToken) -> sqlx::Result<()> {
         let mut listener = PgListener::connect_with(db).await?;
         listener.listen_all([READY_CHANNEL, ASSIGNED_CHANNEL, WORKER_GONE_CHANNEL]).await?;
+        self.assigned.set_listening(true);
         self.worker_tokens.start_listening();
         loop {
             let message = tokio::select! {

@@ -152,24 +152,8 @@ async fn poll_assignments(
         ));
     }
     let wait = std::time::Duration::from_secs(wait_seconds);
-    let deadline = tokio::time::Instant::now() + wait;
-    // Made before the first look, so an assignment in between still wakes this poll.
-    let mut woken = state.assigned.waiter_for(&id.to_string());
-    loop {
-        let mut connection = state.db.acquire().await?;
-        let assignments = assignment::take_assignments(&mut connection, id).await?;
-        drop(connection);
-        let now = tokio::time::Instant::now();
-        if !assignments.is_empty() || now >= deadline {
-            return Ok(axum::Json(Assignments { assignments: assignments.into_iter().map(to_assignment).collect() }));
-        }
-        // Woken by the scheduler's notification; the timeout is the polling fallback. A
-        // shutting-down server answers at once, with no work.
-        tokio::select! {
-            _ = woken.wait((deadline - now).min(std::time::Duration::from_secs(1))) => {}
-            _ = state.shutdown.cancelled() => return Ok(axum::Json(Assignments { assignments: Vec::new() })),
-        }
-    }
+    let assignments = crate::loops::long_poll(&state.db, &state.assigned, id, wait, &state.shutdown).await?;
+    Ok(axum::Json(Assignments { assignments: assignments.into_iter().map(to_assignment).collect() }))
 }
 
 /// The worker started an assigned attempt.

@@ -1,0 +1,116 @@
+//! A worker's long poll (`loops::long_poll`, what `GET /workers/{id}/assignments` runs)
+//! against a real Postgres and the process's notifications session: it hands over what
+//! the scheduling cycle assigned, and after a look that took everything it waits without
+//! a query until the worker is notified, or until the session is lost.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use hodei_api::loops::{long_poll, Notifications, Wakeup};
+use hodei_api::store::tenants;
+use hodei_api::testing::TestDatabase;
+use hodei_core::{JobSpec, ValidJob};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[allow(dead_code)] // the shared helpers this file does not use
+mod support;
+use support::{register_worker, scheduler, submit};
+
+/// Waits, up to 30 s, until `check` holds.
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} within 30 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn noop_job() -> ValidJob {
+    serde_json::from_value::<JobSpec>(json!({"command": {"argv": ["true"]}}))
+        .expect("spec")
+        .validate(Utc::now())
+        .expect("valid")
+}
+
+/// A poll that answers at once with what a look finds, or with nothing if it does not look.
+async fn poll_now(pool: &PgPool, assigned: &Wakeup, worker: Uuid) -> Vec<Uuid> {
+    long_poll(pool, assigned, worker, Duration::ZERO, &CancellationToken::new())
+        .await
+        .expect("poll")
+        .into_iter()
+        .map(|assignment| assignment.job_id)
+        .collect()
+}
+
+/// Hands `job` back to the worker as undelivered, behind the poll's back: no notification.
+async fn undeliver(pool: &PgPool, job: Uuid) {
+    let changed = sqlx::query("update worker_jobs set delivered = false where job_id = $1")
+        .bind(job)
+        .execute(pool)
+        .await
+        .expect("undeliver")
+        .rows_affected();
+    assert_eq!(changed, 1, "the job is held");
+}
+
+#[tokio::test]
+async fn a_poll_after_one_that_took_everything_waits_for_a_notification_without_a_query() {
+    let database = TestDatabase::migrated().await;
+    let pool = database.pool().await;
+    let shutdown = CancellationToken::new();
+    let notifications = Notifications::spawn(pool.clone(), shutdown.clone());
+    until("the listener is connected", async || notifications.worker_tokens.is_listening()).await;
+    let assigned = notifications.assigned.clone();
+    let tenant = tenants::create(&pool, "polling", 1).await.expect("tenant").id;
+    let worker = register_worker(&pool, 4).await;
+
+    // The cycle assigns and notifies; the poll hands the job over. (The notification is
+    // awaited first, so it cannot arrive after the look and count as a new one.)
+    let first = submit(&pool, (tenant, "polling"), &[noop_job()], None).await;
+    let mut notified = assigned.waiter_for(&worker.to_string());
+    scheduler(&pool, 10, 10).tick().await.expect("cycle");
+    notified.wait(Duration::from_secs(30)).await;
+    drop(notified);
+    assert_eq!(poll_now(&pool, &assigned, worker).await, first);
+
+    // Made undelivered again without a notification: a poll that looked would find it, so
+    // an empty answer means it did not look.
+    undeliver(&pool, first[0]).await;
+    assert_eq!(poll_now(&pool, &assigned, worker).await, Vec::<Uuid>::new(), "no look after taking everything");
+
+    // A notification for this worker (any replica's cycle sends one) makes it look again.
+    sqlx::query("select pg_notify('hodei_assigned', $1)")
+        .bind(worker.to_string())
+        .execute(&pool)
+        .await
+        .expect("notify");
+    until("the poll looks after the notification", async || poll_now(&pool, &assigned, worker).await == first).await;
+
+    // A poll that waits is woken by the next assignment.
+    let waiting = tokio::spawn({
+        let (pool, assigned) = (pool.clone(), assigned.clone());
+        async move { long_poll(&pool, &assigned, worker, Duration::from_secs(30), &CancellationToken::new()).await }
+    });
+    let second = submit(&pool, (tenant, "polling"), &[noop_job()], None).await;
+    scheduler(&pool, 10, 10).tick().await.expect("cycle");
+    let handed: Vec<Uuid> =
+        waiting.await.expect("poll task").expect("poll").into_iter().map(|assignment| assignment.job_id).collect();
+    assert_eq!(handed, second);
+
+    // Notifications stop when the listening session is lost: from then on every poll looks.
+    undeliver(&pool, second[0]).await;
+    assert_eq!(poll_now(&pool, &assigned, worker).await, Vec::<Uuid>::new(), "no look while listening");
+    let ended: i64 = sqlx::query_scalar(
+        "select count(*) from pg_stat_activity, pg_terminate_backend(pid, 10000)
+         where datname = current_database() and pid <> pg_backend_pid() and query ilike 'listen%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("end the listening session");
+    assert_eq!(ended, 1, "one listening session");
+    until("the poll looks once the session is lost", async || poll_now(&pool, &assigned, worker).await == second).await;
+    shutdown.cancel();
+}
