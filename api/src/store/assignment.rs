@@ -298,10 +298,19 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
     // snapshot is taken after the locks are granted, so it sees every assignment that
     // other cycles committed to these workers before (they held the same locks). Results
     // only delete `worker_jobs` rows, so a stale view errs on the safe side.
+    // The capacity read is cheap to run and dear to plan (0.27 ms), and with its array
+    // parameter the planner would plan it anew on every call; a generic plan serves every
+    // cycle. For it alone: the candidates read below must be planned with its values. So
+    // this statement, as it runs, sets `plan_cache_mode` for the rest of the transaction
+    // (`set local`), and the capacity read, planned under it, sets it to `auto` as it
+    // runs (under which an unnamed statement, like the candidates read, is planned with
+    // its values): each in a one-time filter, evaluated once before any row, so without
+    // a round trip of its own.
     let locked: Vec<Uuid> = sqlx::query_scalar(
         "select w.id from workers w
          where w.gone_at is null and w.state in ('idle', 'busy')
            and (select count(*) from worker_jobs h where h.worker_id = w.id) < w.slots
+           and (select set_config('plan_cache_mode', 'force_generic_plan', true)) is not null
          order by w.id limit $1 for update of w skip locked",
     )
     .bind(limits.workers)
@@ -311,10 +320,6 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
         return Ok(CycleOutcome::default());
     }
     let workers_full = locked.len() as i64 >= limits.workers;
-    // The capacity read is cheap to run and dear to plan (0.27 ms), and with its array
-    // parameter the planner would plan it anew on every call; a generic plan serves every
-    // cycle. For it alone: the candidates read below must be planned with its values.
-    sqlx::query("set local plan_cache_mode = force_generic_plan").execute(&mut *transaction).await?;
     let free: Vec<FreeRow> = sqlx::query_as(
         "select w.id, w.cpu_millis - coalesce(u.cpu, 0)::int4 as free_cpu,
                 w.memory_mib - coalesce(u.memory, 0)::int4 as free_memory,
@@ -327,12 +332,12 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
              select sum(h.cpu_millis) as cpu, sum(h.memory_mib) as memory, count(*) as slots
              from worker_jobs h where h.worker_id = w.id
          ) u
-         where w.id = any($1) order by w.id",
+         where w.id = any($1) and (select set_config('plan_cache_mode', 'auto', true)) is not null
+         order by w.id",
     )
     .bind(&locked)
     .fetch_all(&mut *transaction)
     .await?;
-    sqlx::query("set local plan_cache_mode = default").execute(&mut *transaction).await?;
     let free: Vec<FreeRow> = free.into_iter().filter(|w| w.free_slots > 0).collect();
     if free.is_empty() {
         return Ok(CycleOutcome::default());
