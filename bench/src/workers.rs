@@ -320,11 +320,10 @@ async fn wait_for_all(pool: &PgPool, ids: &[Uuid], states: &[&str], limit: Durat
     }
 }
 
-/// One request of an open-loop run: its index, and how long it took from when it was due
+/// One request of an open-loop run: how long it took from when it was due
 /// (so a stalled server cannot hide its queueing delay).
 #[derive(Debug)]
 struct Timed<T> {
-    index: usize,
     latency: Duration,
     outcome: T,
 }
@@ -346,7 +345,7 @@ where
         let sent = request(index);
         tasks.push(tokio::spawn(async move {
             let outcome = sent.await;
-            Timed { index, latency: (start + due).elapsed(), outcome }
+            Timed { latency: (start + due).elapsed(), outcome }
         }));
     }
     let mut done = Vec::with_capacity(count);
