@@ -11,6 +11,7 @@ pub mod dev;
 pub mod embedded_postgres;
 pub mod error;
 pub mod http;
+pub mod key_cache;
 pub mod listener;
 pub mod loops;
 pub mod metrics;
@@ -21,6 +22,7 @@ pub mod store;
 /// Test support (a database per test); built for tests only.
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod token_cache;
 pub mod worker_tokens;
 
 pub use http::{app, AppState};

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::key_cache::{ApiKeys, API_KEYS_CHANGED_CHANNEL};
 use crate::metrics::{FailureSource, Metrics};
 use crate::store::assignment::{self, Assignment};
 use crate::store::dispatch;
@@ -294,12 +295,14 @@ pub async fn long_poll(
 }
 
 /// What the process's notifications wake: the scheduler (`READY_CHANNEL`), workers' long
-/// polls (`ASSIGNED_CHANNEL`) and the worker-token cache (`WORKER_GONE_CHANNEL`).
+/// polls (`ASSIGNED_CHANNEL`), the worker-token cache (`WORKER_GONE_CHANNEL`) and the
+/// API-key cache (`API_KEYS_CHANGED_CHANNEL`).
 #[derive(Debug, Clone)]
 pub struct Notifications {
     pub ready: Wakeup,
     pub assigned: Wakeup,
     pub worker_tokens: Arc<WorkerTokens>,
+    pub api_keys: Arc<ApiKeys>,
 }
 
 impl Notifications {
@@ -308,8 +311,12 @@ impl Notifications {
     /// database for every notification there, whatever its channel: a session per
     /// channel would wake three backends per notification.
     pub fn spawn(db: PgPool, shutdown: CancellationToken) -> Self {
-        let notifications =
-            Self { ready: Wakeup::default(), assigned: Wakeup::default(), worker_tokens: WorkerTokens::uncached() };
+        let notifications = Self {
+            ready: Wakeup::default(),
+            assigned: Wakeup::default(),
+            worker_tokens: WorkerTokens::uncached(),
+            api_keys: ApiKeys::uncached(),
+        };
         let listening = notifications.clone();
         tokio::spawn(async move {
             while !shutdown.is_cancelled() {
@@ -319,6 +326,7 @@ impl Notifications {
                 // The session ended: what was notified meanwhile may be missed. Wake
                 // everyone, and stop trusting cached tokens until a session is back.
                 listening.worker_tokens.stop_listening();
+                listening.api_keys.stop_listening();
                 listening.ready.notify_all();
                 listening.assigned.set_listening(false);
                 tokio::select! {
@@ -333,8 +341,9 @@ impl Notifications {
     /// Until `shutdown`, or until the session is lost (`try_recv` answers `None`).
     async fn listen(&self, db: &PgPool, shutdown: &CancellationToken) -> sqlx::Result<()> {
         let mut listener = PgListener::connect_with(db).await?;
-        listener.listen_all([READY_CHANNEL, ASSIGNED_CHANNEL, WORKER_GONE_CHANNEL]).await?;
+        listener.listen_all([READY_CHANNEL, ASSIGNED_CHANNEL, WORKER_GONE_CHANNEL, API_KEYS_CHANGED_CHANNEL]).await?;
         self.assigned.set_listening(true);
+        self.api_keys.start_listening();
         self.worker_tokens.start_listening();
         loop {
             let message = tokio::select! {
@@ -346,6 +355,7 @@ impl Notifications {
                 READY_CHANNEL => self.ready.notify(notification.payload()),
                 ASSIGNED_CHANNEL => self.assigned.notify(notification.payload()),
                 WORKER_GONE_CHANNEL => self.worker_tokens.notified(notification.payload()),
+                API_KEYS_CHANGED_CHANNEL => self.api_keys.forget_all(),
                 _ => {}
             }
         }

@@ -61,6 +61,7 @@ pub async fn serve_http(
         .with_metrics(metrics.clone(), metrics_port.is_none())
         .with_workers(workers, assigned)
         .with_worker_tokens(notifications.worker_tokens.clone())
+        .with_api_keys(notifications.api_keys.clone())
         .with_shutdown(shutdown.clone())
         .with_providers(providers.clone())
         .with_cost_retention_days(config.cost_tracking.retention_days)

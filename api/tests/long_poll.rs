@@ -3,7 +3,7 @@
 //! the scheduling cycle assigned, and after a look that took everything it waits without
 //! a query until the worker is notified, or until the session is lost.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use hodei_api::loops::{long_poll, Notifications, Wakeup};
@@ -17,16 +17,7 @@ use uuid::Uuid;
 
 #[allow(dead_code)] // the shared helpers this file does not use
 mod support;
-use support::{register_worker, scheduler, submit};
-
-/// Waits, up to 30 s, until `check` holds.
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what} within 30 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+use support::{end_listening_session, register_worker, scheduler, submit, until};
 
 fn noop_job() -> ValidJob {
     serde_json::from_value::<JobSpec>(json!({"command": {"argv": ["true"]}}))
@@ -103,14 +94,7 @@ async fn a_poll_after_one_that_took_everything_waits_for_a_notification_without_
     // Notifications stop when the listening session is lost: from then on every poll looks.
     undeliver(&pool, second[0]).await;
     assert_eq!(poll_now(&pool, &assigned, worker).await, Vec::<Uuid>::new(), "no look while listening");
-    let ended: i64 = sqlx::query_scalar(
-        "select count(*) from pg_stat_activity, pg_terminate_backend(pid, 10000)
-         where datname = current_database() and pid <> pg_backend_pid() and query ilike 'listen%'",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("end the listening session");
-    assert_eq!(ended, 1, "one listening session");
+    end_listening_session(&pool).await;
     until("the poll looks once the session is lost", async || poll_now(&pool, &assigned, worker).await == second).await;
     shutdown.cancel();
 }

@@ -3,7 +3,6 @@
 //! gone, deleted, or whose replica's listener is lost, is refused again.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use hodei_api::loops::Notifications;
 use hodei_api::store::workers;
@@ -15,7 +14,7 @@ use uuid::Uuid;
 
 #[allow(dead_code)] // the shared helpers this file does not use
 mod support;
-use support::register_worker_with_token;
+use support::{end_listening_session, register_worker_with_token, until};
 
 /// A migrated database and the process's notifications session on it, once it listens.
 async fn listening() -> (TestDatabase, PgPool, CancellationToken, Arc<WorkerTokens>) {
@@ -25,15 +24,6 @@ async fn listening() -> (TestDatabase, PgPool, CancellationToken, Arc<WorkerToke
     let tokens = Notifications::spawn(pool.clone(), shutdown.clone()).worker_tokens;
     until("the listener is connected", async || tokens.is_listening()).await;
     (database, pool, shutdown, tokens)
-}
-
-/// Waits, up to 30 s, until `check` holds.
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what} within 30 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Changes the token stored for `worker` behind the cache's back: a resolve that still
@@ -90,14 +80,7 @@ async fn a_lost_listener_empties_the_cache_until_it_is_back() {
 
     // The listener's session ends (as when the database restarts): what it might have
     // missed is not trusted, so the token is looked up again, and no longer matches.
-    let ended: i64 = sqlx::query_scalar(
-        "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity
-         where datname = current_database() and query ilike 'listen%') t",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("end the listener's session");
-    assert_eq!(ended, 1);
+    end_listening_session(&pool).await;
     until("the cached token is dropped", async || tokens.resolve(&pool, token).await.expect("resolve").is_none()).await;
     until("a new listener is connected", async || tokens.is_listening()).await;
     shutdown.cancel();

@@ -11,7 +11,6 @@ use crate::auth::{
 };
 use crate::error::ApiError;
 use crate::http::AppState;
-use crate::store;
 
 impl AuthorizationHeader for HeaderMap {
     fn authorization(&self) -> Option<&[u8]> {
@@ -36,7 +35,9 @@ impl FromRequestParts<AppState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let key = bearer_token(&parts.headers)?;
-        store::api_keys::resolve(&state.db, &hash_key(key))
+        state
+            .api_keys
+            .resolve(&state.db, &hash_key(key))
             .await?
             .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))
     }

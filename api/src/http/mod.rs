@@ -58,6 +58,8 @@ pub struct AppState {
     pub assigned: Wakeup,
     /// Live workers' tokens (`worker_tokens`): looked up once, forgotten when gone.
     pub worker_tokens: Arc<crate::worker_tokens::WorkerTokens>,
+    /// Live API keys (`key_cache`): looked up once, forgotten when any is revoked.
+    pub api_keys: Arc<crate::key_cache::ApiKeys>,
     /// Cancelled when the server shuts down, so long polls end at once.
     pub shutdown: tokio_util::sync::CancellationToken,
     /// What each provider this process knows allows, for validating pools.
@@ -104,6 +106,7 @@ impl AppState {
             workers: workers::WorkerSettings::default(),
             assigned: Wakeup::default(),
             worker_tokens: crate::worker_tokens::WorkerTokens::uncached(),
+            api_keys: crate::key_cache::ApiKeys::uncached(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             provider_limits: Arc::new(vec![crate::provider::local_limits()]),
             providers: crate::provider::Providers::default(),
@@ -127,6 +130,11 @@ impl AppState {
 
     pub fn with_worker_tokens(mut self, tokens: Arc<crate::worker_tokens::WorkerTokens>) -> Self {
         self.worker_tokens = tokens;
+        self
+    }
+
+    pub fn with_api_keys(mut self, keys: Arc<crate::key_cache::ApiKeys>) -> Self {
+        self.api_keys = keys;
         self
     }
 

@@ -233,6 +233,8 @@ async fn delete_tenant(
     let mut transaction = state.db.begin().await?;
     let outcome = tenants::delete(&mut transaction, &name).await?;
     transaction.commit().await?;
+    // Its keys went with it: this replica refuses them from now on, the others when notified.
+    state.api_keys.forget_all();
     match outcome {
         DeleteOutcome::Deleted => Ok(StatusCode::NO_CONTENT),
         DeleteOutcome::NotFound => Err(ApiError::not_found(format!("no tenant named {name:?}"))),
@@ -321,6 +323,8 @@ async fn revoke_api_key(
     let not_found = || ApiError::not_found(format!("tenant {name:?} has no key {key_id:?}"));
     let key_id = Uuid::parse_str(&key_id).map_err(|_| not_found())?;
     if api_keys::revoke(&state.db, tenant.id, key_id).await? {
+        // This replica refuses the key from now on; the others when notified.
+        state.api_keys.forget_all();
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(not_found())

@@ -1,6 +1,8 @@
 //! What the store-level tests share: a worker to dispatch to and the scheduling cycle
 //! `hodei serve` runs, so jobs leave their queues only as production takes them.
 
+use std::time::{Duration, Instant};
+
 use hodei_api::loops::Scheduler;
 use hodei_api::store::assignment::CycleLimits;
 use hodei_api::store::enqueue::{self, SubmitOutcome};
@@ -56,5 +58,27 @@ pub async fn submit(pool: &PgPool, tenant: (Uuid, &str), jobs: &[ValidJob], key:
     match enqueue::submit(&mut connection, context, submitter, jobs, key, false).await.expect("submit") {
         SubmitOutcome::Created { ids, .. } => ids,
         other => panic!("not created: {other:?}"),
+    }
+}
+
+/// Ends the process's listening session (`loops::Notifications`), as a database restart
+/// would, and waits until its backend has exited.
+pub async fn end_listening_session(pool: &PgPool) {
+    let ended: i64 = sqlx::query_scalar(
+        "select count(*) from pg_stat_activity, pg_terminate_backend(pid, 10000)
+         where datname = current_database() and pid <> pg_backend_pid() and query ilike 'listen%'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("end the listening session");
+    assert_eq!(ended, 1, "one listening session");
+}
+
+/// Waits, up to 30 s, until `check` holds.
+pub async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} within 30 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
