@@ -761,6 +761,45 @@ async fn results_that_free_capacity_wake_the_scheduler_once_and_a_stale_one_does
 }
 
 #[tokio::test]
+async fn a_late_result_of_an_older_attempt_in_the_same_report_changes_nothing() {
+    let engine = engine().await;
+    let acme = engine.tenant("acme", 1).await;
+    engine.queue("flaky", "fifo", |_| {}).await;
+    let id = engine.submit_ids(acme, vec![json!({"queue": "flaky", "max_attempts": 2})]).await[0];
+    let first = engine.claim(1).await;
+    let worker = first[0].worker_id;
+    // The worker never starts attempt 1 in time: the reaper gives it up, and it is retried.
+    let mut connection = engine.pool.acquire().await.expect("connection");
+    let timeouts = assignment::Timeouts { lease: Duration::from_secs(60), assignment: Duration::ZERO };
+    let expired = assignment::expire_leases(&mut connection, timeouts, 0.5).await.expect("reap");
+    assert_eq!(expired.attempts.len(), 1);
+    let promoter = hodei_api::loops::Promoter::new(engine.pool.clone(), std::sync::Arc::new(engine.registry.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while promoter.tick().await.expect("promote") == 0 {
+        assert!(std::time::Instant::now() < deadline, "never promoted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Attempt 2 goes to the same worker (the only one with room).
+    let second = scheduler(&engine.pool, 200, 10).tick().await.expect("cycle").assigned;
+    assert_eq!((second[0].job_id, second[0].attempt, second[0].worker_id), (id, 2, worker));
+
+    // One report: attempt 1 failed (late), attempt 2 succeeded.
+    let results = [
+        AttemptResult { job_id: id, attempt: 1, exit_code: Some(3), error: None },
+        AttemptResult { job_id: id, attempt: 2, exit_code: Some(0), error: None },
+    ];
+    let recorded = assignment::finish_many(&mut connection, worker, &results, 0.5).await.expect("finish");
+    assert_eq!(recorded, [Recorded::Stale, Recorded::Succeeded]);
+    let (state, exit_code): (String, Option<i32>) = sqlx::query_as("select state, exit_code from jobs where id = $1")
+        .bind(id)
+        .fetch_one(&engine.pool)
+        .await
+        .expect("job");
+    assert_eq!((state.as_str(), exit_code), ("succeeded", Some(0)));
+    assert_eq!(engine.scalar("select count(*) from job_events where kind = 'job.succeeded'").await, 1);
+}
+
+#[tokio::test]
 async fn a_cancelled_running_job_is_not_retried() {
     let engine = engine().await;
     let acme = engine.tenant("acme", 1).await;

@@ -826,27 +826,31 @@ async fn finish_in(
     // statement releases the holds, records the successes (state, exit code 0, event) and
     // the failures' exit codes, and wakes the scheduler when capacity came free (the
     // notification's subquery runs at the first row returned, so only if some hold went).
-    let held: HashSet<Uuid> = sqlx::query_as::<_, (Uuid, Option<i32>)>(
+    let held: HashSet<(Uuid, i32)> = sqlx::query_as::<_, (Uuid, i32, Option<i32>)>(
         "with reported as (
             select * from unnest($1::uuid[], $2::int4[], $3::int4[], $5::bool[]) as r(job_id, attempt, exit_code, succeeded)
          ), released as (
             delete from worker_jobs w using reported r
             where w.job_id = r.job_id and w.attempt = r.attempt and w.worker_id = $4
-            returning w.job_id
+            returning w.job_id, w.attempt
+         ), taken as (
+            -- Only the results of the attempts released here: a late result of an older
+            -- attempt in the same report touches nothing (so no row is written twice).
+            select r.* from reported r join released d on d.job_id = r.job_id and d.attempt = r.attempt
          ), coded as (
-            update jobs j set exit_code = r.exit_code from reported r join released d on d.job_id = r.job_id
-            where j.id = r.job_id and not r.succeeded
+            update jobs j set exit_code = r.exit_code from taken r
+            where j.id = r.job_id and j.attempt = r.attempt and not r.succeeded
          ), done as (
             update jobs j set state = 'succeeded', exit_code = 0, started_at = coalesce(j.started_at, now()),
                 finished_at = now(), updated_at = now()
-            from reported r join released d on d.job_id = r.job_id
+            from taken r
             where j.id = r.job_id and j.attempt = r.attempt and r.succeeded and j.state in ('assigned', 'running')
             returning j.id, j.tenant_id, j.attempt
          ), events as (
             insert into job_events (tenant_id, job_id, kind, state, attempt)
             select tenant_id, id, 'job.succeeded', 'succeeded', attempt from done order by id
          )
-         select job_id, (select 1 from pg_notify('hodei_ready', 'capacity')) from released",
+         select job_id, attempt, (select 1 from pg_notify('hodei_ready', 'capacity')) from released",
     )
     .bind(order.iter().map(|r| r.job_id).collect::<Vec<_>>())
     .bind(order.iter().map(|r| r.attempt).collect::<Vec<_>>())
@@ -856,11 +860,11 @@ async fn finish_in(
     .fetch_all(&mut *db)
     .await?
     .into_iter()
-    .map(|(job_id, _)| job_id)
+    .map(|(job_id, attempt, _)| (job_id, attempt))
     .collect();
     let mut recorded = Vec::with_capacity(results.len());
     for result in results {
-        if !held.contains(&result.job_id) {
+        if !held.contains(&(result.job_id, result.attempt)) {
             recorded.push(Recorded::Stale);
         } else if result.succeeded() {
             recorded.push(Recorded::Succeeded);

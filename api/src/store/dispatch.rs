@@ -1,8 +1,10 @@
-//! Jobs after their attempts: a failed attempt's retry with backoff or dead letter
-//! (a success is recorded by the report's statement, `assignment::record_report`), promoting scheduled jobs when their time comes, and redriving dead letters.
-//! Taking jobs out of their queues is the scheduling cycle's alone (`store::assignment`). Every state change appends its event in the same
-//! statement or transaction, and every change of an attempt is fenced by the attempt
-//! number, so a late result from an old attempt can never overwrite a newer one.
+//! Jobs after their attempts: a failed attempt's retry with backoff or dead letter (a
+//! success is recorded by the report's statement, `assignment::record_report`), promoting
+//! scheduled jobs when their time comes, and redriving dead letters. Taking jobs out of
+//! their queues is the scheduling cycle's alone (`store::assignment`). Every state change
+//! appends its event in the same statement or transaction, and every change of an
+//! attempt is fenced by the attempt number, so a late result from an old attempt can
+//! never overwrite a newer one.
 
 use chrono::{DateTime, Utc};
 use hodei_core::backoff::{decide_failure, jitter_for, FailureDecision};
