@@ -85,7 +85,7 @@ pub const ASSIGNED_CHANNEL: &str = "hodei_assigned";
 /// (the payload names the worker, so only its own poll wakes). A notification that comes
 /// while a waiter is busy is kept for its next wait, never lost. Waiters still poll as a
 /// fallback: a notification can be missed while the listener reconnects. The listening
-/// is `Notifications'`.
+/// is `Notifications`'.
 ///
 /// A keyed waiter can also tell that a look is not needed: after a look that took
 /// everything there was for its key (`Waiter::took_all`), nothing new can be there until
@@ -120,7 +120,7 @@ struct KeyEntry {
     sender: watch::Sender<u64>,
     /// The key's notification count when a look that took everything began.
     took_all_at: Option<u64>,
-    /// When that look was recorded.
+    /// When the entry was made or a look that took everything was recorded.
     touched: Instant,
 }
 
@@ -257,9 +257,10 @@ impl Drop for Waiter {
 
 /// A worker's long poll: its new assignments at once when there are any, else as soon as
 /// some are made, or none when `wait` ends or the server shuts down. Woken by the
-/// scheduler's notification; every second it looks anyway, as a fallback. It does not
-/// look first when its last look took everything and nothing was assigned to it since
-/// (`Waiter::may_find_some`): a worker polls again as soon as it is handed work.
+/// scheduler's notification; every second it looks anyway, as a fallback. A poll that
+/// waits does not look first when its last look took everything and nothing was
+/// assigned to it since (`Waiter::may_find_some`): a worker polls again as soon as it is
+/// handed work. A poll that does not wait always looks.
 pub async fn long_poll(
     db: &PgPool,
     assigned: &Wakeup,
@@ -270,7 +271,7 @@ pub async fn long_poll(
     let deadline = tokio::time::Instant::now() + wait;
     // Made before the first look, so an assignment in between still wakes this poll.
     let mut woken = assigned.waiter_for(&worker_id.to_string());
-    let mut look = woken.may_find_some();
+    let mut look = wait.is_zero() || woken.may_find_some();
     loop {
         if look {
             let mark = woken.mark();

@@ -3,7 +3,7 @@
 //! the scheduling cycle assigned, and after a look that took everything it waits without
 //! a query until the worker is notified, or until the session is lost.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use hodei_api::loops::{long_poll, Notifications, Wakeup};
@@ -26,14 +26,16 @@ fn noop_job() -> ValidJob {
         .expect("valid")
 }
 
-/// A poll that answers at once with what a look finds, or with nothing if it does not look.
-async fn poll_now(pool: &PgPool, assigned: &Wakeup, worker: Uuid) -> Vec<Uuid> {
-    long_poll(pool, assigned, worker, Duration::ZERO, &CancellationToken::new())
-        .await
-        .expect("poll")
-        .into_iter()
-        .map(|assignment| assignment.job_id)
-        .collect()
+/// A poll of up to `wait`: what it was handed, and how long it took.
+async fn poll(pool: &PgPool, assigned: &Wakeup, worker: Uuid, wait: Duration) -> (Vec<Uuid>, Duration) {
+    let started = Instant::now();
+    let handed = long_poll(pool, assigned, worker, wait, &CancellationToken::new()).await.expect("poll");
+    (handed.into_iter().map(|assignment| assignment.job_id).collect(), started.elapsed())
+}
+
+/// Whether a poll of `worker` that waits would look first.
+fn would_look(assigned: &Wakeup, worker: Uuid) -> bool {
+    assigned.waiter_for(&worker.to_string()).may_find_some()
 }
 
 /// Hands `job` back to the worker as undelivered, behind the poll's back: no notification.
@@ -65,36 +67,44 @@ async fn a_poll_after_one_that_took_everything_waits_for_a_notification_without_
     scheduler(&pool, 10, 10).tick().await.expect("cycle");
     notified.wait(Duration::from_secs(30)).await;
     drop(notified);
-    assert_eq!(poll_now(&pool, &assigned, worker).await, first);
+    assert_eq!(poll(&pool, &assigned, worker, Duration::ZERO).await.0, first);
 
-    // Made undelivered again without a notification: a poll that looked would find it, so
-    // an empty answer means it did not look.
+    // Made undelivered again without a notification: a poll that waits does not look first,
+    // so it finds the job only at its fallback look, a second later. A poll that does not
+    // wait looks at once.
     undeliver(&pool, first[0]).await;
-    assert_eq!(poll_now(&pool, &assigned, worker).await, Vec::<Uuid>::new(), "no look after taking everything");
+    assert!(!would_look(&assigned, worker), "nothing came since the look that took everything");
+    let (handed, took) = poll(&pool, &assigned, worker, Duration::from_secs(5)).await;
+    assert_eq!(handed, first);
+    assert!(took >= Duration::from_millis(990), "found at the fallback look, after {took:?}");
+    undeliver(&pool, first[0]).await;
+    assert_eq!(poll(&pool, &assigned, worker, Duration::ZERO).await.0, first, "a poll without a wait looks");
 
-    // A notification for this worker (any replica's cycle sends one) makes it look again.
+    // A notification for this worker (any replica's cycle sends one) makes the next poll look.
+    undeliver(&pool, first[0]).await;
+    assert!(!would_look(&assigned, worker));
     sqlx::query("select pg_notify('hodei_assigned', $1)")
         .bind(worker.to_string())
         .execute(&pool)
         .await
         .expect("notify");
-    until("the poll looks after the notification", async || poll_now(&pool, &assigned, worker).await == first).await;
+    until("the notification arrives", async || would_look(&assigned, worker)).await;
+    assert_eq!(poll(&pool, &assigned, worker, Duration::from_secs(5)).await.0, first);
 
     // A poll that waits is woken by the next assignment.
     let waiting = tokio::spawn({
         let (pool, assigned) = (pool.clone(), assigned.clone());
-        async move { long_poll(&pool, &assigned, worker, Duration::from_secs(30), &CancellationToken::new()).await }
+        async move { poll(&pool, &assigned, worker, Duration::from_secs(30)).await.0 }
     });
     let second = submit(&pool, (tenant, "polling"), &[noop_job()], None).await;
     scheduler(&pool, 10, 10).tick().await.expect("cycle");
-    let handed: Vec<Uuid> =
-        waiting.await.expect("poll task").expect("poll").into_iter().map(|assignment| assignment.job_id).collect();
-    assert_eq!(handed, second);
+    assert_eq!(waiting.await.expect("poll task"), second);
 
     // Notifications stop when the listening session is lost: from then on every poll looks.
     undeliver(&pool, second[0]).await;
-    assert_eq!(poll_now(&pool, &assigned, worker).await, Vec::<Uuid>::new(), "no look while listening");
+    assert!(!would_look(&assigned, worker));
     end_listening_session(&pool).await;
-    until("the poll looks once the session is lost", async || poll_now(&pool, &assigned, worker).await == second).await;
+    until("polls look once the session is lost", async || would_look(&assigned, worker)).await;
+    assert_eq!(poll(&pool, &assigned, worker, Duration::from_secs(5)).await.0, second);
     shutdown.cancel();
 }
