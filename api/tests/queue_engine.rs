@@ -101,6 +101,20 @@ impl Engine {
         assignment::finish(&mut connection, attempt.worker_id, &result, 0.5).await.expect("finish")
     }
 
+    fn promoter(&self) -> hodei_api::loops::Promoter {
+        hodei_api::loops::Promoter::new(self.pool.clone(), std::sync::Arc::new(self.registry.clone()))
+    }
+
+    /// Promotes until a job whose backoff (a few ms here) passed is back in its queue.
+    async fn promote_after_backoff(&self) {
+        let promoter = self.promoter();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while promoter.tick().await.expect("promote") == 0 {
+            assert!(std::time::Instant::now() < deadline, "never promoted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     async fn state(&self, id: Uuid) -> JobState {
         jobs::get(&self.pool, None, id).await.expect("get").expect("job").state
     }
@@ -586,7 +600,7 @@ async fn failures_retry_with_backoff_then_dead_letter_and_redrive() {
     let acme = engine.tenant("acme", 1).await;
     engine.queue("flaky", "fifo", |_| {}).await;
     let id = engine.submit_ids(acme, vec![json!({"queue": "flaky", "max_attempts": 2})]).await[0];
-    let promoter = hodei_api::loops::Promoter::new(engine.pool.clone(), std::sync::Arc::new(engine.registry.clone()));
+    let promoter = engine.promoter();
     let mut connection = engine.pool.acquire().await.expect("connection");
 
     let first = engine.claim(1).await;
@@ -596,11 +610,7 @@ async fn failures_retry_with_backoff_then_dead_letter_and_redrive() {
     assert_eq!(engine.state(id).await, JobState::Scheduled);
     assert!(engine.claim(1).await.is_empty(), "not dispatched while backing off");
     // The backoff (a few ms here) passes; the promoter puts it back.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while promoter.tick().await.expect("promote") == 0 {
-        assert!(std::time::Instant::now() < deadline, "never promoted");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    engine.promote_after_backoff().await;
     let second = engine.claim(1).await;
     assert_eq!((second[0].job_id, second[0].attempt), (id, 2));
 
@@ -678,7 +688,7 @@ async fn delayed_jobs_wait_for_their_time_and_cancelled_jobs_leave_at_once() {
         .execute(&engine.pool)
         .await
         .expect("due");
-    let promoter = hodei_api::loops::Promoter::new(engine.pool.clone(), std::sync::Arc::new(engine.registry.clone()));
+    let promoter = engine.promoter();
     assert_eq!(promoter.tick().await.expect("promote"), 1);
     assert_eq!(ids(&engine.claim(10).await), [delayed]);
 
@@ -773,12 +783,7 @@ async fn a_late_result_of_an_older_attempt_in_the_same_report_changes_nothing() 
     let timeouts = assignment::Timeouts { lease: Duration::from_secs(60), assignment: Duration::ZERO };
     let expired = assignment::expire_leases(&mut connection, timeouts, 0.5).await.expect("reap");
     assert_eq!(expired.attempts.len(), 1);
-    let promoter = hodei_api::loops::Promoter::new(engine.pool.clone(), std::sync::Arc::new(engine.registry.clone()));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while promoter.tick().await.expect("promote") == 0 {
-        assert!(std::time::Instant::now() < deadline, "never promoted");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    engine.promote_after_backoff().await;
     // Attempt 2 goes to the same worker (the only one with room).
     let second = scheduler(&engine.pool, 200, 10).tick().await.expect("cycle").assigned;
     assert_eq!((second[0].job_id, second[0].attempt, second[0].worker_id), (id, 2, worker));
@@ -832,7 +837,7 @@ async fn a_retry_into_a_deleted_queue_is_dead_lettered_once() {
         .execute(&engine.pool)
         .await
         .expect("due");
-    let promoter = hodei_api::loops::Promoter::new(engine.pool.clone(), std::sync::Arc::new(engine.registry.clone()));
+    let promoter = engine.promoter();
     promoter.tick().await.expect("promote");
     let job = jobs::get(&engine.pool, None, id).await.expect("get").expect("job");
     assert_eq!((job.state, job.dead_letter_reason.as_deref()), (JobState::DeadLettered, Some("queue_deleted")));
@@ -941,7 +946,7 @@ async fn the_queue_counters_hold_what_the_queues_hold_through_every_path() {
         .execute(&engine.pool)
         .await
         .expect("due");
-    let promoter = hodei_api::loops::Promoter::new(engine.pool.clone(), std::sync::Arc::new(engine.registry.clone()));
+    let promoter = engine.promoter();
     promoter.tick().await.expect("promote");
     // Submits and cycles at once, each on its own connection.
     let mut concurrent = tokio::task::JoinSet::new();
