@@ -101,6 +101,15 @@ impl Engine {
         assignment::finish(&mut connection, attempt.worker_id, &result, 0.5).await.expect("finish")
     }
 
+    /// The kinds of a job's events, in order.
+    async fn event_kinds(&self, id: Uuid) -> Vec<String> {
+        sqlx::query_scalar("select kind from job_events where job_id = $1 order by id")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .expect("events")
+    }
+
     fn promoter(&self) -> hodei_api::loops::Promoter {
         hodei_api::loops::Promoter::new(self.pool.clone(), std::sync::Arc::new(self.registry.clone()))
     }
@@ -301,11 +310,7 @@ async fn a_report_that_starts_and_ends_an_attempt_records_both_in_one_write_of_t
             .await
             .expect("job");
     assert_eq!((state.as_str(), exit_code, started_in_order), ("succeeded", Some(0), true));
-    let kinds: Vec<String> = sqlx::query_scalar("select kind from job_events where job_id = $1 order by id")
-        .bind(ok.job_id)
-        .fetch_all(&engine.pool)
-        .await
-        .expect("events");
+    let kinds = engine.event_kinds(ok.job_id).await;
     assert_eq!(kinds, ["job.submitted", "job.assigned", "job.started", "job.succeeded"]);
 
     // A failure in the same report keeps its start and exit code; a start of an attempt
@@ -645,11 +650,7 @@ async fn failures_retry_with_backoff_then_dead_letter_and_redrive() {
     assert_eq!(fourth[0].attempt, 4);
     assert_eq!(engine.report(&fourth[0], 0).await, Recorded::Succeeded);
     assert_eq!(engine.state(id).await, JobState::Succeeded);
-    let kinds: Vec<String> = sqlx::query_scalar("select kind from job_events where job_id = $1 order by id")
-        .bind(id)
-        .fetch_all(&engine.pool)
-        .await
-        .expect("events");
+    let kinds = engine.event_kinds(id).await;
     assert_eq!(
         kinds,
         [
@@ -760,12 +761,7 @@ async fn results_that_free_capacity_wake_the_scheduler_once_and_a_stale_one_does
     assert_eq!(next().await, "capacity", "the two results woke the scheduler");
     for id in ids {
         assert_eq!(engine.state(id).await, JobState::Succeeded);
-        let events: Vec<String> = sqlx::query_scalar("select kind from job_events where job_id = $1 order by id")
-            .bind(id)
-            .fetch_all(&engine.pool)
-            .await
-            .expect("events");
-        assert_eq!(events.last().map(String::as_str), Some("job.succeeded"));
+        assert_eq!(engine.event_kinds(id).await.last().map(String::as_str), Some("job.succeeded"));
     }
     assert!(listener.next_buffered().is_none(), "one notification for both");
 }
