@@ -13,7 +13,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::workers::{FleetSpec, WorkerFleet};
+use crate::workers::{wait_for_all, FleetSpec, WorkerFleet};
 use hodei_api::auth::generate_key;
 use hodei_api::config::Config;
 
@@ -394,23 +394,6 @@ async fn submit_batches(
     Ok(ids)
 }
 
-/// Waits, up to 10 minutes, until every one of `ids` succeeded.
-async fn wait_succeeded(pool: &sqlx::PgPool, ids: &[uuid::Uuid]) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let done: i64 = sqlx::query_scalar("select count(*) from jobs where id = any($1) and state = 'succeeded'")
-            .bind(ids)
-            .fetch_one(pool)
-            .await?;
-        if done as usize == ids.len() {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "only {done} of {} jobs finished", ids.len());
-        // Rarely: this count is a scan, and the benchmark must not load the database it measures.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 async fn end_to_end(args: E2eArgs, config: &Config) -> anyhow::Result<()> {
     // The machine's own ceiling for no-op jobs: spawning `true` with as many at once as the
     // workers have slots, and nothing else running.
@@ -438,12 +421,12 @@ async fn end_to_end(args: E2eArgs, config: &Config) -> anyhow::Result<()> {
     // table once a tenth of it changed; this machine's clusters run without it): plans
     // cached while the tables were nearly empty are made again.
     let warmed = submit_batches(&client, &url, &tenant_key, args.warmup_jobs).await?;
-    wait_succeeded(&pool, &warmed).await?;
+    wait_for_all(&pool, &warmed, &["succeeded"], Duration::from_secs(600)).await?;
     sqlx::query("analyze").execute(&pool).await?;
 
     let meter = crate::footprint::Meter::start(&pool, &url).await?;
     let ids = submit_batches(&client, &url, &tenant_key, args.jobs).await?;
-    wait_succeeded(&pool, &ids).await?;
+    wait_for_all(&pool, &ids, &["succeeded"], Duration::from_secs(600)).await?;
     let window = meter.end(&pool).await?;
     // From the first submission to the last completion, by the database's clock.
     let seconds: f64 = sqlx::query_scalar(
