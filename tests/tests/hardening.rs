@@ -154,9 +154,14 @@ async fn deleting_a_tenant_never_discards_jobs_that_have_not_ended() {
     assert_eq!(tenant.get(&format!("/api/v1/jobs/{id}")).await.body["state"], "scheduled", "the job is still there");
 
     let db = sqlx::PgPool::connect(&database.url).await.expect("connect");
+    let history = "select (select count(*) from job_events), (select count(*) from queue_activity)";
+    let (events, activity): (i64, i64) = sqlx::query_as(history).fetch_one(&db).await.expect("history");
+    assert!(events >= 2 && activity >= 1, "each job's submitted event, the accepted submits: {events}, {activity}");
     assert_eq!(admin.delete("/api/v1/tenants/t3?cancel_jobs=true").await.status, StatusCode::NO_CONTENT);
     let left: i64 = sqlx::query_scalar("select count(*) from jobs").fetch_one(&db).await.expect("jobs");
     assert_eq!(left, 0);
+    let after: (i64, i64) = sqlx::query_as(history).fetch_one(&db).await.expect("history");
+    assert_eq!(after, (0, 0), "the tenant's events and queue activity go with it");
     let waiting: i64 =
         sqlx::query_scalar("select (select count(*) from ready_jobs) + (select count(*) from scheduled_jobs)")
             .fetch_one(&db)

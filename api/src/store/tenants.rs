@@ -78,7 +78,12 @@ pub async fn delete(db: &mut sqlx::PgConnection, name: &str) -> sqlx::Result<Del
     if !unfinished.is_empty() {
         return Ok(DeleteOutcome::HasUnfinishedJobs(unfinished));
     }
+    // Its jobs go with it (cascade). Each statement below reads what committed before it
+    // started: every event of those jobs was written holding the job's row lock, which the
+    // cascade waited for (see the migration that dropped the events' tenant key).
     sqlx::query("delete from tenants where id = $1").bind(tenant_id).execute(&mut *db).await?;
+    sqlx::query("delete from job_events where tenant_id = $1").bind(tenant_id).execute(&mut *db).await?;
+    sqlx::query("delete from queue_activity where tenant_id = $1").bind(tenant_id).execute(&mut *db).await?;
     Ok(DeleteOutcome::Deleted)
 }
 
