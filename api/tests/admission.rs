@@ -173,7 +173,7 @@ async fn a_victim_the_scheduling_cycle_holds_is_waited_for_not_passed_over() {
     let store = store().await;
     store.evicting_queue(1).await;
     let low = store.submit_ids(vec![json!({"queue": "evicting", "priority": 1})]).await[0];
-    // A cycle looking at the queue holds its rows as `CYCLE_CANDIDATES` takes them.
+    // A cycle looking at the queue holds its rows as `assignment::cycle_candidates` takes them.
     let mut cycle = store.pool.begin().await.expect("begin");
     let held: Vec<Uuid> = sqlx::query_scalar(
         "select job_id from ready_jobs where queue = 'evicting' order by rank, seq for update skip locked",

@@ -361,13 +361,13 @@ async fn the_cycle_reads_the_order_index_on_a_million_queued_jobs() {
 
     {
         let fair = "half the rows tagged";
-        let plan: Value = sqlx::query_scalar(&format!("explain (format json) {}", assignment::CYCLE_CANDIDATES))
-            .bind("default")
-            .bind(50_i64)
-            .bind(Vec::<uuid::Uuid>::new())
-            .fetch_one(&engine.pool)
-            .await
-            .expect("explain");
+        let plan: Value =
+            sqlx::query_scalar(&format!("explain (format json) {}", assignment::cycle_candidates(50, true)))
+                .bind("default")
+                .bind(Vec::<uuid::Uuid>::new())
+                .fetch_one(&engine.pool)
+                .await
+                .expect("explain");
         let mut nodes = Vec::new();
         plan_nodes(&plan, &mut nodes);
         let on_ready_jobs: Vec<&(String, String, String)> =
@@ -388,14 +388,17 @@ async fn the_cycle_reads_the_order_index_on_a_million_queued_jobs() {
     }
 
     // The cycle itself, with the plans it gets in its own transaction (run inside an outer
-    // one here, so the rows it read are still in this transaction's table counters).
+    // one here, so the rows it read are still in this transaction's table counters; each
+    // cycle's writes are rolled back, so every cycle finds the same queue).
     register_worker(&engine.pool, 50).await;
     let cycle = scheduler(&engine.pool, 10, 50);
     let mut connection = engine.pool.acquire().await.expect("connection");
     let mut outer = sqlx::Connection::begin(&mut *connection).await.expect("begin");
-    for _ in 0..7 {
+    for _ in 0..8 {
         // Past the five custom plans after which a prepared statement may go generic.
-        assignment::run_cycle(&mut outer, cycle.strategy, cycle.limits).await.expect("cycle");
+        let mut undone = sqlx::Connection::begin(&mut *outer).await.expect("savepoint");
+        assignment::run_cycle(&mut undone, cycle.strategy, cycle.limits).await.expect("cycle");
+        undone.rollback().await.expect("rollback");
     }
     let (scanned, fetched): (i64, i64) = sqlx::query_as(
         "select coalesce(seq_tup_read, 0), coalesce(idx_tup_fetch, 0) from pg_stat_xact_user_tables
@@ -404,7 +407,16 @@ async fn the_cycle_reads_the_order_index_on_a_million_queued_jobs() {
     .fetch_one(&mut *outer)
     .await
     .expect("counters");
-    assert!(scanned + fetched < 20_000, "7 cycles of 50 read {scanned} rows by scans and {fetched} by index");
+    assert!(scanned + fetched < 20_000, "8 cycles of 50 read {scanned} rows by scans and {fetched} by index");
+    // The candidates read was planned once for all of them, not once per cycle.
+    let plans: (i64, i64) =
+        sqlx::query_as("select generic_plans, custom_plans from pg_prepared_statements where statement = $1")
+            .bind(assignment::cycle_candidates(50, false))
+            .fetch_one(&mut *outer)
+            .await
+            .expect("the candidates read is a prepared statement");
+    assert_eq!(plans.0 + plans.1, 8, "one read per cycle: {plans:?}");
+    assert!(plans.0 >= 2, "(generic, custom) plans of the candidates read: {plans:?}");
 }
 
 /// Every plan node as (node type, relation, index).

@@ -81,14 +81,30 @@ struct CandidateRow {
 /// many jobs each tenant of a `fair` queue gets now. Each such tenant's own
 /// highest-priority jobs, as many as its slots, are the candidates (as in the `fair`
 /// claim); rows without a tag are candidates as they are. All of them are locked. The
-/// cycle orders them itself (`in_slot_order`), so the statement sorts nothing. Parameters:
-/// `$1` queue, `$2` how many slots, `$3` tenants to pass over (at quota: their jobs would
-/// only be held again, and must not take the places of other tenants' jobs).
-pub const CYCLE_CANDIDATES: &str = "with slots as (
+/// cycle orders them itself (`in_slot_order`), so the statement sorts nothing. `slots` is
+/// how many slots. Parameters: `$1` the queue; with `passing_over`, `$2` the tenants to
+/// pass over (at quota: their jobs would only be held again, and must not take the places
+/// of other tenants' jobs).
+///
+/// The number of slots is written into the statement, not bound: a plan made without
+/// knowing it would read the whole queue and sort it (seconds at a million jobs, where a
+/// plan that knows it reads the head of the order index). Written in, it lets each
+/// connection keep one prepared statement per number of slots the cycle asks for (a few:
+/// it asks for its budget, twice the free slots and at least 32) and run it on a generic
+/// plan, planned once instead of once per cycle. Tenants to pass over are rare (tenant
+/// limits on, and a tenant at its limit), and a plan that does not know them would guess
+/// that they leave few rows and sort the queue as well: that statement is planned with
+/// its values every time (`read_candidates`).
+pub fn cycle_candidates(slots: usize, passing_over: bool) -> String {
+    let passed_over = if passing_over { "and tenant_id <> all($2::uuid[])" } else { "" };
+    CYCLE_CANDIDATES.replace("$slots", &slots.to_string()).replace("$passed_over", passed_over)
+}
+
+const CYCLE_CANDIDATES: &str = "with slots as (
         select job_id, cpu_millis, memory_mib, labels, tenant_id, rank, priority, seq, fair,
                pending_code is not null as noted
         from ready_jobs
-        where queue = $1 and tenant_id <> all($3::uuid[]) order by rank, seq limit $2 for update skip locked
+        where queue = $1 $passed_over order by rank, seq limit $slots for update skip locked
     ), per_tenant as (
         select tenant_id, count(*) as slots from slots where fair group by tenant_id
     ), best as (
@@ -163,17 +179,12 @@ async fn read_candidates(
             break;
         }
         let asked = room.min(step.max_jobs);
-        // Planned with its values every time (an unnamed statement): after five runs a
-        // prepared statement may switch to a generic plan, and the generic plan of this
-        // one, not knowing its limit, reads the whole queue and sorts it (seconds at a
-        // million jobs, where the custom plan reads the head of the order index).
-        let mut rows: Vec<CandidateRow> = sqlx::query_as(CYCLE_CANDIDATES)
-            .bind(&step.queue)
-            .bind(asked as i64)
-            .bind(saturated)
-            .persistent(false)
-            .fetch_all(&mut *db)
-            .await?;
+        let statement = cycle_candidates(asked, !saturated.is_empty());
+        let mut rows: Vec<CandidateRow> = if saturated.is_empty() {
+            sqlx::query_as(&statement).bind(&step.queue).fetch_all(&mut *db).await?
+        } else {
+            sqlx::query_as(&statement).bind(&step.queue).bind(saturated).persistent(false).fetch_all(&mut *db).await?
+        };
         read.exhausted |= rows.iter().filter(|row| row.slot).count() >= asked;
         rows.iter_mut().for_each(|row| row.queue.clone_from(&step.queue));
         // A queue listed twice (starving, then in tier order) must not repeat a job.
@@ -300,12 +311,12 @@ pub async fn run_cycle(db: &mut PgConnection, strategy: Strategy, limits: CycleL
     // only delete `worker_jobs` rows, so a stale view errs on the safe side.
     // The capacity read is cheap to run and dear to plan (0.27 ms), and with its array
     // parameter the planner would plan it anew on every call; a generic plan serves every
-    // cycle. For it alone: the candidates read below must be planned with its values. So
-    // this statement, as it runs, sets `plan_cache_mode` for the rest of the transaction
+    // cycle. For it alone: the other statements keep Postgres's own choice (`auto`: plans
+    // made with their values until a generic one is found to cost no more). So this
+    // statement, as it runs, sets `plan_cache_mode` for the rest of the transaction
     // (`set local`), and the capacity read, planned under it, sets it to `auto` as it
-    // runs (under which an unnamed statement, like the candidates read, is planned with
-    // its values): each in a one-time filter, evaluated once before any row, so without
-    // a round trip of its own.
+    // runs: each in a one-time filter, evaluated once before any row, so without a round
+    // trip of its own.
     let locked: Vec<Uuid> = sqlx::query_scalar(
         "select w.id from workers w
          where w.gone_at is null and w.state in ('idle', 'busy')
