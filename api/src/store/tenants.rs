@@ -1,7 +1,7 @@
 //! The `tenants` table: who may submit work, and each tenant's weight for fair queuing.
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgExecutor};
+use sqlx::{Connection, FromRow, PgExecutor};
 use uuid::Uuid;
 
 pub const DEFAULT_WEIGHT: i32 = 1;
@@ -65,7 +65,8 @@ pub enum DeleteOutcome {
 pub const UNFINISHED_STATES: [&str; 4] = ["scheduled", "queued", "assigned", "running"];
 
 /// Deletes a tenant with its keys, finished jobs and events, unless it has jobs that have
-/// not ended: those are never discarded silently.
+/// not ended: those are never discarded silently, even when one is put back in its queue
+/// while the tenant is being deleted.
 pub async fn delete(db: &mut sqlx::PgConnection, name: &str) -> sqlx::Result<DeleteOutcome> {
     let Some((tenant_id,)) = sqlx::query_as::<_, (Uuid,)>("select id from tenants where name = $1 for update")
         .bind(name)
@@ -78,12 +79,30 @@ pub async fn delete(db: &mut sqlx::PgConnection, name: &str) -> sqlx::Result<Del
     if !unfinished.is_empty() {
         return Ok(DeleteOutcome::HasUnfinishedJobs(unfinished));
     }
-    // Its jobs go with it (cascade). Each statement below reads what committed before it
-    // started: every event of those jobs was written holding the job's row lock, which the
-    // cascade waited for (see the migration that dropped the events' tenant key).
-    sqlx::query("delete from tenants where id = $1").bind(tenant_id).execute(&mut *db).await?;
-    sqlx::query("delete from job_events where tenant_id = $1").bind(tenant_id).execute(&mut *db).await?;
-    sqlx::query("delete from queue_activity where tenant_id = $1").bind(tenant_id).execute(&mut *db).await?;
+    // The tenant's row lock keeps new jobs out, not an ended job put back in its queue (a
+    // redrive, a retry) after the check above. Deleting the jobs waits for each one's row
+    // lock and then sees the job as it is now: one that no longer has ended undoes it all.
+    let mut deletes = db.begin().await?;
+    let revived: Option<String> = sqlx::query_scalar(
+        "with gone as (delete from jobs where tenant_id = $1 returning state)
+         select state from gone where state = any($2) limit 1",
+    )
+    .bind(tenant_id)
+    .bind(UNFINISHED_STATES)
+    .fetch_optional(&mut *deletes)
+    .await?;
+    if let Some(state) = revived {
+        deletes.rollback().await?;
+        let unfinished = unfinished_jobs(&mut *db, tenant_id).await?;
+        return Ok(DeleteOutcome::HasUnfinishedJobs(if unfinished.is_empty() { vec![(state, 1)] } else { unfinished }));
+    }
+    // Each statement below reads what committed before it started, so every event of the
+    // jobs deleted above: each was written holding its job's row lock, or while the job had
+    // not ended (see the migration that dropped the events' tenant key).
+    sqlx::query("delete from tenants where id = $1").bind(tenant_id).execute(&mut *deletes).await?;
+    sqlx::query("delete from job_events where tenant_id = $1").bind(tenant_id).execute(&mut *deletes).await?;
+    sqlx::query("delete from queue_activity where tenant_id = $1").bind(tenant_id).execute(&mut *deletes).await?;
+    deletes.commit().await?;
     Ok(DeleteOutcome::Deleted)
 }
 
