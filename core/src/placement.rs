@@ -92,9 +92,11 @@ fn has_labels(worker: &BTreeMap<String, String>, required: &BTreeMap<String, Str
 /// slots, at most `limit`: twice the slots, so that jobs which do not fit where the slots
 /// are do not leave them empty, and at least `MIN_CANDIDATES`. Under load the slots are
 /// few and the queue long: reading the whole `limit` would lock, and note a reason on,
-/// many jobs only to leave them where they are.
+/// many jobs only to leave them where they are. Rounded up to a power of two, so that a
+/// cycle asks for one of a few sizes (each size is a statement of its own, prepared once
+/// per connection).
 pub fn candidate_budget(free_slots: usize, limit: usize) -> usize {
-    free_slots.saturating_mul(2).max(MIN_CANDIDATES).min(limit)
+    free_slots.saturating_mul(2).max(MIN_CANDIDATES).checked_next_power_of_two().unwrap_or(usize::MAX).min(limit)
 }
 
 /// The fewest candidates a cycle reads (`candidate_budget`).
@@ -178,14 +180,19 @@ impl<'a, W: Clone> Capacity<'a, W> {
 mod tests {
     use super::*;
     use proptest::prelude::{prop_assert, prop_assert_eq, prop_oneof, proptest, Just};
+    use std::collections::BTreeSet;
 
     #[test]
     fn a_cycle_reads_twice_its_free_slots_within_its_limit() {
         assert_eq!(candidate_budget(0, 500), MIN_CANDIDATES);
         assert_eq!(candidate_budget(1, 500), MIN_CANDIDATES);
-        assert_eq!(candidate_budget(50, 500), 100);
+        assert_eq!(candidate_budget(50, 500), 128, "twice the slots, to a power of two");
+        assert_eq!(candidate_budget(64, 500), 128);
         assert_eq!(candidate_budget(400, 500), 500);
         assert_eq!(candidate_budget(50, 10), 10, "never past the limit");
+        assert_eq!(candidate_budget(usize::MAX, 500), 500);
+        let sizes: BTreeSet<usize> = (0..10_000).map(|free| candidate_budget(free, 500)).collect();
+        assert_eq!(sizes, BTreeSet::from([32, 64, 128, 256, 500]), "a few sizes whatever the free slots");
     }
 
     fn worker(id: &str, kind: PoolKind, cpu: i64, memory: i64) -> (FreeWorker<String>, TotalCapacity) {

@@ -89,12 +89,12 @@ struct CandidateRow {
 /// The number of slots is written into the statement, not bound: a plan made without
 /// knowing it would read the whole queue and sort it (seconds at a million jobs, where a
 /// plan that knows it reads the head of the order index). Written in, it lets each
-/// connection keep one prepared statement per number of slots the cycle asks for (a few:
-/// it asks for its budget, twice the free slots and at least 32) and run it on a generic
-/// plan, planned once instead of once per cycle. Tenants to pass over are rare (tenant
-/// limits on, and a tenant at its limit), and a plan that does not know them would guess
-/// that they leave few rows and sort the queue as well: that statement is planned with
-/// its values every time (`read_candidates`).
+/// connection keep one prepared statement per number of slots, for the few numbers a
+/// cycle asks for most (`read_candidates`), and run it on a generic plan, planned once
+/// instead of once per cycle. Tenants to pass over are rare (tenant limits on, and a
+/// tenant at its limit), and a plan that does not know them would guess that they leave
+/// few rows and sort the queue as well: that statement is planned with its values every
+/// time.
 pub fn cycle_candidates(slots: usize, passing_over: bool) -> String {
     let passed_over = if passing_over { "and tenant_id <> all($2::uuid[])" } else { "" };
     CYCLE_CANDIDATES.replace("$slots", &slots.to_string()).replace("$passed_over", passed_over)
@@ -179,12 +179,18 @@ async fn read_candidates(
             break;
         }
         let asked = room.min(step.max_jobs);
-        let statement = cycle_candidates(asked, !saturated.is_empty());
-        let mut rows: Vec<CandidateRow> = if saturated.is_empty() {
-            sqlx::query_as(&statement).bind(&step.queue).fetch_all(&mut *db).await?
-        } else {
-            sqlx::query_as(&statement).bind(&step.queue).bind(saturated).persistent(false).fetch_all(&mut *db).await?
-        };
+        // Prepared, and planned once, for the sizes a cycle asks for most: its budget (a
+        // power of two, or the whole limit) and powers of two (a starving queue's share of
+        // the budget). Other sizes (what is left of the budget for the next queue) and
+        // reads that pass tenants over are planned with their values.
+        let passing_over = !saturated.is_empty();
+        let statement = cycle_candidates(asked, passing_over);
+        let mut query = sqlx::query_as(&statement).bind(&step.queue);
+        if passing_over {
+            query = query.bind(saturated);
+        }
+        let prepared = !passing_over && (asked == budget || asked.is_power_of_two());
+        let mut rows: Vec<CandidateRow> = query.persistent(prepared).fetch_all(&mut *db).await?;
         read.exhausted |= rows.iter().filter(|row| row.slot).count() >= asked;
         rows.iter_mut().for_each(|row| row.queue.clone_from(&step.queue));
         // A queue listed twice (starving, then in tier order) must not repeat a job.
