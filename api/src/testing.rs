@@ -87,6 +87,25 @@ impl TestDatabase {
     }
 }
 
+/// Waits, up to 30 s, until a statement in `pool`'s database waits for a lock: the moment
+/// a test that holds a row lock lets its transaction go on. Panics with `what` otherwise.
+pub async fn until_a_statement_waits_for_a_lock(pool: &PgPool, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("activity");
+        if waiting > 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} within 30 s");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();

@@ -10,7 +10,7 @@ use hodei_api::store::enqueue::{self, SubmitOutcome};
 use hodei_api::store::jobs::{self, CancelResult, Submitter};
 use hodei_api::store::queues::{self, RetrySettings};
 use hodei_api::store::tenants;
-use hodei_api::testing::TestDatabase;
+use hodei_api::testing::{until_a_statement_waits_for_a_lock, TestDatabase};
 use hodei_core::ordering::PolicyRegistry;
 use hodei_core::queue::{OverflowPolicy, QueueSettings};
 use hodei_core::{JobSpec, JobState, ValidJob};
@@ -189,11 +189,7 @@ async fn a_victim_the_scheduling_cycle_holds_is_waited_for_not_passed_over() {
         async move { store.submit(vec![json!({"queue": "evicting", "priority": 9})]).await }
     });
     // The submission waits on the row lock; once the cycle lets go, it evicts.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while store.scalar("select count(*) from pg_stat_activity where wait_event_type = 'Lock'").await == 0 {
-        assert!(std::time::Instant::now() < deadline, "the submission never waited for the held job");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    until_a_statement_waits_for_a_lock(&store.pool, "the submission waits for the held job").await;
     cycle.rollback().await.expect("release");
     let outcome = submitting.await.expect("submission");
     assert!(matches!(outcome, SubmitOutcome::Created { .. }), "{outcome:?}");

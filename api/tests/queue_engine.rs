@@ -13,7 +13,7 @@ use hodei_api::store::enqueue::{self, SubmitOutcome};
 use hodei_api::store::jobs::{self, CancelResult, Submitter};
 use hodei_api::store::queues::{self, Queue, RetrySettings};
 use hodei_api::store::{queue_status, tenants};
-use hodei_api::testing::TestDatabase;
+use hodei_api::testing::{until_a_statement_waits_for_a_lock, TestDatabase};
 use hodei_core::fairness::jain_index;
 use hodei_core::ordering::PolicyRegistry;
 use hodei_core::queue::{ExpiredDeadline, OverflowPolicy, QueueSettings};
@@ -952,16 +952,7 @@ async fn a_tenant_deleted_as_one_of_its_jobs_is_put_back_in_its_queue_keeps_ever
             outcome
         }
     });
-    support::until("the delete waits for the job's row lock", async || {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()",
-        )
-        .fetch_one(&engine.pool)
-        .await
-        .expect("activity");
-        waiting > 0
-    })
-    .await;
+    until_a_statement_waits_for_a_lock(&engine.pool, "the delete waits for the job's row lock").await;
     sqlx::query("update jobs set state = 'queued', finished_at = null where id = $1")
         .bind(id)
         .execute(&mut *rerun)

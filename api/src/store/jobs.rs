@@ -614,20 +614,7 @@ mod tests {
                 cancel(&mut db, Some(tenant.id), job.id).await.expect("cancel")
             }
         });
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
-            )
-            .fetch_one(&mut *db)
-            .await
-            .expect("activity");
-            if waiting > 0 {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "the cancel never waited for the job row");
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        crate::testing::until_a_statement_waits_for_a_lock(&pool, "the cancel waits for the job row").await;
         failing.commit().await.expect("commit the failure");
 
         let CancelResult::Done(cancelled) = cancelling.await.expect("cancel task") else { panic!("expected Done") };

@@ -122,21 +122,8 @@ mod tests {
                 acquire_or_renew(&mut *db, "loop", Uuid::now_v7(), "third", 30.0).await.expect("take")
             }
         });
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
-            )
-            .fetch_one(&pool)
-            .await
-            .expect("activity");
-            if waiting > 0 {
-                break;
-            }
-            assert!(!takeover.is_finished(), "a takeover must wait for the fenced write in flight");
-            assert!(std::time::Instant::now() < deadline, "the takeover never waited");
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        crate::testing::until_a_statement_waits_for_a_lock(&pool, "the takeover waits for the fenced write").await;
+        assert!(!takeover.is_finished(), "a takeover must wait for the fenced write in flight");
         writing.commit().await.expect("the write lands in its term");
         let third = takeover.await.expect("takeover task").expect("taken after the write");
         assert_eq!(third.term, 3);
